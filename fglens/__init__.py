@@ -1,0 +1,30 @@
+"""fglens: look inside video diffusion transformers and steer them.
+
+Example:
+    >>> import fglens as fg
+    >>> pipe = fg.testing.tiny_wan_i2v_pipeline()
+    >>> with fg.trace(pipe, record=fg.Record(words=["dog", "jumps"])) as run:
+    ...     _ = pipe(image=fg.testing.reference_image(), prompt="a dog jumps over a fence", height=32,
+    ...              width=48, num_frames=5, num_inference_steps=2, output_type="latent")
+    >>> sorted(run.dataset.data_vars)
+    ['entropy', 'morans_i', 'similarity', 'text_share', 'word_mass']
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+from . import adapters, stats, store  # noqa: E402
+from .store import open_run  # noqa: E402
+from .trace import Record, Trace, trace  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    # heavy or optional submodules load on first use
+    if name in ("testing", "cli", "bench"):
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'fglens' has no attribute {name!r}")
+
+
+__all__ = ["Record", "Trace", "__version__", "adapters", "open_run", "stats", "store", "trace"]

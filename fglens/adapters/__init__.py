@@ -1,0 +1,32 @@
+"""Architecture adapters: where the attention sites are and how their keys split into segments.
+
+A new architecture is one new file here plus its tiny test fixture in `fglens.testing`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Adapter, Site
+from .wan import WanAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter,)
+
+
+def supported_classes() -> list[str]:
+    return [name for adapter in ADAPTERS for name in adapter.model_classes]
+
+
+def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
+    """The adapter for a transformer instance, or a `TypeError` that names the supported classes."""
+    name = type(transformer).__name__
+    for adapter in ADAPTERS:
+        if name in adapter.model_classes:
+            return adapter(transformer, prefix)
+    raise TypeError(
+        f"fglens has no adapter for {name}. Supported transformer classes: {', '.join(supported_classes())}. "
+        "Pass a diffusers pipeline that holds one of them, or the transformer itself."
+    )
+
+
+__all__ = ["ADAPTERS", "Adapter", "Site", "WanAdapter", "adapter_for", "supported_classes"]

@@ -1,0 +1,84 @@
+"""What an adapter tells the tracer about one architecture, and nothing about statistics.
+
+An adapter answers four questions for a transformer class:
+
+1. which attention modules carry sites, and under which canonical names (`blocks.3.cross.text`);
+2. in which order the module's processor calls the attention kernel, and what each call attends to
+   (a *segment* of the keys: `self`, `text`, `image`, or `joint` with named column ranges);
+3. which Python module holds the `dispatch_attention_fn` those processors call;
+4. the latent grid (frames, y, x) of the video tokens for the shape of a forward call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Site:
+    """One attention call inside one attention module.
+
+    Attributes:
+        name: canonical name, e.g. ``blocks.3.cross.text`` (stable across diffusers versions).
+        layer: the block the site belongs to, e.g. ``blocks.3``; the ``layer`` coordinate of a run.
+        layer_index: position of the block in network order, 0-based.
+        kind: what the keys are: ``self`` (video tokens), ``text``, ``image`` or ``joint``.
+        module: dotted path of the attention module inside the transformer, e.g. ``blocks.3.attn2``.
+        call: index of this call among the kernel calls the module's processor makes per forward.
+    """
+
+    name: str
+    layer: str
+    layer_index: int
+    kind: str
+    module: str
+    call: int
+
+
+class Adapter:
+    """Base class: subclass once per architecture and list it in `fglens.adapters.ADAPTERS`."""
+
+    #: class names of the transformers this adapter understands
+    model_classes: tuple[str, ...] = ()
+    #: canonical name of this family, stored in each run's attributes
+    family: str = ""
+
+    def __init__(self, transformer: torch.nn.Module, prefix: str = ""):
+        self.transformer = transformer
+        self.prefix = prefix  # "" for `pipe.transformer`, "transformer_2." for Wan2.2's second expert
+
+    # -- description -------------------------------------------------------------------------------------
+    def sites(self) -> list[Site]:
+        raise NotImplementedError
+
+    def layers(self) -> list[str]:
+        """Canonical layer names in network order (with this adapter's prefix)."""
+        seen: dict[str, None] = {}
+        for site in self.sites():
+            seen.setdefault(site.layer, None)
+        return list(seen)
+
+    def dispatch_module(self) -> ModuleType:
+        """The Python module whose global `dispatch_attention_fn` the processors call."""
+        raise NotImplementedError
+
+    def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        """Latent grid (frames, y, x) of the video tokens for a forward call with these arguments."""
+        raise NotImplementedError
+
+    def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
+        """The timestep tensor of a forward call (on the device; never read on the host here)."""
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def module(self, path: str) -> torch.nn.Module:
+        return self.transformer.get_submodule(path)
+
+    def config_dict(self) -> dict[str, Any]:
+        config = getattr(self.transformer, "config", {})
+        return {k: v for k, v in dict(config).items() if not k.startswith("_")}

@@ -1,0 +1,58 @@
+"""Wan2.1 / Wan2.2 (`WanTransformer3DModel`).
+
+Sites per block `i` (see docs/sites-wan.md):
+
+==========================  =================  ==========================================================
+site                        module             keys
+==========================  =================  ==========================================================
+``blocks.{i}.self``         ``blocks.{i}.attn1``  video tokens (3-D RoPE), [B, N, H, D]
+``blocks.{i}.cross.image``  ``blocks.{i}.attn2``  CLIP image tokens (257 for ViT-H/14), I2V models only
+``blocks.{i}.cross.text``   ``blocks.{i}.attn2``  text tokens, always 512 (padded), [B, 512, H, D]
+==========================  =================  ==========================================================
+
+`WanAttnProcessor` runs the image call before the text call, with the same query, two separate
+softmaxes, and sums the outputs before `to_out`. Video tokens are frame-major, F' x H' x W'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .base import Adapter, Site
+
+
+class WanAdapter(Adapter):
+    model_classes = ("WanTransformer3DModel",)
+    family = "wan"
+
+    def sites(self) -> list[Site]:
+        out: list[Site] = []
+        for i, block in enumerate(self.transformer.blocks):
+            layer = f"{self.prefix}blocks.{i}"
+            out.append(Site(f"{layer}.self", layer, i, "self", f"blocks.{i}.attn1", 0))
+            call = 0
+            if getattr(block.attn2, "add_k_proj", None) is not None:
+                out.append(Site(f"{layer}.cross.image", layer, i, "image", f"blocks.{i}.attn2", 0))
+                call = 1
+            out.append(Site(f"{layer}.cross.text", layer, i, "text", f"blocks.{i}.attn2", call))
+        return out
+
+    def dispatch_module(self) -> ModuleType:
+        from diffusers.models.transformers import transformer_wan
+
+        return transformer_wan
+
+    def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        p_t, p_h, p_w = self.transformer.config.patch_size
+        _, _, f, h, w = hidden.shape
+        return f // p_t, h // p_h, w // p_w
+
+    def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
+        t = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        # Wan2.2 TI2V passes a per-token timestep [B, N]; the step's timestep is its maximum.
+        return t.reshape(t.shape[0], -1).amax(dim=1) if t.ndim > 1 else t

@@ -1,0 +1,88 @@
+"""Pure tensor functions for the statistics of DESIGN.md §4: no hooks, no I/O, no host synchronisation.
+
+Shapes use B (batch), n (query tokens of a chunk), N (all video tokens), H (heads), D (head dim),
+T (key columns), W (words), F (latent frames), Y x X (latent grid of a frame).
+
+Example:
+    >>> import torch
+    >>> from fglens import stats
+    >>> stats.morans_i(torch.tensor([[0., 1.], [1., 0.]]))   # a 2x2 checkerboard
+    tensor(-1., dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_ROOK = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float64 where the device has it (statistics are small; their divisions deserve the precision)."""
+    return x.to(torch.float32 if x.device.type == "mps" else torch.float64)
+
+
+def word_maps(probs: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """Attention mass per word: ``probs [..., T] @ word_index [T, W] -> [..., W]``.
+
+    `word_index[j, w]` is 1 where key column j belongs to word w. With head-mean probabilities this is
+    the word attention map m_w[n] of DESIGN.md §4.
+    """
+    return probs @ word_index.to(probs.dtype)
+
+
+def normalized_entropy(probs: torch.Tensor, multiplicity: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Entropy of `probs [..., T]` divided by log(n_keys).
+
+    Column j stands for `multiplicity[j]` identical keys that share its mass equally (collapsed padding),
+    so its contribution is -p log(p / m). A distribution over one key has entropy 0.
+    """
+    p = probs.to(torch.float32)
+    h = -(torch.special.xlogy(p, p) - p * torch.log(multiplicity.to(p))).sum(-1)
+    return h / math.log(n_keys) if n_keys > 1 else torch.zeros_like(h)
+
+
+def cosine_similarity(queries: torch.Tensor, mean_keys: torch.Tensor) -> torch.Tensor:
+    """Text-visual similarity S_w[n] = cos(q[n], k̄_w): ``[B, n, C], [B, W, C] -> [B, n, W]``."""
+    q = F.normalize(queries.to(torch.float32), dim=-1)
+    k = F.normalize(mean_keys.to(torch.float32), dim=-1)
+    return q @ k.transpose(-1, -2)
+
+
+def text_share(out_text: torch.Tensor, out_image: torch.Tensor) -> torch.Tensor:
+    """‖O_text‖ / (‖O_text‖ + ‖O_image‖) per token: ``[B, n, C] x 2 -> [B, n]``; NaN where both are 0."""
+    a = torch.linalg.vector_norm(out_text.to(torch.float32), dim=-1)
+    b = torch.linalg.vector_norm(out_image.to(torch.float32), dim=-1)
+    return a / (a + b)
+
+
+def frame_mean(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Mean over the tokens of each latent frame: ``[..., N] -> [..., F]`` (tokens are frame-major)."""
+    return x.unflatten(-1, (frames, -1)).mean(-1)
+
+
+def morans_i(maps: torch.Tensor) -> torch.Tensor:
+    """Moran's I of each map ``[..., Y, X] -> [...]`` with binary rook (4-neighbour) weights.
+
+    I = (N / S0) Σ_ij w_ij z_i z_j / Σ_i z_i², z = m - mean(m), S0 = Σ_ij w_ij. One conv2d computes all
+    maps at once. A constant map (and a 1x1 grid) gives NaN, never a silent 0. Computed in float64.
+    """
+    *lead, ny, nx = maps.shape
+    m = _wide(maps).reshape(-1, 1, ny, nx)
+    z = m - m.mean(dim=(-1, -2), keepdim=True)
+    neighbours = F.conv2d(z, _ROOK.to(z)[None, None], padding=1)
+    num = (z * neighbours).sum(dim=(-1, -2, -3))
+    den = (z * z).sum(dim=(-1, -2, -3))
+    s0 = 2 * (ny * (nx - 1) + nx * (ny - 1))
+    # "constant" up to the rounding of the mean itself: relative spread below a few ulps of the input dtype
+    scale = m.abs().amax(dim=(-1, -2, -3))
+    tiny = ny * nx * (64 * torch.finfo(maps.dtype).eps * scale) ** 2
+    nan = torch.full_like(num, float("nan"))
+    out = torch.where((den > tiny) & (s0 > 0), (ny * nx / max(s0, 1)) * num / den.clamp_min(1e-300), nan)
+    return out.reshape(lead)
+
+
+__all__ = ["cosine_similarity", "frame_mean", "morans_i", "normalized_entropy", "text_share", "word_maps"]

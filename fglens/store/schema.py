@@ -1,0 +1,34 @@
+"""The run format: variable names and dims, the definitions stored with every run, and the schema version."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+#: dims of every variable a run can hold (after the leading `branch, step`)
+VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
+    "word_mass": ("word", "frame"),
+    "morans_i": ("word", "frame"),
+    "similarity": ("word", "frame"),
+    "text_share": ("frame",),
+    "entropy": ("frame",),
+    "ref_mass": ("frame",),
+    "word_map": ("word", "frame", "y", "x"),
+}
+LEADING_DIMS = ("branch", "step", "layer")
+
+#: DESIGN.md §4, as stored in each run's attributes (`definitions`)
+DEFINITIONS: dict[str, str] = {
+    "P": "exact attention probabilities the model uses at the site (Wan text call: softmax over the 512 "
+    "text keys, float32, identical pad keys collapsed exactly)",
+    "word_map": "m_w[n] = (1/H) sum_h sum_{j in K_w} P[n,h,j], on the (frame, y, x) latent grid",
+    "word_mass": "mean of m_w over the tokens of each latent frame",
+    "morans_i": "per frame and word on the y-x grid of m_w, binary rook weights: "
+    "I = (N/S0) sum_ij w_ij z_i z_j / sum_i z_i^2, z = m - mean(m); NaN for a constant map",
+    "similarity": "S_w[n] = cos(q[n], mean_{j in K_w} k[j]), heads concatenated; mean over each frame",
+    "text_share": "|O_text[n]| / (|O_text[n]| + |O_image[n]|), per-call attention outputs before to_out; "
+    "mean over each frame",
+    "entropy": "entropy of the head-mean attention over all text keys divided by log|T|; mean over each frame",
+    "ref_mass": "self-attention: (1/H) sum_h sum_{j in frame 0} P[n,h,j], normalised over all keys; "
+    "mean over each frame",
+    "batch": "batch items of the same CFG branch are averaged",
+}

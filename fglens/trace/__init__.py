@@ -1,0 +1,7 @@
+"""The tracing layer: the context manager, the step/branch clock, attention interception, exact probabilities."""
+
+from .context import AttentionCall, ForwardContext
+from .record import DEFAULT_STATS, STATS, Record
+from .tracer import Trace, trace
+
+__all__ = ["DEFAULT_STATS", "STATS", "AttentionCall", "ForwardContext", "Record", "Trace", "trace"]

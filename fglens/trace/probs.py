@@ -1,0 +1,79 @@
+"""Exact attention probabilities for a subset of keys, in chunks of whole frames, never as an N x N map.
+
+The fused kernel keeps the model's output path; these helpers recompute only the probabilities the
+recorders need, with a float32 softmax, one chunk of query frames at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+
+def frame_chunks(grid: tuple[int, int, int], frames_per_chunk: int) -> Iterator[tuple[int, int]]:
+    """Token ranges ``(start, stop)`` covering `frames_per_chunk` whole latent frames each."""
+    frames, ny, nx = grid
+    per_frame = ny * nx
+    for f0 in range(0, frames, frames_per_chunk):
+        yield f0 * per_frame, min(frames, f0 + frames_per_chunk) * per_frame
+
+
+def collapse_padding(key: torch.Tensor, n_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Collapse identical trailing pad keys into one column, exactly.
+
+    Wan pads every prompt to 512 tokens with zero embeddings, which become identical keys. For keys
+    ``[B, T, H, D]`` whose columns from `n_real` on are identical, returns ``keys [B, n_real + 1, H, D]``
+    and ``multiplicity [n_real + 1]`` (1 for real columns, T - n_real for the pad column). A softmax over
+    the collapsed keys with ``log(multiplicity)`` added to the logits gives, in the pad column, exactly
+    the total mass of the pad keys. With no padding the keys are returned unchanged.
+    """
+    total = key.shape[1]
+    if n_real >= total - 1:
+        return key, torch.ones(total, device=key.device)
+    mult = torch.ones(n_real + 1, device=key.device)
+    mult[-1] = total - n_real
+    return key[:, : n_real + 1], mult
+
+
+def padding_is_uniform(key: torch.Tensor, n_real: int) -> torch.Tensor:
+    """A device bool: are all keys from `n_real` on identical (so `collapse_padding` is exact)?"""
+    if n_real >= key.shape[1] - 1:
+        return torch.ones((), dtype=torch.bool, device=key.device)
+    return (key[:, n_real:] == key[:, n_real : n_real + 1]).all()
+
+
+def chunk_probs(
+    query: torch.Tensor, key: torch.Tensor, multiplicity: torch.Tensor | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """Softmax probabilities ``[B, H, n, T]`` (float32) for queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    logits = torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32)) * scale
+    if multiplicity is not None:
+        logits = logits + torch.log(multiplicity.to(logits))
+    return torch.softmax(logits, dim=-1)
+
+
+
+def frames_per_chunk(grid: tuple[int, int, int], bytes_per_token: int, budget_bytes: int) -> int:
+    """How many whole frames of queries fit in `budget_bytes` when each query token costs `bytes_per_token`."""
+    _, ny, nx = grid
+    return max(1, budget_bytes // max(1, bytes_per_token * ny * nx))
+
+
+def logsumexp_over_keys(
+    query: torch.Tensor, key: torch.Tensor, key_chunk: int, scale: float | None = None
+) -> torch.Tensor:
+    """Row log-sum-exp ``[B, H, n]`` of the logits of queries ``[B, n, H, D]`` over all keys ``[B, T, H, D]``.
+
+    Accumulated over chunks of `key_chunk` keys with logaddexp, so no ``n x T`` block is ever held whole.
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    q = query.to(torch.float32)
+    out = None
+    for k0 in range(0, key.shape[1], key_chunk):
+        logits = torch.einsum("bnhd,bthd->bhnt", q, key[:, k0 : k0 + key_chunk].to(torch.float32)) * scale
+        part = torch.logsumexp(logits, -1)
+        out = part if out is None else torch.logaddexp(out, part)
+    return out

@@ -1,0 +1,296 @@
+"""`fg.Record`: what to record; and the recorder that reduces each attention call on the device.
+
+Per text call the recorder recomputes the exact text probabilities from the call's own queries and keys
+(identical Wan pad keys collapsed into one column), in chunks of whole frames with a float32 softmax,
+reduces inside the chunk (head mean, per-word maps, entropy, similarity) and keeps only O(N·W) per
+layer. Nothing is read on the host: results stay device tensors until the forward ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .. import stats
+from ..adapters.base import Site
+from .context import BRANCHES, AttentionCall, ForwardContext
+from .probs import (
+    chunk_probs,
+    collapse_padding,
+    frame_chunks,
+    frames_per_chunk,
+    logsumexp_over_keys,
+    padding_is_uniform,
+)
+
+#: every statistic a Record can ask for, and the sites it needs
+STATS: dict[str, str] = {
+    "word_mass": "text",
+    "morans_i": "text",
+    "similarity": "text",
+    "entropy": "text",
+    "text_share": "image",
+    "ref_mass": "self",
+}
+DEFAULT_STATS = ("word_mass", "morans_i", "similarity", "text_share", "entropy")
+
+
+@dataclass
+class Record:
+    """What a trace records.
+
+    Args:
+        words: words of the prompt to follow (located through the pipeline's own tokenizer), a mapping
+            ``{label: [token positions]}`` for a bare transformer, or None for every word of the prompt.
+        stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in.
+        maps: also store the word attention maps ``word_map (branch, step, layer, word, frame, y, x)``.
+        layers: block indices (``3``) or canonical names (``"blocks.3"``); None for all.
+        steps: step indices to record; None for all.
+        branches: CFG branches to record, from ``("cond", "uncond")``.
+        chunk_bytes: memory budget of one chunk of recomputed probabilities.
+
+    Example:
+        >>> import fglens as fg
+        >>> fg.Record(words=["dog"], layers=[0, 1]).stats
+        ('word_mass', 'morans_i', 'similarity', 'text_share', 'entropy')
+    """
+
+    words: Sequence[str] | Mapping[str, Sequence[int]] | None = None
+    stats: Sequence[str] = DEFAULT_STATS
+    maps: bool = False
+    layers: Sequence[int | str] | None = None
+    steps: Sequence[int] | None = None
+    branches: Sequence[str] = ("cond",)
+    chunk_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stats, str):
+            self.stats = (self.stats,)
+        self.stats = tuple(self.stats)
+        unknown = [s for s in self.stats if s not in STATS]
+        if unknown:
+            raise ValueError(f"unknown statistic(s) {unknown}; known: {sorted(STATS)}")
+        if isinstance(self.branches, str):
+            self.branches = (self.branches,)
+        self.branches = tuple(self.branches)
+        bad = [b for b in self.branches if b not in BRANCHES]
+        if bad or not self.branches:
+            raise ValueError(f"unknown branch(es) {bad or self.branches}; accepted: {BRANCHES}")
+        if isinstance(self.words, str):
+            self.words = [self.words]
+        if self.steps is not None:
+            self.steps = tuple(int(s) for s in self.steps)
+        if self.chunk_bytes <= 0:
+            raise ValueError("chunk_bytes must be positive")
+
+    def spec(self) -> dict[str, Any]:
+        """A JSON-serialisable description, stored with each run."""
+        words = dict(self.words) if isinstance(self.words, Mapping) else self.words
+        return {
+            "words": words, "stats": list(self.stats), "maps": self.maps,
+            "layers": None if self.layers is None else list(self.layers),
+            "steps": None if self.steps is None else list(self.steps),
+            "branches": list(self.branches), "chunk_bytes": self.chunk_bytes,
+        }
+
+
+def resolve_layers(requested: Sequence[int | str] | None, per_model: Sequence[Sequence[str]]) -> list[str]:
+    """Canonical layer names for a request of indices / names, checked against the models' layers."""
+    every = [name for layers in per_model for name in layers]
+    if requested is None:
+        return every
+    out: list[str] = []
+    for item in requested:
+        if isinstance(item, (int,)) and not isinstance(item, bool):
+            for layers in per_model:
+                if not -len(layers) <= item < len(layers):
+                    raise ValueError(
+                        f"layer index {item} is out of range: the model has {len(layers)} blocks "
+                        f"(indices 0..{len(layers) - 1})"
+                    )
+                out.append(layers[item])
+        elif isinstance(item, str) and item in every:
+            out.append(item)
+        else:
+            raise ValueError(f"unknown layer {item!r}; layers are indices or names such as {every[:3]}")
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class ForwardResult:
+    """What one forward produced: per branch, per variable, a device tensor with a leading layer axis."""
+
+    step: int
+    num_steps: int | None
+    timestep: dict[str, torch.Tensor]
+    values: dict[str, dict[str, torch.Tensor]]
+    checks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _ForwardState:
+    def __init__(self, ctx: ForwardContext, items: dict[str, list[int]]):
+        self.ctx = ctx
+        self.items = items  # branch -> batch indices
+        self.index = sorted(i for idx in items.values() for i in idx)
+        self.values: dict[str, dict[int, torch.Tensor]] = {}
+        self.image_out: dict[str, torch.Tensor] = {}
+        self.pad_ok: torch.Tensor | None = None
+
+
+class Recorder:
+    """Reduces attention calls to statistics for one Record over the layers it names."""
+
+    def __init__(self, record: Record, layers: Sequence[str]):
+        self.record = record
+        self.layers = list(layers)
+        self._layer_pos = {name: i for i, name in enumerate(self.layers)}
+        self.kinds = {STATS[s] for s in record.stats} | ({"text"} if record.maps else set())
+        self.words: dict[str, list[int]] = {}
+        self.n_real: dict[str, int | None] = {}
+        self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._fwd: _ForwardState | None = None
+
+    # -- run and forward boundaries -----------------------------------------------------------------------
+    def begin_run(self, words: Mapping[str, Sequence[int]], n_real: Mapping[str, int | None]) -> None:
+        self.words = {w: list(p) for w, p in words.items()}
+        self.n_real = dict(n_real)
+        self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
+
+    def begin_forward(self, ctx: ForwardContext) -> None:
+        self._fwd = None
+        if self.record.steps is not None and ctx.step not in self.record.steps:
+            return
+        items: dict[str, list[int]] = {}
+        for i, branch in enumerate(ctx.branches):
+            if branch in self.record.branches:
+                items.setdefault(branch, []).append(i)
+        if items:
+            self._fwd = _ForwardState(ctx, items)
+
+    def wants(self, site: Site) -> bool:
+        return self._fwd is not None and site.layer in self._layer_pos and site.kind in self.kinds
+
+    def end_forward(self) -> ForwardResult | None:
+        fwd, self._fwd = self._fwd, None
+        if fwd is None or not fwd.values:
+            return None
+        pos = {b: torch.tensor([fwd.index.index(i) for i in idx]) for b, idx in fwd.items.items()}
+        values: dict[str, dict[str, torch.Tensor]] = {b: {} for b in fwd.items}
+        for var, per_layer in fwd.values.items():
+            sample = next(iter(per_layer.values()))
+            full = sample.new_full((sample.shape[0], len(self.layers), *sample.shape[1:]), float("nan"))
+            for layer, value in per_layer.items():
+                full[:, layer] = value
+            for branch, p in pos.items():
+                values[branch][var] = full[p.to(full.device)].mean(0)  # mean over the branch's items
+        timestep = {b: fwd.ctx.timestep[idx[0]] for b, idx in fwd.items.items()}
+        checks = {"pad_uniform": fwd.pad_ok} if fwd.pad_ok is not None else {}
+        return ForwardResult(fwd.ctx.step, fwd.ctx.num_steps, timestep, values, checks)
+
+    # -- attention calls ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def observe(self, call: AttentionCall) -> None:
+        fwd = self._fwd
+        if fwd is None:
+            return
+        layer = self._layer_pos[call.site.layer]
+        kind = call.site.kind
+        if kind == "image":
+            fwd.image_out[call.site.layer] = self._select(call.output, fwd)
+        elif kind == "text":
+            self._text(call, fwd, layer)
+        elif kind == "self" and "ref_mass" in self.record.stats:
+            self._ref_mass(call, fwd, layer)
+
+    def _select(self, x: torch.Tensor, fwd: _ForwardState) -> torch.Tensor:
+        return x if len(fwd.index) == x.shape[0] else x[fwd.index]
+
+    def _put(self, fwd: _ForwardState, var: str, layer: int, value: torch.Tensor) -> None:
+        fwd.values.setdefault(var, {})[layer] = value
+
+    def _text(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
+        grid = fwd.ctx.grid
+        frames = grid[0]
+        q = self._select(call.query, fwd)
+        k = self._select(call.key, fwd)
+        b, n, heads, _ = q.shape
+        want = set(self.record.stats)
+        word_stats = bool(self.words) and bool(want & {"word_mass", "morans_i", "similarity"} or self.record.maps)
+
+        if want & {"word_mass", "morans_i", "similarity", "entropy"} or self.record.maps:
+            n_real = self._n_real(fwd, k.shape[1])
+            k_eff, mult = collapse_padding(k, n_real)
+            ok = padding_is_uniform(k, n_real)
+            fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
+            word_index = self._word_index(k_eff.shape[1], q.device)
+            kbar = None
+            if "similarity" in want and word_stats:
+                counts = word_index.sum(0).clamp_min(1)
+                kbar = torch.einsum("tw,btc->bwc", word_index, k_eff.flatten(2).to(torch.float32)) / counts[:, None]
+            maps = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+            ent = q.new_zeros((b, n), dtype=torch.float32)
+            sim = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+            per_chunk = frames_per_chunk(grid, b * heads * k_eff.shape[1] * 4 * 3, self.record.chunk_bytes)
+            for a, z in frame_chunks(grid, per_chunk):
+                pbar = chunk_probs(q[:, a:z], k_eff, mult).mean(1)  # [b, n, T'] head mean
+                if word_stats:
+                    maps[:, a:z] = stats.word_maps(pbar, word_index)
+                if "entropy" in want:
+                    ent[:, a:z] = stats.normalized_entropy(pbar, mult, k.shape[1])
+                if kbar is not None:
+                    sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
+            maps_t = maps.transpose(1, 2)  # [b, W, N]
+            if word_stats and "word_mass" in want:
+                self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
+            if word_stats and "morans_i" in want:
+                self._put(fwd, "morans_i", layer, stats.morans_i(maps_t.unflatten(-1, grid)).to(torch.float32))
+            if kbar is not None:
+                self._put(fwd, "similarity", layer, stats.frame_mean(sim.transpose(1, 2), frames))
+            if "entropy" in want:
+                self._put(fwd, "entropy", layer, stats.frame_mean(ent, frames))
+            if word_stats and self.record.maps:
+                self._put(fwd, "word_map", layer, maps_t.unflatten(-1, grid))
+
+        image_out = fwd.image_out.pop(call.site.layer, None)
+        if "text_share" in want and image_out is not None:
+            share = stats.text_share(self._select(call.output, fwd).flatten(2), image_out.flatten(2))
+            self._put(fwd, "text_share", layer, stats.frame_mean(share, frames))
+
+    def _ref_mass(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
+        grid = fwd.ctx.grid
+        q = self._select(call.query, fwd)
+        k = self._select(call.key, fwd)
+        b, n, heads, _ = q.shape
+        first = grid[1] * grid[2]
+        key_chunk = max(first, self.record.chunk_bytes // max(1, 4 * 2 * b * heads * first))
+        per_chunk = frames_per_chunk(grid, 4 * 2 * b * heads * max(first, key_chunk), self.record.chunk_bytes)
+        mass = q.new_zeros((b, n), dtype=torch.float32)
+        for a, z in frame_chunks(grid, per_chunk):
+            lse_all = logsumexp_over_keys(q[:, a:z], k, key_chunk)
+            lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first)
+            mass[:, a:z] = torch.exp(lse_ref - lse_all).mean(1)
+        self._put(fwd, "ref_mass", layer, stats.frame_mean(mass, grid[0]))
+
+    # -- helpers --------------------------------------------------------------------------------------
+    def _n_real(self, fwd: _ForwardState, total: int) -> int:
+        known = [self.n_real.get(b) for b in fwd.items]
+        if any(v is None for v in known) or not known:
+            return total
+        last_word = max((max(p) for p in self.words.values() if p), default=-1)
+        return min(total, max(*known, last_word + 1))
+
+    def _word_index(self, columns: int, device: torch.device) -> torch.Tensor:
+        """Indicator ``[columns, W]`` of the words' token positions, built on the host once per shape."""
+        key = (columns, str(device))
+        if key not in self._index_cache:
+            index = torch.zeros(columns, max(1, len(self.words)))
+            for w, positions in enumerate(self.words.values()):
+                for p in positions:
+                    if p < columns:
+                        index[p, w] = 1.0
+            self._index_cache[key] = index.to(device)
+        return self._index_cache[key]
+

@@ -1,0 +1,258 @@
+"""`fg.trace`: one context manager around an unmodified pipeline call.
+
+Entering installs, for each traced transformer, a clock hook, a `TracedProcessor` around each attention
+processor with sites, and the dispatch interceptor; for a pipeline it also captures the prompt tokens.
+Leaving, in any way (return, exception, KeyboardInterrupt), removes all of it: the processors are again
+the original objects and the model is exactly as before. Each pipeline call inside the block is one run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from ..adapters import Adapter, Site, adapter_for
+from ..adapters.prompt import PipelineCall, PromptCapture, words_for
+from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
+from .clock import ClockHook, StepSource, install_clock
+from .context import AttentionCall, ForwardContext
+from .intercept import TracedProcessor, patch_dispatch, unpatch_dispatch
+from .record import STATS, Record, Recorder, resolve_layers
+
+TRANSFORMER_ATTRS = ("transformer", "transformer_2")
+WORD_STATS = ("word_mass", "morans_i", "similarity")
+
+
+def _transformers(target: Any) -> tuple[Any | None, list[tuple[str, torch.nn.Module]]]:
+    """(pipeline or None, [(prefix, transformer), ...]) for a pipeline or a bare transformer."""
+    if isinstance(target, torch.nn.Module):
+        return None, [("", target)]
+    found = []
+    for attr in TRANSFORMER_ATTRS:
+        module = getattr(target, attr, None)
+        if isinstance(module, torch.nn.Module):
+            found.append(("" if attr == "transformer" else f"{attr}.", module))
+    if not found:
+        raise TypeError(
+            f"fg.trace expects a diffusers pipeline with a `transformer` or a transformer module; got "
+            f"{type(target).__name__}"
+        )
+    return target, found
+
+
+class Trace:
+    """The object `fg.trace(...)` returns; inside the block it is also the handle on the recorded run(s).
+
+    Attributes:
+        dataset: the most recent run as an `xarray.Dataset` (from the store when one was given).
+        datasets: every run of this block, in order.
+        run_ids: the names of those runs in the store.
+    """
+
+    def __init__(self, target: Any, record: Record | None = None, edit: Any = None, store: Any = None):
+        if edit is not None:
+            raise NotImplementedError(
+                "interventions (edit=) are not part of this fglens release yet; trace with record= only"
+            )
+        if record is not None and not isinstance(record, Record):
+            raise TypeError(f"record must be an fg.Record, got {type(record).__name__}")
+        self.pipe, found = _transformers(target)
+        self.adapters: list[Adapter] = [adapter_for(t, prefix) for prefix, t in found]
+        self.record = record if record is not None else Record()
+        self.layers = resolve_layers(self.record.layers, [a.layers() for a in self.adapters])
+        self.store = store_path(store) if store is not None else None
+        self.recorder = Recorder(self.record, self.layers)
+        self.variables = self._variables()
+
+        self._undo: list[Callable[[], None]] = []
+        self._capture: PromptCapture | None = None
+        self._forward: ForwardContext | None = None
+        self._writer: RunWriter | None = None
+        self._sink: MemorySink | ZarrSink | None = None
+        self._run_state: dict[str, Any] = {}
+        self._sinks: list[MemorySink | ZarrSink] = []
+        self.run_ids: list[str] = []
+        self._active = False
+
+    # -- public handle ------------------------------------------------------------------------------------
+    @property
+    def dataset(self):
+        if self._active:
+            raise RuntimeError("run.dataset is available after the `with fg.trace(...)` block has closed")
+        if not self._sinks:
+            raise RuntimeError("nothing was recorded: no transformer forward ran inside the trace block")
+        return self._sinks[-1].dataset()
+
+    @property
+    def datasets(self) -> list:
+        return [s.dataset() for s in self._sinks]
+
+    # -- context manager ----------------------------------------------------------------------------------
+    def __enter__(self) -> Trace:
+        try:
+            self._install()
+        except BaseException:
+            self._uninstall()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._end_run(interrupted=exc_type is not None)
+        finally:
+            self._active = False
+            self._uninstall()
+        return False
+
+    def _install(self) -> None:
+        scheduler = getattr(self.pipe, "scheduler", None)
+        for adapter in self.adapters:
+            module = adapter.dispatch_module()
+            patch_dispatch(module)
+            self._undo.append(lambda m=module: unpatch_dispatch(m))
+            by_module: dict[str, list[Site]] = {}
+            for site in adapter.sites():
+                by_module.setdefault(site.module, []).append(site)
+            for path, sites in by_module.items():
+                attn = adapter.module(path)
+                original = attn.processor
+                attn.processor = TracedProcessor(original, sites, self._on_attention)
+                self._undo.append(lambda a=attn, p=original: setattr(a, "processor", p))
+            hook = ClockHook(adapter, StepSource(scheduler), self._on_forward_begin, self._on_forward_end,
+                             self._batched_cfg)
+            self._undo.append(install_clock(adapter.transformer, hook))
+        if self.pipe is not None:
+            self._capture = PromptCapture(self.pipe)
+            self._capture.install()
+            self._undo.append(self._capture.remove)
+
+    def _uninstall(self) -> None:
+        errors = []
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except BaseException as exc:  # noqa: BLE001 - keep restoring the rest, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _batched_cfg(self) -> bool:
+        return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+
+    # -- clock callbacks -----------------------------------------------------------------------------------
+    def _on_forward_begin(self, ctx: ForwardContext) -> None:
+        call = self._capture.take() if self._capture is not None else None
+        if call is not None or self._writer is None:
+            if self._writer is not None:
+                self._end_run(interrupted=False)
+            self._begin_run(call, ctx)
+        self._forward = ctx
+        self.recorder.begin_forward(ctx)
+        self._run_state["last_step"] = ctx.step
+        self._run_state["num_steps"] = ctx.num_steps
+
+    def _on_forward_end(self, ctx: ForwardContext) -> None:
+        self._forward = None
+        result = self.recorder.end_forward()
+        if result is not None and self._writer is not None:
+            self._writer.put(result.step, result.timestep, result.values, result.checks)
+
+    def _on_attention(self, site: Site, query, key, value, run_kernel, kwargs) -> torch.Tensor:
+        out = run_kernel()
+        if self._forward is not None and self.recorder.wants(site):
+            self.recorder.observe(AttentionCall(site, query, key, value, self._forward, out))
+        return out
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def _variables(self) -> list[str]:
+        kinds = {site.kind for a in self.adapters for site in a.sites()}
+        out = [s for s in self.record.stats if STATS[s] in kinds]
+        if self.record.maps:
+            out.append("word_map")
+        return out
+
+    def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
+        words = words_for(call, self.record.words)
+        self.recorder.begin_run(words, call.n_real() if call is not None else {})
+        variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
+        run_id = new_run_id()
+        sink = ZarrSink(self.store, run_id) if self.store is not None else MemorySink()
+        self._writer = RunWriter(
+            sink, variables=variables, branches=self.record.branches, layers=self.layers, words=list(words),
+            grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
+        )
+        self._sink = sink
+        self._run_state = {"last_step": None, "num_steps": ctx.num_steps}
+
+    def _end_run(self, interrupted: bool) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        last, total = self._run_state.get("last_step"), self._run_state.get("num_steps")
+        complete = not interrupted and (total is None or last == total - 1)
+        writer.close({"complete": complete, "num_steps": total})
+        self._sinks.append(self._sink)
+        self.run_ids.append(getattr(self._sink, "run_id", f"memory-{len(self._sinks)}"))
+        if writer.checks.get("pad_uniform") is False:
+            warnings.warn(
+                "the text pad keys were not identical in this run, so collapsing them was not exact; "
+                "the run's attribute check_pad_uniform is False",
+                stacklevel=2,
+            )
+
+    def _attrs(self, call: PipelineCall | None, words: dict, ctx: ForwardContext, run_id: str) -> dict[str, Any]:
+        import diffusers
+
+        from .. import __version__
+
+        model = self.adapters[0].transformer
+        return {
+            "fglens_version": __version__,
+            "diffusers_version": diffusers.__version__,
+            "torch_version": torch.__version__,
+            "run": run_id,
+            "created": datetime.now(timezone.utc).isoformat(),
+            "complete": False,
+            "model_class": type(model).__name__,
+            "model_family": self.adapters[0].family,
+            "model_config": json.loads(json.dumps(self.adapters[0].config_dict(), default=str)),
+            "pipeline_class": type(self.pipe).__name__ if self.pipe is not None else None,
+            "prompt": call.prompt.text if call and call.prompt else None,
+            "negative_prompt": call.negative.text if call and call.negative else None,
+            "seed": call.seed if call else None,
+            "words": list(words),
+            "word_positions": words,
+            "grid": list(ctx.grid),
+            "num_steps": ctx.num_steps,
+            "record": self.record.spec(),
+            "definitions": DEFINITIONS,
+        }
+
+
+def trace(target: Any, record: Record | None = None, edit: Any = None, store: Any = None) -> Trace:
+    """Trace a diffusers pipeline (or a bare transformer) for the duration of a ``with`` block.
+
+    Args:
+        target: a pipeline such as `WanImageToVideoPipeline` (its `transformer` and, for Wan2.2, its
+            `transformer_2` are traced), or a supported transformer module.
+        record: what to record (`fg.Record`); defaults to `fg.Record()` (every word, default statistics).
+        edit: interventions; not available in this release.
+        store: path of a zarr store to write the run(s) into; a new run is added, nothing is overwritten.
+            Without it the run is kept in memory.
+
+    Example:
+        >>> import fglens as fg
+        >>> pipe = fg.testing.tiny_wan_i2v_pipeline()
+        >>> with fg.trace(pipe, record=fg.Record(words=["dog"])) as run:
+        ...     _ = pipe(image=fg.testing.reference_image(), prompt="a dog jumps", height=32, width=48,
+        ...              num_frames=5, num_inference_steps=2, output_type="latent")
+        >>> run.dataset.word_mass.dims
+        ('branch', 'step', 'layer', 'word', 'frame')
+    """
+    return Trace(target, record=record, edit=edit, store=store)
