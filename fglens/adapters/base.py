@@ -75,6 +75,14 @@ class Adapter:
         """The timestep tensor of a forward call (on the device; never read on the host here)."""
         raise NotImplementedError
 
+    def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
+        """Real (unpadded) text length per batch item, read from the forward's inputs on the host.
+
+        Only used for a bare transformer, where no pipeline told fglens the prompt's token count; None
+        when the architecture cannot tell.
+        """
+        return None
+
     # -- helpers ----------------------------------------------------------------------------------------
     def module(self, path: str) -> torch.nn.Module:
         return self.transformer.get_submodule(path)

@@ -56,3 +56,10 @@ class WanAdapter(Adapter):
         t = kwargs["timestep"] if "timestep" in kwargs else args[1]
         # Wan2.2 TI2V passes a per-token timestep [B, N]; the step's timestep is its maximum.
         return t.reshape(t.shape[0], -1).amax(dim=1) if t.ndim > 1 else t
+
+    def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
+        # Wan pipelines zero-pad the prompt embeddings to 512; the real length ends at the last non-zero row.
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+        nonzero = (text != 0).any(-1)  # [B, T]
+        positions = torch.arange(1, text.shape[1] + 1, device=text.device)
+        return (nonzero * positions).amax(-1).tolist()  # host read, bare transformers only

@@ -94,6 +94,7 @@ class ClockHook(ModelHook):
             branches=self._branches(timestep.shape[0]),
             grid=self.adapter.grid(args, kwargs),
             prefix=self.adapter.prefix,
+            text_lengths=None if self.steps.scheduler is not None else self.adapter.text_lengths(args, kwargs),
         )
         self._current = ctx
         self.on_begin(ctx)

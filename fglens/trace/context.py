@@ -22,6 +22,7 @@ class ForwardContext:
         branches: the CFG branch of each batch item, e.g. ``("cond",)`` or ``("uncond", "cond")``.
         grid: latent grid (frames, y, x) of the video tokens.
         prefix: which transformer of the pipeline runs ("" or "transformer_2.").
+        text_lengths: real text length per batch item, when read from the inputs (bare transformers).
     """
 
     step: int
@@ -30,6 +31,7 @@ class ForwardContext:
     branches: tuple[str, ...]
     grid: tuple[int, int, int]
     prefix: str = ""
+    text_lengths: list[int] | None = None
 
     @property
     def n_tokens(self) -> int:

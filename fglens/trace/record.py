@@ -276,7 +276,10 @@ class Recorder:
 
     # -- helpers --------------------------------------------------------------------------------------
     def _n_real(self, fwd: _ForwardState, total: int) -> int:
-        known = [self.n_real.get(b) for b in fwd.items]
+        if fwd.ctx.text_lengths is not None:
+            known = [fwd.ctx.text_lengths[i] for i in fwd.index]
+        else:
+            known = [self.n_real.get(b) for b in fwd.items]
         if any(v is None for v in known) or not known:
             return total
         last_word = max((max(p) for p in self.words.values() if p), default=-1)
