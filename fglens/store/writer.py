@@ -116,7 +116,7 @@ class ZarrSink:
 
     def append(self, ds: xr.Dataset) -> None:
         if not self._created:
-            encoding = {name: {"chunks": tuple(1 if d == "step" else s for d, s in zip(v.dims, v.shape))}
+            encoding = {name: {"chunks": tuple(1 if d == "step" else s for d, s in zip(v.dims, v.shape, strict=True))}
                         for name, v in ds.data_vars.items()}
             ds.assign_attrs(self.attrs).to_zarr(
                 self.path, group=self.run_id, mode="w-", zarr_format=3, consolidated=False, encoding=encoding
