@@ -130,6 +130,29 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 4, seed: int = 0):
     return pipe
 
 
+def tiny_wan22_i2v_pipeline(*, num_layers: int = 3, boundary_ratio: float = 0.9, seed: int = 0):
+    """A Wan2.2-style two-expert `WanImageToVideoPipeline`: `transformer` for high noise, `transformer_2` below
+    `boundary_ratio`; no image encoder (the reference frame enters only through the latent channels)."""
+    from diffusers import WanImageToVideoPipeline
+
+    vae, tokenizer, text_encoder, scheduler = _tiny_wan_parts(seed)
+    high = tiny_wan_transformer(num_layers=num_layers, image_conditioned=False, seed=seed + 2)
+    low = tiny_wan_transformer(num_layers=num_layers, image_conditioned=False, seed=seed + 3)
+    # I2V latents: 16 noise + 4 mask + 16 image channels
+    high.register_to_config(in_channels=36)
+    low.register_to_config(in_channels=36)
+    for model in (high, low):
+        _seeded(seed + 4)
+        old = model.patch_embedding
+        model.patch_embedding = torch.nn.Conv3d(36, old.out_channels, kernel_size=old.kernel_size, stride=old.stride)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=None, image_processor=None,
+        transformer=high, transformer_2=low, vae=vae, scheduler=scheduler, boundary_ratio=boundary_ratio,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_wan_t2v_pipeline(*, num_layers: int = 4, seed: int = 0):
     """A complete `WanPipeline` (text-to-video) with seeded random weights; its DiT has no image keys."""
     from diffusers import WanPipeline

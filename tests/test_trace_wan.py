@@ -1,0 +1,292 @@
+"""Recording on Wan: exactness against a float64 dense reference, bit-identical outputs, clean restore."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers import transformer_wan
+
+import fglens as fg
+from fglens.trace.record import STATS
+
+PROMPT = "a dog jumps over the red fence"
+HEIGHT, WIDTH, FRAMES = 48, 80, 9  # latent grid (3, 3, 5): non-square, several frames
+
+
+def _call(pipe, image, steps=2, seed=0, **kw):
+    return pipe(
+        image=image, prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed), output_type="np", **kw,
+    ).frames[0]
+
+
+# -- an independent float64 reference ------------------------------------------------------------------------
+class Capture:
+    """Plain torch hooks on the projections/norms of every block: the queries, keys and values the model
+    itself computed, per transformer forward, without going through fglens."""
+
+    def __init__(self, transformer):
+        self.forwards: list[dict[int, dict[str, torch.Tensor]]] = []
+        self.handles = [transformer.register_forward_pre_hook(lambda m, a: self.forwards.append({}))]
+        for i, block in enumerate(transformer.blocks):
+            self._out(block.attn2.norm_q, i, "q")
+            self._out(block.attn2.norm_k, i, "k")
+            self._out(block.attn2.to_v, i, "v")
+            self._out(block.attn2.norm_added_k, i, "k_img")
+            self._out(block.attn2.add_v_proj, i, "v_img")
+            self._out(block.attn1.norm_q, i, "q_self")
+            self._out(block.attn1.norm_k, i, "k_self")
+            self.handles.append(block.attn1.register_forward_pre_hook(self._rope(i)))
+
+    def _out(self, module, i, name):
+        def hook(m, a, out):
+            self.forwards[-1].setdefault(i, {})[name] = out.detach().clone()
+
+        self.handles.append(module.register_forward_hook(hook))
+
+    def _rope(self, i):
+        def hook(m, args):
+            self.forwards[-1].setdefault(i, {})["rope"] = args[3]
+
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _rotary(x, cos, sin):
+    # diffusers' WanAttnProcessor rotary embedding, in float64
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2].double(), sin[..., 1::2].double()
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out
+
+
+def _softmax64(q, k):
+    d = q.shape[-1]
+    return torch.softmax(torch.einsum("bnhd,bthd->bhnt", q, k) / math.sqrt(d), dim=-1)
+
+
+def _morans_reference(m: np.ndarray) -> float:
+    """Moran's I with an explicit N x N binary rook weight matrix."""
+    ny, nx = m.shape
+    n = ny * nx
+    w = np.zeros((n, n))
+    for y in range(ny):
+        for x in range(nx):
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                if 0 <= y + dy < ny and 0 <= x + dx < nx:
+                    w[y * nx + x, (y + dy) * nx + x + dx] = 1
+    z = m.reshape(-1) - m.mean()
+    return float(n / w.sum() * (z @ w @ z) / (z @ z))
+
+
+def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, list[int]], grid) -> dict:
+    f, ny, nx = grid
+    h = heads
+    q = cap["q"].double().unflatten(-1, (h, -1))
+    k = cap["k"].double().unflatten(-1, (h, -1))
+    v = cap["v"].double().unflatten(-1, (h, -1))
+    p = _softmax64(q, k)  # [B, H, N, 512]: the full text softmax
+    pbar = p.mean(1)
+    out = {}
+    wm, mi, sim = [], [], []
+    for positions in words.values():
+        m = pbar[0][:, positions].sum(-1)  # [N]
+        frames = m.reshape(f, ny * nx)
+        wm.append(frames.mean(-1).numpy())
+        mi.append([_morans_reference(frames[i].reshape(ny, nx).numpy()) for i in range(f)])
+        kbar = k[0][positions].flatten(1).mean(0)
+        s = torch.nn.functional.cosine_similarity(q[0].flatten(1), kbar[None], dim=-1)
+        sim.append(s.reshape(f, -1).mean(-1).numpy())
+    out["word_mass"], out["morans_i"], out["similarity"] = np.array(wm), np.array(mi), np.array(sim)
+    ent = -(pbar[0] * torch.log(pbar[0])).sum(-1) / math.log(k.shape[1])
+    out["entropy"] = ent.reshape(f, -1).mean(-1).numpy()
+    o_text = torch.einsum("bhnt,bthd->bnhd", p, v).flatten(2)[0]
+    k_img = cap["k_img"].double().unflatten(-1, (h, -1))
+    v_img = cap["v_img"].double().unflatten(-1, (h, -1))
+    o_img = torch.einsum("bhnt,bthd->bnhd", _softmax64(q, k_img), v_img).flatten(2)[0]
+    share = o_text.norm(dim=-1) / (o_text.norm(dim=-1) + o_img.norm(dim=-1))
+    out["text_share"] = share.reshape(f, -1).mean(-1).numpy()
+    cos, sin = cap["rope"]
+    qs = _rotary(cap["q_self"].double().unflatten(-1, (h, -1)), cos, sin)
+    ks = _rotary(cap["k_self"].double().unflatten(-1, (h, -1)), cos, sin)
+    ps = _softmax64(qs, ks)  # [B, H, N, N]
+    ref = ps[0][..., : ny * nx].sum(-1).mean(0)
+    out["ref_mass"] = ref.reshape(f, -1).mean(-1).numpy()
+    out["word_map"] = np.stack([pbar[0][:, pos].sum(-1).reshape(f, ny, nx).numpy() for pos in words.values()])
+    return out
+
+
+def test_recorded_statistics_equal_float64_dense_reference(wan_i2v, ref_image):
+    pipe = wan_i2v
+    cap = Capture(pipe.transformer)
+    record = fg.Record(words=["dog", "red fence"], stats=list(STATS), maps=True, layers=[0, 2, 3],
+                       branches=("cond", "uncond"))
+    try:
+        with fg.trace(pipe, record=record) as run:
+            # a negative prompt with the same words, so that the uncond word maps are not of pad keys
+            # (near-uniform maps, whose Moran's I is ill-conditioned in any float32 computation)
+            _call(pipe, ref_image, steps=2, negative_prompt="a dog jumps over the red fence, blurry")
+    finally:
+        cap.remove()
+    ds = run.dataset
+    words = fg.store.decode_attrs(ds.attrs)["word_positions"]
+    assert words == {"dog": [1], "red fence": [5, 6]}  # ▁a ▁dog ▁jumps ▁over ▁the ▁red ▁fence </s>
+    grid = tuple(fg.store.decode_attrs(ds.attrs)["grid"])
+    assert grid == (3, 3, 5)
+    heads = pipe.transformer.config.num_attention_heads
+    assert len(cap.forwards) == 4  # 2 steps x (cond, uncond)
+    checked = 0
+    for index, forward in enumerate(cap.forwards):
+        step, branch = divmod(index, 2)
+        branch = ("cond", "uncond")[branch]
+        for layer in (0, 2, 3):
+            ref = dense_reference(forward[layer], heads, words, grid)
+            got = ds.sel(step=step, branch=branch, layer=f"blocks.{layer}")
+            for var, expected in ref.items():
+                np.testing.assert_allclose(got[var].values, expected, rtol=1e-5, atol=1e-5, err_msg=var)
+                checked += 1
+        # layers not recorded stay absent from the dataset
+        assert "blocks.1" not in ds.layer.values
+    assert checked == 4 * 3 * 7
+
+
+def test_word_positions_follow_the_tokens_the_encoder_saw(wan_i2v, ref_image):
+    tok = wan_i2v.tokenizer
+    pieces = tok.convert_ids_to_tokens(tok(PROMPT).input_ids)
+    with fg.trace(wan_i2v, record=fg.Record(words=None, stats=["word_mass"])) as run:
+        _call(wan_i2v, ref_image, steps=1)
+    positions = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
+    assert list(positions) == ["a", "dog", "jumps", "over", "the", "red", "fence"]
+    for word, pos in positions.items():
+        assert "".join(pieces[p] for p in pos).lstrip("▁") == word
+
+
+def test_traced_call_is_bit_identical(wan_i2v, ref_image):
+    plain = _call(wan_i2v, ref_image)
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"], stats=list(STATS), maps=True)):
+        traced = _call(wan_i2v, ref_image)
+    assert np.array_equal(plain, traced)
+
+
+def _state(pipe):
+    t = pipe.transformer
+    return (
+        {n: m.processor for n, m in t.named_modules() if hasattr(m, "processor")},
+        set(t.__dict__),
+        set(vars(pipe)),
+        transformer_wan.dispatch_attention_fn,
+        len(t._forward_pre_hooks) + len(t._forward_hooks),
+        len(pipe.text_encoder._forward_pre_hooks),
+    )
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_model_restored_after_interruption(wan_i2v, ref_image, error):
+    before_out = _call(wan_i2v, ref_image)
+    before = _state(wan_i2v)
+
+    def boom(pipe, i, t, kwargs):
+        if i == 1:
+            raise error("stop")
+        return kwargs
+
+    with pytest.raises(error):
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"])):
+            _call(wan_i2v, ref_image, steps=3, callback_on_step_end=boom)
+    after = _state(wan_i2v)
+    for b, a in zip(before[0].values(), after[0].values(), strict=True):
+        assert a is b  # the original processor objects
+    assert before[1:] == after[1:]
+    assert np.array_equal(before_out, _call(wan_i2v, ref_image))
+
+
+def test_restored_when_entering_fails(wan_i2v):
+    before = _state(wan_i2v)
+    with pytest.raises(ValueError, match="out of range"):
+        with fg.trace(wan_i2v, record=fg.Record(layers=[99])):
+            pass
+    assert _state(wan_i2v)[1:] == before[1:]
+
+
+def test_t2v_has_no_image_site_and_no_text_share(wan_t2v):
+    sites = fg.adapters.adapter_for(wan_t2v.transformer).sites()
+    assert {s.kind for s in sites} == {"self", "text"}
+    with fg.trace(wan_t2v, record=fg.Record(words=["dog"])) as run:
+        wan_t2v(prompt="a dog runs", height=32, width=48, num_frames=5, num_inference_steps=2, output_type="latent")
+    ds = run.dataset
+    assert "text_share" not in ds and "word_mass" in ds
+    assert np.isfinite(ds.word_mass.values).all()
+
+
+def test_wan22_traces_both_experts_with_separate_layer_names(wan22, ref_image):
+    with fg.trace(wan22, record=fg.Record(words=["dog"])) as run:
+        _call(wan22, ref_image, steps=4)
+    ds = run.dataset
+    layers = list(ds.layer.values)
+    assert layers == [f"blocks.{i}" for i in range(3)] + [f"transformer_2.blocks.{i}" for i in range(3)]
+    high = ds.word_mass.sel(layer="blocks.0", branch="cond").isnull().all(("word", "frame")).values
+    low = ds.word_mass.sel(layer="transformer_2.blocks.0", branch="cond").isnull().all(("word", "frame")).values
+    assert (high != low).all() and (~high).any() and (~low).any()  # each step ran exactly one expert
+    # the expert switches once, at the boundary, from high-noise to low-noise
+    assert list(high) == sorted(high)
+
+
+def test_bare_transformer_with_token_positions():
+    t = fg.testing.tiny_wan_transformer()
+    x = torch.randn(1, 36, 2, 4, 6)
+    text = torch.randn(1, 512, 32)
+    text[:, 7:] = 0  # Wan's zero padding
+    image = torch.randn(1, 257, 8)
+    with fg.trace(t, record=fg.Record(words={"w": [1, 2]})) as run:
+        for ts in (900, 500):
+            t(hidden_states=x, timestep=torch.tensor([ts]), encoder_hidden_states=text,
+              encoder_hidden_states_image=image)
+    ds = run.dataset
+    assert list(ds.step.values) == [0, 1]
+    assert list(ds.timestep.values) == [900.0, 500.0]
+    assert ds.attrs["check_pad_uniform"] is True or ds.attrs["check_pad_uniform"] == 1
+
+
+def test_batched_cfg_halves_give_uncond_then_cond():
+    from fglens.trace.clock import ClockHook
+
+    hook = ClockHook(adapter=None, steps=None, on_begin=None, on_end=None, batched_cfg=lambda: True)
+    assert hook._branches(4) == ("uncond", "uncond", "cond", "cond")
+    hook.batched_cfg = lambda: False
+    assert hook._branches(2) == ("cond", "cond")
+
+
+# -- clear errors ----------------------------------------------------------------------------------------------
+def test_unsupported_model_names_supported_classes():
+    with pytest.raises(TypeError, match="WanTransformer3DModel"):
+        fg.trace(torch.nn.Linear(2, 2))
+
+
+def test_word_not_in_prompt_lists_the_prompt_words(wan_i2v, ref_image):
+    before = _state(wan_i2v)
+    with pytest.raises(ValueError, match=r"'cat' is not in the prompt.*dog, jumps"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["cat"])):
+            _call(wan_i2v, ref_image, steps=1)
+    assert _state(wan_i2v)[1:] == before[1:]
+
+
+def test_layer_out_of_range(wan_i2v):
+    with pytest.raises(ValueError, match="layer index 7 is out of range.*4 blocks"):
+        fg.trace(wan_i2v, record=fg.Record(layers=[7]))
+    with pytest.raises(ValueError, match="unknown layer 'blocks.9'"):
+        fg.trace(wan_i2v, record=fg.Record(layers=["blocks.9"]))
+
+
+def test_unknown_statistic_and_branch():
+    with pytest.raises(ValueError, match="unknown statistic.*'moran'.*known"):
+        fg.Record(stats=["moran"])
+    with pytest.raises(ValueError, match="unknown branch"):
+        fg.Record(branches=("positive",))
