@@ -17,7 +17,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-_ROOK = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+def _rook_kernel(like: torch.Tensor) -> torch.Tensor:
+    """The 3x3 rook kernel, made on the device (a host constant would cost a host-to-device copy per call)."""
+    kernel = like.new_zeros((1, 1, 3, 3))
+    kernel[..., 0, 1] = kernel[..., 1, 0] = kernel[..., 1, 2] = kernel[..., 2, 1] = 1.0
+    return kernel
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +78,7 @@ def morans_i(maps: torch.Tensor) -> torch.Tensor:
     *lead, ny, nx = maps.shape
     m = _wide(maps).reshape(-1, 1, ny, nx)
     z = m - m.mean(dim=(-1, -2), keepdim=True)
-    neighbours = F.conv2d(z, _ROOK.to(z)[None, None], padding=1)
+    neighbours = F.conv2d(z, _rook_kernel(z), padding=1)
     num = (z * neighbours).sum(dim=(-1, -2, -3))
     den = (z * z).sum(dim=(-1, -2, -3))
     s0 = 2 * (ny * (nx - 1) + nx * (ny - 1))

@@ -177,7 +177,8 @@ class Recorder:
         fwd, self._fwd = self._fwd, None
         if fwd is None or not fwd.values:
             return None
-        pos = {b: torch.tensor([fwd.index.index(i) for i in idx]) for b, idx in fwd.items.items()}
+        # python-int indexing only: an index tensor would be a host-to-device copy, which syncs
+        pos = {b: [fwd.index.index(i) for i in idx] for b, idx in fwd.items.items()}
         values: dict[str, dict[str, torch.Tensor]] = {b: {} for b in fwd.items}
         for var, per_layer in fwd.values.items():
             sample = next(iter(per_layer.values()))
@@ -185,7 +186,7 @@ class Recorder:
             for layer, value in per_layer.items():
                 full[:, layer] = value
             for branch, p in pos.items():
-                values[branch][var] = full[p.to(full.device)].mean(0)  # mean over the branch's items
+                values[branch][var] = torch.stack([full[i] for i in p]).mean(0)  # mean over the branch's items
         timestep = {b: fwd.ctx.timestep[idx[0]] for b, idx in fwd.items.items()}
         checks = {"pad_uniform": fwd.pad_ok} if fwd.pad_ok is not None else {}
         return ForwardResult(fwd.ctx.step, fwd.ctx.num_steps, timestep, values, checks)

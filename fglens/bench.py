@@ -1,0 +1,621 @@
+"""`fglens bench`: what recording costs, measured on a Wan-like tiny stack on the CPU.
+
+One run compares, at several token counts N, four ways of running one transformer forward (one "step"):
+
+* ``plain``: no tracing;
+* ``traced``: ``fg.trace`` with the default statistics (word_mass, morans_i, similarity, text_share, entropy);
+* ``traced_ref``: the same plus ``ref_mass`` (self-attention mass on the first latent frame, computed
+  exactly in chunks: it recomputes Q·K over all keys, so its FLOPs are higher by design);
+* ``naive``: a positive control, `NaiveRecorder`, which computes the same statistics by materialising the
+  full probability matrices ([B, H, N, N] for self-attention, [B, H, N, 512] for the text), so its memory
+  grows quadratically with N.
+
+For each (N, mode) it measures
+
+* ``flops``: matmul / convolution / attention FLOPs with `torch.utils.flop_counter.FlopCounterMode`, with a
+  formula registered for the CPU attention kernel (``aten._scaled_dot_product_flash_attention_for_cpu``),
+  which the counter otherwise reports as 0; element-wise work (softmax, exp, logsumexp) is not counted;
+* ``peak_bytes``: the peak of live tensor bytes allocated during the forward (`LiveBytesMeter`, the same
+  meter for every mode; parameters, buffers and inputs excluded), and ``recorder_bytes`` =
+  ``peak_bytes(mode) - peak_bytes(plain)`` at the same N;
+* ``wall_s``: the median of ``repeats`` timings of the forward alone, the modes interleaved inside each
+  repeat, after one warm-up forward per mode.
+
+The model is a bare random-weight `WanTransformer3DModel` (`fglens.testing.tiny_wan_transformer`, 4 blocks,
+4 heads x 32 dims, so that attention dominates as it does at full scale), driven as the Wan I2V pipeline
+drives it: video latents ``[1, 36, F, 2Y, 2X]`` (a 2x2 patch gives F x Y x X tokens), the text zero-padded
+to 512 rows and 257 CLIP image tokens.
+
+Example:
+    >>> from fglens.bench import run_benchmark
+    >>> records = run_benchmark([160, 320], repeats=1, frame_hw=(8, 10), log=None)  # doctest: +SKIP
+    >>> sorted({r["mode"] for r in records})  # doctest: +SKIP
+    ['naive', 'plain', 'traced', 'traced_ref']
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+MODES = ("plain", "traced", "traced_ref", "naive")
+#: the words the traced and naive modes follow: token positions in the 512 text rows
+WORDS: dict[str, list[int]] = {"w0": [1], "w1": [2, 3]}
+#: latent frame sizes (Y, X) to choose from, largest first: the first that divides every N is used
+FRAME_SIZES: tuple[tuple[int, int], ...] = ((16, 20), (8, 10), (4, 5))
+TEXT_ROWS = 512  # Wan pads every prompt to 512 rows
+IMAGE_TOKENS = 257  # CLIP ViT-H/14 tokens of the reference frame in Wan2.1 I2V
+FLOP_TARGET = 1.03  # traced / plain FLOPs, for N >= FLOP_TARGET_MIN_N
+FLOP_TARGET_MIN_N = 3840
+GROWTH_TARGET = 2.2  # recorder bytes per doubling of N, fglens
+NAIVE_GROWTH_MIN = 3.0  # the positive control must show (close to) quadratic growth
+
+Log = Callable[[str], None] | None
+
+
+# -- FLOPs -----------------------------------------------------------------------------------------------
+def ensure_cpu_attention_flops() -> None:
+    """Count the CPU attention kernel in `FlopCounterMode` (torch has no formula for it; idempotent).
+
+    On the CPU, ``F.scaled_dot_product_attention`` dispatches to
+    ``aten._scaled_dot_product_flash_attention_for_cpu``, which `FlopCounterMode` reports as 0 FLOPs. This
+    registers the same formula as for the CUDA flash kernel: 2·B·H·Sq·Sk·D for Q·Kᵀ plus 2·B·H·Sq·Sk·Dv
+    for P·V.
+    """
+    from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_flop_count
+
+    aten = torch.ops.aten
+    targets = [
+        getattr(aten, name)
+        for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+        if hasattr(aten, name) and getattr(aten, name) not in flop_registry
+    ]
+    if not targets:
+        return
+
+    def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    register_flop_formula(targets)(cpu_sdpa_flop)
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
+    try:
+        storage = t.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # tensors without storage
+        return None
+    nbytes = storage.nbytes()
+    return (storage.data_ptr(), nbytes) if nbytes else None
+
+
+class LiveBytesMeter(TorchDispatchMode):
+    """Peak of the bytes of tensor storages created while the mode is active and still alive.
+
+    Every op's outputs are inspected: a storage that is none of the op's inputs' storages and not already
+    tracked is new (views, in-place ops and ``out=`` variants allocate nothing); its bytes count until its
+    storage is freed (``weakref.finalize`` on the storage). Tensors that existed before (parameters,
+    buffers, inputs, caches) are never counted. Allocations inside a kernel that never surface as a
+    tensor (a fused kernel's scratch space) are invisible, the same way in every mode.
+
+    Example:
+        >>> with LiveBytesMeter() as meter:
+        ...     x = torch.ones(1000)  # 4000 bytes
+        ...     y = x * 2              # 4000 more while both are alive
+        >>> meter.peak
+        8000
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, int] = {}
+        self._finalizers: list[weakref.finalize] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {
+            key[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+            if (key := _storage_key(t)) is not None
+        }
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t, inputs)
+        return out
+
+    def _track(self, t: torch.Tensor, inputs: set[int]) -> None:
+        key = _storage_key(t)
+        if key is None:
+            return
+        ptr, nbytes = key
+        if ptr in inputs or ptr in self._live:
+            return
+        self._live[ptr] = nbytes
+        self.current += nbytes
+        self.peak = max(self.peak, self.current)
+        self._finalizers.append(weakref.finalize(t.untyped_storage(), self._free, ptr))
+
+    def _free(self, ptr: int) -> None:
+        self.current -= self._live.pop(ptr, 0)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            return super().__exit__(exc_type, exc, tb)
+        finally:
+            for fin in self._finalizers:
+                fin.detach()
+            self._finalizers.clear()
+
+
+# -- the positive control -----------------------------------------------------------------------------------
+def _rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' `WanAttnProcessor` rotary embedding, verbatim in effect."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+def _frame_mean(x: torch.Tensor, frames: int) -> torch.Tensor:
+    return x.unflatten(-1, (frames, -1)).mean(-1)
+
+
+def _morans_i(maps: torch.Tensor) -> torch.Tensor:
+    """Moran's I with rook weights of maps ``[..., Y, X]`` (float64), written out pair by pair."""
+    ny, nx = maps.shape[-2:]
+    z = maps.to(torch.float64)
+    z = z - z.mean(dim=(-1, -2), keepdim=True)
+    pairs = (z[..., 1:, :] * z[..., :-1, :]).sum(dim=(-1, -2)) + (z[..., :, 1:] * z[..., :, :-1]).sum(dim=(-1, -2))
+    s0 = 2 * (ny * (nx - 1) + nx * (ny - 1))
+    return (ny * nx / s0) * 2 * pairs / (z * z).sum(dim=(-1, -2))
+
+
+class NaiveRecorder:
+    """Computes fglens' statistics the obvious way, materialising every probability matrix whole.
+
+    Forward pre-hooks on ``blocks.i.attn1`` and ``blocks.i.attn2`` recompute the queries and keys from the
+    module's own projections (``to_q``, ``to_k``, ``norm_q``, ``norm_k``, the rotary embedding for
+    ``attn1``; ``add_k_proj``, ``norm_added_k`` for the image keys), then build the full self-attention
+    softmax ``[B, H, N, N]`` (for ``ref_mass``) and the full text and image softmaxes ``[B, H, N, 512]``,
+    ``[B, H, N, 257]``, keeping logits and probabilities alive until every statistic is reduced. Its memory
+    grows as N²: it is the benchmark's positive control, not something to use.
+
+    After a forward, `values` maps each statistic to ``{block index: tensor}`` for batch item 0, shaped
+    like fglens' output: ``[W, F]`` for word statistics, ``[F]`` for the others.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, words: Mapping[str, Sequence[int]]):
+        if any(getattr(b.attn1, "fused_projections", False) for b in transformer.blocks):
+            raise ValueError("NaiveRecorder expects unfused projections (to_q / to_k / to_v)")
+        self.transformer = transformer
+        self.words = {k: list(v) for k, v in words.items()}
+        self.values: dict[str, dict[int, torch.Tensor]] = {}
+        self.grid: tuple[int, int, int] | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> NaiveRecorder:
+        t = self.transformer
+        self._handles.append(t.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+        for i, block in enumerate(t.blocks):
+            self._handles.append(block.attn1.register_forward_pre_hook(self._hook(self._self, i), with_kwargs=True))
+            self._handles.append(block.attn2.register_forward_pre_hook(self._hook(self._cross, i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _hook(self, fn: Callable, layer: int) -> Callable:
+        names = ("hidden_states", "encoder_hidden_states", "attention_mask", "rotary_emb")
+
+        def hook(module, args, kwargs):
+            bound = dict(zip(names, args))
+            bound.update({k: v for k, v in kwargs.items() if k in names})
+            with torch.no_grad():
+                fn(module, layer, bound)
+
+        return hook
+
+    def _on_forward(self, module, args, kwargs) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        p_t, p_h, p_w = module.config.patch_size
+        _, _, f, h, w = hidden.shape
+        self.grid = (f // p_t, h // p_h, w // p_w)
+        self.values = {}
+
+    def _put(self, var: str, layer: int, value: torch.Tensor) -> None:
+        self.values.setdefault(var, {})[layer] = value[0]
+
+    def _self(self, attn, layer: int, a: dict[str, Any]) -> None:
+        frames, ny, nx = self.grid
+        x = a["hidden_states"]
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (attn.heads, -1))
+        k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
+        if a.get("rotary_emb") is not None:
+            q, k = _rotary(q, *a["rotary_emb"]), _rotary(k, *a["rotary_emb"])
+        logits = torch.einsum("bnhd,bmhd->bhnm", q.float(), k.float()) / math.sqrt(q.shape[-1])  # [B, H, N, N]
+        probs = torch.softmax(logits, dim=-1)  # [B, H, N, N]
+        mass = probs[..., : ny * nx].sum(-1).mean(1)  # [B, N]
+        self._put("ref_mass", layer, _frame_mean(mass, frames))
+        del logits, probs
+
+    def _cross(self, attn, layer: int, a: dict[str, Any]) -> None:
+        frames, ny, nx = self.grid
+        x, context = a["hidden_states"], a["encoder_hidden_states"]
+        n_image = context.shape[1] - TEXT_ROWS
+        image, text = context[:, :n_image], context[:, n_image:]
+        heads = attn.heads
+        q = attn.norm_q(attn.to_q(x)).unflatten(2, (heads, -1)).float()  # [B, N, H, D]
+        k = attn.norm_k(attn.to_k(text)).unflatten(2, (heads, -1)).float()  # [B, 512, H, D]
+        v = attn.to_v(text).unflatten(2, (heads, -1)).float()
+        scale = 1 / math.sqrt(q.shape[-1])
+        logits = torch.einsum("bnhd,bthd->bhnt", q, k) * scale  # [B, H, N, 512]
+        probs = torch.softmax(logits, dim=-1)
+        out_text = torch.einsum("bhnt,bthd->bnhd", probs, v).flatten(2)
+        out_image = None
+        if n_image > 0 and getattr(attn, "add_k_proj", None) is not None:
+            ki = attn.norm_added_k(attn.add_k_proj(image)).unflatten(2, (heads, -1)).float()
+            vi = attn.add_v_proj(image).unflatten(2, (heads, -1)).float()
+            probs_image = torch.softmax(torch.einsum("bnhd,bthd->bhnt", q, ki) * scale, dim=-1)  # [B, H, N, 257]
+            out_image = torch.einsum("bhnt,bthd->bnhd", probs_image, vi).flatten(2)
+
+        pbar = probs.mean(1)  # [B, N, 512] head mean
+        entropy = -torch.special.xlogy(pbar, pbar).sum(-1) / math.log(pbar.shape[-1])
+        self._put("entropy", layer, _frame_mean(entropy, frames))
+        if self.words:
+            maps = torch.stack([pbar[..., pos].sum(-1) for pos in self.words.values()], dim=1)  # [B, W, N]
+            self._put("word_mass", layer, _frame_mean(maps, frames))
+            self._put("morans_i", layer, _morans_i(maps.unflatten(-1, (frames, ny, nx))).float())
+            kflat = k.flatten(2)  # [B, 512, C]
+            kbar = torch.stack([kflat[:, pos].mean(1) for pos in self.words.values()], dim=1)  # [B, W, C]
+            qn = q.flatten(2) / q.flatten(2).norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            kn = kbar / kbar.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self._put("similarity", layer, _frame_mean((qn @ kn.transpose(1, 2)).transpose(1, 2), frames))
+        if out_image is not None:
+            a_text, a_image = out_text.norm(dim=-1), out_image.norm(dim=-1)
+            self._put("text_share", layer, _frame_mean(a_text / (a_text + a_image), frames))
+        del logits, probs
+
+
+# -- the workload ----------------------------------------------------------------------------------------------
+def frame_size_for(tokens: Sequence[int]) -> tuple[int, int]:
+    """The largest latent frame (Y, X) of `FRAME_SIZES` whose token count divides every N."""
+    for ny, nx in FRAME_SIZES:
+        if all(n > 0 and n % (ny * nx) == 0 for n in tokens):
+            return ny, nx
+    raise ValueError(
+        f"every token count must be a positive multiple of {FRAME_SIZES[-1][0] * FRAME_SIZES[-1][1]} "
+        f"(frames of {' or '.join(f'{y}x{x}' for y, x in FRAME_SIZES)} latent tokens); got {list(tokens)}"
+    )
+
+
+def wan_inputs(n_tokens: int, frame_hw: tuple[int, int], *, text_len: int = 12, seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments of one Wan I2V transformer forward with `n_tokens` video tokens.
+
+    ``hidden_states [1, 36, F, 2Y, 2X]`` (16 noise + 20 condition channels; the 2x2 patch gives F·Y·X
+    tokens), ``timestep [500]``, ``encoder_hidden_states [1, 512, 32]`` random for the first `text_len`
+    rows and exactly zero after (Wan's padding), ``encoder_hidden_states_image [1, 257, 8]``.
+    """
+    from .testing import WAN_TEXT_DIM
+
+    ny, nx = frame_hw
+    if n_tokens % (ny * nx):
+        raise ValueError(f"{n_tokens} tokens is not a whole number of {ny}x{nx} frames")
+    frames = n_tokens // (ny * nx)
+    g = torch.Generator().manual_seed(seed)
+    text = torch.zeros(1, TEXT_ROWS, WAN_TEXT_DIM)
+    text[:, :text_len] = torch.randn(1, text_len, WAN_TEXT_DIM, generator=g)
+    return {
+        "hidden_states": torch.randn(1, 36, frames, 2 * ny, 2 * nx, generator=g),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": text,
+        "encoder_hidden_states_image": torch.randn(1, IMAGE_TOKENS, 8, generator=g),
+        "return_dict": False,
+    }
+
+
+def mode_context(mode: str, transformer: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The context one forward of `mode` runs in (a fresh one per forward)."""
+    import fglens as fg
+    from fglens.trace import DEFAULT_STATS
+
+    if mode == "plain":
+        return contextlib.nullcontext()
+    if mode == "traced":
+        return fg.trace(transformer, record=fg.Record(words=WORDS))
+    if mode == "traced_ref":
+        return fg.trace(transformer, record=fg.Record(words=WORDS, stats=(*DEFAULT_STATS, "ref_mass")))
+    if mode == "naive":
+        return NaiveRecorder(transformer, WORDS)
+    raise ValueError(f"unknown mode {mode!r}; modes are {MODES}")
+
+
+def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> float:
+    """Seconds of one forward of `mode` (the context's entry and exit are not timed)."""
+    gc.collect()
+    with mode_context(mode, transformer):
+        start = time.perf_counter()
+        transformer(**inputs)
+        return time.perf_counter() - start
+
+
+def _measured_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
+    """FLOPs (total and per op) and peak live bytes of one forward of `mode`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ensure_cpu_attention_flops()
+    gc.collect()
+    with mode_context(mode, transformer):
+        with FlopCounterMode(display=False) as counter, LiveBytesMeter() as meter:
+            transformer(**inputs)
+    by_op = {str(op): int(v) for op, v in counter.get_flop_counts().get("Global", {}).items()}
+    return {"flops": int(counter.get_total_flops()), "flops_by_op": by_op, "peak_bytes": int(meter.peak)}
+
+
+def run_benchmark(
+    tokens: Sequence[int],
+    repeats: int = 3,
+    *,
+    modes: Sequence[str] = MODES,
+    frame_hw: tuple[int, int] | None = None,
+    num_layers: int = 4,
+    heads: int = 4,
+    head_dim: int = 32,
+    seed: int = 0,
+    log: Log = None,
+) -> list[dict[str, Any]]:
+    """Measure every mode at every token count; one record per (N, mode).
+
+    Args:
+        tokens: token counts N; each a whole number of latent frames of `frame_hw`.
+        repeats: interleaved timing repeats; ``wall_s`` is their median.
+        modes: which of `MODES` to run; ``recorder_bytes`` needs ``"plain"``.
+        frame_hw: latent frame (Y, X); by default the largest of `FRAME_SIZES` that divides every N.
+        num_layers, heads, head_dim: the tiny Wan transformer's size.
+        seed: weights and inputs.
+        log: progress callback (e.g. ``print``), or None.
+
+    Returns:
+        Records with keys ``n_tokens, mode, grid, flops, flops_by_op, peak_bytes, recorder_bytes, wall_s,
+        wall_s_all`` and the model size.
+    """
+    from .testing import tiny_wan_transformer
+
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; modes are {MODES}")
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    tokens = sorted(dict.fromkeys(int(n) for n in tokens))
+    frame_hw = frame_size_for(tokens) if frame_hw is None else tuple(frame_hw)
+    transformer = tiny_wan_transformer(num_layers=num_layers, heads=heads, head_dim=head_dim, seed=seed)
+    max_frames = transformer.config.rope_max_seq_len
+    for n in tokens:
+        if n // (frame_hw[0] * frame_hw[1]) > max_frames:
+            raise ValueError(f"N={n} needs more than {max_frames} latent frames of {frame_hw[0]}x{frame_hw[1]}")
+    say = log or (lambda _msg: None)
+    records: list[dict[str, Any]] = []
+    with torch.no_grad():
+        for n in tokens:
+            inputs = wan_inputs(n, frame_hw, seed=seed)
+            grid = [n // (frame_hw[0] * frame_hw[1]), *frame_hw]
+            t0 = time.perf_counter()
+            for mode in modes:  # warm-up
+                _timed_forward(transformer, inputs, mode)
+            measured = {mode: _measured_forward(transformer, inputs, mode) for mode in modes}
+            times: dict[str, list[float]] = {mode: [] for mode in modes}
+            for _ in range(repeats):
+                for mode in modes:
+                    times[mode].append(_timed_forward(transformer, inputs, mode))
+            say(f"N={n} (grid {grid[0]}x{grid[1]}x{grid[2]}): {time.perf_counter() - t0:.1f} s")
+            base = measured["plain"]["peak_bytes"] if "plain" in measured else None
+            for mode in modes:
+                m = measured[mode]
+                records.append({
+                    "n_tokens": n, "mode": mode, "grid": grid,
+                    "flops": m["flops"], "peak_bytes": m["peak_bytes"],
+                    "recorder_bytes": None if base is None else m["peak_bytes"] - base,
+                    "wall_s": statistics.median(times[mode]), "wall_s_all": times[mode],
+                    "flops_by_op": m["flops_by_op"],
+                    "num_layers": num_layers, "heads": heads, "head_dim": head_dim,
+                })
+    return records
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def _index(records: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], Mapping[str, Any]]:
+    return {(r["n_tokens"], r["mode"]): r for r in records}
+
+
+def growth_per_doubling(records: Sequence[Mapping[str, Any]], mode: str) -> dict[int, float | None]:
+    """For each N after the first: recorder-bytes growth from the previous N, per doubling of N.
+
+    ``(rb(N) / rb(N_prev)) ** (1 / log2(N / N_prev))``; None where either value is not positive.
+    """
+    idx = _index(records)
+    ns = sorted({n for n, m in idx if m == mode})
+    out: dict[int, float | None] = {}
+    for lo, hi in zip(ns, ns[1:]):
+        a, b = idx[lo, mode].get("recorder_bytes"), idx[hi, mode].get("recorder_bytes")
+        out[hi] = (b / a) ** (1 / math.log2(hi / lo)) if a and b and a > 0 and b > 0 else None
+    return out
+
+
+def _ratio(idx, n: int, mode: str, key: str) -> float | None:
+    a, b = idx.get((n, mode)), idx.get((n, "plain"))
+    if a is None or b is None or not b[key]:
+        return None
+    return a[key] / b[key]
+
+
+def _fmt(x: float | None, spec: str = ".3f", suffix: str = "") -> str:
+    return "n/a" if x is None else f"{x:{spec}}{suffix}"
+
+
+def verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """``(target, passed or None when not measurable, measured numbers)`` for each performance target."""
+    idx = _index(records)
+    ns = sorted({n for n, _ in idx})
+    out: list[tuple[str, bool | None, str]] = []
+
+    big = [n for n in ns if n >= FLOP_TARGET_MIN_N and (n, "traced") in idx and (n, "plain") in idx]
+    ratios = {n: _ratio(idx, n, "traced", "flops") for n in big}
+    flop_ok = bool(big) and all(r is not None and r <= FLOP_TARGET for r in ratios.values())
+    out.append((
+        f"traced/plain FLOP ratio <= {FLOP_TARGET} for N >= {FLOP_TARGET_MIN_N}",
+        flop_ok if big else None,
+        ", ".join(f"N={n}: {_fmt(r, '.4f')}" for n, r in ratios.items()) or f"no N >= {FLOP_TARGET_MIN_N} measured",
+    ))
+
+    fglens = {m: growth_per_doubling(records, m) for m in ("traced", "traced_ref") if any(k[1] == m for k in idx)}
+    naive = growth_per_doubling(records, "naive") if any(k[1] == "naive" for k in idx) else {}
+    measured = [g for per in fglens.values() for g in per.values()]
+    naive_defined = [g for g in naive.values() if g is not None]
+    if not measured or any(g is None for g in measured) or not naive_defined:
+        mem_ok: bool | None = None if len(ns) < 2 else False
+    else:
+        mem_ok = max(measured) <= GROWTH_TARGET and max(naive_defined) >= NAIVE_GROWTH_MIN
+    parts = [
+        f"{m}: " + ", ".join(_fmt(g, ".2f", "x") for g in per.values()) for m, per in {**fglens, "naive": naive}.items()
+    ]
+    out.append((
+        f"recorder memory growth <= {GROWTH_TARGET}x per doubling (fglens) vs ~4x (naive, >= {NAIVE_GROWTH_MIN}x "
+        "needed to show the meter sees quadratic growth)",
+        mem_ok,
+        "; ".join(parts) + (f" (between N = {', '.join(map(str, ns))})" if len(ns) > 1 else " (needs two N)"),
+    ))
+    return out
+
+
+def format_report(records: Sequence[Mapping[str, Any]]) -> str:
+    """The printed tables and verdict lines."""
+    idx = _index(records)
+    ns = sorted({n for n, _ in idx})
+    modes = [m for m in MODES if any(k[1] == m for k in idx)]
+    growth = {m: growth_per_doubling(records, m) for m in modes if m != "plain"}
+    lines: list[str] = []
+    sample = next(iter(records), None)
+    if sample is not None:
+        lines.append(
+            f"fglens bench: WanTransformer3DModel, {sample['num_layers']} blocks x {sample['heads']} heads x "
+            f"{sample['head_dim']} dims (random weights), text 512 rows (12 real), 257 image tokens, CPU, "
+            f"{torch.get_num_threads()} threads"
+        )
+        lines.append("")
+
+    ratio_modes = [m for m in ("traced", "traced_ref", "naive") if m in modes]
+    head1 = f"{'':>6}{'':>12}" + "".join(f" | {m + '/plain':^23}" for m in ratio_modes)
+    head1 += f" | {'recorder bytes growth/doubling':^32}"
+    head2 = f"{'N':>6}{'grid':>12}" + "".join(f" | {'FLOPs':>7}{'time':>7}{'mem':>7}  " for _ in ratio_modes)
+    head2 += " | " + "".join(f"{m:>10} " for m in ratio_modes)
+    lines += [head1, head2, "-" * len(head2)]
+    for n in ns:
+        grid = next(r["grid"] for (k, _), r in idx.items() if k == n)
+        row = f"{n:>6}{'x'.join(map(str, grid)):>12}"
+        for m in ratio_modes:
+            row += " | " + "".join(
+                f"{_fmt(_ratio(idx, n, m, key), '.3f'):>7}" for key in ("flops", "wall_s", "peak_bytes")
+            ) + "  "
+        row += " | " + "".join(f"{_fmt(growth[m].get(n), '.2f', 'x'):>10} " for m in ratio_modes)
+        lines.append(row)
+
+    lines += ["", "absolute values (GFLOP, median seconds, peak MiB; recorder MiB = peak - plain peak):"]
+    head = f"{'N':>6}" + "".join(f" | {m:^24}" for m in modes)
+    sub = f"{'':>6}" + "".join(f" | {'GFLOP':>7}{'s':>8}{'MiB':>9}" for _ in modes)
+    lines += [head, sub]
+    for n in ns:
+        row = f"{n:>6}"
+        for m in modes:
+            r = idx.get((n, m))
+            row += " | " + ("n/a".rjust(24) if r is None else
+                            f"{r['flops'] / 1e9:>7.2f}{r['wall_s']:>8.3f}{r['peak_bytes'] / 2**20:>9.2f}")
+        lines.append(row)
+    rec_modes = [m for m in modes if m != "plain"]
+    lines.append(f"{'N':>6}" + "".join(f" | {m + ' recorder MiB':>24}" for m in rec_modes))
+    for n in ns:
+        row = f"{n:>6}"
+        for m in rec_modes:
+            r = idx.get((n, m))
+            rb = None if r is None or r.get("recorder_bytes") is None else r["recorder_bytes"] / 2**20
+            row += f" | {_fmt(rb, '.3f'):>24}"
+        lines.append(row)
+
+    lines.append("")
+    for target, ok, numbers in verdicts(records):
+        tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
+        lines.append(f"{tag} {target}: {numbers}")
+    return "\n".join(lines)
+
+
+def top_flop_ops(record: Mapping[str, Any], plain: Mapping[str, Any], k: int = 6) -> Iterator[tuple[str, int]]:
+    """The ops whose FLOPs grew most from `plain` to `record` (for explaining an overhead)."""
+    ops = set(record["flops_by_op"]) | set(plain["flops_by_op"])
+    diff = {op: record["flops_by_op"].get(op, 0) - plain["flops_by_op"].get(op, 0) for op in ops}
+    yield from sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:k]
+
+
+def parse_tokens(text: str) -> list[int]:
+    """``"960,1920"`` -> ``[960, 1920]``."""
+    try:
+        tokens = [int(t) for t in str(text).replace(" ", "").split(",") if t]
+    except ValueError as exc:
+        raise ValueError(f"--tokens must be comma-separated integers, got {text!r}") from exc
+    if not tokens:
+        raise ValueError("--tokens names no token count")
+    return tokens
+
+
+def main(args: argparse.Namespace) -> int:
+    """The ``fglens bench`` command: run, print the tables and verdicts, optionally write JSON.
+
+    Returns 0 once the benchmark has run (the verdicts are reported, not turned into an exit status),
+    2 for unusable arguments.
+    """
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tokens = parse_tokens(args.tokens)
+        frame_size_for(tokens)
+        if args.repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+    except ValueError as exc:
+        print(f"fglens bench: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        records = run_benchmark(tokens, args.repeats, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except ValueError as exc:
+        print(f"fglens bench: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(records))
+    idx = _index(records)
+    for (n, mode), r in sorted(idx.items()):
+        ratio = _ratio(idx, n, mode, "flops")
+        if mode == "traced" and ratio is not None and ratio > FLOP_TARGET:
+            ops = ", ".join(f"{op} {d / 1e6:+.1f} MFLOP" for op, d in top_flop_ops(r, idx[n, "plain"]))
+            print(f"  traced FLOP overhead at N={n} by op: {ops}")
+    print(f"\ntotal {time.perf_counter() - start:.1f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(records, fh, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return 0
