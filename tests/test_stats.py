@@ -171,9 +171,8 @@ def test_does_not_modify_input():
 # --------------------------------------------------------------------------------------------------
 # Moran's I: property tests
 # --------------------------------------------------------------------------------------------------
-# Values are small integers times a positive scale, so a non-constant map always has a relative spread
-# far above rounding. (The implementation deliberately also reports NaN for maps whose RMS deviation is
-# below ~64 ulps of the input dtype relative to max|m|; those are excluded here by construction.)
+# Values are small integers times a positive scale: a non-constant map has a relative spread far above
+# rounding, so the scale/shift invariance holds to tight tolerance.
 @st.composite
 def int_maps(draw, min_side=1, max_side=6):
     ny = draw(st.integers(min_side, max_side))
@@ -233,35 +232,59 @@ def test_prop_constant_is_nan(ny, nx, value):
 
 
 # --------------------------------------------------------------------------------------------------
-# Moran's I: reduced-precision / integer inputs (bugs: see the reasons)
+# Moran's I: reduced-precision / integer inputs and the exact meaning of "constant"
 # --------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: morans_i's constant-map threshold is tiny = N*(64*finfo(maps.dtype).eps*max|m|)^2; for bfloat16 "
-    "eps = 2^-7, so 64*eps = 0.5 and any bf16 map with RMS deviation <= max|m|/2 is declared constant -> NaN, "
-    "even an exact 0/1 checkerboard (values exact in bf16, true I = -1).",
-)
+# Regression tests: an earlier version declared a map constant when its RMS deviation was below
+# 64 * finfo(input dtype).eps * max|m| -- for bfloat16 that is max|m|/2, so even an exact 0/1 checkerboard came
+# back NaN -- and called torch.finfo on integer maps (TypeError). "Constant" now means all values are equal.
 def test_bfloat16_checkerboard_is_minus_one():
     m = torch.tensor(checkerboard(8, 8), dtype=torch.bfloat16)
     assert stats.morans_i(m).item() == pytest.approx(-1.0, abs=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (same cause): a bf16 random map in [0,1) (RMS deviation ~0.29 < 0.5) also comes back NaN.",
-)
-def test_bfloat16_random_map_matches_reference():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_random_map_matches_reference(dtype):
     torch.manual_seed(0)
-    m = torch.rand(8, 8).to(torch.bfloat16)
-    assert stats.morans_i(m).item() == pytest.approx(moran_ref(m.double().numpy()), rel=1e-10)
+    m = torch.rand(2, 8, 8).to(dtype)
+    ref = [moran_ref(x) for x in m.double().numpy()]  # the half values are exact in float64
+    np.testing.assert_allclose(stats.morans_i(m).numpy(), ref, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=TypeError, reason="morans_i calls torch.finfo(maps.dtype), which raises for integer maps."
-)
-def test_integer_map():
-    m = torch.tensor(checkerboard(4, 4), dtype=torch.int64)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_integer_and_bool_maps(dtype):
+    m = torch.tensor(checkerboard(4, 4), dtype=dtype)
     assert stats.morans_i(m).item() == pytest.approx(-1.0, abs=1e-12)
+    assert torch.isnan(stats.morans_i(torch.ones(3, 3, dtype=dtype))).item()
+
+
+def test_float32_one_ulp_checkerboard_is_not_constant():
+    one = torch.tensor(1.0, dtype=torch.float32)
+    up = torch.nextafter(one, torch.tensor(2.0))
+    m = torch.where(torch.tensor(checkerboard(6, 6)) > 0, up, one)
+    assert torch.unique(m).numel() == 2
+    assert stats.morans_i(m).item() == pytest.approx(-1.0, abs=1e-9)
+
+
+@PROPS
+@given(
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.data(),
+)
+def test_prop_float32_nan_iff_all_equal(ny, nx, data):
+    vals = data.draw(
+        st.lists(
+            st.sampled_from([0.0, 1.0, -2.5, 1000.0]) | st.floats(-1e3, 1e3, width=32, allow_subnormal=False),
+            min_size=ny * nx,
+            max_size=ny * nx,
+        )
+    )
+    m = torch.tensor(vals, dtype=torch.float32).reshape(ny, nx)
+    out = stats.morans_i(m).item()
+    constant = bool((m == m.flatten()[0]).all()) or m.numel() == 1
+    assert math.isnan(out) == constant
+    if not constant:
+        assert out == pytest.approx(moran_ref(m.double().numpy()), rel=1e-6, abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -216,6 +216,17 @@ def test_restored_when_entering_fails(wan_i2v):
     assert _state(wan_i2v)[1:] == before[1:]
 
 
+def test_nested_traces_are_refused_and_the_outer_one_keeps_working(wan_i2v, ref_image):
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"])) as outer:
+        with pytest.raises(RuntimeError, match="already being traced"):
+            with fg.trace(wan_i2v):
+                pass
+        _call(wan_i2v, ref_image, steps=1)
+    assert outer.dataset.sizes["step"] == 1
+    assert not any(type(m.processor).__name__ == "TracedProcessor"
+                   for m in wan_i2v.transformer.modules() if hasattr(m, "processor"))
+
+
 def test_t2v_has_no_image_site_and_no_text_share(wan_t2v):
     sites = fg.adapters.adapter_for(wan_t2v.transformer).sites()
     assert {s.kind for s in sites} == {"self", "text"}

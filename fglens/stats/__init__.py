@@ -73,7 +73,8 @@ def morans_i(maps: torch.Tensor) -> torch.Tensor:
     """Moran's I of each map ``[..., Y, X] -> [...]`` with binary rook (4-neighbour) weights.
 
     I = (N / S0) Σ_ij w_ij z_i z_j / Σ_i z_i², z = m - mean(m), S0 = Σ_ij w_ij. One conv2d computes all
-    maps at once. A constant map (and a 1x1 grid) gives NaN, never a silent 0. Computed in float64.
+    maps at once. A constant map (all values equal) and a 1x1 grid give NaN, never a silent 0.
+    Computed in float64 whatever the input dtype.
     """
     *lead, ny, nx = maps.shape
     m = _wide(maps).reshape(-1, 1, ny, nx)
@@ -82,11 +83,10 @@ def morans_i(maps: torch.Tensor) -> torch.Tensor:
     num = (z * neighbours).sum(dim=(-1, -2, -3))
     den = (z * z).sum(dim=(-1, -2, -3))
     s0 = 2 * (ny * (nx - 1) + nx * (ny - 1))
-    # "constant" up to the rounding of the mean itself: relative spread below a few ulps of the input dtype
-    scale = m.abs().amax(dim=(-1, -2, -3))
-    tiny = ny * nx * (64 * torch.finfo(maps.dtype).eps * scale) ** 2
+    # constant means all values equal in the input's own dtype: exact for any dtype, integers included
+    constant = (maps.amax(dim=(-1, -2)) == maps.amin(dim=(-1, -2))).reshape(-1)
     nan = torch.full_like(num, float("nan"))
-    out = torch.where((den > tiny) & (s0 > 0), (ny * nx / max(s0, 1)) * num / den.clamp_min(1e-300), nan)
+    out = torch.where(constant | (s0 == 0), nan, (ny * nx / max(s0, 1)) * num / den.clamp_min(1e-300))
     return out.reshape(lead)
 
 

@@ -122,6 +122,11 @@ class Trace:
             for path, sites in by_module.items():
                 attn = adapter.module(path)
                 original = attn.processor
+                if isinstance(original, TracedProcessor):
+                    raise RuntimeError(
+                        f"{type(adapter.transformer).__name__} is already being traced: fg.trace blocks on one model "
+                        "do not nest; put everything to record in one fg.Record"
+                    )
                 attn.processor = TracedProcessor(original, sites, self._on_attention)
                 self._undo.append(lambda a=attn, p=original: setattr(a, "processor", p))
             hook = ClockHook(adapter, StepSource(scheduler), self._on_forward_begin, self._on_forward_end,
