@@ -40,6 +40,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -47,6 +48,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -227,7 +229,7 @@ class NaiveRecorder:
         names = ("hidden_states", "encoder_hidden_states", "attention_mask", "rotary_emb")
 
         def hook(module, args, kwargs):
-            bound = dict(zip(names, args))
+            bound = dict(zip(names, args, strict=False))
             bound.update({k: v for k, v in kwargs.items() if k in names})
             with torch.no_grad():
                 fn(module, layer, bound)
@@ -349,25 +351,49 @@ def mode_context(mode: str, transformer: torch.nn.Module) -> contextlib.Abstract
 
 
 def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> float:
-    """Seconds of one forward of `mode` (the context's entry and exit are not timed)."""
-    gc.collect()
+    """Seconds of one forward of `mode` (the context's entry and exit are not timed; no GC pause inside)."""
     with mode_context(mode, transformer):
-        start = time.perf_counter()
-        transformer(**inputs)
-        return time.perf_counter() - start
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            transformer(**inputs)
+            return time.perf_counter() - start
+        finally:
+            if enabled:
+                gc.enable()
+
+
+def _statistics(recorder: Any) -> dict[str, np.ndarray]:
+    """``{statistic: array [layer, ...]}`` of batch item 0 from a closed `fg.trace` or a `NaiveRecorder`."""
+    if isinstance(recorder, NaiveRecorder):
+        return {v: torch.stack([per[i] for i in sorted(per)]).numpy() for v, per in recorder.values.items()}
+    ds = recorder.dataset.sel(branch="cond").isel(step=0)
+    return {str(v): np.asarray(ds[v].values) for v in ds.data_vars}
 
 
 def _measured_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
-    """FLOPs (total and per op) and peak live bytes of one forward of `mode`."""
+    """FLOPs (total and per op), peak live bytes and the recorded statistics of one forward of `mode`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     ensure_cpu_attention_flops()
-    gc.collect()
-    with mode_context(mode, transformer):
+    with mode_context(mode, transformer) as recorder:
         with FlopCounterMode(display=False) as counter, LiveBytesMeter() as meter:
             transformer(**inputs)
     by_op = {str(op): int(v) for op, v in counter.get_flop_counts().get("Global", {}).items()}
-    return {"flops": int(counter.get_total_flops()), "flops_by_op": by_op, "peak_bytes": int(meter.peak)}
+    return {
+        "flops": int(counter.get_total_flops()), "flops_by_op": by_op, "peak_bytes": int(meter.peak),
+        "statistics": {} if recorder is None else _statistics(recorder),
+    }
+
+
+def max_abs_difference(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float | None:
+    """Largest absolute difference over the statistics both hold (NaN where both are NaN counts as equal)."""
+    shared = [v for v in a if v in b and np.shape(a[v]) == np.shape(b[v])]
+    if not shared:
+        return None
+    return max(float(np.nanmax(np.abs(np.asarray(a[v], np.float64) - np.asarray(b[v], np.float64)), initial=0.0))
+               for v in shared)
 
 
 def run_benchmark(
@@ -425,18 +451,25 @@ def run_benchmark(
             for _ in range(repeats):
                 for mode in modes:
                     times[mode].append(_timed_forward(transformer, inputs, mode))
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
             say(f"N={n} (grid {grid[0]}x{grid[1]}x{grid[2]}): {time.perf_counter() - t0:.1f} s")
             base = measured["plain"]["peak_bytes"] if "plain" in measured else None
+            reference = next((measured[m]["statistics"] for m in ("traced_ref", "traced") if m in measured), None)
             for mode in modes:
                 m = measured[mode]
-                records.append({
+                record = {
                     "n_tokens": n, "mode": mode, "grid": grid,
                     "flops": m["flops"], "peak_bytes": m["peak_bytes"],
                     "recorder_bytes": None if base is None else m["peak_bytes"] - base,
-                    "wall_s": statistics.median(times[mode]), "wall_s_all": times[mode],
-                    "flops_by_op": m["flops_by_op"],
+                    "wall_s": statistics.median(times[mode]), "wall_s_min": min(times[mode]),
+                    "wall_s_all": times[mode], "flops_by_op": m["flops_by_op"],
                     "num_layers": num_layers, "heads": heads, "head_dim": head_dim,
-                })
+                    "load_avg_1min": load,
+                }
+                if mode == "naive" and reference is not None:
+                    # the positive control computes the same statistics as fglens: by how much they differ
+                    record["max_abs_diff_vs_fglens"] = max_abs_difference(m["statistics"], reference)
+                records.append(record)
     return records
 
 
@@ -453,7 +486,7 @@ def growth_per_doubling(records: Sequence[Mapping[str, Any]], mode: str) -> dict
     idx = _index(records)
     ns = sorted({n for n, m in idx if m == mode})
     out: dict[int, float | None] = {}
-    for lo, hi in zip(ns, ns[1:]):
+    for lo, hi in zip(ns, ns[1:], strict=False):
         a, b = idx[lo, mode].get("recorder_bytes"), idx[hi, mode].get("recorder_bytes")
         out[hi] = (b / a) ** (1 / math.log2(hi / lo)) if a and b and a > 0 and b > 0 else None
     return out
@@ -558,6 +591,14 @@ def format_report(records: Sequence[Mapping[str, Any]]) -> str:
             row += f" | {_fmt(rb, '.3f'):>24}"
         lines.append(row)
 
+    diffs = {n: idx[n, "naive"].get("max_abs_diff_vs_fglens") for n in ns if (n, "naive") in idx}
+    if any(d is not None for d in diffs.values()):
+        lines.append("naive vs fglens statistics, max |difference|: "
+                     + ", ".join(f"N={n}: {_fmt(d, '.1e')}" for n, d in diffs.items()))
+    loads = [r.get("load_avg_1min") for r in records if r.get("load_avg_1min") is not None]
+    if loads:
+        lines.append(f"1-minute load average during the run: {min(loads):.2f} to {max(loads):.2f} "
+                     f"on {os.cpu_count()} CPUs (timings are only comparable on an otherwise idle machine)")
     lines.append("")
     for target, ok, numbers in verdicts(records):
         tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
@@ -589,8 +630,6 @@ def main(args: argparse.Namespace) -> int:
     Returns 0 once the benchmark has run (the verdicts are reported, not turned into an exit status),
     2 for unusable arguments.
     """
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokens = parse_tokens(args.tokens)
