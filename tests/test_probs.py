@@ -247,3 +247,15 @@ def test_logsumexp_over_keys_gives_exact_key_subset_mass():
     dense = dense_softmax(q, k, 0.5)
     mass = torch.exp(logsumexp_over_keys(q, k[:, :4], 4) - logsumexp_over_keys(q, k, 3))
     np.testing.assert_allclose(mass.double().numpy(), dense[..., :4].sum(-1), atol=1e-6, rtol=0)
+
+
+def test_row_logsumexp_matches_dense_float64():
+    from fglens.trace.probs import row_logsumexp
+
+    torch.manual_seed(3)
+    q = torch.randn(2, 37, 3, 16)
+    k = torch.randn(2, 53, 3, 16)
+    dense = torch.logsumexp(torch.einsum("bnhd,bthd->bhnt", q.double(), k.double()) / 4.0, -1)
+    got = row_logsumexp(q, k, key_chunk=7)
+    assert got.shape == (2, 3, 37)
+    torch.testing.assert_close(got.double(), dense, rtol=0, atol=5e-6)

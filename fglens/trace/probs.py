@@ -77,3 +77,17 @@ def logsumexp_over_keys(
         part = torch.logsumexp(logits, -1)
         out = part if out is None else torch.logaddexp(out, part)
     return out
+
+
+def row_logsumexp(query: torch.Tensor, key: torch.Tensor, key_chunk: int, scale: float | None = None) -> torch.Tensor:
+    """Row log-sum-exp ``[B, H, n]`` over all keys, from a fused kernel where the device has one that returns it.
+
+    On the CPU, PyTorch's flash-attention kernel returns the row log-sum-exp with its output (float32, exact to
+    ~1e-6), several times faster than explicit logits; elsewhere `logsumexp_over_keys` accumulates it in chunks.
+    """
+    if query.device.type == "cpu":
+        q = query.to(torch.float32).transpose(1, 2)
+        k = key.to(torch.float32).transpose(1, 2)
+        _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, scale=scale)[:2]
+        return lse
+    return logsumexp_over_keys(query, key, key_chunk, scale)

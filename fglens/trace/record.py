@@ -24,6 +24,7 @@ from .probs import (
     frames_per_chunk,
     logsumexp_over_keys,
     padding_is_uniform,
+    row_logsumexp,
 )
 
 #: every statistic a Record can ask for, and the sites it needs
@@ -266,13 +267,13 @@ class Recorder:
         k = self._select(call.key, fwd)
         b, n, heads, _ = q.shape
         first = grid[1] * grid[2]
-        key_chunk = max(first, self.record.chunk_bytes // max(1, 4 * 2 * b * heads * first))
-        per_chunk = frames_per_chunk(grid, 4 * 2 * b * heads * max(first, key_chunk), self.record.chunk_bytes)
+        key_chunk = max(first, self.record.chunk_bytes // max(1, 4 * 2 * b * heads * n))
+        lse_all = row_logsumexp(q, k, key_chunk)  # [b, H, N], normalisation over all video keys
+        per_chunk = frames_per_chunk(grid, 4 * 2 * b * heads * first, self.record.chunk_bytes)
         mass = q.new_zeros((b, n), dtype=torch.float32)
         for a, z in frame_chunks(grid, per_chunk):
-            lse_all = logsumexp_over_keys(q[:, a:z], k, key_chunk)
             lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first)
-            mass[:, a:z] = torch.exp(lse_ref - lse_all).mean(1)
+            mass[:, a:z] = torch.exp(lse_ref - lse_all[..., a:z]).mean(1)
         self._put(fwd, "ref_mass", layer, stats.frame_mean(mass, grid[0]))
 
     # -- helpers --------------------------------------------------------------------------------------
