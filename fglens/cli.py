@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
         )
     print("\n  (means over steps, words and frames of the cond branch)")
     print(f"\nwrote run {ds.attrs['run']} to {store}")
-    print(f"open it with: fg.open_run({store!r})")
+    print(f"open it with: fg.open_run({store!r}, run={ds.attrs['run']!r})")
     return 0
 
 
