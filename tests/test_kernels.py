@@ -1,0 +1,51 @@
+"""`attention_with_lse`: the same output bits as diffusers' native dispatch, and the exact row log-sum-exp."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers.models.attention_dispatch import attention_backend, dispatch_attention_fn
+
+from fglens.trace.kernels import attention_with_lse
+
+
+def _inputs(b=2, s=120, h=3, d=16, seed=0):
+    torch.manual_seed(seed)
+    return [torch.randn(b, s, h, d) for _ in range(3)]
+
+
+def _masks(b, s):
+    keep = torch.ones(b, s, dtype=torch.bool)
+    keep[:, -11:] = False
+    keep[1, 40:45] = False
+    yield None
+    yield keep  # [B, S], reshaped by diffusers' native backend
+    yield keep[:, None, None, :]  # [B, 1, 1, S] boolean
+    yield torch.where(keep[:, None, None, :], 0.0, -1e4)  # additive
+
+
+@pytest.mark.parametrize("mask_index", range(4))
+def test_output_is_bit_identical_and_lse_exact(mask_index):
+    q, k, v = _inputs()
+    mask = list(_masks(2, 120))[mask_index]
+    expected = dispatch_attention_fn(q, k, v, attn_mask=mask)
+    result = attention_with_lse(q, k, v, (), {"attn_mask": mask})
+    assert result is not None
+    out, lse = result
+    assert torch.equal(out, expected)
+    logits = torch.einsum("bnhd,bthd->bhnt", q.double(), k.double()) / math.sqrt(16)
+    if mask is not None:
+        m = mask if mask.ndim == 4 else mask[:, None, None, :]
+        logits = logits + (torch.where(m, 0.0, -math.inf) if m.dtype == torch.bool else m.double())
+    torch.testing.assert_close(lse.double(), torch.logsumexp(logits, -1), rtol=0, atol=5e-6)
+
+
+def test_declines_what_it_cannot_reproduce():
+    q, k, v = _inputs()
+    assert attention_with_lse(q, k, v, (), {"is_causal": True}) is None
+    assert attention_with_lse(q, k, v, (), {"dropout_p": 0.1}) is None
+    with attention_backend("_native_math"):
+        assert attention_with_lse(q, k, v, (), {}) is None
+    assert attention_with_lse(q.requires_grad_(), k, v, (), {}) is None
