@@ -60,13 +60,18 @@ def tiny_wan_transformer(
     heads: int = 2,
     head_dim: int = 8,
     image_conditioned: bool = True,
+    cross_attention_gain: float = 3.0,
     seed: int = 0,
 ):
-    """A random-weight `WanTransformer3DModel` with the I2V (36 input channels, image keys) or T2V layout."""
+    """A random-weight `WanTransformer3DModel` with the I2V (36 input channels, image keys) or T2V layout.
+
+    `cross_attention_gain` scales the cross-attention query/key norms so that attention to the text is as
+    peaked as in trained models (1.0 gives the plain random init, almost uniform over the 512 text keys).
+    """
     from diffusers import WanTransformer3DModel
 
     _seeded(seed)
-    return WanTransformer3DModel(
+    model = WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
         attention_head_dim=head_dim,
@@ -82,6 +87,13 @@ def tiny_wan_transformer(
         image_dim=8 if image_conditioned else None,
         added_kv_proj_dim=heads * head_dim if image_conditioned else None,
     ).eval()
+    # With unit RMSNorm gains a random model's cross-attention is almost uniform over the 512 text keys;
+    # trained models attend sharply. Raise the q/k gains so word maps have structure, as in real runs.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn2.norm_q.weight.fill_(cross_attention_gain)
+            block.attn2.norm_k.weight.fill_(cross_attention_gain)
+    return model
 
 
 def _tiny_wan_parts(seed: int):
@@ -173,3 +185,325 @@ def reference_image(width: int = 48, height: int = 32) -> Image.Image:
     disc = (xx - 0.35 * width) ** 2 + (yy - 0.55 * height) ** 2 < (0.22 * min(width, height)) ** 2
     img[disc] = (230, 200, 60)
     return Image.fromarray(img.astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HunyuanVideo I2V
+# --------------------------------------------------------------------------------------------------------------
+
+# The special tokens of the Llama-3 chat template that `HunyuanVideoImageToVideoPipeline` formats prompts with.
+HUNYUAN_LLAMA_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<pad>",
+    "<image>",
+)
+HUNYUAN_TEXT_DIM = 16  # hidden size of the tiny Llama (= the transformer's text_embed_dim)
+HUNYUAN_POOLED_DIM = 8  # hidden size of the tiny CLIP text model (= the transformer's pooled_projection_dim)
+# Llama-3 pre-tokenization regex (as in its tokenizer.json).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+
+
+def _bpe_vocab_and_merges(
+    words, alphabet, specials=(), suffix: str = ""
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-pair vocabulary and merge list in which every word of `words` is a single token.
+
+    Merges are added word by word, each at the lowest priority, joining the pieces the merges so far give the
+    word; earlier words are already single tokens, so later merges never change them. Anything else falls back
+    to smaller pieces, down to single (byte-level) characters, as in a trained BPE.
+    """
+    vocab: dict[str, int] = {}
+    for tok in [*specials, *alphabet, *(c + suffix for c in alphabet if suffix)]:
+        vocab.setdefault(tok, len(vocab))
+    ranks: dict[tuple[str, str], int] = {}
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(words):
+        syms = list(word)
+        if not syms or any(c not in vocab for c in syms):
+            continue
+        syms[-1] += suffix
+        while len(syms) > 1:  # apply the merges so far: lowest rank first, leftmost on ties (as `tokenizers` does)
+            cands = [(ranks[p], i) for i, p in enumerate(zip(syms[:-1], syms[1:], strict=True)) if p in ranks]
+            if not cands:
+                break
+            _, i = min(cands)
+            syms[i : i + 2] = [syms[i] + syms[i + 1]]
+        while len(syms) > 1:  # then join what is left, left to right, with new lowest-priority merges
+            pair = (syms[0], syms[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            syms[:2] = ["".join(pair)]
+            vocab.setdefault(syms[0], len(vocab))
+    return vocab, merges
+
+
+def tiny_llama3_tokenizer():
+    """A Llama-3-style byte-level BPE `PreTrainedTokenizerFast` built in memory, with the chat special tokens
+    and `<image>` that the HunyuanVideo I2V prompt template uses.
+
+    The pre-tokenizer is Llama 3's, and every piece of the HunyuanVideo I2V system prompt and of a small English
+    vocabulary is one token, so the template tokenizes to the same counts as with the real tokenizer: the
+    `<image>` token at position 5 and the user prompt starting at position 103 (the template's `crop_start`).
+    Other text falls back to smaller pieces, down to bytes. Ids: `<|begin_of_text|>` 0, `<|end_of_text|>` 1,
+    `<|start_header_id|>` 2, `<|end_header_id|>` 3, `<|eot_id|>` 4, `<pad>` 5, `<image>` 6.
+
+    Example:
+        >>> tok = tiny_llama3_tokenizer()
+        >>> tok.convert_ids_to_tokens(tok("a dog jumps").input_ids)
+        ['<|begin_of_text|>', 'a', 'Ġdog', 'Ġjumps']
+    """
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    template = DEFAULT_PROMPT_TEMPLATE["template"]
+    for special in HUNYUAN_LLAMA_SPECIALS:
+        template = template.replace(special, "\n")
+    corpus = [template.replace("{}", " "), " ".join(_WORDS), "\n".join(_WORDS), "assistant user system"]
+    words = [piece for text in corpus for piece, _ in pre.pre_tokenize_str(text)]
+    vocab, merges = _bpe_vocab_and_merges(
+        words, sorted(pre_tokenizers.ByteLevel.alphabet()), specials=HUNYUAN_LLAMA_SPECIALS
+    )
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(HUNYUAN_LLAMA_SPECIALS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
+        special_tokens=[("<|begin_of_text|>", 0)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<pad>",
+        padding_side="right", model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tiny_clip_tokenizer():
+    """A `CLIPTokenizer` (byte-level BPE with `</w>` word ends) built in memory; words of the small vocabulary are
+    single tokens, other text falls back to characters. Ids: `<|startoftext|>` 0, `<|endoftext|>` 1 (also pad).
+
+    Example:
+        >>> tok = tiny_clip_tokenizer()
+        >>> tok.convert_ids_to_tokens(tok("a dog jumps").input_ids)
+        ['<|startoftext|>', 'a</w>', 'dog</w>', 'jumps</w>', '<|endoftext|>']
+    """
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    words = [w for word in _WORDS for w in word.split("-")]
+    vocab, merges = _bpe_vocab_and_merges(
+        words, sorted(pre_tokenizers.ByteLevel.alphabet()), specials=("<|startoftext|>", "<|endoftext|>"),
+        suffix="</w>",
+    )
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def tiny_hunyuan_transformer(
+    *,
+    num_double: int = 2,
+    num_single: int = 2,
+    image_condition_type: str | None = "token_replace",
+    heads: int = 2,
+    head_dim: int = 12,
+    latent_channels: int = 4,
+    guidance_embeds: bool | None = None,
+    seed: int = 0,
+):
+    """A random-weight `HunyuanVideoTransformer3DModel` (MMDiT: `num_double` dual-stream blocks, then `num_single`
+    single-stream blocks), patch 1×2×2 as in the real model.
+
+    `image_condition_type`: "token_replace" (in_channels = `latent_channels`; first latent frame modulated with
+    timestep 0; guidance-embedded by default, like hunyuanvideo-community/HunyuanVideo-I2V), "latent_concat"
+    (in_channels = 2·`latent_channels` + 1: noise | image latent | mask; no guidance embedding by default, like
+    HunyuanVideo-I2V-33ch) or None (text-to-video).
+    """
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    if guidance_embeds is None:
+        guidance_embeds = image_condition_type != "latent_concat"
+    rope = (head_dim // 3 // 2 * 2,) * 2
+    _seeded(seed)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=2 * latent_channels + 1 if image_condition_type == "latent_concat" else latent_channels,
+        out_channels=latent_channels,
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        num_layers=num_double,
+        num_single_layers=num_single,
+        num_refiner_layers=1,
+        mlp_ratio=2.0,
+        patch_size=2,
+        patch_size_t=1,
+        guidance_embeds=guidance_embeds,
+        text_embed_dim=HUNYUAN_TEXT_DIM,
+        pooled_projection_dim=HUNYUAN_POOLED_DIM,
+        rope_axes_dim=(head_dim - sum(rope), *rope),
+        image_condition_type=image_condition_type,
+    ).eval()
+
+
+def tiny_hunyuan_i2v_pipeline(
+    *,
+    num_double: int = 2,
+    num_single: int = 2,
+    image_condition_type: str = "token_replace",
+    seed: int = 0,
+):
+    """A complete `HunyuanVideoImageToVideoPipeline` with seeded random weights, built offline.
+
+    - `text_encoder`: `LlavaForConditionalGeneration` (tiny Llama, 3 layers, hidden 16; tiny CLIP vision tower
+      on 24×24 images with 1×1 patches, so 576 image features as ViT-L/14-336 gives, which the pipeline's
+      template hard-codes); `tokenizer`: `tiny_llama3_tokenizer()`; `image_processor`: `CLIPImageProcessor`
+      at 24 px.
+    - `text_encoder_2`: `CLIPTextModel` (hidden 8) and `tokenizer_2`: `tiny_clip_tokenizer()`.
+    - `vae`: `AutoencoderKLHunyuanVideo` (×8 spatial, ×4 temporal, 4 latent channels).
+    - `transformer`: `tiny_hunyuan_transformer(...)` for the given `image_condition_type`.
+
+    With the default template and `max_sequence_length=256`, the context has 576 / interleave image-derived
+    tokens (interleave 4 for token_replace → 144, 2 for latent_concat → 288) followed by 252 text tokens.
+    Deterministic for a given `seed`.
+    """
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoImageToVideoPipeline
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    tokenizer = tiny_llama3_tokenizer()
+    tokenizer_2 = tiny_clip_tokenizer()
+    pad_id, image_id = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids("<image>")
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=HUNYUAN_TEXT_DIM, intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048, bos_token_id=0,
+        eos_token_id=4, pad_token_id=pad_id,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=24,
+        patch_size=1, projection_dim=8,
+    )
+    llava_config = LlavaConfig(
+        vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), image_token_index=image_id,
+        image_seq_length=576, pad_token_id=pad_id, vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    _seeded(seed)
+    text_encoder = LlavaForConditionalGeneration(llava_config).eval()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    _seeded(seed + 1)
+    text_encoder_2 = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=HUNYUAN_POOLED_DIM, intermediate_size=16,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77, projection_dim=8,
+            bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+            pad_token_id=tokenizer_2.pad_token_id,
+        )
+    ).eval()
+    _seeded(seed + 2)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+        norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()
+    transformer = tiny_hunyuan_transformer(
+        num_double=num_double, num_single=num_single, image_condition_type=image_condition_type, seed=seed + 3
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    pipe = HunyuanVideoImageToVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, image_processor=image_processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CogVideoX
+# --------------------------------------------------------------------------------------------------------------
+
+COGVIDEOX_TEXT_DIM = 32
+
+
+def tiny_cogvideox_transformer(
+    *, num_layers: int = 2, heads: int = 2, head_dim: int = 16, rotary: bool = True, seed: int = 0
+):
+    """A random-weight `CogVideoXTransformer3DModel` (CogVideoX 1.0 layout: patch 2×2 per latent frame, text of
+    226 tokens first in the joint sequence); `rotary=True` is the 5B variant (3-D RoPE on the video tokens),
+    `rotary=False` the 2B one (sin-cos position embedding added in the patch embedding)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    _seeded(seed)
+    return CogVideoXTransformer3DModel(
+        num_attention_heads=heads,
+        attention_head_dim=head_dim,
+        in_channels=4,
+        out_channels=4,
+        time_embed_dim=16,
+        text_embed_dim=COGVIDEOX_TEXT_DIM,
+        num_layers=num_layers,
+        sample_width=6,
+        sample_height=4,
+        sample_frames=5,
+        patch_size=2,
+        temporal_compression_ratio=4,
+        max_text_seq_length=226,
+        use_rotary_positional_embeddings=rotary,
+    ).eval()
+
+
+def tiny_cogvideox_pipeline(*, num_layers: int = 2, rotary: bool = True, seed: int = 0):
+    """A complete `CogVideoXPipeline` (text-to-video) with seeded random weights, built offline: tiny T5 encoder
+    with `tiny_t5_tokenizer()` (prompts padded to 226 tokens, as in CogVideoX), `AutoencoderKLCogVideoX`
+    (×8 spatial, ×4 temporal, 4 latent channels), `tiny_cogvideox_transformer(...)` and a
+    `CogVideoXDDIMScheduler` (v-prediction, zero-SNR, trailing spacing). CFG is on by default
+    (`guidance_scale=6`): one transformer call per step on the batch [uncond | cond].
+
+    As with the real model, ask for `num_frames` ≡ 1 (mod 8) (9, 17, ..., 49): the CogVideoX VAE decodes an
+    odd number of latent frames F' to 4·(F'−1)+1 frames, but an even number to 4·F' (5 frames → 2 latent
+    frames → 8 decoded frames).
+
+    Example:
+        >>> pipe = tiny_cogvideox_pipeline()
+        >>> out = pipe(prompt="a dog jumps over a fence", height=32, width=48, num_frames=9,
+        ...            num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape
+        (9, 32, 48, 3)
+    """
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    _seeded(seed)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=COGVIDEOX_TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
+            eos_token_id=1, decoder_start_token_id=0,
+        )
+    ).eval()
+    _seeded(seed + 1)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1,
+        norm_num_groups=2, temporal_compression_ratio=4,
+    ).eval()
+    transformer = tiny_cogvideox_transformer(num_layers=num_layers, rotary=rotary, seed=seed + 2)
+    scheduler = CogVideoXDDIMScheduler(
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        clip_sample=False, set_alpha_to_one=True,
+    )
+    pipe = CogVideoXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
