@@ -1,4 +1,4 @@
-"""`attention_with_lse`: the same output bits as diffusers' native dispatch, and the exact row log-sum-exp."""
+"""`dispatch_with_lse`: the same output bits as diffusers' native dispatch, and the exact row log-sum-exp."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend, dispatch_attention_fn
 
-from fglens.trace.kernels import attention_with_lse
+from fglens.trace.kernels import dispatch_with_lse
 
 
 def _inputs(b=2, s=120, h=3, d=16, seed=0):
@@ -31,7 +31,7 @@ def test_output_is_bit_identical_and_lse_exact(mask_index):
     q, k, v = _inputs()
     mask = list(_masks(2, 120))[mask_index]
     expected = dispatch_attention_fn(q, k, v, attn_mask=mask)
-    result = attention_with_lse(q, k, v, (), {"attn_mask": mask})
+    result = dispatch_with_lse(q, k, v, (), {"attn_mask": mask})
     assert result is not None
     out, lse = result
     assert torch.equal(out, expected)
@@ -44,8 +44,21 @@ def test_output_is_bit_identical_and_lse_exact(mask_index):
 
 def test_declines_what_it_cannot_reproduce():
     q, k, v = _inputs()
-    assert attention_with_lse(q, k, v, (), {"is_causal": True}) is None
-    assert attention_with_lse(q, k, v, (), {"dropout_p": 0.1}) is None
+    assert dispatch_with_lse(q, k, v, (), {"is_causal": True}) is None
+    assert dispatch_with_lse(q, k, v, (), {"dropout_p": 0.1}) is None
     with attention_backend("_native_math"):
-        assert attention_with_lse(q, k, v, (), {}) is None
-    assert attention_with_lse(q.requires_grad_(), k, v, (), {}) is None
+        assert dispatch_with_lse(q, k, v, (), {}) is None
+    assert dispatch_with_lse(q.requires_grad_(), k, v, (), {}) is None
+
+
+def test_direct_sdpa_call_is_bit_identical():
+    from fglens.trace.kernels import sdpa_call_with_lse
+
+    q, k, v = (x.transpose(1, 2) for x in _inputs())
+    keep = torch.ones(2, 1, 1, 120, dtype=torch.bool)
+    keep[..., -7:] = False
+    for args, kwargs in (((), {}), ((keep,), {}), ((), {"attn_mask": keep, "scale": 0.3})):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+        out, lse = sdpa_call_with_lse(q, k, v, args, kwargs)
+        assert torch.equal(out, expected)
+    assert sdpa_call_with_lse(q, k, v, (None, 0.0, True), {}) is None

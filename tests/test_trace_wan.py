@@ -266,13 +266,15 @@ def test_bare_transformer_with_token_positions():
     assert ds.attrs["check_pad_uniform"] is True or ds.attrs["check_pad_uniform"] == 1
 
 
-def test_batched_cfg_halves_give_uncond_then_cond():
+def test_branch_rules_without_a_named_context():
     from fglens.trace.clock import ClockHook
 
     hook = ClockHook(adapter=None, steps=None, on_begin=None, on_end=None, batched_cfg=lambda: True)
-    assert hook._branches(4) == ("uncond", "uncond", "cond", "cond")
+    assert hook._branches(4, 0) == ("uncond", "uncond", "cond", "cond")  # batched CFG: diffusers' halves
     hook.batched_cfg = lambda: False
-    assert hook._branches(2) == ("cond", "cond")
+    # sequential CFG: the first forward of a step is cond, a second one uncond
+    assert [hook._branches(1, s) for s in (0, 0, 1, 1, 2)] == [("cond",), ("uncond",), ("cond",), ("uncond",),
+                                                                 ("cond",)]
 
 
 # -- clear errors ----------------------------------------------------------------------------------------------

@@ -5,18 +5,22 @@ An adapter answers four questions for a transformer class:
 1. which attention modules carry sites, and under which canonical names (`blocks.3.cross.text`);
 2. in which order the module's processor calls the attention kernel, and what each call attends to
    (a *segment* of the keys: `self`, `text`, `image`, or `joint` with named column ranges);
-3. which Python module holds the `dispatch_attention_fn` those processors call;
-4. the latent grid (frames, y, x) of the video tokens for the shape of a forward call.
+3. where the processors call their kernel (`intercepts`: a module global such as `dispatch_attention_fn`);
+4. the latent grid (frames, y, x) of the video tokens for the shape of a forward call;
+5. for joint attention, where the video queries and the image / text keys sit in each call (`segments`);
+6. how the pipeline encodes prompts (`install_prompt_hooks`), so words map to text-key positions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
+
+from .prompt import PromptTokens, text_encoder_hook
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,8 @@ class Site:
         name: canonical name, e.g. ``blocks.3.cross.text`` (stable across diffusers versions).
         layer: the block the site belongs to, e.g. ``blocks.3``; the ``layer`` coordinate of a run.
         layer_index: position of the block in network order, 0-based.
-        kind: what the keys are: ``self`` (video tokens), ``text``, ``image`` or ``joint``.
+        kind: what the keys are: ``self`` (video tokens), ``text``, ``image``, or ``joint`` (one softmax over
+            video, image and text keys).
         module: dotted path of the attention module inside the transformer, e.g. ``blocks.3.attn2``.
         call: index of this call among the kernel calls the module's processor makes per forward.
     """
@@ -38,6 +43,31 @@ class Site:
     kind: str
     module: str
     call: int
+
+
+@dataclass(frozen=True)
+class Intercept:
+    """A kernel entry point the processors look up in their module's globals.
+
+    `attr` is ``"dispatch_attention_fn"`` (diffusers' dispatcher, layout ``[B, S, H, D]``) or ``"F"`` (the
+    processor calls ``F.scaled_dot_product_attention`` directly, layout ``[B, H, S, D]``).
+    """
+
+    module: ModuleType
+    attr: str
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Where things sit in one joint attention call: ``(start, stop)`` ranges.
+
+    `video_queries` are the query rows of the video tokens; `video`, `image`, `text` the key columns.
+    """
+
+    video_queries: tuple[int, int]
+    video: tuple[int, int]
+    image: tuple[int, int]
+    text: tuple[int, int]
 
 
 class Adapter:
@@ -63,9 +93,17 @@ class Adapter:
             seen.setdefault(site.layer, None)
         return list(seen)
 
-    def dispatch_module(self) -> ModuleType:
-        """The Python module whose global `dispatch_attention_fn` the processors call."""
+    def intercepts(self) -> list[Intercept]:
+        """The kernel entry points the processors of this architecture call."""
         raise NotImplementedError
+
+    def segments(self, n_queries: int, n_keys: int, n_video: int, tokens: PromptTokens | None) -> Segments:
+        """For a joint site: the segments of one call, given the prompt encoding of its branch (or None)."""
+        raise NotImplementedError(f"{type(self).__name__} has no joint attention sites")
+
+    def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
+        """Report each prompt encoding to `capture.add_encoding`; return removers. Default: T5-style encoder."""
+        return text_encoder_hook(capture)
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         """Latent grid (frames, y, x) of the video tokens for a forward call with these arguments."""

@@ -1,14 +1,20 @@
-"""The prompt as the model saw it: token ids captured from the pipeline's own text encoder call.
+"""The prompt as the model saw it: tokens captured from the pipeline's own text encoding.
 
-`PromptCapture` wraps `pipe.encode_prompt` (an instance attribute, removed on close) and puts a forward
-pre-hook on `pipe.text_encoder`. Each pipeline call thus yields the exact token ids and attention mask
-of the prompt and of the negative prompt, read on the host once per pipeline call, before sampling.
-Words are then located among the tokens the encoder really received, whatever cleaning or truncation
-the pipeline applied.
+`PromptCapture` wraps a few pipeline methods (instance attributes, removed on close):
+
+* `check_inputs`, which every diffusers pipeline calls once at the start of `__call__`: a new pipeline call
+  (one run) begins, with the prompt texts;
+* `prepare_latents`: the seed of the generator;
+* the adapter's prompt hooks (`Adapter.install_prompt_hooks`), which report each prompt encoding in the
+  order the pipeline makes them: the prompt first, then the negative prompt.
+
+Token ids are read on the host once per encoding, before sampling. Words are located among the tokens the
+encoder really received, whatever cleaning, templating or truncation the pipeline applied.
 """
 
 from __future__ import annotations
 
+import inspect
 import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,11 +29,19 @@ _PUNCT = set(string.punctuation) | {"“", "”", "’", "‘"}
 
 @dataclass
 class PromptTokens:
-    """Tokens of one prompt as the text encoder received them (batch item 0)."""
+    """Tokens of one prompt as they sit in the model's text keys (batch item 0).
+
+    Attributes:
+        text: the prompt string, when known.
+        tokens: token strings, position 0 = the first text key of the attention site.
+        n_real: tokens before the padding.
+        extra: adapter-specific facts, e.g. the number of image-derived context tokens.
+    """
 
     text: str | None
     tokens: list[str]
-    n_real: int  # tokens before the padding (the attention-mask length)
+    n_real: int
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def words(self) -> list[tuple[str, list[int]]]:
         """The prompt's words in order, each with the positions of its tokens."""
@@ -41,7 +55,8 @@ class PromptTokens:
             starts = tok.startswith(_WORD_START) or ended
             ended = tok.endswith(_WORD_END)
             piece = tok.lstrip("".join(_WORD_START)).removesuffix(_WORD_END)
-            if not piece:
+            if not piece.strip():
+                current, ended = None, True  # whitespace / newline tokens
                 continue
             if all(c in _PUNCT for c in piece):
                 current, ended = None, True
@@ -84,16 +99,28 @@ class PromptTokens:
 class PipelineCall:
     """What fglens learns about one pipeline call before sampling starts."""
 
-    prompt: PromptTokens | None = None
-    negative: PromptTokens | None = None
+    prompt_text: str | None = None
+    negative_text: str | None = None
+    prompt_embeds_given: bool = False
     seed: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    encodings: list[PromptTokens] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> PromptTokens | None:
+        if self.prompt_embeds_given:
+            return None
+        return self.encodings[0] if self.encodings else None
+
+    @property
+    def negative(self) -> PromptTokens | None:
+        rest = self.encodings if self.prompt_embeds_given else self.encodings[1:]
+        return rest[0] if rest else None
+
+    def by_branch(self) -> dict[str, PromptTokens | None]:
+        return {"cond": self.prompt, "uncond": self.negative}
 
     def n_real(self) -> dict[str, int | None]:
-        return {
-            "cond": self.prompt.n_real if self.prompt else None,
-            "uncond": self.negative.n_real if self.negative else None,
-        }
+        return {b: (t.n_real if t else None) for b, t in self.by_branch().items()}
 
 
 def words_for(call: PipelineCall | None, words: Sequence[str] | Mapping[str, Sequence[int]] | None):
@@ -104,8 +131,8 @@ def words_for(call: PipelineCall | None, words: Sequence[str] | Mapping[str, Seq
         if words is None:
             return {}
         raise ValueError(
-            "cannot locate words without the prompt's tokens: trace the pipeline (not the bare transformer) and "
-            "let it encode the prompt, or pass Record(words={'dog': [token positions]})"
+            "cannot locate words without the prompt's tokens: trace the pipeline (not the bare transformer) "
+            "and let it encode the prompt, or pass Record(words={'dog': [token positions]})"
         )
     return call.prompt.locate(words)
 
@@ -113,33 +140,36 @@ def words_for(call: PipelineCall | None, words: Sequence[str] | Mapping[str, Seq
 class PromptCapture:
     """Captures the prompt tokens and the seed of each pipeline call.
 
-    `take()` hands over the call seen since the last `take()` (None if the pipeline has not encoded a
-    new prompt), so the tracer starts a new run at the first transformer forward of each pipeline call.
+    `take()` hands over the call seen since the last `take()` (None if no new pipeline call started), so the
+    tracer starts a new run at the first transformer forward of each pipeline call.
     """
 
-    def __init__(self, pipe: Any):
+    def __init__(self, pipe: Any, adapter: Any):
         self.pipe = pipe
+        self.adapter = adapter
         self.pending: PipelineCall | None = None
-        self._captured: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         self._removers: list[Callable[[], None]] = []
 
     def take(self) -> PipelineCall | None:
         call, self.pending = self.pending, None
         return call
 
+    def add_encoding(self, tokens: PromptTokens) -> None:
+        """Called by the adapter's prompt hooks for each prompt encoding, in the pipeline's order."""
+        if self.pending is not None:
+            self.pending.encodings.append(tokens)
+
     def install(self) -> None:
-        encoder = getattr(self.pipe, "text_encoder", None)
-        if isinstance(encoder, torch.nn.Module):
-            handle = encoder.register_forward_pre_hook(self._on_encoder, with_kwargs=True)
-            self._removers.append(handle.remove)
-        self._wrap("encode_prompt", self._around_encode)
-        self._wrap("prepare_latents", self._around_prepare_latents)
+        self.wrap("check_inputs", self._around_check_inputs)
+        self.wrap("prepare_latents", self._around_prepare_latents)
+        self._removers.extend(self.adapter.install_prompt_hooks(self.pipe, self))
 
     def remove(self) -> None:
         while self._removers:
             self._removers.pop()()
 
-    def _wrap(self, name: str, around: Callable) -> None:
+    def wrap(self, name: str, around: Callable) -> None:
+        """Wrap `pipe.<name>` with ``around(original, *args, **kwargs)`` until `remove()`."""
         original = getattr(self.pipe, name, None)
         if original is None:
             return
@@ -158,40 +188,59 @@ class PromptCapture:
 
         self._removers.append(restore)
 
-    def _on_encoder(self, module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-        if isinstance(ids, torch.Tensor):
-            self._captured.append((ids, mask if isinstance(mask, torch.Tensor) else None))
-
-    def _tokens(self, text: Any, ids: torch.Tensor, mask: torch.Tensor | None) -> PromptTokens:
+    def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None, text: str | None = None, **extra) -> PromptTokens:
+        """PromptTokens for batch item 0 of token ids [B, T] (host read: once per encoding, before sampling)."""
         tokenizer = getattr(self.pipe, "tokenizer", None)
-        row = ids[0].tolist()  # host read: once per pipeline call, before sampling
+        row = ids[0].tolist()
         n_real = int(mask[0].sum()) if mask is not None else len(row)
-        tokens = tokenizer.convert_ids_to_tokens(row) if tokenizer is not None else [str(i) for i in row]
-        return PromptTokens(text if isinstance(text, str) else None, tokens, n_real)
+        toks = tokenizer.convert_ids_to_tokens(row) if tokenizer is not None else [str(i) for i in row]
+        return PromptTokens(text, toks, n_real, dict(extra))
 
-    def _around_encode(self, original, *args, **kwargs):
-        self._captured = []
-        out = original(*args, **kwargs)
-        prompt = kwargs.get("prompt", args[0] if args else None)
-        negative = kwargs.get("negative_prompt", args[1] if len(args) > 1 else None)
-        captured = list(self._captured)
-        call = PipelineCall()
-        if kwargs.get("prompt_embeds") is None and captured:
-            call.prompt = self._tokens(prompt if not isinstance(prompt, list) else prompt[0], *captured.pop(0))
-        if kwargs.get("negative_prompt_embeds") is None and captured:
-            neg = negative[0] if isinstance(negative, list) else negative
-            call.negative = self._tokens(neg or "", *captured.pop(0))
-        self.pending = call
-        return out
+    def _around_check_inputs(self, original, *args, **kwargs):
+        bound = _bind(original, args, kwargs)
+        first = lambda v: v[0] if isinstance(v, (list, tuple)) and v else v  # noqa: E731
+        self.pending = PipelineCall(
+            prompt_text=first(bound.get("prompt")),
+            negative_text=first(bound.get("negative_prompt")),
+            prompt_embeds_given=bound.get("prompt_embeds") is not None,
+        )
+        return original(*args, **kwargs)
 
     def _around_prepare_latents(self, original, *args, **kwargs):
         generator = kwargs.get("generator")
         if generator is None:
-            generator = next((a for a in args if isinstance(a, torch.Generator)), None)
+            generator = next((a for a in args if isinstance(a, (torch.Generator, list))), None)
         if isinstance(generator, list) and generator:
             generator = generator[0]
         if self.pending is not None and isinstance(generator, torch.Generator):
             self.pending.seed = generator.initial_seed()
         return original(*args, **kwargs)
+
+
+def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    try:
+        return dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+
+
+def text_encoder_hook(capture: PromptCapture, encoder_attr: str = "text_encoder") -> list[Callable[[], None]]:
+    """Default prompt hook: each call of `pipe.<encoder_attr>` is one encoding (T5-style encoders)."""
+    encoder = getattr(capture.pipe, encoder_attr, None)
+    if not isinstance(encoder, torch.nn.Module):
+        return []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        if isinstance(ids, torch.Tensor) and capture.pending is not None:
+            call = capture.pending
+            texts = [call.prompt_text, call.negative_text]
+            index = len(call.encodings) + (1 if call.prompt_embeds_given else 0)
+            text = texts[index] if index < 2 else None
+            if index == 1 and text is None:
+                text = ""  # diffusers' default negative prompt
+            capture.add_encoding(capture.tokens(ids, mask if isinstance(mask, torch.Tensor) else None, text))
+
+    handle = encoder.register_forward_pre_hook(hook, with_kwargs=True)
+    return [handle.remove]

@@ -17,12 +17,11 @@ softmaxes, and sums the outputs before `to_out`. Video tokens are frame-major, F
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import torch
 
-from .base import Adapter, Site
+from .base import Adapter, Intercept, Site
 
 
 class WanAdapter(Adapter):
@@ -41,10 +40,10 @@ class WanAdapter(Adapter):
             out.append(Site(f"{layer}.cross.text", layer, i, "text", f"blocks.{i}.attn2", call))
         return out
 
-    def dispatch_module(self) -> ModuleType:
+    def intercepts(self) -> list[Intercept]:
         from diffusers.models.transformers import transformer_wan
 
-        return transformer_wan
+        return [Intercept(transformer_wan, "dispatch_attention_fn")]
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

@@ -1,8 +1,9 @@
 """The step/branch clock: a diffusers model hook that tells each transformer forward where the sampler is.
 
 * **branch** comes from the pipeline's `transformer.cache_context("cond"/"uncond")`, which diffusers hands
-  to stateful hooks; with no context and a pipeline doing classifier-free guidance in one batched call,
-  the batch halves are (uncond, cond), diffusers' convention; otherwise every item is "cond".
+  to stateful hooks; a pipeline doing classifier-free guidance in one batched call (CogVideoX:
+  `cache_context("cond_uncond")`) has batch halves (uncond, cond), diffusers' convention; otherwise the
+  first forward of a step is "cond" and a second one "uncond" (HunyuanVideo's true CFG).
 * **step** comes from the pipeline's scheduler (`step_index`, which advances in `scheduler.step`), so it
   is right however many times each step calls the transformer. A bare transformer has no scheduler:
   a new step starts when the timestep changes (one small host read per forward, not per attention call).
@@ -72,17 +73,24 @@ class ClockHook(ModelHook):
         self.batched_cfg = batched_cfg
         self.state = StateManager(_NoState)
         self._current: ForwardContext | None = None
+        self._step_seen: int | None = None
+        self._forwards_at_step = 0
 
     def reset_state(self, module):
         return module
 
-    def _branches(self, batch: int) -> tuple[str, ...]:
+    def _branches(self, batch: int, step: int) -> tuple[str, ...]:
         context = self.state._context
         if context is not None and context.name in ("cond", "uncond"):
             return (context.name,) * batch
-        if context is None and batch % 2 == 0 and self.batched_cfg():
+        if batch % 2 == 0 and self.batched_cfg():
             return ("uncond",) * (batch // 2) + ("cond",) * (batch // 2)
-        return ("cond",) * batch
+        # no named context, no batched CFG: the first forward of a step is cond, a second one uncond
+        # (HunyuanVideo's true CFG calls the transformer again for the negative prompt)
+        if step != self._step_seen:
+            self._step_seen, self._forwards_at_step = step, 0
+        self._forwards_at_step += 1
+        return ("cond" if self._forwards_at_step == 1 else "uncond",) * batch
 
     def pre_forward(self, module, *args, **kwargs):
         timestep = self.adapter.timestep(args, kwargs)
@@ -91,7 +99,7 @@ class ClockHook(ModelHook):
             step=step,
             num_steps=num_steps,
             timestep=timestep,
-            branches=self._branches(timestep.shape[0]),
+            branches=self._branches(timestep.shape[0], step),
             grid=self.adapter.grid(args, kwargs),
             prefix=self.adapter.prefix,
             text_lengths=None if self.steps.scheduler is not None else self.adapter.text_lengths(args, kwargs),

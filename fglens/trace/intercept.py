@@ -1,10 +1,15 @@
 """Attention interception: wrap each processor, catch its kernel calls, keep its logic and its fused kernel.
 
 A `TracedProcessor` replaces `module.processor` for the duration of a trace. It marks the module as
-active (a context variable) and calls the original processor unchanged. The original processor calls
-`dispatch_attention_fn` through its module's globals; while a trace is open that name points to an
-interceptor which, only when a traced processor is active, tells the tracer which site the call is and
-hands it the queries, keys and values. Outside traced processors the interceptor is a plain pass-through.
+active (a context variable) and calls the original processor unchanged. The original processor calls its
+kernel through its module's globals (`dispatch_attention_fn`, or `F.scaled_dot_product_attention`); while a
+trace is open that name points to an interceptor which, only when a traced processor is active, tells the
+tracer which site the call is and hands it the queries, keys and values in one layout, [B, S, H, D]. Outside
+traced processors the interceptor is a plain pass-through.
+
+The handler gets two ways to run the kernel: `run(q, k, v)`, the original call, and `run_with_lse()`, the
+same call through the kernel that also returns the row log-sum-exp, or None where that is not provably the
+kernel the original call would run (see `kernels`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
-from ..adapters.base import Site
+from ..adapters.base import Intercept, Site
+from .kernels import dispatch_with_lse, sdpa_call_with_lse
 
 
 class _ActiveModule:
@@ -63,48 +69,88 @@ class TracedProcessor:
         setattr(self._fg_inner, name, value)
 
 
-# -- the dispatch patch, reference-counted per Python module ------------------------------------------------
+# -- the kernel patches, reference-counted per (module, attribute) -----------------------------------------------
 _PATCH_LOCK = threading.Lock()
-_PATCHES: dict[str, tuple[ModuleType, Callable, int]] = {}
+_PATCHES: dict[tuple[str, str], tuple[ModuleType, Any, int]] = {}
 
 
-def _make_interceptor(original: Callable) -> Callable:
+def _dispatch_interceptor(original: Callable) -> Callable:
+    """Stands in for diffusers' `dispatch_attention_fn` (layout [B, S, H, D])."""
+
     def dispatch_attention_fn(query, key, value, *args, **kwargs):
         active = _ACTIVE.get()
         if active is None:
             return original(query, key, value, *args, **kwargs)
-        site = active.next_site()
 
         def run(q=query, k=key, v=value):
             return original(q, k, v, *args, **kwargs)
 
-        return active.handler(site, query, key, value, run, kwargs)
+        def run_with_lse():
+            return dispatch_with_lse(query, key, value, args, kwargs)
+
+        return active.handler(active.next_site(), query, key, value, run, run_with_lse, args, kwargs)
 
     dispatch_attention_fn.__wrapped__ = original  # type: ignore[attr-defined]
-    dispatch_attention_fn._fglens = True  # type: ignore[attr-defined]
     return dispatch_attention_fn
 
 
-def patch_dispatch(module: ModuleType) -> None:
-    with _PATCH_LOCK:
-        name = module.__name__
-        if name in _PATCHES:
-            mod, original, count = _PATCHES[name]
-            _PATCHES[name] = (mod, original, count + 1)
-            return
-        original = module.dispatch_attention_fn
-        module.dispatch_attention_fn = _make_interceptor(original)
-        _PATCHES[name] = (module, original, 1)
+class _FunctionalProxy:
+    """Stands in for `torch.nn.functional` in a module whose processors call `F.scaled_dot_product_attention`
+    directly (layout [B, H, S, D]); every other attribute is torch.nn.functional's own."""
+
+    def __init__(self, functional: ModuleType):
+        self._functional = functional
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._functional, name)
+
+    def scaled_dot_product_attention(self, query, key, value, *args, **kwargs):
+        original = self._functional.scaled_dot_product_attention
+        active = _ACTIVE.get()
+        if active is None:
+            return original(query, key, value, *args, **kwargs)
+        t = lambda x: x.transpose(1, 2)  # noqa: E731 - [B, H, S, D] <-> [B, S, H, D] views
+
+        q0, k0, v0 = t(query), t(key), t(value)
+
+        def run(q=q0, k=k0, v=v0):
+            return t(original(t(q), t(k), t(v), *args, **kwargs))
+
+        def run_with_lse():
+            result = sdpa_call_with_lse(query, key, value, args, kwargs)
+            return None if result is None else (t(result[0]), result[1])
+
+        out = active.handler(active.next_site(), q0, k0, v0, run, run_with_lse, args, kwargs)
+        return t(out)
 
 
-def unpatch_dispatch(module: ModuleType) -> None:
+def patch(target: Intercept) -> None:
+    """Install the interceptor for one kernel entry point (nested installs are counted)."""
+    key = (target.module.__name__, target.attr)
     with _PATCH_LOCK:
-        name = module.__name__
-        if name not in _PATCHES:
+        if key in _PATCHES:
+            mod, original, count = _PATCHES[key]
+            _PATCHES[key] = (mod, original, count + 1)
             return
-        mod, original, count = _PATCHES[name]
+        original = getattr(target.module, target.attr)
+        if target.attr == "F":
+            replacement: Any = _FunctionalProxy(original)
+        elif target.attr == "dispatch_attention_fn":
+            replacement = _dispatch_interceptor(original)
+        else:
+            raise ValueError(f"fglens cannot intercept {target.module.__name__}.{target.attr}")
+        setattr(target.module, target.attr, replacement)
+        _PATCHES[key] = (target.module, original, 1)
+
+
+def unpatch(target: Intercept) -> None:
+    key = (target.module.__name__, target.attr)
+    with _PATCH_LOCK:
+        if key not in _PATCHES:
+            return
+        mod, original, count = _PATCHES[key]
         if count > 1:
-            _PATCHES[name] = (mod, original, count - 1)
+            _PATCHES[key] = (mod, original, count - 1)
             return
-        mod.dispatch_attention_fn = original
-        del _PATCHES[name]
+        setattr(mod, target.attr, original)
+        del _PATCHES[key]

@@ -6,8 +6,9 @@ attention pass. But where diffusers' native backend would run PyTorch's CPU flas
 kernel returns the LSE next to the output: calling it directly, with exactly the arguments
 `F.scaled_dot_product_attention` would pass it, gives the same output bits and the LSE for free.
 
-`attention_with_lse` does that when it can prove it is the same kernel, and returns None otherwise; the
-caller then runs the original call and computes the LSE separately (exact, slower).
+`dispatch_with_lse` (diffusers' dispatcher) and `sdpa_call_with_lse` (a direct `F.scaled_dot_product_attention`
+call) do that when they can prove it is the same kernel, and return None otherwise; the caller then runs the
+original call and computes the LSE separately (exact, slower).
 """
 
 from __future__ import annotations
@@ -31,7 +32,34 @@ def _native_backend_active(kwargs: dict[str, Any]) -> bool:
         return False
 
 
-def attention_with_lse(
+def sdpa_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(output, lse)`` for `F.scaled_dot_product_attention` arguments (layout ``[B, H, S, D]``), bit-identical
+    to it, or None unless it would run PyTorch's CPU flash kernel (no dropout, causal mask or GQA)."""
+    if q.device.type != "cpu" or q.requires_grad:
+        return None
+    mask = attn_mask
+    if mask is not None and mask.dtype == torch.bool:  # as F.scaled_dot_product_attention converts it
+        mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask.logical_not(), float("-inf"))
+    if torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=scale, enable_gqa=False) != _FLASH:
+        return None
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)[:2]
+    return out, lse
+
+
+_SDPA_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def sdpa_call_with_lse(q, k, v, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`sdpa_with_lse` for the raw arguments of a ``F.scaled_dot_product_attention(q, k, v, *args, **kwargs)`` call."""
+    call = dict(zip(_SDPA_ARGS, args, strict=False)) | {k_: v_ for k_, v_ in kwargs.items() if k_ in _SDPA_ARGS}
+    if call.get("dropout_p", 0.0) or call.get("is_causal", False) or call.get("enable_gqa", False):
+        return None
+    return sdpa_with_lse(q, k, v, call.get("attn_mask"), call.get("scale"))
+
+
+def dispatch_with_lse(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, args: tuple, kwargs: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(output [B, S, H, D], lse [B, H, S])`` bit-identical to diffusers' native `dispatch_attention_fn`.
@@ -43,9 +71,7 @@ def attention_with_lse(
     names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "attention_kwargs")
     call = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}
     if (
-        query.device.type != "cpu"
-        or query.requires_grad
-        or call.get("dropout_p", 0.0)
+        call.get("dropout_p", 0.0)
         or call.get("is_causal", False)
         or call.get("enable_gqa", False)
         or call.get("attention_kwargs")
@@ -54,13 +80,11 @@ def attention_with_lse(
     ):
         return None
     mask = call.get("attn_mask")
-    scale = call.get("scale")
     if mask is not None and mask.ndim == 2 and mask.shape[0] == query.shape[0] and mask.shape[1] == key.shape[1]:
         mask = mask.unsqueeze(1).unsqueeze(1)  # as diffusers' native backend reshapes it
     q, k, v = (x.permute(0, 2, 1, 3) for x in (query, key, value))
-    if mask is not None and mask.dtype == torch.bool:  # as F.scaled_dot_product_attention converts it
-        mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask.logical_not(), float("-inf"))
-    if torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=scale, enable_gqa=False) != _FLASH:
+    result = sdpa_with_lse(q, k, v, mask, call.get("scale"))
+    if result is None:
         return None
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)[:2]
+    out, lse = result
     return out.permute(0, 2, 1, 3), lse

@@ -63,9 +63,14 @@ def frames_per_chunk(grid: tuple[int, int, int], bytes_per_token: int, budget_by
 
 
 def logsumexp_over_keys(
-    query: torch.Tensor, key: torch.Tensor, key_chunk: int, scale: float | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    key_chunk: int,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Row log-sum-exp ``[B, H, n]`` of the logits of queries ``[B, n, H, D]`` over all keys ``[B, T, H, D]``.
+    """Row log-sum-exp ``[B, H, n]`` of the logits of queries ``[B, n, H, D]`` over all keys ``[B, T, H, D]``
+    (plus an additive key bias ``[B, T]``, e.g. -inf for padding).
 
     Accumulated over chunks of `key_chunk` keys with logaddexp, so no ``n x T`` block is ever held whole.
     """
@@ -74,12 +79,20 @@ def logsumexp_over_keys(
     out = None
     for k0 in range(0, key.shape[1], key_chunk):
         logits = torch.einsum("bnhd,bthd->bhnt", q, key[:, k0 : k0 + key_chunk].to(torch.float32)) * scale
+        if bias is not None:
+            logits = logits + bias[:, None, None, k0 : k0 + key_chunk]
         part = torch.logsumexp(logits, -1)
         out = part if out is None else torch.logaddexp(out, part)
     return out
 
 
-def row_logsumexp(query: torch.Tensor, key: torch.Tensor, key_chunk: int, scale: float | None = None) -> torch.Tensor:
+def row_logsumexp(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    key_chunk: int,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Row log-sum-exp ``[B, H, n]`` over all keys, from a fused kernel where the device has one that returns it.
 
     On the CPU, PyTorch's flash-attention kernel returns the row log-sum-exp with its output (float32, exact to
@@ -88,6 +101,7 @@ def row_logsumexp(query: torch.Tensor, key: torch.Tensor, key_chunk: int, scale:
     if query.device.type == "cpu":
         q = query.to(torch.float32).transpose(1, 2)
         k = key.to(torch.float32).transpose(1, 2)
-        _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, scale=scale)[:2]
+        mask = None if bias is None else bias[:, None, None, :].to(torch.float32)
+        _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, attn_mask=mask, scale=scale)[:2]
         return lse
-    return logsumexp_over_keys(query, key, key_chunk, scale)
+    return logsumexp_over_keys(query, key, key_chunk, scale, bias)

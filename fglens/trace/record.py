@@ -8,6 +8,7 @@ layer. Nothing is read on the host: results stay device tensors until the forwar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,16 +28,19 @@ from .probs import (
     row_logsumexp,
 )
 
-#: every statistic a Record can ask for, and the sites it needs
-STATS: dict[str, str] = {
-    "word_mass": "text",
-    "morans_i": "text",
-    "similarity": "text",
-    "entropy": "text",
-    "text_share": "image",
-    "ref_mass": "self",
+#: every statistic a Record can ask for, and the kinds of site that provide it
+STATS: dict[str, frozenset[str]] = {
+    "word_mass": frozenset({"text", "joint"}),
+    "morans_i": frozenset({"text", "joint"}),
+    "similarity": frozenset({"text", "joint"}),
+    "entropy": frozenset({"text", "joint"}),
+    "text_share": frozenset({"image"}),
+    "text_mass": frozenset({"joint"}),
+    "image_mass": frozenset({"joint"}),
+    "ref_mass": frozenset({"self", "joint"}),
 }
-DEFAULT_STATS = ("word_mass", "morans_i", "similarity", "text_share", "entropy")
+DEFAULT_STATS = ("word_mass", "morans_i", "similarity", "text_share", "text_mass", "image_mass", "entropy")
+WORD_STATS = ("word_mass", "morans_i", "similarity")
 
 
 @dataclass
@@ -46,7 +50,9 @@ class Record:
     Args:
         words: words of the prompt to follow (located through the pipeline's own tokenizer), a mapping
             ``{label: [token positions]}`` for a bare transformer, or None for every word of the prompt.
-        stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in.
+        stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in. Statistics that
+            an architecture has no site for are left out of its runs (`text_share` needs Wan's separate image
+            attention, `text_mass` / `image_mass` a joint softmax).
         maps: also store the word attention maps ``word_map (branch, step, layer, word, frame, y, x)``.
         layers: block indices (``3``) or canonical names (``"blocks.3"``); None for all.
         steps: step indices to record; None for all.
@@ -56,7 +62,7 @@ class Record:
     Example:
         >>> import fglens as fg
         >>> fg.Record(words=["dog"], layers=[0, 1]).stats
-        ('word_mass', 'morans_i', 'similarity', 'text_share', 'entropy')
+        ('word_mass', 'morans_i', 'similarity', 'text_share', 'text_mass', 'image_mass', 'entropy')
     """
 
     words: Sequence[str] | Mapping[str, Sequence[int]] | None = None
@@ -148,7 +154,7 @@ class Recorder:
         self.record = record
         self.layers = list(layers)
         self._layer_pos = {name: i for i, name in enumerate(self.layers)}
-        self.kinds = {STATS[s] for s in record.stats} | ({"text"} if record.maps else set())
+        self.kinds = set().union(*(STATS[s] for s in record.stats)) | ({"text", "joint"} if record.maps else set())
         self.words: dict[str, list[int]] = {}
         self.n_real: dict[str, int | None] = {}
         self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
@@ -204,6 +210,8 @@ class Recorder:
             fwd.image_out[call.site.layer] = self._select(call.output, fwd)
         elif kind == "text":
             self._text(call, fwd, layer)
+        elif kind == "joint":
+            self._joint(call, fwd, layer)
         elif kind == "self" and "ref_mass" in self.record.stats:
             self._ref_mass(call, fwd, layer)
 
@@ -214,52 +222,117 @@ class Recorder:
         fwd.values.setdefault(var, {})[layer] = value
 
     def _text(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
-        grid = fwd.ctx.grid
-        frames = grid[0]
+        """Wan's text call: a softmax over the text keys alone, identical pad keys collapsed exactly."""
         q = self._select(call.query, fwd)
         k = self._select(call.key, fwd)
-        b, n, heads, _ = q.shape
-        want = set(self.record.stats)
-        word_stats = bool(self.words) and bool(want & {"word_mass", "morans_i", "similarity"} or self.record.maps)
-
-        if want & {"word_mass", "morans_i", "similarity", "entropy"} or self.record.maps:
+        if set(self.record.stats) & {*WORD_STATS, "entropy"} or self.record.maps:
             n_real = self._n_real(fwd, k.shape[1])
             k_eff, mult = collapse_padding(k, n_real)
             ok = padding_is_uniform(k, n_real)
             fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
-            word_index = self._word_index(k_eff.shape[1], q.device)
-            kbar = None
-            if "similarity" in want and word_stats:
-                counts = word_index.sum(0).clamp_min(1)
-                kbar = torch.einsum("tw,btc->bwc", word_index, k_eff.flatten(2).to(torch.float32)) / counts[:, None]
-            maps = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
-            ent = q.new_zeros((b, n), dtype=torch.float32)
-            sim = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
-            per_chunk = frames_per_chunk(grid, b * heads * k_eff.shape[1] * 4 * 3, self.record.chunk_bytes)
-            for a, z in frame_chunks(grid, per_chunk):
-                pbar = chunk_probs(q[:, a:z], k_eff, mult).mean(1)  # [b, n, T'] head mean
-                if word_stats:
-                    maps[:, a:z] = stats.word_maps(pbar, word_index)
-                if "entropy" in want:
-                    ent[:, a:z] = stats.normalized_entropy(pbar, mult, k.shape[1])
-                if kbar is not None:
-                    sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
-            maps_t = maps.transpose(1, 2)  # [b, W, N]
-            if word_stats and "word_mass" in want:
-                self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
-            if word_stats and "morans_i" in want:
-                self._put(fwd, "morans_i", layer, stats.morans_i(maps_t.unflatten(-1, grid)).to(torch.float32))
-            if kbar is not None:
-                self._put(fwd, "similarity", layer, stats.frame_mean(sim.transpose(1, 2), frames))
-            if "entropy" in want:
-                self._put(fwd, "entropy", layer, stats.frame_mean(ent, frames))
-            if word_stats and self.record.maps:
-                self._put(fwd, "word_map", layer, maps_t.unflatten(-1, grid))
+
+            def chunk(a: int, z: int):
+                return chunk_probs(q[:, a:z], k_eff, mult, call.extras.get("scale")).mean(1), {}
+
+            def entropy(pbar: torch.Tensor) -> torch.Tensor:
+                return stats.normalized_entropy(pbar, mult, k.shape[1])
+
+            self._reduce_text(fwd, layer, q, k_eff, chunk, entropy)
 
         image_out = fwd.image_out.pop(call.site.layer, None)
-        if "text_share" in want and image_out is not None:
+        if "text_share" in self.record.stats and image_out is not None:
             share = stats.text_share(self._select(call.output, fwd).flatten(2), image_out.flatten(2))
-            self._put(fwd, "text_share", layer, stats.frame_mean(share, frames))
+            self._put(fwd, "text_share", layer, stats.frame_mean(share, fwd.ctx.grid[0]))
+
+    def _joint(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
+        """One softmax over [video | image | text] keys: text probabilities normalised over all keys, from the
+        row log-sum-exp of the model's own kernel call (or recomputed when no kernel provided it)."""
+        seg = call.extras["segments"]
+        scale = call.extras.get("scale")
+        q = self._select(call.query, fwd)[:, seg.video_queries[0] : seg.video_queries[1]]
+        k = self._select(call.key, fwd)
+        bias = key_bias(call.extras.get("attn_mask"), k.shape[1])
+        bias = None if bias is None else (bias if bias.shape[0] == k.shape[0] else self._select(bias, fwd))
+        lse = call.extras.get("lse")
+        if lse is None:
+            lse = row_logsumexp(q, k, max(1, self.record.chunk_bytes // max(1, 8 * q.shape[0] * q.shape[2] * 1024)),
+                                scale, bias)
+        else:
+            lse = self._select(lse, fwd)[..., seg.video_queries[0] : seg.video_queries[1]]
+        (t0, t1), (i0, i1), (v0, _) = seg.text, seg.image, seg.video
+        k_text, k_img = k[:, t0:t1], k[:, i0:i1]
+        b_text = None if bias is None else bias[:, t0:t1]
+        b_img = None if bias is None else bias[:, i0:i1]
+        first = fwd.ctx.grid[1] * fwd.ctx.grid[2]
+        k_ref = k[:, v0 : v0 + first]
+        b_ref = None if bias is None else bias[:, v0 : v0 + first]
+        want = set(self.record.stats)
+        valid = (k_text.shape[1] if b_text is None else torch.isfinite(b_text).sum(-1)) if k_text.shape[1] else 0
+
+        def chunk(a: int, z: int):
+            lse_c = lse[:, :, a:z, None]
+            p_text = torch.exp(_logits(q[:, a:z], k_text, scale, b_text) - lse_c).mean(1)  # [b, n, T] head mean
+            extra = {}
+            if "text_mass" in want:
+                extra["text_mass"] = p_text.sum(-1)
+            if "image_mass" in want:
+                extra["image_mass"] = torch.exp(_logits(q[:, a:z], k_img, scale, b_img) - lse_c).mean(1).sum(-1)
+            if "ref_mass" in want:
+                lse_ref = torch.logsumexp(_logits(q[:, a:z], k_ref, scale, b_ref), -1)
+                extra["ref_mass"] = torch.exp(lse_ref - lse[:, :, a:z]).mean(1)
+            return p_text, extra
+
+        def entropy(pbar: torch.Tensor) -> torch.Tensor:
+            # entropy of the attention within the text keys (renormalised), over log(number of real text keys)
+            p = pbar / pbar.sum(-1, keepdim=True)
+            h = -torch.special.xlogy(p, p).sum(-1)
+            n_keys = torch.as_tensor(valid, device=h.device, dtype=h.dtype).reshape(-1, 1)
+            return h / torch.log(n_keys).clamp_min(1e-30)
+
+        self._reduce_text(fwd, layer, q, k_text, chunk, entropy, scale_rows=k.shape[1])
+
+    def _reduce_text(self, fwd: _ForwardState, layer: int, q, k_text, chunk, entropy, scale_rows: int = 0) -> None:
+        """Chunk over whole frames; per chunk `chunk(a, z)` gives head-mean text probabilities ``[b, n, T]`` and
+        per-token extras; reduce inside the chunk to word maps, entropy, similarity, then per frame."""
+        grid = fwd.ctx.grid
+        frames = grid[0]
+        b, n, heads, _ = q.shape
+        want = set(self.record.stats)
+        word_stats = bool(self.words) and bool(want & set(WORD_STATS) or self.record.maps)
+        word_index = self._word_index(k_text.shape[1], q.device)
+        kbar = None
+        if "similarity" in want and word_stats:
+            counts = word_index.sum(0).clamp_min(1)
+            kbar = torch.einsum("tw,btc->bwc", word_index, k_text.flatten(2).to(torch.float32)) / counts[:, None]
+        maps = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+        ent = q.new_zeros((b, n), dtype=torch.float32)
+        sim = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+        extras: dict[str, torch.Tensor] = {}
+        columns = max(k_text.shape[1], scale_rows and (k_text.shape[1] + 64))
+        per_chunk = frames_per_chunk(grid, b * heads * max(1, columns) * 4 * 3, self.record.chunk_bytes)
+        for a, z in frame_chunks(grid, per_chunk):
+            pbar, extra = chunk(a, z)
+            if word_stats:
+                maps[:, a:z] = stats.word_maps(pbar, word_index)
+            if "entropy" in want:
+                ent[:, a:z] = entropy(pbar)
+            if kbar is not None:
+                sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
+            for name, value in extra.items():
+                extras.setdefault(name, q.new_zeros((b, n), dtype=torch.float32))[:, a:z] = value
+        maps_t = maps.transpose(1, 2)  # [b, W, N]
+        if word_stats and "word_mass" in want:
+            self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
+        if word_stats and "morans_i" in want:
+            self._put(fwd, "morans_i", layer, stats.morans_i(maps_t.unflatten(-1, grid)).to(torch.float32))
+        if kbar is not None:
+            self._put(fwd, "similarity", layer, stats.frame_mean(sim.transpose(1, 2), frames))
+        if "entropy" in want:
+            self._put(fwd, "entropy", layer, stats.frame_mean(ent, frames))
+        if word_stats and self.record.maps:
+            self._put(fwd, "word_map", layer, maps_t.unflatten(-1, grid))
+        for name, value in extras.items():
+            self._put(fwd, name, layer, stats.frame_mean(value, frames))
 
     def _ref_mass(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
         grid = fwd.ctx.grid
@@ -268,11 +341,11 @@ class Recorder:
         b, n, heads, _ = q.shape
         first = grid[1] * grid[2]
         key_chunk = max(first, self.record.chunk_bytes // max(1, 4 * 2 * b * heads * n))
-        lse_all = row_logsumexp(q, k, key_chunk)  # [b, H, N], normalisation over all video keys
+        lse_all = row_logsumexp(q, k, key_chunk, call.extras.get("scale"))  # [b, H, N], over all video keys
         per_chunk = frames_per_chunk(grid, 4 * 2 * b * heads * first, self.record.chunk_bytes)
         mass = q.new_zeros((b, n), dtype=torch.float32)
         for a, z in frame_chunks(grid, per_chunk):
-            lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first)
+            lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first, call.extras.get("scale"))
             mass[:, a:z] = torch.exp(lse_ref - lse_all[..., a:z]).mean(1)
         self._put(fwd, "ref_mass", layer, stats.frame_mean(mass, grid[0]))
 
@@ -299,3 +372,31 @@ class Recorder:
             self._index_cache[key] = index.to(device)
         return self._index_cache[key]
 
+
+
+def _logits(q: torch.Tensor, k: torch.Tensor, scale: float | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 logits ``[B, H, n, T]`` of queries ``[B, n, H, D]``, keys ``[B, T, H, D]`` and a key bias ``[B, T]``."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out = torch.einsum("bnhd,bthd->bhnt", q.to(torch.float32), k.to(torch.float32)) * scale
+    return out if bias is None else out + bias[:, None, None, :]
+
+
+def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
+    """An attention mask that varies only along the keys, as an additive float bias ``[B, n_keys]``.
+
+    Accepts boolean (True = attend) or additive masks of shape ``[B, T]`` or ``[B, 1, 1, T]`` (broadcast over
+    heads and queries). Anything else is refused: fglens' joint probabilities assume key-only masks.
+    """
+    if mask is None:
+        return None
+    m = mask
+    if m.ndim == 4 and m.shape[1] == 1 and m.shape[2] == 1:
+        m = m[:, 0, 0]
+    if m.ndim != 2 or m.shape[-1] != n_keys:
+        raise ValueError(
+            f"fglens supports attention masks over keys only ([B, {n_keys}] or [B, 1, 1, {n_keys}]); "
+            f"got shape {tuple(mask.shape)}"
+        )
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
+    return m.to(torch.float32)

@@ -21,7 +21,7 @@ from ..adapters.prompt import PipelineCall, PromptCapture, words_for
 from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
 from .clock import ClockHook, StepSource, install_clock
 from .context import AttentionCall, ForwardContext
-from .intercept import TracedProcessor, patch_dispatch, unpatch_dispatch
+from .intercept import TracedProcessor, patch, unpatch
 from .record import STATS, Record, Recorder, resolve_layers
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
@@ -68,6 +68,7 @@ class Trace:
         self.store = store_path(store) if store is not None else None
         self.recorder = Recorder(self.record, self.layers)
         self.variables = self._variables()
+        self._adapter_of = {layer: a for a in self.adapters for layer in a.layers()}
 
         self._undo: list[Callable[[], None]] = []
         self._capture: PromptCapture | None = None
@@ -113,9 +114,9 @@ class Trace:
     def _install(self) -> None:
         scheduler = getattr(self.pipe, "scheduler", None)
         for adapter in self.adapters:
-            module = adapter.dispatch_module()
-            patch_dispatch(module)
-            self._undo.append(lambda m=module: unpatch_dispatch(m))
+            for target in adapter.intercepts():
+                patch(target)
+                self._undo.append(lambda t=target: unpatch(t))
             by_module: dict[str, list[Site]] = {}
             for site in adapter.sites():
                 by_module.setdefault(site.module, []).append(site)
@@ -133,7 +134,7 @@ class Trace:
                              self._batched_cfg)
             self._undo.append(install_clock(adapter.transformer, hook))
         if self.pipe is not None:
-            self._capture = PromptCapture(self.pipe)
+            self._capture = PromptCapture(self.pipe, self.adapters[0])
             self._capture.install()
             self._undo.append(self._capture.remove)
 
@@ -168,16 +169,35 @@ class Trace:
         if result is not None and self._writer is not None:
             self._writer.put(result.step, result.timestep, result.values, result.checks)
 
-    def _on_attention(self, site: Site, query, key, value, run_kernel, kwargs) -> torch.Tensor:
-        out = run_kernel()
-        if self._forward is not None and self.recorder.wants(site):
-            self.recorder.observe(AttentionCall(site, query, key, value, self._forward, out))
+    def _on_attention(self, site: Site, query, key, value, run, run_with_lse, args, kwargs) -> torch.Tensor:
+        forward = self._forward
+        if forward is None or not self.recorder.wants(site):
+            return run()
+        call = AttentionCall(site, query, key, value, forward)
+        call.extras["scale"] = _call_arg(args, kwargs, "scale", 3)
+        if site.kind == "joint":
+            fast = run_with_lse()  # the same output bits, with the row log-sum-exp
+            out, call.extras["lse"] = fast if fast is not None else (run(), None)
+            adapter = self._adapter_of[site.layer]
+            tokens = self._branch_tokens(forward)
+            call.extras["segments"] = adapter.segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
+            call.extras["attn_mask"] = _call_arg(args, kwargs, "attn_mask", 0)
+        else:
+            out = run()
+        call.output = out
+        self.recorder.observe(call)
         return out
+
+    def _branch_tokens(self, forward: ForwardContext):
+        call = self._run_state.get("call")
+        if call is None:
+            return None
+        return call.by_branch().get(forward.branches[0])
 
     # -- runs ------------------------------------------------------------------------------------------------
     def _variables(self) -> list[str]:
         kinds = {site.kind for a in self.adapters for site in a.sites()}
-        out = [s for s in self.record.stats if STATS[s] in kinds]
+        out = [s for s in self.record.stats if STATS[s] & kinds]
         if self.record.maps:
             out.append("word_map")
         return out
@@ -193,7 +213,7 @@ class Trace:
             grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
         )
         self._sink = sink
-        self._run_state = {"last_step": None, "num_steps": ctx.num_steps}
+        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
 
     def _end_run(self, interrupted: bool) -> None:
         writer, self._writer = self._writer, None
@@ -261,3 +281,11 @@ def trace(target: Any, record: Record | None = None, edit: Any = None, store: An
         ('branch', 'step', 'layer', 'word', 'frame')
     """
     return Trace(target, record=record, edit=edit, store=store)
+
+
+def _call_arg(args: tuple, kwargs: dict, name: str, position: int):
+    """An argument of a kernel call after q, k, v: `dispatch_attention_fn` and `F.scaled_dot_product_attention`
+    share the order (attn_mask, dropout_p, is_causal, scale)."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[position] if len(args) > position else None
