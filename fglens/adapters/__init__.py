@@ -8,9 +8,10 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, Site
+from .hunyuan import HunyuanVideoAdapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter,)
+ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter)
 
 
 def supported_classes() -> list[str]:
@@ -29,4 +30,4 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "Site", "WanAdapter", "adapter_for", "supported_classes"]
+__all__ = ["ADAPTERS", "Adapter", "HunyuanVideoAdapter", "Site", "WanAdapter", "adapter_for", "supported_classes"]

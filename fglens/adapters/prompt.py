@@ -54,7 +54,7 @@ class PromptTokens:
                 continue
             starts = tok.startswith(_WORD_START) or ended
             ended = tok.endswith(_WORD_END)
-            piece = tok.lstrip("".join(_WORD_START)).removesuffix(_WORD_END)
+            piece = tok.lstrip("".join(_WORD_START)).removesuffix(_WORD_END).replace("Ċ", "").replace("ĉ", "")
             if not piece.strip():
                 current, ended = None, True  # whitespace / newline tokens
                 continue

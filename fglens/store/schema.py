@@ -10,6 +10,8 @@ VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     "morans_i": ("word", "frame"),
     "similarity": ("word", "frame"),
     "text_share": ("frame",),
+    "text_mass": ("frame",),
+    "image_mass": ("frame",),
     "entropy": ("frame",),
     "ref_mass": ("frame",),
     "word_map": ("word", "frame", "y", "x"),
@@ -19,7 +21,8 @@ LEADING_DIMS = ("branch", "step", "layer")
 #: DESIGN.md §4, as stored in each run's attributes (`definitions`)
 DEFINITIONS: dict[str, str] = {
     "P": "exact attention probabilities the model uses at the site (Wan text call: softmax over the 512 "
-    "text keys, float32, identical pad keys collapsed exactly)",
+    "text keys, float32, identical pad keys collapsed exactly; joint attention: softmax over all unmasked "
+    "keys, text columns normalised with the row log-sum-exp over all keys)",
     "word_map": "m_w[n] = (1/H) sum_h sum_{j in K_w} P[n,h,j], on the (frame, y, x) latent grid",
     "word_mass": "mean of m_w over the tokens of each latent frame",
     "morans_i": "per frame and word on the y-x grid of m_w, binary rook weights: "
@@ -27,8 +30,11 @@ DEFINITIONS: dict[str, str] = {
     "similarity": "S_w[n] = cos(q[n], mean_{j in K_w} k[j]), heads concatenated; mean over each frame",
     "text_share": "|O_text[n]| / (|O_text[n]| + |O_image[n]|), per-call attention outputs before to_out; "
     "mean over each frame",
-    "entropy": "entropy of the head-mean attention over all text keys divided by log|T|; mean over each frame",
-    "ref_mass": "self-attention: (1/H) sum_h sum_{j in frame 0} P[n,h,j], normalised over all keys; "
-    "mean over each frame",
+    "entropy": "entropy of the head-mean attention within the text keys (renormalised to sum to 1 for joint "
+    "attention) divided by log|T| (T: Wan's 512 text keys; joint: the unmasked text keys); mean over each frame",
+    "text_mass": "joint attention: (1/H) sum_h sum_{j in text} P[n,h,j]; mean over each frame",
+    "image_mass": "joint attention: (1/H) sum_h sum_{j in image-derived context} P[n,h,j]; mean over each frame",
+    "ref_mass": "(1/H) sum_h sum_{j in video frame 0} P[n,h,j], normalised over all keys of the site "
+    "(Wan self-attention, or the joint softmax); mean over each frame",
     "batch": "batch items of the same CFG branch are averaged",
 }

@@ -15,6 +15,7 @@ kernel the original call would run (see `kernels`).
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -55,7 +56,18 @@ class TracedProcessor:
         self.__dict__["_fg_sites"] = tuple(sorted(sites, key=lambda s: s.call))
         self.__dict__["_fg_handler"] = handler
 
+        # diffusers' legacy `Attention.forward` drops every keyword that `inspect.signature(processor.__call__)`
+        # does not name (e.g. HunyuanVideo's `image_rotary_emb`): show it the wrapped processor's signature.
+        @functools.wraps(inner.__call__)
+        def call(*args, **kwargs):
+            return self._fg_call(*args, **kwargs)
+
+        self.__dict__["__call__"] = call
+
     def __call__(self, attn, *args, **kwargs):
+        return self._fg_call(attn, *args, **kwargs)
+
+    def _fg_call(self, attn, *args, **kwargs):
         token = _ACTIVE.set(_ActiveModule(self._fg_sites, self._fg_handler))
         try:
             return self._fg_inner(attn, *args, **kwargs)
