@@ -21,7 +21,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fglens demo --out demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests fglens --doctest-modules
 	$(VENV)/bin/ruff check fglens tests analyses
 
 lint: $(STAMP)

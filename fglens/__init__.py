@@ -16,15 +16,28 @@ from typing import Any
 __version__ = "0.1.0"
 
 from . import adapters, stats, store  # noqa: E402
+from .interventions import (  # noqa: E402
+    Ablate,
+    AnchorMask,
+    CacheTransfer,
+    FocalGuidance,
+    Intervention,
+    Scale,
+    Where,
+    compose,
+)
 from .store import open_run  # noqa: E402
 from .trace import Record, Trace, trace  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
     # heavy or optional submodules load on first use
-    if name in ("testing", "cli", "bench"):
+    if name in ("testing", "cli", "bench", "anchors"):
         return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'fglens' has no attribute {name!r}")
 
 
-__all__ = ["Record", "Trace", "__version__", "adapters", "open_run", "stats", "store", "trace"]
+__all__ = [
+    "Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Record", "Scale", "Trace", "Where",
+    "__version__", "adapters", "compose", "open_run", "stats", "store", "trace",
+]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 
 from .base import Adapter, Site
+from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter)
 
 
 def supported_classes() -> list[str]:
@@ -30,4 +31,7 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "HunyuanVideoAdapter", "Site", "WanAdapter", "adapter_for", "supported_classes"]
+__all__ = [
+    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "Site", "WanAdapter", "adapter_for",
+    "supported_classes",
+]

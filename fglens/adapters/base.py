@@ -1,6 +1,6 @@
 """What an adapter tells the tracer about one architecture, and nothing about statistics.
 
-An adapter answers four questions for a transformer class:
+An adapter answers these questions for a transformer class:
 
 1. which attention modules carry sites, and under which canonical names (`blocks.3.cross.text`);
 2. in which order the module's processor calls the attention kernel, and what each call attends to
@@ -8,7 +8,8 @@ An adapter answers four questions for a transformer class:
 3. where the processors call their kernel (`intercepts`: a module global such as `dispatch_attention_fn`);
 4. the latent grid (frames, y, x) of the video tokens for the shape of a forward call;
 5. for joint attention, where the video queries and the image / text keys sit in each call (`segments`);
-6. how the pipeline encodes prompts (`install_prompt_hooks`), so words map to text-key positions.
+6. how the pipeline encodes prompts (`install_prompt_hooks`), so words map to text-key positions;
+7. whether a forward's batch holds both CFG branches (`batched_cfg`), where the pipeline does not name them.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ class Adapter:
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """Report each prompt encoding to `capture.add_encoding`; return removers. Default: T5-style encoder."""
         return text_encoder_hook(capture)
+
+    def batched_cfg(self, pipe: Any) -> bool:
+        """Does an even batch outside a ``"cond"``/``"uncond"`` cache context hold ``[uncond | cond]`` halves
+        (classifier-free guidance in one batched call)? Default: the pipeline's `do_classifier_free_guidance`."""
+        return bool(getattr(pipe, "do_classifier_free_guidance", False))
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         """Latent grid (frames, y, x) of the video tokens for a forward call with these arguments."""

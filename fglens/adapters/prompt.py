@@ -132,7 +132,8 @@ def words_for(call: PipelineCall | None, words: Sequence[str] | Mapping[str, Seq
             return {}
         raise ValueError(
             "cannot locate words without the prompt's tokens: trace the pipeline (not the bare transformer) "
-            "and let it encode the prompt, or pass Record(words={'dog': [token positions]})"
+            "and let it encode the prompt, or give token positions: Record(words={'dog': [positions]}), which "
+            "interventions use too"
         )
     return call.prompt.locate(words)
 

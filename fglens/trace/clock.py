@@ -2,10 +2,12 @@
 
 * **branch** comes from the pipeline's `transformer.cache_context("cond"/"uncond")`, which diffusers hands
   to stateful hooks; a pipeline doing classifier-free guidance in one batched call (CogVideoX:
-  `cache_context("cond_uncond")`) has batch halves (uncond, cond), diffusers' convention; otherwise the
-  first forward of a step is "cond" and a second one "uncond" (HunyuanVideo's true CFG).
-* **step** comes from the pipeline's scheduler (`step_index`, which advances in `scheduler.step`), so it
-  is right however many times each step calls the transformer. A bare transformer has no scheduler:
+  `cache_context("cond_uncond")`) has batch halves (uncond, cond), diffusers' convention, when the adapter
+  says so (`Adapter.batched_cfg`); otherwise the first forward of a step is "cond" and a second one
+  "uncond" (HunyuanVideo's true CFG).
+* **step** comes from the pipeline's scheduler (`step_index`, which advances in `scheduler.step`; for
+  schedulers without it, the count of `scheduler.step` calls), so it is right however many times each step
+  calls the transformer. A bare transformer has no scheduler:
   a new step starts when the timestep changes (one small host read per forward, not per attention call).
 """
 
@@ -29,22 +31,60 @@ class _NoState(BaseState):
 
 
 class StepSource:
-    """Step index and schedule length: from a scheduler when there is one, else from timestep changes."""
+    """Step index and schedule length: from a scheduler when there is one, else from timestep changes.
+
+    Schedulers without `step_index` (the DDIM family, e.g. CogVideoX's `CogVideoXDDIMScheduler`) get their
+    `step` calls counted instead, reset by `set_timesteps` (`install()`; no host read either way).
+    """
 
     def __init__(self, scheduler: Any | None = None):
         self.scheduler = scheduler
         self._last_t: float | None = None
         self._step = -1
+        self._taken = 0  # scheduler.step calls since set_timesteps, for schedulers without step_index
 
     def reset(self) -> None:
         self._last_t, self._step = None, -1
 
+    def install(self) -> Callable[[], None]:
+        """Count `scheduler.step` calls where the scheduler keeps no `step_index`; return the remover."""
+        s = self.scheduler
+        if s is None or hasattr(s, "step_index") or not callable(getattr(s, "step", None)):
+            return lambda: None
+        own = {name: s.__dict__[name] for name in ("step", "set_timesteps") if name in s.__dict__}
+        step, set_timesteps = s.step, getattr(s, "set_timesteps", None)
+
+        def counted_step(*args, **kwargs):
+            out = step(*args, **kwargs)
+            self._taken += 1
+            return out
+
+        def counted_set_timesteps(*args, **kwargs):
+            self._taken = 0
+            return set_timesteps(*args, **kwargs)
+
+        s.step = counted_step
+        if set_timesteps is not None:
+            s.set_timesteps = counted_set_timesteps
+
+        def remove() -> None:
+            for name in ("step", "set_timesteps"):
+                if name in own:
+                    setattr(s, name, own[name])
+                else:
+                    s.__dict__.pop(name, None)
+
+        return remove
+
     def __call__(self, timestep: torch.Tensor) -> tuple[int, int | None]:
         s = self.scheduler
         if s is not None and getattr(s, "timesteps", None) is not None:
-            index = getattr(s, "step_index", None)
-            if index is None:
-                index = getattr(s, "begin_index", None) or 0
+            if hasattr(s, "step_index"):
+                index = s.step_index
+                if index is None:
+                    index = getattr(s, "begin_index", None) or 0
+            else:
+                index = self._taken
             return int(index), len(s.timesteps)
         t = float(timestep.reshape(-1)[0])  # bare transformer: the only host read, once per forward
         if t != self._last_t:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..adapters.base import Site
+
+if TYPE_CHECKING:
+    from ..interventions.scope import Where
 
 BRANCHES = ("cond", "uncond")
 
@@ -53,3 +58,54 @@ class AttentionCall:
     forward: ForwardContext
     output: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class Bias:
+    """A low-rank logit term for one call: ``logits[b, h, n, j] += Σ_r q[b, n, h, r] · k[b, j, h, r]``.
+
+    `q` is ``[B, N_queries, H, R]`` and `k` ``[B, N_keys, H, R]``, in logit units (the kernel's softmax scale
+    is not applied to them).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+
+
+@dataclass
+class EditCall:
+    """One attention call as interventions see it (layout ``[B, S, H, D]``)."""
+
+    site: Site
+    forward: ForwardContext
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scale: float
+    #: query rows of the video tokens, and key columns of the text tokens, in this call
+    video_rows: tuple[int, int]
+    text_keys: tuple[int, int]
+    image_keys: tuple[int, int] | None
+    #: run the model's kernel on other tensors (same arguments otherwise): ``kernel(q, k, v) -> [B, S, H, D]``
+    kernel: Callable[..., torch.Tensor]
+    words: dict[str, list[int]] = field(default_factory=dict)
+
+    def rows_mask(self, where: Where) -> torch.Tensor:
+        """``[B, N_queries, H]`` float mask of the query rows, heads and batch items inside `where`."""
+        b, nq, h, _ = self.query.shape
+        mask = self.query.new_zeros((b, nq, h), dtype=torch.float32)
+        r0, r1 = self.video_rows
+        frames, ny, nx = self.forward.grid
+        per_frame = ny * nx
+        items = [i for i, br in enumerate(self.forward.branches) if where.has_branch(br)]
+        heads = list(range(h)) if where.heads is None else [x for x in where.heads if 0 <= x < h]
+        chosen = range(frames) if where.frames is None else [f for f in where.frames if 0 <= f < frames]
+        for i in items:
+            for f in chosen:
+                a = r0 + f * per_frame
+                if heads == list(range(h)):
+                    mask[i, a : a + per_frame] = 1.0
+                else:
+                    for x in heads:
+                        mask[i, a : a + per_frame, x] = 1.0
+        return mask

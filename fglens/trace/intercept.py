@@ -7,9 +7,10 @@ trace is open that name points to an interceptor which, only when a traced proce
 tracer which site the call is and hands it the queries, keys and values in one layout, [B, S, H, D]. Outside
 traced processors the interceptor is a plain pass-through.
 
-The handler gets two ways to run the kernel: `run(q, k, v)`, the original call, and `run_with_lse()`, the
-same call through the kernel that also returns the row log-sum-exp, or None where that is not provably the
-kernel the original call would run (see `kernels`).
+The handler gets two ways to run the kernel: `run(q, k, v, **overrides)`, the original call (with, e.g., a
+different `scale=` or `attn_mask=`), and `run_with_lse(...)`, the same call through the kernel that also
+returns the row log-sum-exp, or None where that is not provably the kernel the original call would run
+(see `kernels`).
 """
 
 from __future__ import annotations
@@ -86,6 +87,17 @@ _PATCH_LOCK = threading.Lock()
 _PATCHES: dict[tuple[str, str], tuple[ModuleType, Any, int]] = {}
 
 
+_SDPA_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_DISPATCH_ARGS = (*_SDPA_ARGS, "attention_kwargs")
+
+
+def _named(names: tuple[str, ...], args: tuple, kwargs: dict, overrides: dict) -> dict:
+    """The kernel call's arguments after q, k, v as keywords, with `overrides` (e.g. scale=) applied."""
+    if len(args) > len(names):
+        raise TypeError(f"unexpected positional arguments to the attention kernel: {args[len(names):]}")
+    return {**dict(zip(names, args, strict=False)), **kwargs, **overrides}
+
+
 def _dispatch_interceptor(original: Callable) -> Callable:
     """Stands in for diffusers' `dispatch_attention_fn` (layout [B, S, H, D])."""
 
@@ -94,11 +106,11 @@ def _dispatch_interceptor(original: Callable) -> Callable:
         if active is None:
             return original(query, key, value, *args, **kwargs)
 
-        def run(q=query, k=key, v=value):
-            return original(q, k, v, *args, **kwargs)
+        def run(q=query, k=key, v=value, **overrides):
+            return original(q, k, v, **_named(_DISPATCH_ARGS, args, kwargs, overrides))
 
-        def run_with_lse():
-            return dispatch_with_lse(query, key, value, args, kwargs)
+        def run_with_lse(q=query, k=key, v=value, **overrides):
+            return dispatch_with_lse(q, k, v, (), _named(_DISPATCH_ARGS, args, kwargs, overrides))
 
         return active.handler(active.next_site(), query, key, value, run, run_with_lse, args, kwargs)
 
@@ -125,11 +137,11 @@ class _FunctionalProxy:
 
         q0, k0, v0 = t(query), t(key), t(value)
 
-        def run(q=q0, k=k0, v=v0):
-            return t(original(t(q), t(k), t(v), *args, **kwargs))
+        def run(q=q0, k=k0, v=v0, **overrides):
+            return t(original(t(q), t(k), t(v), **_named(_SDPA_ARGS, args, kwargs, overrides)))
 
-        def run_with_lse():
-            result = sdpa_call_with_lse(query, key, value, args, kwargs)
+        def run_with_lse(q=q0, k=k0, v=v0, **overrides):
+            result = sdpa_call_with_lse(t(q), t(k), t(v), (), _named(_SDPA_ARGS, args, kwargs, overrides))
             return None if result is None else (t(result[0]), result[1])
 
         out = active.handler(active.next_site(), q0, k0, v0, run, run_with_lse, args, kwargs)

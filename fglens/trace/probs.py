@@ -45,13 +45,20 @@ def padding_is_uniform(key: torch.Tensor, n_real: int) -> torch.Tensor:
 
 
 def chunk_probs(
-    query: torch.Tensor, key: torch.Tensor, multiplicity: torch.Tensor | None = None, scale: float | None = None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    multiplicity: torch.Tensor | None = None,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax probabilities ``[B, H, n, T]`` (float32) for queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``."""
+    """Softmax probabilities ``[B, H, n, T]`` (float32) for queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``,
+    with an optional additive logit bias ``[B, H, n, T]`` (an intervention's)."""
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     logits = torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32)) * scale
     if multiplicity is not None:
         logits = logits + torch.log(multiplicity.to(logits))
+    if bias is not None:
+        logits = logits + bias
     return torch.softmax(logits, dim=-1)
 
 

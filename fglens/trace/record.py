@@ -18,6 +18,7 @@ import torch
 from .. import stats
 from ..adapters.base import Site
 from .context import BRANCHES, AttentionCall, ForwardContext
+from .editing import bias_logits
 from .probs import (
     chunk_probs,
     collapse_padding,
@@ -231,8 +232,20 @@ class Recorder:
             ok = padding_is_uniform(k, n_real)
             fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
 
+            scale = call.extras.get("scale")
+            biases = call.extras.get("biases") or []
+            items = fwd.index
+            cols = slice(0, k_eff.shape[1])
+            mixes = [(self._select(w, fwd), self._select(qs, fwd), collapse_padding(self._select(ks, fwd), n_real)[0])
+                     for w, qs, ks in call.extras.get("mixes") or []]
+
             def chunk(a: int, z: int):
-                return chunk_probs(q[:, a:z], k_eff, mult, call.extras.get("scale")).mean(1), {}
+                # post-edit probabilities: the interventions' logit biases, then the cache transfer's mix
+                p = chunk_probs(q[:, a:z], k_eff, mult, scale, bias_logits(biases, slice(a, z), cols, items))
+                for weight, q_src, k_src in mixes:
+                    p_src = chunk_probs(q_src[:, a:z], k_src, mult, scale)
+                    p = p + weight[:, a:z].transpose(1, 2)[..., None] * (p_src - p)
+                return p.mean(1), {}
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
                 return stats.normalized_entropy(pbar, mult, k.shape[1])
@@ -269,16 +282,24 @@ class Recorder:
         want = set(self.record.stats)
         valid = (k_text.shape[1] if b_text is None else torch.isfinite(b_text).sum(-1)) if k_text.shape[1] else 0
 
+        biases = call.extras.get("biases") or []
+        r0 = seg.video_queries[0]
+
+        def edited(a: int, z: int, keys: torch.Tensor, key_bias: torch.Tensor | None, c0: int) -> torch.Tensor:
+            logits = _logits(q[:, a:z], keys, scale, key_bias)
+            extra_bias = bias_logits(biases, slice(r0 + a, r0 + z), slice(c0, c0 + keys.shape[1]), fwd.index)
+            return logits if extra_bias is None else logits + extra_bias
+
         def chunk(a: int, z: int):
             lse_c = lse[:, :, a:z, None]
-            p_text = torch.exp(_logits(q[:, a:z], k_text, scale, b_text) - lse_c).mean(1)  # [b, n, T] head mean
+            p_text = torch.exp(edited(a, z, k_text, b_text, t0) - lse_c).mean(1)  # [b, n, T] head mean
             extra = {}
             if "text_mass" in want:
                 extra["text_mass"] = p_text.sum(-1)
             if "image_mass" in want:
-                extra["image_mass"] = torch.exp(_logits(q[:, a:z], k_img, scale, b_img) - lse_c).mean(1).sum(-1)
+                extra["image_mass"] = torch.exp(edited(a, z, k_img, b_img, i0) - lse_c).mean(1).sum(-1)
             if "ref_mass" in want:
-                lse_ref = torch.logsumexp(_logits(q[:, a:z], k_ref, scale, b_ref), -1)
+                lse_ref = torch.logsumexp(edited(a, z, k_ref, b_ref, v0), -1)
                 extra["ref_mass"] = torch.exp(lse_ref - lse[:, :, a:z]).mean(1)
             return p_text, extra
 

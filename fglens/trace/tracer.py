@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..adapters.prompt import PipelineCall, PromptCapture, words_for
 from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
 from .clock import ClockHook, StepSource, install_clock
 from .context import AttentionCall, ForwardContext
+from .editing import Editor
 from .intercept import TracedProcessor, patch, unpatch
 from .record import STATS, Record, Recorder, resolve_layers
 
@@ -55,19 +56,19 @@ class Trace:
     """
 
     def __init__(self, target: Any, record: Record | None = None, edit: Any = None, store: Any = None):
-        if edit is not None:
-            raise NotImplementedError(
-                "interventions (edit=) are not part of this fglens release yet; trace with record= only"
-            )
         if record is not None and not isinstance(record, Record):
             raise TypeError(f"record must be an fg.Record, got {type(record).__name__}")
         self.pipe, found = _transformers(target)
         self.adapters: list[Adapter] = [adapter_for(t, prefix) for prefix, t in found]
-        self.record = record if record is not None else Record()
-        self.layers = resolve_layers(self.record.layers, [a.layers() for a in self.adapters])
+        per_model = [a.layers() for a in self.adapters]
+        kinds = {site.kind for a in self.adapters for site in a.sites()}
+        # with an edit and no record, nothing is recorded; with neither, the default Record
+        self.record = record if record is not None else (Record() if edit is None or store is not None else None)
+        self.editor = Editor(edit, per_model, kinds) if edit is not None else None
+        self.layers = resolve_layers(self.record.layers, per_model) if self.record else []
         self.store = store_path(store) if store is not None else None
-        self.recorder = Recorder(self.record, self.layers)
-        self.variables = self._variables()
+        self.recorder = Recorder(self.record, self.layers) if self.record else None
+        self.variables = self._variables() if self.record else []
         self._adapter_of = {layer: a for a in self.adapters for layer in a.layers()}
 
         self._undo: list[Callable[[], None]] = []
@@ -76,6 +77,7 @@ class Trace:
         self._writer: RunWriter | None = None
         self._sink: MemorySink | ZarrSink | None = None
         self._run_state: dict[str, Any] = {}
+        self._in_run = False
         self._sinks: list[MemorySink | ZarrSink] = []
         self.run_ids: list[str] = []
         self._active = False
@@ -86,6 +88,8 @@ class Trace:
         if self._active:
             raise RuntimeError("run.dataset is available after the `with fg.trace(...)` block has closed")
         if not self._sinks:
+            if self.recorder is None:
+                raise RuntimeError("nothing was recorded: this trace has edit= but no record=")
             raise RuntimeError("nothing was recorded: no transformer forward ran inside the trace block")
         return self._sinks[-1].dataset()
 
@@ -130,8 +134,10 @@ class Trace:
                     )
                 attn.processor = TracedProcessor(original, sites, self._on_attention)
                 self._undo.append(lambda a=attn, p=original: setattr(a, "processor", p))
-            hook = ClockHook(adapter, StepSource(scheduler), self._on_forward_begin, self._on_forward_end,
-                             self._batched_cfg)
+            steps = StepSource(scheduler)
+            self._undo.append(steps.install())
+            hook = ClockHook(adapter, steps, self._on_forward_begin, self._on_forward_end,
+                             lambda a=adapter: a.batched_cfg(self.pipe))
             self._undo.append(install_clock(adapter.transformer, hook))
         if self.pipe is not None:
             self._capture = PromptCapture(self.pipe, self.adapters[0])
@@ -148,44 +154,55 @@ class Trace:
         if errors:
             raise errors[0]
 
-    def _batched_cfg(self) -> bool:
-        return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
-
     # -- clock callbacks -----------------------------------------------------------------------------------
     def _on_forward_begin(self, ctx: ForwardContext) -> None:
         call = self._capture.take() if self._capture is not None else None
-        if call is not None or self._writer is None:
-            if self._writer is not None:
+        if call is not None or not self._in_run:
+            if self._in_run:
                 self._end_run(interrupted=False)
             self._begin_run(call, ctx)
         self._forward = ctx
-        self.recorder.begin_forward(ctx)
+        if self.recorder is not None:
+            self.recorder.begin_forward(ctx)
         self._run_state["last_step"] = ctx.step
         self._run_state["num_steps"] = ctx.num_steps
 
     def _on_forward_end(self, ctx: ForwardContext) -> None:
         self._forward = None
-        result = self.recorder.end_forward()
+        result = self.recorder.end_forward() if self.recorder is not None else None
         if result is not None and self._writer is not None:
             self._writer.put(result.step, result.timestep, result.values, result.checks)
 
     def _on_attention(self, site: Site, query, key, value, run, run_with_lse, args, kwargs) -> torch.Tensor:
         forward = self._forward
-        if forward is None or not self.recorder.wants(site):
+        if forward is None:
+            return run()
+        edits = self.editor.active(site, forward) if self.editor is not None else []
+        record = self.recorder is not None and self.recorder.wants(site)
+        if not edits and not record:
             return run()
         call = AttentionCall(site, query, key, value, forward)
         call.extras["scale"] = _call_arg(args, kwargs, "scale", 3)
+        segments = None
         if site.kind == "joint":
-            fast = run_with_lse()  # the same output bits, with the row log-sum-exp
-            out, call.extras["lse"] = fast if fast is not None else (run(), None)
-            adapter = self._adapter_of[site.layer]
             tokens = self._branch_tokens(forward)
-            call.extras["segments"] = adapter.segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
+            segments = self._adapter_of[site.layer].segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
+            call.extras["segments"] = segments
             call.extras["attn_mask"] = _call_arg(args, kwargs, "attn_mask", 0)
+        need_lse = record and site.kind == "joint"
+        if edits:
+            out, lse, info = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
+                                               call.extras["scale"], segments, need_lse)
+            call.extras.update(info)
+        elif need_lse:
+            fast = run_with_lse()  # the same output bits, with the row log-sum-exp
+            out, lse = fast if fast is not None else (run(), None)
         else:
-            out = run()
-        call.output = out
-        self.recorder.observe(call)
+            out, lse = run(), None
+        if record:
+            call.extras["lse"] = lse
+            call.output = out
+            self.recorder.observe(call)
         return out
 
     def _branch_tokens(self, forward: ForwardContext):
@@ -203,6 +220,13 @@ class Trace:
         return out
 
     def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
+        self._in_run = True
+        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
+        if self.editor is not None:
+            known = self.record.words if self.record is not None and isinstance(self.record.words, Mapping) else None
+            self.editor.start_run(call, known)  # words the edit needs: a missing one is an error before sampling
+        if self.recorder is None:
+            return
         words = words_for(call, self.record.words)
         self.recorder.begin_run(words, call.n_real() if call is not None else {})
         variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
@@ -213,9 +237,11 @@ class Trace:
             grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
         )
         self._sink = sink
-        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
 
     def _end_run(self, interrupted: bool) -> None:
+        if not self._in_run:
+            return
+        self._in_run = False
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -256,6 +282,7 @@ class Trace:
             "grid": list(ctx.grid),
             "num_steps": ctx.num_steps,
             "record": self.record.spec(),
+            "intervention": self.editor.edit.spec() if self.editor is not None else None,
             "definitions": DEFINITIONS,
         }
 
@@ -267,7 +294,8 @@ def trace(target: Any, record: Record | None = None, edit: Any = None, store: An
         target: a pipeline such as `WanImageToVideoPipeline` (its `transformer` and, for Wan2.2, its
             `transformer_2` are traced), or a supported transformer module.
         record: what to record (`fg.Record`); defaults to `fg.Record()` (every word, default statistics).
-        edit: interventions; not available in this release.
+        edit: an intervention (`fg.AnchorMask`, `fg.CacheTransfer`, `fg.FocalGuidance`, `fg.Scale`, `fg.Ablate`,
+            or a composition); applied before recorders, which see the post-edit attention.
         store: path of a zarr store to write the run(s) into; a new run is added, nothing is overwritten.
             Without it the run is kept in memory.
 

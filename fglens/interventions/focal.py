@@ -1,0 +1,65 @@
+"""`fg.FocalGuidance`: the paper's preset — anchor masks and cache transfer in the weak layers, early steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .anchor import AnchorMask
+from .base import Compose
+from .cache import CacheTransfer
+from .scope import Steps, Where
+
+
+class FocalGuidance(Compose):
+    """Focal Guidance (Yin et al., 2026): FSG anchors and the attention cache, scoped to weak layers and steps.
+
+    Args:
+        anchor: an `fg.AnchorMask` (or None).
+        cache: an `fg.CacheTransfer` (or None); its destinations default to `layers`.
+        layers: the semantic-weak layers to repair.
+        steps: steps to edit, indices or a fraction range (default: the first half, ``(0.0, 0.5)``).
+        branches: CFG branches to edit (default: ``("cond",)``, so guidance amplifies the repair).
+
+    The anchor is applied first, then the cache transfer (see `fg.compose` for the order of output edits).
+
+    Example:
+        >>> import torch, fglens as fg
+        >>> anchor = fg.AnchorMask.from_mask(torch.ones(2, 3), "dog", strength=2.0)
+        >>> fg_edit = fg.FocalGuidance(anchor=anchor, cache=fg.CacheTransfer(src=[3], dst=[1, 2]), layers=[1, 2])
+        >>> [type(p).__name__ for p in fg_edit.parts()]
+        ['AnchorMask', 'CacheTransfer']
+    """
+
+    def __init__(
+        self,
+        anchor: AnchorMask | None = None,
+        cache: CacheTransfer | None = None,
+        layers: Sequence[int | str] | None = None,
+        steps: Steps = (0.0, 0.5),
+        branches: Sequence[str] | None = ("cond",),
+    ):
+        if anchor is None and cache is None:
+            raise ValueError("FocalGuidance needs an anchor, a cache, or both")
+        scope = Where(layers=layers, steps=steps, branches=branches)
+        parts = []
+        if anchor is not None:
+            parts.append(AnchorMask(anchor.masks, anchor.words, anchor.strength, anchor.frames,
+                                    where=_merge(anchor.where, scope), regions=anchor.regions))
+        if cache is not None:
+            dst = cache.dst if layers is None else list(layers)
+            parts.append(CacheTransfer(cache.src if len(cache.src) == 1 or len(cache.src) == len(dst) else cache.src,
+                                       dst, cache.alpha, cache.mode, where=_merge(cache.where, scope)))
+        super().__init__(*parts)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "FocalGuidance", "parts": [p.spec() for p in self.parts()]}
+
+
+def _merge(own: Where, scope: Where) -> Where:
+    """The preset's scope, with any field the part set itself kept."""
+    fields = {}
+    for name in ("layers", "steps", "branches", "frames", "heads"):
+        mine = getattr(own, name)
+        fields[name] = mine if mine is not None else getattr(scope, name)
+    return Where(**fields)

@@ -1,0 +1,122 @@
+"""Generic causal tools: `fg.Scale` (scale a word's attention) and `fg.Ablate` (remove a key segment)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..trace.record import resolve_layers
+from .base import Bias, EditCall, Intervention
+from .scope import Where
+
+#: a logit offset that makes a key's probability exactly 0 in float32 (exp(-1e4) underflows)
+NEG = -1.0e4
+
+
+class _Scoped(Intervention):
+    """Shared scoping: the layers of `where` resolved against the traced models."""
+
+    kinds: frozenset[str] = frozenset()
+
+    def bind(self, layers, per_model, site_kinds) -> None:
+        self._layers = None if self.where.layers is None else set(resolve_layers(self.where.layers, per_model))
+
+    def applies(self, site, forward) -> bool:
+        return (
+            site.kind in self.kinds
+            and (self._layers is None or site.layer in self._layers)
+            and self.where.has_step(forward.step, forward.num_steps)
+            and any(self.where.has_branch(b) for b in forward.branches)
+        )
+
+
+def word_columns(call: EditCall, words: Sequence[str], n_keys: int) -> torch.Tensor:
+    """``[n_keys]`` indicator of the key columns of `words` in this call's text keys."""
+    col = torch.zeros(n_keys)
+    t0, t1 = call.text_keys
+    for w in words:
+        for p in call.words.get(w, []):
+            if t0 + p < t1:
+                col[t0 + p] = 1.0
+    return col.to(call.key.device)
+
+
+class Scale(_Scoped):
+    """Multiply the attention to `words` by `factor` and renormalise each row (a logit offset of log factor).
+
+    Example:
+        >>> import fglens as fg
+        >>> fg.Scale(["dog"], 2.0, where=fg.Where(layers=[1, 2])).spec()["factor"]
+        2.0
+    """
+
+    kinds = frozenset({"text", "joint"})
+
+    def __init__(self, words: Sequence[str] | str, factor: float, where: Where | None = None):
+        self.words = [words] if isinstance(words, str) else list(words)
+        if factor < 0:
+            raise ValueError(f"Scale factor must be >= 0, got {factor}")
+        self.factor = float(factor)
+        self.where = where or Where()
+
+    def requires(self) -> dict[str, Any]:
+        return {"words": list(self.words)}
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Scale", "words": self.words, "factor": self.factor, "where": _where_spec(self.where)}
+
+    def biases(self, call: EditCall) -> list[Bias]:
+        if self.factor == 1.0:
+            return []
+        offset = math.log(self.factor) if self.factor > 0 else NEG
+        rows = call.rows_mask(self.where)[..., None] * offset  # [B, Nq, H, 1]
+        cols = word_columns(call, self.words, call.key.shape[1])
+        k = cols[None, :, None, None].expand(call.key.shape[0], -1, call.key.shape[2], 1)
+        return [Bias(rows, k)]
+
+
+class Ablate(_Scoped):
+    """Remove a key segment's contribution to the video tokens.
+
+    Wan (separate softmaxes): the output of the segment's attention call is zeroed. Joint attention
+    (HunyuanVideo, CogVideoX): the segment's keys get probability 0 and each row is renormalised over the rest.
+
+    Example:
+        >>> import fglens as fg
+        >>> fg.Ablate("image").segment
+        'image'
+    """
+
+    def __init__(self, segment: str, where: Where | None = None):
+        if segment not in ("image", "text"):
+            raise ValueError(f"Ablate segment must be 'image' or 'text', got {segment!r}")
+        self.segment = segment
+        self.kinds = frozenset({segment, "joint"})
+        self.where = where or Where()
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Ablate", "segment": self.segment, "where": _where_spec(self.where)}
+
+    def biases(self, call: EditCall) -> list[Bias]:
+        if call.site.kind != "joint":
+            return []
+        span = call.text_keys if self.segment == "text" else call.image_keys
+        if span is None or span[0] == span[1]:
+            return []
+        cols = torch.zeros(call.key.shape[1], device=call.key.device)
+        cols[span[0] : span[1]] = 1.0
+        rows = call.rows_mask(self.where)[..., None] * NEG
+        return [Bias(rows, cols[None, :, None, None].expand(call.key.shape[0], -1, call.key.shape[2], 1))]
+
+    def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
+        if call.site.kind == "joint":
+            return out
+        keep = 1.0 - call.rows_mask(self.where)[..., None]
+        return out * keep.to(out.dtype)
+
+
+def _where_spec(where: Where) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, (tuple, list)) else v) for k, v in vars(where).items()}

@@ -1,0 +1,105 @@
+"""Interventions on HunyuanVideo's joint attention: exact against a dense float64 joint softmax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.transformers import transformer_hunyuan_video as hv
+
+import fglens as fg
+
+PROMPT = "a dog jumps over the red fence"
+GRID = (3, 3, 5)
+N_VIDEO = math.prod(GRID)
+N_IMAGE = 144  # token_replace: the pipeline's interleave of 4 over 576 image positions
+
+
+@pytest.fixture(scope="module")
+def hunyuan():
+    return fg.testing.tiny_hunyuan_i2v_pipeline()
+
+
+def _call(pipe, steps=1, **kw):
+    return pipe(
+        image=fg.testing.reference_image(), prompt=PROMPT, height=48, width=80, num_frames=9,
+        num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np", **kw,
+    ).frames[0]
+
+
+class KernelCalls:
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __enter__(self):
+        self.inner = hv.dispatch_attention_fn
+
+        def recording(query, key, value, attn_mask=None, *args, **kwargs):
+            out = self.inner(query, key, value, attn_mask, *args, **kwargs)
+            self.calls.append({"q": query.clone(), "k": key.clone(), "v": value.clone(), "mask": attn_mask,
+                               "out": out.clone()})
+            return out
+
+        hv.dispatch_attention_fn = recording
+        return self
+
+    def __exit__(self, *exc):
+        hv.dispatch_attention_fn = self.inner
+
+
+def _dense(call, bias=None):
+    q, k, v = call["q"].double(), call["k"].double(), call["v"].double()
+    logits = torch.einsum("bnhd,bthd->bhnt", q, k) / math.sqrt(q.shape[-1])
+    keep = call["mask"].reshape(q.shape[0], -1)
+    logits = logits.masked_fill(~keep[:, None, None, :], -math.inf)
+    if bias is not None:
+        logits = logits + bias
+    p = torch.softmax(logits, -1)
+    return torch.einsum("bhnt,bthd->bnhd", p, v), p
+
+
+def test_anchor_on_joint_attention_matches_dense_reference(hunyuan):
+    mask = torch.zeros(3, 5)
+    mask[1:, 2:] = 1.0
+    anchor = fg.AnchorMask.from_mask(mask, "dog", strength=2.5, where=fg.Where(layers=["single.0"]))
+    record = fg.Record(words=["dog"], stats=["word_mass", "text_mass"])
+    with fg.trace(hunyuan, edit=anchor, record=record) as run, KernelCalls() as k:
+        _call(hunyuan)
+    calls = k.calls  # one forward: double.0, double.1, single.0, single.1
+    assert len(calls) == 4
+    for index, call in enumerate(calls):
+        bias = None
+        if index == 2:
+            s = call["k"].shape[1]
+            bias = torch.zeros(s, s, dtype=torch.float64)
+            dog = N_VIDEO + N_IMAGE + 1  # "dog" is the prompt's token 1 in the text segment
+            bias[:N_VIDEO, dog] = 2.5 * mask.double().repeat(GRID[0], 1, 1).reshape(-1)
+        expected, p = _dense(call, bias)
+        torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
+        if index == 2:  # the recorder saw the biased probabilities
+            dog_map = p[0, :, :N_VIDEO, N_VIDEO + N_IMAGE + 1].mean(0).reshape(GRID[0], -1).mean(-1)
+            got = run.dataset.word_mass.sel(branch="cond", layer="single.0", word="dog").isel(step=0).values
+            np.testing.assert_allclose(got, dog_map.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_ablate_image_on_joint_attention(hunyuan):
+    record = fg.Record(words=["dog"], stats=["text_mass", "image_mass"])
+    with fg.trace(hunyuan, edit=fg.Ablate("image", where=fg.Where(layers=["double.1"])), record=record) as run, \
+            KernelCalls() as k:
+        _call(hunyuan)
+    ds = run.dataset.sel(branch="cond").isel(step=0)
+    np.testing.assert_array_equal(ds.image_mass.sel(layer="double.1").values, 0.0)
+    assert (ds.image_mass.sel(layer="double.0") > 0).all()
+    call = k.calls[1]
+    s = call["k"].shape[1]
+    bias = torch.zeros(s, s, dtype=torch.float64)
+    bias[:N_VIDEO, N_VIDEO : N_VIDEO + N_IMAGE] = -math.inf  # video rows lose the image keys
+    expected, _ = _dense(call, bias)
+    torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_transfer_on_joint_attention_is_a_clear_error(hunyuan):
+    with pytest.raises(NotImplementedError, match="joint attention"):
+        fg.trace(hunyuan, edit=fg.CacheTransfer(src=["double.0"], dst=["single.0"]))
