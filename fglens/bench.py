@@ -1,6 +1,6 @@
-"""`fglens bench`: what recording costs, measured on a Wan-like tiny stack on the CPU.
+"""`fglens bench`: what recording costs, measured on tiny Wan-like and HunyuanVideo-like stacks on the CPU.
 
-One run compares, at several token counts N, four ways of running one transformer forward (one "step"):
+One run compares, at several token counts N, four ways of running one Wan transformer forward (one "step"):
 
 * ``plain``: no tracing;
 * ``traced``: ``fg.trace`` with the default statistics (word_mass, morans_i, similarity, text_share, entropy);
@@ -25,6 +25,18 @@ The model is a bare random-weight `WanTransformer3DModel` (`fglens.testing.tiny_
 4 heads x 32 dims, so that attention dominates as it does at full scale), driven as the Wan I2V pipeline
 drives it: video latents ``[1, 36, F, 2Y, 2X]`` (a 2x2 patch gives F x Y x X tokens), the text zero-padded
 to 512 rows and 257 CLIP image tokens.
+
+The joint-attention proxy (``model="hunyuan"``) is a bare random-weight `HunyuanVideoTransformer3DModel`
+(`fglens.testing.tiny_hunyuan_transformer`, 2 double-stream + 2 single-stream blocks, 4 heads x 32 dims,
+token-replace I2V with guidance embedding), driven as the HunyuanVideo I2V pipeline drives it: latents
+``[1, 4, F, 2Y, 2X]``, a context of 144 image-derived tokens then 252 text rows (12 real, the rest padding)
+with ``encoder_attention_mask`` 1 for the image and real text tokens and 0 for the padding, pooled
+projections and the guidance embedding. Every block runs one joint softmax over ``[video | context]``; its
+modes are ``plain``, ``traced`` (default statistics: word_mass, morans_i, similarity, entropy, text_mass,
+image_mass) and ``naive`` (`NaiveJointRecorder`: the full joint softmax ``[B, H, S, S]``, S = N + 396, per
+block). A bare transformer has no pipeline to say where the image tokens end, so fglens counts the whole
+context as text (``image_mass`` is 0, ``text_mass`` includes the image tokens) and the word positions are
+given relative to the context, offset by the 144 image tokens.
 
 Example:
     >>> from fglens.bench import run_benchmark
@@ -53,13 +65,22 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+MODELS = ("wan", "hunyuan")
 MODES = ("plain", "traced", "traced_ref", "naive")
+#: the modes of the joint-attention proxy (HunyuanVideo)
+JOINT_MODES = ("plain", "traced", "naive")
+MODEL_MODES: dict[str, tuple[str, ...]] = {"wan": MODES, "hunyuan": JOINT_MODES}
 #: the words the traced and naive modes follow: token positions in the 512 text rows
 WORDS: dict[str, list[int]] = {"w0": [1], "w1": [2, 3]}
 #: latent frame sizes (Y, X) to choose from, largest first: the first that divides every N is used
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((16, 20), (8, 10), (4, 5))
 TEXT_ROWS = 512  # Wan pads every prompt to 512 rows
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 tokens of the reference frame in Wan2.1 I2V
+JOINT_IMAGE_TOKENS = 144  # image-derived context tokens of the joint proxy (HunyuanVideo I2V has 576 / interleave)
+JOINT_TEXT_ROWS = 252  # text rows of the joint proxy's context after the image tokens (real + masked padding)
+JOINT_TEXT_REAL = 12  # real (unmasked) text tokens among them
+#: the joint proxy's words: `WORDS` shifted past the image tokens (a bare transformer's context is all "text")
+JOINT_WORDS: dict[str, list[int]] = {w: [JOINT_IMAGE_TOKENS + p for p in pos] for w, pos in WORDS.items()}
 FLOP_TARGET = 1.03  # traced / plain FLOPs, for N >= FLOP_TARGET_MIN_N
 FLOP_TARGET_MIN_N = 3840
 GROWTH_TARGET = 2.2  # recorder bytes per doubling of N, fglens
@@ -297,6 +318,124 @@ class NaiveRecorder:
         del logits, probs
 
 
+def _heads(x: torch.Tensor, heads: int, norm: torch.nn.Module | None) -> torch.Tensor:
+    x = x.unflatten(2, (heads, -1))
+    return x if norm is None else norm(x)
+
+
+def hunyuan_joint_qk(attn, x: torch.Tensor, context: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries and keys ``[B, N + L, H, D]`` (video first) of one HunyuanVideo joint attention call, recomputed
+    from the module's own projections the way `HunyuanVideoAttnProcessor2_0` computes them: shared
+    projections over ``[video | context]`` in single-stream blocks, ``add_*_proj`` for the context in
+    double-stream blocks; RMS norms per head; the rotary embedding on the video tokens only."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    heads, n = attn.heads, x.shape[1]
+
+    def rope(t: torch.Tensor) -> torch.Tensor:
+        return t if rotary is None else apply_rotary_emb(t, rotary, sequence_dim=1)
+
+    if attn.add_q_proj is None:  # single-stream block
+        xc = torch.cat([x, context], dim=1)
+        q = _heads(attn.to_q(xc), heads, attn.norm_q)
+        k = _heads(attn.to_k(xc), heads, attn.norm_k)
+        return torch.cat([rope(q[:, :n]), q[:, n:]], 1), torch.cat([rope(k[:, :n]), k[:, n:]], 1)
+    q = torch.cat([rope(_heads(attn.to_q(x), heads, attn.norm_q)),
+                   _heads(attn.add_q_proj(context), heads, attn.norm_added_q)], 1)
+    k = torch.cat([rope(_heads(attn.to_k(x), heads, attn.norm_k)),
+                   _heads(attn.add_k_proj(context), heads, attn.norm_added_k)], 1)
+    return q, k
+
+
+class NaiveJointRecorder:
+    """The joint-attention positive control: fglens' joint statistics from the full softmax ``[B, H, S, S]``.
+
+    Forward pre-hooks on ``transformer_blocks.i.attn`` and ``single_transformer_blocks.j.attn`` of a
+    `HunyuanVideoTransformer3DModel` recompute the queries and keys of all S = N + L tokens
+    (`hunyuan_joint_qk`), build the logits of every query against every key, mask the padded keys
+    (``attention_mask``, boolean ``[B, 1, 1, S]``) and take the softmax, keeping logits and probabilities alive
+    until every statistic is reduced: memory grows as S². The context splits into `n_image` image tokens, then
+    text (0 for a bare transformer, as fglens sees it); word positions are relative to the text segment.
+
+    After a forward, `values` maps each statistic to ``{layer index: tensor}`` for batch item 0, shaped like
+    fglens' output: ``[W, F]`` for word statistics, ``[F]`` for the others; layers are the double-stream
+    blocks, then the single-stream ones.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, words: Mapping[str, Sequence[int]], n_image: int = 0):
+        self.transformer = transformer
+        self.words = {k: list(v) for k, v in words.items()}
+        self.n_image = int(n_image)
+        self.values: dict[str, dict[int, torch.Tensor]] = {}
+        self.grid: tuple[int, int, int] | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> NaiveJointRecorder:
+        t = self.transformer
+        self._handles.append(t.register_forward_pre_hook(self._on_forward, with_kwargs=True))
+        blocks = [*t.transformer_blocks, *t.single_transformer_blocks]
+        for i, block in enumerate(blocks):
+            self._handles.append(block.attn.register_forward_pre_hook(self._hook(i), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _hook(self, layer: int) -> Callable:
+        names = ("hidden_states", "encoder_hidden_states", "attention_mask", "image_rotary_emb")
+
+        def hook(module, args, kwargs):
+            bound = dict(zip(names, args, strict=False))
+            bound.update({k: v for k, v in kwargs.items() if k in names})
+            with torch.no_grad():
+                self._joint(module, layer, bound)
+
+        return hook
+
+    def _on_forward(self, module, args, kwargs) -> None:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        p, p_t = module.config.patch_size, module.config.patch_size_t
+        _, _, f, h, w = hidden.shape
+        self.grid = (f // p_t, h // p, w // p)
+        self.values = {}
+
+    def _put(self, var: str, layer: int, value: torch.Tensor) -> None:
+        self.values.setdefault(var, {})[layer] = value[0]
+
+    def _joint(self, attn, layer: int, a: dict[str, Any]) -> None:
+        frames, ny, nx = self.grid
+        x, context, mask = a["hidden_states"], a["encoder_hidden_states"], a.get("attention_mask")
+        n = x.shape[1]
+        q, k = hunyuan_joint_qk(attn, x, context, a.get("image_rotary_emb"))  # [B, S, H, D]
+        logits = torch.einsum("bshd,bthd->bhst", q.float(), k.float()) / math.sqrt(q.shape[-1])  # [B, H, S, S]
+        keep = None
+        if mask is not None:
+            keep = mask.reshape(mask.shape[0], -1).bool()  # [B, S], True = attend
+            logits = logits.masked_fill(~keep[:, None, None, :], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)  # [B, H, S, S]
+        pbar = probs[:, :, :n].mean(1)  # [B, N, S]: the video queries' rows, head mean
+        t0 = n + self.n_image
+        text = pbar[..., t0:]  # [B, N, T]
+        self._put("text_mass", layer, _frame_mean(text.sum(-1), frames))
+        self._put("image_mass", layer, _frame_mean(pbar[..., n:t0].sum(-1), frames))
+        p_in = text / text.sum(-1, keepdim=True)  # renormalised within the text keys
+        n_valid = keep[:, t0:].sum(-1) if keep is not None else torch.full((x.shape[0],), text.shape[-1])
+        entropy = -torch.special.xlogy(p_in, p_in).sum(-1) / torch.log(n_valid.to(p_in.dtype))[:, None]
+        self._put("entropy", layer, _frame_mean(entropy, frames))
+        if self.words:
+            maps = torch.stack([text[..., pos].sum(-1) for pos in self.words.values()], dim=1)  # [B, W, N]
+            self._put("word_mass", layer, _frame_mean(maps, frames))
+            self._put("morans_i", layer, _morans_i(maps.unflatten(-1, (frames, ny, nx))).float())
+            k_text = k[:, t0:].flatten(2).float()  # [B, T, C]
+            kbar = torch.stack([k_text[:, pos].mean(1) for pos in self.words.values()], dim=1)  # [B, W, C]
+            qv = q[:, :n].flatten(2).float()
+            qn = qv / qv.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            kn = kbar / kbar.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            self._put("similarity", layer, _frame_mean((qn @ kn.transpose(1, 2)).transpose(1, 2), frames))
+        del logits, probs
+
+
 # -- the workload ----------------------------------------------------------------------------------------------
 def frame_size_for(tokens: Sequence[int]) -> tuple[int, int]:
     """The largest latent frame (Y, X) of `FRAME_SIZES` whose token count divides every N."""
@@ -334,25 +473,67 @@ def wan_inputs(n_tokens: int, frame_hw: tuple[int, int], *, text_len: int = 12, 
     }
 
 
-def mode_context(mode: str, transformer: torch.nn.Module) -> contextlib.AbstractContextManager:
+def hunyuan_inputs(
+    n_tokens: int,
+    frame_hw: tuple[int, int],
+    config: Mapping[str, Any],
+    *,
+    n_image: int = JOINT_IMAGE_TOKENS,
+    text_rows: int = JOINT_TEXT_ROWS,
+    text_len: int = JOINT_TEXT_REAL,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword arguments of one HunyuanVideo I2V transformer forward with `n_tokens` video tokens.
+
+    ``hidden_states [1, C, F, 2Y, 2X]`` (C = the config's ``in_channels``; the 1x2x2 patch gives F·Y·X
+    tokens), ``timestep [500]``, ``encoder_hidden_states [1, n_image + text_rows, text_embed_dim]`` (random
+    rows: what makes the padding is the mask), ``encoder_attention_mask [1, n_image + text_rows]`` (1 for the
+    image tokens and the first `text_len` text rows, 0 after), ``pooled_projections`` and, when the config
+    embeds guidance, ``guidance [6000.0]`` (the pipeline passes guidance_scale x 1000).
+    """
+    ny, nx = frame_hw
+    if n_tokens % (ny * nx):
+        raise ValueError(f"{n_tokens} tokens is not a whole number of {ny}x{nx} frames")
+    frames = n_tokens // (ny * nx)
+    g = torch.Generator().manual_seed(seed)
+    rows = n_image + text_rows
+    mask = torch.zeros(1, rows, dtype=torch.int64)
+    mask[:, : n_image + text_len] = 1
+    inputs = {
+        "hidden_states": torch.randn(1, config["in_channels"], frames, 2 * ny, 2 * nx, generator=g),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, rows, config["text_embed_dim"], generator=g),
+        "encoder_attention_mask": mask,
+        "pooled_projections": torch.randn(1, config["pooled_projection_dim"], generator=g),
+        "return_dict": False,
+    }
+    if config.get("guidance_embeds"):
+        inputs["guidance"] = torch.tensor([6000.0])
+    return inputs
+
+
+def mode_context(mode: str, transformer: torch.nn.Module, model: str = "wan") -> contextlib.AbstractContextManager:
     """The context one forward of `mode` runs in (a fresh one per forward)."""
     import fglens as fg
     from fglens.trace import DEFAULT_STATS
 
+    if mode not in MODEL_MODES.get(model, ()):
+        raise ValueError(f"unknown mode {mode!r} for {model!r}; modes are {MODEL_MODES.get(model)}")
     if mode == "plain":
         return contextlib.nullcontext()
+    words = JOINT_WORDS if model == "hunyuan" else WORDS
     if mode == "traced":
-        return fg.trace(transformer, record=fg.Record(words=WORDS))
+        return fg.trace(transformer, record=fg.Record(words=words))
     if mode == "traced_ref":
-        return fg.trace(transformer, record=fg.Record(words=WORDS, stats=(*DEFAULT_STATS, "ref_mass")))
-    if mode == "naive":
-        return NaiveRecorder(transformer, WORDS)
-    raise ValueError(f"unknown mode {mode!r}; modes are {MODES}")
+        return fg.trace(transformer, record=fg.Record(words=words, stats=(*DEFAULT_STATS, "ref_mass")))
+    if model == "hunyuan":
+        return NaiveJointRecorder(transformer, words)
+    return NaiveRecorder(transformer, words)
 
 
-def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> float:
+def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str, model: str = "wan") -> float:
     """Seconds of one forward of `mode` (the context's entry and exit are not timed; no GC pause inside)."""
-    with mode_context(mode, transformer):
+    with mode_context(mode, transformer, model):
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -366,18 +547,19 @@ def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: s
 
 def _statistics(recorder: Any) -> dict[str, np.ndarray]:
     """``{statistic: array [layer, ...]}`` of batch item 0 from a closed `fg.trace` or a `NaiveRecorder`."""
-    if isinstance(recorder, NaiveRecorder):
+    if isinstance(recorder, (NaiveRecorder, NaiveJointRecorder)):
         return {v: torch.stack([per[i] for i in sorted(per)]).numpy() for v, per in recorder.values.items()}
     ds = recorder.dataset.sel(branch="cond").isel(step=0)
     return {str(v): np.asarray(ds[v].values) for v in ds.data_vars}
 
 
-def _measured_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str) -> dict[str, Any]:
+def _measured_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str, model: str = "wan"
+                      ) -> dict[str, Any]:
     """FLOPs (total and per op), peak live bytes and the recorded statistics of one forward of `mode`."""
     from torch.utils.flop_counter import FlopCounterMode
 
     ensure_cpu_attention_flops()
-    with mode_context(mode, transformer) as recorder:
+    with mode_context(mode, transformer, model) as recorder:
         with FlopCounterMode(display=False) as counter, LiveBytesMeter() as meter:
             transformer(**inputs)
     by_op = {str(op): int(v) for op, v in counter.get_flop_counts().get("Global", {}).items()}
@@ -400,9 +582,12 @@ def run_benchmark(
     tokens: Sequence[int],
     repeats: int = 3,
     *,
-    modes: Sequence[str] = MODES,
+    model: str = "wan",
+    modes: Sequence[str] | None = None,
     frame_hw: tuple[int, int] | None = None,
     num_layers: int = 4,
+    num_double: int = 2,
+    num_single: int = 2,
     heads: int = 4,
     head_dim: int = 32,
     seed: int = 0,
@@ -413,73 +598,111 @@ def run_benchmark(
     Args:
         tokens: token counts N; each a whole number of latent frames of `frame_hw`.
         repeats: interleaved timing repeats; ``wall_s`` is their median.
-        modes: which of `MODES` to run; ``recorder_bytes`` needs ``"plain"``.
+        model: ``"wan"`` (the tiny Wan stack) or ``"hunyuan"`` (the joint-attention proxy).
+        modes: which of the model's modes (`MODEL_MODES`) to run, all by default; ``recorder_bytes`` needs
+            ``"plain"``.
         frame_hw: latent frame (Y, X); by default the largest of `FRAME_SIZES` that divides every N.
-        num_layers, heads, head_dim: the tiny Wan transformer's size.
+        num_layers: the tiny Wan transformer's blocks.
+        num_double, num_single: the tiny HunyuanVideo transformer's double- and single-stream blocks.
+        heads, head_dim: attention size of either.
         seed: weights and inputs.
         log: progress callback (e.g. ``print``), or None.
 
     Returns:
-        Records with keys ``n_tokens, mode, grid, flops, flops_by_op, peak_bytes, recorder_bytes, wall_s,
-        wall_s_all`` and the model size.
+        Records with keys ``model, n_tokens, mode, grid, flops, flops_by_op, peak_bytes, recorder_bytes, wall_s,
+        wall_s_all`` and the model size (``num_layers`` counts every attention block; for the joint proxy also
+        ``num_double, num_single, context_rows, context_image, context_real``).
     """
-    from .testing import tiny_wan_transformer
+    from .testing import tiny_hunyuan_transformer, tiny_wan_transformer
 
-    unknown = [m for m in modes if m not in MODES]
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; models are {MODELS}")
+    modes = MODEL_MODES[model] if modes is None else tuple(modes)
+    unknown = [m for m in modes if m not in MODEL_MODES[model]]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; modes are {MODES}")
+        raise ValueError(f"unknown mode(s) {unknown} for {model!r}; modes are {MODEL_MODES[model]}")
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     tokens = sorted(dict.fromkeys(int(n) for n in tokens))
     frame_hw = frame_size_for(tokens) if frame_hw is None else tuple(frame_hw)
-    transformer = tiny_wan_transformer(num_layers=num_layers, heads=heads, head_dim=head_dim, seed=seed)
-    max_frames = transformer.config.rope_max_seq_len
-    for n in tokens:
-        if n // (frame_hw[0] * frame_hw[1]) > max_frames:
-            raise ValueError(f"N={n} needs more than {max_frames} latent frames of {frame_hw[0]}x{frame_hw[1]}")
+    size: dict[str, Any] = {"heads": heads, "head_dim": head_dim}
+    if model == "wan":
+        transformer = tiny_wan_transformer(num_layers=num_layers, heads=heads, head_dim=head_dim, seed=seed)
+        max_frames = transformer.config.rope_max_seq_len
+        for n in tokens:
+            if n // (frame_hw[0] * frame_hw[1]) > max_frames:
+                raise ValueError(f"N={n} needs more than {max_frames} latent frames of {frame_hw[0]}x{frame_hw[1]}")
+        size["num_layers"] = num_layers
+
+        def make_inputs(n: int) -> dict[str, Any]:
+            return wan_inputs(n, frame_hw, seed=seed)
+    else:
+        transformer = tiny_hunyuan_transformer(num_double=num_double, num_single=num_single, heads=heads,
+                                               head_dim=head_dim, seed=seed)
+        size |= {"num_layers": num_double + num_single, "num_double": num_double, "num_single": num_single,
+                 "context_rows": JOINT_IMAGE_TOKENS + JOINT_TEXT_ROWS, "context_image": JOINT_IMAGE_TOKENS,
+                 "context_real": JOINT_IMAGE_TOKENS + JOINT_TEXT_REAL}
+
+        def make_inputs(n: int) -> dict[str, Any]:
+            return hunyuan_inputs(n, frame_hw, transformer.config, seed=seed)
     say = log or (lambda _msg: None)
     records: list[dict[str, Any]] = []
     with torch.no_grad():
         for n in tokens:
-            inputs = wan_inputs(n, frame_hw, seed=seed)
+            inputs = make_inputs(n)
             grid = [n // (frame_hw[0] * frame_hw[1]), *frame_hw]
             t0 = time.perf_counter()
             for mode in modes:  # warm-up
-                _timed_forward(transformer, inputs, mode)
-            measured = {mode: _measured_forward(transformer, inputs, mode) for mode in modes}
+                _timed_forward(transformer, inputs, mode, model)
+            measured = {mode: _measured_forward(transformer, inputs, mode, model) for mode in modes}
             times: dict[str, list[float]] = {mode: [] for mode in modes}
             for _ in range(repeats):
                 for mode in modes:
-                    times[mode].append(_timed_forward(transformer, inputs, mode))
+                    times[mode].append(_timed_forward(transformer, inputs, mode, model))
             load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-            say(f"N={n} (grid {grid[0]}x{grid[1]}x{grid[2]}): {time.perf_counter() - t0:.1f} s")
+            say(f"{model} N={n} (grid {grid[0]}x{grid[1]}x{grid[2]}): {time.perf_counter() - t0:.1f} s")
             base = measured["plain"]["peak_bytes"] if "plain" in measured else None
             reference = next((measured[m]["statistics"] for m in ("traced_ref", "traced") if m in measured), None)
             for mode in modes:
                 m = measured[mode]
                 record = {
-                    "n_tokens": n, "mode": mode, "grid": grid,
+                    "model": model, "n_tokens": n, "mode": mode, "grid": grid,
                     "flops": m["flops"], "peak_bytes": m["peak_bytes"],
                     "recorder_bytes": None if base is None else m["peak_bytes"] - base,
                     "wall_s": statistics.median(times[mode]), "wall_s_min": min(times[mode]),
                     "wall_s_all": times[mode], "flops_by_op": m["flops_by_op"],
-                    "num_layers": num_layers, "heads": heads, "head_dim": head_dim,
-                    "load_avg_1min": load,
+                    **size, "load_avg_1min": load,
                 }
                 if mode == "naive" and reference is not None:
                     # the positive control computes the same statistics as fglens: by how much they differ
                     record["max_abs_diff_vs_fglens"] = max_abs_difference(m["statistics"], reference)
+                    record["statistics_compared"] = sorted(set(m["statistics"]) & set(reference))
                 records.append(record)
     return records
 
 
 # -- report ------------------------------------------------------------------------------------------------
+def _model(record: Mapping[str, Any]) -> str:
+    return record.get("model", "wan")
+
+
+def _by_model(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Records grouped by model, in `MODELS` order (records without a model are Wan's)."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for m in MODELS:
+        group = [r for r in records if _model(r) == m]
+        if group:
+            out[m] = group
+    return out
+
+
 def _index(records: Sequence[Mapping[str, Any]]) -> dict[tuple[int, str], Mapping[str, Any]]:
+    """``{(N, mode): record}`` of one model's records."""
     return {(r["n_tokens"], r["mode"]): r for r in records}
 
 
 def growth_per_doubling(records: Sequence[Mapping[str, Any]], mode: str) -> dict[int, float | None]:
-    """For each N after the first: recorder-bytes growth from the previous N, per doubling of N.
+    """For each N after the first: recorder-bytes growth from the previous N, per doubling of N (one model).
 
     ``(rb(N) / rb(N_prev)) ** (1 / log2(N / N_prev))``; None where either value is not positive.
     """
@@ -503,8 +726,19 @@ def _fmt(x: float | None, spec: str = ".3f", suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:{spec}}{suffix}"
 
 
+_LABEL = {"wan": "", "hunyuan": "joint proxy: "}
+
+
 def verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | None, str]]:
-    """``(target, passed or None when not measurable, measured numbers)`` for each performance target."""
+    """``(target, passed or None when not measurable, measured numbers)`` for each performance target and model
+    (the joint proxy's targets are prefixed ``joint proxy:``)."""
+    out: list[tuple[str, bool | None, str]] = []
+    for model, group in _by_model(records).items():
+        out += _model_verdicts(group, _LABEL[model])
+    return out
+
+
+def _model_verdicts(records: Sequence[Mapping[str, Any]], label: str) -> list[tuple[str, bool | None, str]]:
     idx = _index(records)
     ns = sorted({n for n, _ in idx})
     out: list[tuple[str, bool | None, str]] = []
@@ -513,7 +747,7 @@ def verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | Non
     ratios = {n: _ratio(idx, n, "traced", "flops") for n in big}
     flop_ok = bool(big) and all(r is not None and r <= FLOP_TARGET for r in ratios.values())
     out.append((
-        f"traced/plain FLOP ratio <= {FLOP_TARGET} for N >= {FLOP_TARGET_MIN_N}",
+        f"{label}traced/plain FLOP ratio <= {FLOP_TARGET} for N >= {FLOP_TARGET_MIN_N}",
         flop_ok if big else None,
         ", ".join(f"N={n}: {_fmt(r, '.4f')}" for n, r in ratios.items()) or f"no N >= {FLOP_TARGET_MIN_N} measured",
     ))
@@ -530,29 +764,47 @@ def verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | Non
         f"{m}: " + ", ".join(_fmt(g, ".2f", "x") for g in per.values()) for m, per in {**fglens, "naive": naive}.items()
     ]
     out.append((
-        f"recorder memory growth <= {GROWTH_TARGET}x per doubling (fglens) vs ~4x (naive, >= {NAIVE_GROWTH_MIN}x "
-        "needed to show the meter sees quadratic growth)",
+        f"{label}recorder memory growth <= {GROWTH_TARGET}x per doubling (fglens) vs ~4x (naive, >= "
+        f"{NAIVE_GROWTH_MIN}x needed to show the meter sees quadratic growth)",
         mem_ok,
         "; ".join(parts) + (f" (between N = {', '.join(map(str, ns))})" if len(ns) > 1 else " (needs two N)"),
     ))
     return out
 
 
+def _title(sample: Mapping[str, Any]) -> str:
+    threads = f"CPU, {torch.get_num_threads()} threads"
+    if _model(sample) == "hunyuan":
+        rows, image, real = sample["context_rows"], sample["context_image"], sample["context_real"]
+        text = rows - image
+        return (
+            f"fglens bench, joint proxy: HunyuanVideoTransformer3DModel, {sample['num_double']} double + "
+            f"{sample['num_single']} single blocks x {sample['heads']} heads x {sample['head_dim']} dims (random "
+            f"weights), one joint softmax over [video | context]; context {rows} rows = {image} image + {text} text "
+            f"({real - image} real, {rows - real} masked padding), {threads}"
+        )
+    return (
+        f"fglens bench: WanTransformer3DModel, {sample['num_layers']} blocks x {sample['heads']} heads x "
+        f"{sample['head_dim']} dims (random weights), text 512 rows (12 real), 257 image tokens, {threads}"
+    )
+
+
 def format_report(records: Sequence[Mapping[str, Any]]) -> str:
-    """The printed tables and verdict lines."""
+    """The printed tables and verdict lines: one section per model, then every verdict."""
+    sections = [_format_model(group) for group in _by_model(records).values()]
+    lines = ["\n\n".join(sections), ""]
+    for target, ok, numbers in verdicts(records):
+        tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
+        lines.append(f"{tag} {target}: {numbers}")
+    return "\n".join(lines)
+
+
+def _format_model(records: Sequence[Mapping[str, Any]]) -> str:
     idx = _index(records)
     ns = sorted({n for n, _ in idx})
     modes = [m for m in MODES if any(k[1] == m for k in idx)]
     growth = {m: growth_per_doubling(records, m) for m in modes if m != "plain"}
-    lines: list[str] = []
-    sample = next(iter(records), None)
-    if sample is not None:
-        lines.append(
-            f"fglens bench: WanTransformer3DModel, {sample['num_layers']} blocks x {sample['heads']} heads x "
-            f"{sample['head_dim']} dims (random weights), text 512 rows (12 real), 257 image tokens, CPU, "
-            f"{torch.get_num_threads()} threads"
-        )
-        lines.append("")
+    lines: list[str] = [_title(records[0]), ""]
 
     ratio_modes = [m for m in ("traced", "traced_ref", "naive") if m in modes]
     head1 = f"{'':>6}{'':>12}" + "".join(f" | {m + '/plain':^23}" for m in ratio_modes)
@@ -593,17 +845,29 @@ def format_report(records: Sequence[Mapping[str, Any]]) -> str:
 
     diffs = {n: idx[n, "naive"].get("max_abs_diff_vs_fglens") for n in ns if (n, "naive") in idx}
     if any(d is not None for d in diffs.values()):
+        compared = next((idx[n, "naive"].get("statistics_compared") for n in ns if (n, "naive") in idx), None)
         lines.append("naive vs fglens statistics, max |difference|: "
-                     + ", ".join(f"N={n}: {_fmt(d, '.1e')}" for n, d in diffs.items()))
+                     + ", ".join(f"N={n}: {_fmt(d, '.1e')}" for n, d in diffs.items())
+                     + (f" (over {', '.join(compared)})" if compared else ""))
     loads = [r.get("load_avg_1min") for r in records if r.get("load_avg_1min") is not None]
     if loads:
         lines.append(f"1-minute load average during the run: {min(loads):.2f} to {max(loads):.2f} "
                      f"on {os.cpu_count()} CPUs (timings are only comparable on an otherwise idle machine)")
-    lines.append("")
-    for target, ok, numbers in verdicts(records):
-        tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
-        lines.append(f"{tag} {target}: {numbers}")
     return "\n".join(lines)
+
+
+def joint_recompute_flops(record: Mapping[str, Any]) -> dict[str, int]:
+    """The Q·K FLOPs that fglens' joint recorder spends per forward recomputing video-query x context-key
+    logits (2·H·N·D per key and block), split by context segment: image tokens, real text, masked padding.
+
+    fglens recomputes logits against the unmasked context keys only (masked padding has probability exactly
+    0, and the row log-sum-exp comes free from the model's own kernel); the "masked padding" entry is the work
+    that skipping them saves. This is the analytic size of that work, to set against the measured ``aten.bmm``
+    overhead.
+    """
+    per_key = 2 * record["heads"] * record["n_tokens"] * record["head_dim"] * record["num_layers"]
+    image, real, rows = record["context_image"], record["context_real"], record["context_rows"]
+    return {"image": per_key * image, "real text": per_key * (real - image), "masked padding": per_key * (rows - real)}
 
 
 def top_flop_ops(record: Mapping[str, Any], plain: Mapping[str, Any], k: int = 6) -> Iterator[tuple[str, int]]:
@@ -627,31 +891,47 @@ def parse_tokens(text: str) -> list[int]:
 def main(args: argparse.Namespace) -> int:
     """The ``fglens bench`` command: run, print the tables and verdicts, optionally write JSON.
 
+    ``args.model`` picks ``wan``, ``hunyuan`` (the joint-attention proxy) or ``all`` (the default).
     Returns 0 once the benchmark has run (the verdicts are reported, not turned into an exit status),
     2 for unusable arguments.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    choice = getattr(args, "model", None) or "all"
     try:
         tokens = parse_tokens(args.tokens)
         frame_size_for(tokens)
         if args.repeats < 1:
             raise ValueError("--repeats must be at least 1")
+        if choice != "all" and choice not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)} or all, got {choice!r}")
     except ValueError as exc:
         print(f"fglens bench: {exc}", file=sys.stderr)
         return 2
+    models = MODELS if choice == "all" else (choice,)
     start = time.perf_counter()
+    records: list[dict[str, Any]] = []
     try:
-        records = run_benchmark(tokens, args.repeats, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        for model in models:
+            records += run_benchmark(tokens, args.repeats, model=model,
+                                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except ValueError as exc:
         print(f"fglens bench: {exc}", file=sys.stderr)
         return 2
     print(format_report(records))
-    idx = _index(records)
-    for (n, mode), r in sorted(idx.items()):
-        ratio = _ratio(idx, n, mode, "flops")
-        if mode == "traced" and ratio is not None and ratio > FLOP_TARGET:
-            ops = ", ".join(f"{op} {d / 1e6:+.1f} MFLOP" for op, d in top_flop_ops(r, idx[n, "plain"]))
-            print(f"  traced FLOP overhead at N={n} by op: {ops}")
+    for model, group in _by_model(records).items():
+        idx = _index(group)
+        for (n, mode), r in sorted(idx.items()):
+            ratio = _ratio(idx, n, mode, "flops")
+            if mode == "traced" and ratio is not None and ratio > FLOP_TARGET:
+                ops = ", ".join(f"{op} {d / 1e6:+.1f} MFLOP" for op, d in top_flop_ops(r, idx[n, "plain"]) if d)
+                print(f"  {_LABEL[model]}traced FLOP overhead at N={n} by op: {ops}")
+                if model == "hunyuan":
+                    split = joint_recompute_flops(r)
+                    done = split["image"] + split["real text"]
+                    print(f"    of which Q·K of the video queries against the unmasked context keys "
+                          f"(2·H·N·D per key and block, {r['num_layers']} blocks): {done / 1e6:.1f} MFLOP = image "
+                          f"{split['image'] / 1e6:.1f} + real text {split['real text'] / 1e6:.1f} "
+                          f"(masked padding skipped: {split['masked padding'] / 1e6:.1f})")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:

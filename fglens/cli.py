@@ -84,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="time, FLOPs and peak memory: plain vs traced vs a naive materialising recorder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  fglens bench --json bench.json",
+        epilog="example:\n  fglens bench --json bench.json\n  fglens bench --model hunyuan --tokens 960,1920",
     )
     bench.add_argument("--json", default=None, help="also write one record per (N, mode) to this file")
     bench.add_argument("--tokens", default="960,1920,3840,7680", help="comma-separated token counts N")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
+    bench.add_argument(
+        "--model", choices=("wan", "hunyuan", "all"), default="all",
+        help="wan: the tiny Wan stack (separate text/image cross-attention); hunyuan: the joint-attention proxy "
+        "(tiny HunyuanVideo, one softmax over [video | context]); all: both (default)",
+    )
     bench.set_defaults(func=_bench)
     return parser
 

@@ -56,6 +56,11 @@ class HunyuanVideoAdapter(Adapter):
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
         return kwargs["timestep"] if "timestep" in kwargs else args[1]
 
+    def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
+        # valid context tokens per item (the transformer masks the rest); host read, bare transformers only
+        mask = kwargs.get("encoder_attention_mask", args[3] if len(args) > 3 else None)
+        return None if mask is None else mask.sum(-1).to(torch.int64).tolist()
+
     def segments(self, n_queries: int, n_keys: int, n_video: int, tokens: PromptTokens | None) -> Segments:
         # Without the pipeline's encoding (a bare transformer) the whole context counts as text.
         n_image = min(int(tokens.extra.get("n_image_tokens", 0)) if tokens else 0, n_keys - n_video)

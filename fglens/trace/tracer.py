@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -187,6 +188,9 @@ class Trace:
         if site.kind == "joint":
             tokens = self._branch_tokens(forward)
             segments = self._adapter_of[site.layer].segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
+            attn_mask = _call_arg(args, kwargs, "attn_mask", 0)
+            if attn_mask is not None:
+                segments = _drop_padding(segments, tokens, forward)
             call.extras["segments"] = segments
             call.extras["attn_mask"] = _call_arg(args, kwargs, "attn_mask", 0)
         need_lse = record and site.kind == "joint"
@@ -317,3 +321,17 @@ def _call_arg(args: tuple, kwargs: dict, name: str, position: int):
     if name in kwargs:
         return kwargs[name]
     return args[position] if len(args) > position else None
+
+
+def _drop_padding(segments, tokens, forward: ForwardContext):
+    """The text segment without its trailing masked padding (probability exactly 0), so recorders and edits never
+    recompute logits for it. The real length comes from the prompt encoding (pipeline) or from the forward's
+    inputs (bare transformer); without either the segment is kept whole."""
+    t0, t1 = segments.text
+    if tokens is not None:
+        n_real = tokens.n_real
+    elif forward.text_lengths:
+        n_real = max(forward.text_lengths) - (segments.image[1] - segments.image[0])
+    else:
+        return segments
+    return replace(segments, text=(t0, min(t1, t0 + max(0, n_real))))

@@ -1,4 +1,5 @@
-"""Smoke tests of `fglens bench` at tiny token counts: the harness runs and measures; no timing asserted."""
+"""Smoke tests of `fglens bench` at tiny token counts (the Wan stack and the HunyuanVideo joint proxy): the harness
+runs and measures; no timing asserted."""
 
 from __future__ import annotations
 
@@ -82,16 +83,89 @@ def test_report_and_verdicts(records: list[dict]) -> None:
     assert lines[0].startswith("N/A")  # no N >= 3840 at this size
 
 
+# -- the joint-attention proxy (HunyuanVideo) -------------------------------------------------------------------
+SDPA = "aten._scaled_dot_product_flash_attention_for_cpu"
+
+
+@pytest.fixture(scope="module")
+def joint_records() -> list[dict]:
+    return bench.run_benchmark(TOKENS, repeats=1, model="hunyuan", frame_hw=(8, 10), num_double=1, num_single=1)
+
+
+def test_joint_records(joint_records: list[dict]) -> None:
+    assert sorted(_by(joint_records)) == sorted((n, m) for n in TOKENS for m in bench.JOINT_MODES)
+    for r in joint_records:
+        for key in KEYS:
+            assert key in r, key
+        assert r["model"] == "hunyuan" and r["num_layers"] == 2
+        assert r["flops"] > 0 and r["peak_bytes"] > 0 and r["wall_s"] > 0
+        assert r["grid"] == [r["n_tokens"] // 80, 8, 10]
+        assert r["flops_by_op"].get(SDPA, 0) > 0  # the joint attention runs the CPU flash kernel, counted
+
+
+def test_joint_naive_control_computes_the_same_statistics(joint_records: list[dict]) -> None:
+    by = _by(joint_records)
+    for n in TOKENS:
+        r = by[n, "naive"]
+        assert r["max_abs_diff_vs_fglens"] is not None and r["max_abs_diff_vs_fglens"] < 1e-4
+        assert set(r["statistics_compared"]) == {
+            "word_mass", "morans_i", "similarity", "entropy", "text_mass", "image_mass"
+        }
+        assert by[n, "naive"]["recorder_bytes"] > by[n, "traced"]["recorder_bytes"]
+
+
+def test_joint_traced_reuses_the_kernel_and_recomputes_only_context_logits(joint_records: list[dict]) -> None:
+    by = _by(joint_records)
+    for n in TOKENS:
+        plain, traced = by[n, "plain"]["flops_by_op"], by[n, "traced"]["flops_by_op"]
+        assert traced[SDPA] == plain[SDPA]  # the row LSE comes from the model's own kernel call: no second pass
+        extra_bmm = traced.get("aten.bmm", 0) - plain.get("aten.bmm", 0)
+        parts = bench.joint_recompute_flops(by[n, "traced"])
+        qk = parts["image"] + parts["real text"]
+        # video queries x the unmasked context keys (masked padding is skipped); the rest (word-mean keys,
+        # similarity) is small
+        assert qk <= extra_bmm <= 1.1 * qk
+
+
+def test_joint_report(joint_records: list[dict], records: list[dict]) -> None:
+    text = bench.format_report(joint_records + records)
+    assert "joint proxy: HunyuanVideoTransformer3DModel" in text and "WanTransformer3DModel" in text
+    assert text.index("WanTransformer3DModel") < text.index("HunyuanVideoTransformer3DModel")
+    lines = [line for line in text.splitlines() if "FLOP ratio" in line or "memory growth" in line]
+    assert len(lines) == 4
+    assert [("joint proxy:" in line) for line in lines] == [False, False, True, True]
+    assert all(line.startswith("N/A") for line in lines if "FLOP ratio" in line)
+
+
+def test_joint_mode_context_rejects_wan_only_modes() -> None:
+    with pytest.raises(ValueError, match="unknown mode"):
+        bench.run_benchmark([80], model="hunyuan", modes=("traced_ref",))
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.run_benchmark([80], model="cogvideox")
+
+
 def test_cli_writes_json(tmp_path) -> None:
     from fglens import cli
 
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--tokens", "80,160", "--repeats", "1", "--json", str(out)]) == 0
+    assert cli.main(["bench", "--tokens", "80", "--repeats", "1", "--json", str(out)]) == 0  # both models
     data = json.loads(out.read_text())
-    assert isinstance(data, list) and len(data) == 2 * len(bench.MODES)
+    assert isinstance(data, list) and len(data) == len(bench.MODES) + len(bench.JOINT_MODES)
+    assert {r["model"] for r in data} == {"wan", "hunyuan"}
     for r in data:
         assert {"n_tokens", "mode", "flops", "peak_bytes", "wall_s", "recorder_bytes"} <= set(r)
         assert np.isfinite(r["wall_s"]) and r["flops"] > 0
+
+
+def test_cli_model_option(tmp_path, capsys) -> None:
+    from fglens import cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--model", "hunyuan", "--tokens", "80", "--repeats", "1", "--json", str(out)]) == 0
+    assert {(r["model"], r["mode"]) for r in json.loads(out.read_text())} == {("hunyuan", m) for m in bench.JOINT_MODES}
+    assert "joint proxy" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--model", "cogvideox"])
 
 
 def test_cli_rejects_bad_tokens(capsys) -> None:
