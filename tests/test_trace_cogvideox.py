@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as torch_functional
 from diffusers import CogVideoXTransformer3DModel
 from diffusers.models import attention_processor as ap
+from reference import morans_i
 
 import fglens as fg
 from fglens.adapters import CogVideoXAdapter, adapter_for
@@ -69,20 +70,6 @@ class KernelInputs:
         ap.F = self.inner
 
 
-def _morans(m: np.ndarray) -> float:
-    ny, nx = m.shape
-    w = np.zeros((ny * nx, ny * nx))
-    for y in range(ny):
-        for x in range(nx):
-            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                if 0 <= y + dy < ny and 0 <= x + dx < nx:
-                    w[y * nx + x, (y + dy) * nx + x + dx] = 1
-    z = m.reshape(-1) - m.mean()
-    if not np.any(z):
-        return float("nan")
-    return float(ny * nx / w.sum() * (z @ w @ z) / (z @ z))
-
-
 def dense_joint_reference(call, item, grid, words):
     """Full joint softmax in float64 over all [text | video] keys of batch item `item` (q, k as the kernel got
     them, [B, H, S, D]); the statistics of its video query rows."""
@@ -107,7 +94,7 @@ def dense_joint_reference(call, item, grid, words):
     for positions in words.values():
         m = text[:, positions].sum(-1).reshape(f, ny, nx)
         wm.append(m.reshape(f, -1).mean(-1).numpy())
-        mi.append([_morans(m[i].numpy()) for i in range(f)])
+        mi.append([morans_i(m[i].numpy()) for i in range(f)])
         kbar = k[:, positions].transpose(0, 1).flatten(1).mean(0)
         sim.append(torch.nn.functional.cosine_similarity(qv, kbar[None], dim=-1).reshape(f, -1).mean(-1).numpy())
     per_frame.update(word_mass=np.array(wm), morans_i=np.array(mi), similarity=np.array(sim))
@@ -177,10 +164,15 @@ def test_each_pipeline_call_is_a_run_with_its_own_steps(cog):
     np.testing.assert_array_equal(second.timestep.values, cog.scheduler.timesteps.numpy())
 
 
-def test_text_length_follows_max_sequence_length(cog):
-    # the text segment is whatever precedes the video tokens: 20 keys here instead of 226
-    if not cog.transformer.config.use_rotary_positional_embeddings:
-        pytest.skip("the sin-cos model (2B) has position embeddings for exactly 226 text tokens")
+@pytest.fixture(scope="module")
+def cog_rotary():
+    return fg.testing.tiny_cogvideox_pipeline(num_layers=N_LAYERS, rotary=True)
+
+
+def test_text_length_follows_max_sequence_length(cog_rotary):
+    # the text segment is whatever precedes the video tokens: 20 keys here instead of 226 (the rotary model
+    # only: the sin-cos model has position embeddings for exactly 226 text tokens)
+    cog = cog_rotary
     record = fg.Record(words=["fence"], stats=JOINT_STATS, branches=("cond", "uncond"))
     with fg.trace(cog, record=record) as run:
         with KernelInputs() as kernel:

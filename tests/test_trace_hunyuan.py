@@ -10,6 +10,7 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import attention_backend
 from diffusers.models.transformers import transformer_hunyuan_video as hv
+from reference import morans_i
 
 import fglens as fg
 from fglens.trace.record import STATS
@@ -57,20 +58,6 @@ class KernelInputs:
         hv.dispatch_attention_fn = self.inner
 
 
-def _morans(m: np.ndarray) -> float:
-    ny, nx = m.shape
-    w = np.zeros((ny * nx, ny * nx))
-    for y in range(ny):
-        for x in range(nx):
-            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                if 0 <= y + dy < ny and 0 <= x + dx < nx:
-                    w[y * nx + x, (y + dy) * nx + x + dx] = 1
-    z = m.reshape(-1) - m.mean()
-    if not np.any(z):
-        return float("nan")
-    return float(ny * nx / w.sum() * (z @ w @ z) / (z @ z))
-
-
 def dense_joint_reference(call, grid, n_image, words):
     """Full joint softmax in float64 over all keys with the padding mask; statistics from it."""
     f, ny, nx = grid
@@ -96,7 +83,7 @@ def dense_joint_reference(call, grid, n_image, words):
     for positions in words.values():
         m = text[:, positions].sum(-1).reshape(f, ny, nx)
         wm.append(m.reshape(f, -1).mean(-1).numpy())
-        mi.append([_morans(m[i].numpy()) for i in range(f)])
+        mi.append([morans_i(m[i].numpy()) for i in range(f)])
         kbar = k[0, [n + n_image + p_ for p_ in positions]].flatten(1).mean(0)
         sim.append(torch.nn.functional.cosine_similarity(qv, kbar[None], dim=-1).reshape(f, -1).mean(-1).numpy())
     per_frame.update(word_mass=np.array(wm), morans_i=np.array(mi), similarity=np.array(sim))

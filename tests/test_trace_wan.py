@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.models.transformers import transformer_wan
+from reference import morans_i
 
 import fglens as fg
 from fglens.trace.record import STATS
@@ -73,20 +74,6 @@ def _softmax64(q, k):
     return torch.softmax(torch.einsum("bnhd,bthd->bhnt", q, k) / math.sqrt(d), dim=-1)
 
 
-def _morans_reference(m: np.ndarray) -> float:
-    """Moran's I with an explicit N x N binary rook weight matrix."""
-    ny, nx = m.shape
-    n = ny * nx
-    w = np.zeros((n, n))
-    for y in range(ny):
-        for x in range(nx):
-            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-                if 0 <= y + dy < ny and 0 <= x + dx < nx:
-                    w[y * nx + x, (y + dy) * nx + x + dx] = 1
-    z = m.reshape(-1) - m.mean()
-    return float(n / w.sum() * (z @ w @ z) / (z @ z))
-
-
 def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, list[int]], grid) -> dict:
     f, ny, nx = grid
     h = heads
@@ -101,7 +88,7 @@ def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, l
         m = pbar[0][:, positions].sum(-1)  # [N]
         frames = m.reshape(f, ny * nx)
         wm.append(frames.mean(-1).numpy())
-        mi.append([_morans_reference(frames[i].reshape(ny, nx).numpy()) for i in range(f)])
+        mi.append([morans_i(frames[i].reshape(ny, nx).numpy()) for i in range(f)])
         kbar = k[0][positions].flatten(1).mean(0)
         s = torch.nn.functional.cosine_similarity(q[0].flatten(1), kbar[None], dim=-1)
         sim.append(s.reshape(f, -1).mean(-1).numpy())

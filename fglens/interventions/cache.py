@@ -101,30 +101,29 @@ class CacheTransfer(_Scoped):
             key = (call.forward.branches, call.site.layer)
             self._cache[key] = (call.forward.step, call.query, call.key)
 
-    def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
+    def _source(self, call: EditCall) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached source queries and keys for this destination call, or None where nothing is mixed in
+        (out of scope, alpha 0, or no source map yet: the first step of a previous-step transfer)."""
         if self.alpha == 0.0 or call.site.layer not in self._source_of or call.site.kind != "text":
-            return out
+            return None
         if not super().applies(call.site, call.forward):
-            return out
+            return None
         src, same_step = self._source_of[call.site.layer]
         cached = self._cache.get((call.forward.branches, src))
         want = call.forward.step if same_step else call.forward.step - 1
         if cached is None or cached[0] != want:
-            return out  # no source map yet (the first step of a previous-step transfer)
-        _, q_src, k_src = cached
-        mixed = call.kernel(q_src, k_src, call.value)
+            return None
+        return cached[1], cached[2]
+
+    def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
+        source = self._source(call)
+        if source is None:
+            return out
+        mixed = call.kernel(*source, call.value)
         weight = (self.alpha * call.rows_mask(self.where))[..., None].to(out.dtype)
         return out + weight * (mixed - out)
 
     def mix_for_recorder(self, call: EditCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(weight [B, N, H], source queries, source keys) of the mix at this call, for post-edit recording."""
-        if self.alpha == 0.0 or call.site.layer not in self._source_of or call.site.kind != "text":
-            return None
-        if not super().applies(call.site, call.forward):
-            return None
-        src, same_step = self._source_of[call.site.layer]
-        cached = self._cache.get((call.forward.branches, src))
-        want = call.forward.step if same_step else call.forward.step - 1
-        if cached is None or cached[0] != want:
-            return None
-        return self.alpha * call.rows_mask(self.where), cached[1], cached[2]
+        source = self._source(call)
+        return None if source is None else (self.alpha * call.rows_mask(self.where), *source)
