@@ -32,7 +32,7 @@ from .trace import Record, Trace, trace  # noqa: E402
 
 def __getattr__(name: str) -> Any:
     # heavy or optional submodules load on first use
-    if name in ("testing", "cli", "bench", "anchors"):
+    if name in ("testing", "cli", "bench", "anchors", "nnsight"):
         return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'fglens' has no attribute {name!r}")
 
