@@ -100,6 +100,40 @@ def test_ablate_image_on_joint_attention(hunyuan):
     torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_transfer_on_joint_attention_is_a_clear_error(hunyuan):
-    with pytest.raises(NotImplementedError, match="joint attention"):
-        fg.trace(hunyuan, edit=fg.CacheTransfer(src=["double.0"], dst=["single.0"]))
+@pytest.mark.parametrize("mode", ["same_step", "prev_step"])
+def test_cache_transfer_on_joint_attention_matches_dense_reference(hunyuan, mode):
+    alpha = 0.6
+    src, dst = (0, 2) if mode == "same_step" else (3, 1)  # layer indices: double.0, double.1, single.0, single.1
+    names = ["double.0", "double.1", "single.0", "single.1"]
+    edit = fg.CacheTransfer(src=[names[src]], dst=[names[dst]], alpha=alpha, mode=mode)
+    record = fg.Record(words=["dog"], stats=["word_mass", "text_mass", "image_mass"], layers=[names[dst]])
+    with fg.trace(hunyuan, edit=edit, record=record) as run, KernelCalls() as k:
+        _call(hunyuan, steps=2)
+    forwards = [k.calls[i : i + 4] for i in range(0, len(k.calls), 4)]
+    assert len(forwards) == 2
+    for step, forward in enumerate(forwards):
+        call = forward[dst]
+        own, p_dst = _dense(call)
+        if mode == "prev_step" and step == 0:
+            torch.testing.assert_close(call["out"].double(), own, rtol=1e-5, atol=1e-5)  # no source map yet
+            continue
+        source = forward[src] if mode == "same_step" else forwards[step - 1][src]
+        _, p_src = _dense(source)
+        text = slice(N_VIDEO + N_IMAGE, call["k"].shape[1])
+        p = p_dst.clone()
+        m_dst = p_dst[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
+        m_src = p_src[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
+        m_new = (1 - alpha) * m_dst + alpha * m_src
+        p[:, :, :N_VIDEO] *= (1 - m_new) / (1 - m_dst)  # rows keep summing to 1
+        p[:, :, :N_VIDEO, text] = (1 - alpha) * p_dst[:, :, :N_VIDEO, text] + alpha * p_src[:, :, :N_VIDEO, text]
+        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+        expected = torch.einsum("bhnt,bthd->bnhd", p, call["v"].double())
+        torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
+        # the recorder saw the mixed map
+        got = run.dataset.sel(branch="cond", layer=names[dst]).isel(step=step)
+        np.testing.assert_allclose(got.text_mass.values,
+                                   p[0, :, :N_VIDEO, text].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.image_mass.values,
+                                   p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
+                                   .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..trace.editing import bias_logits
 from ..trace.record import resolve_layers
 from .base import EditCall
 from .scope import Where
@@ -68,11 +69,6 @@ class CacheTransfer(_Scoped):
 
     def bind(self, layers, per_model, site_kinds) -> None:
         super().bind(layers, per_model, site_kinds)
-        if "joint" in site_kinds and "text" not in site_kinds:
-            raise NotImplementedError(
-                "CacheTransfer on joint attention (HunyuanVideo, CogVideoX) is not implemented yet; it works on "
-                "Wan's separate text attention"
-            )
         src = resolve_layers(self.src, per_model)
         dst = resolve_layers(self.dst, per_model)
         order = {name: i for model in per_model for i, name in enumerate(model)}
@@ -101,10 +97,23 @@ class CacheTransfer(_Scoped):
             key = (call.forward.branches, call.site.layer)
             self._cache[key] = (call.forward.step, call.query, call.key)
 
-    def _source(self, call: EditCall) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cached source queries and keys for this destination call, or None where nothing is mixed in
+    def needs_lse(self, call: EditCall) -> bool:
+        """Joint attention: the source's and the destination's text probabilities need their row LSE."""
+        return call.site.kind == "joint" and (call.site.layer in self._sources or call.site.layer in self._source_of)
+
+    def _cache_joint_source(self, call: EditCall) -> None:
+        (r0, r1), (t0, t1) = call.video_rows, call.text_keys
+        bias = None if call.key_bias is None else call.key_bias[:, t0:t1]
+        text_bias = bias_logits(call.biases, slice(r0, r1), slice(t0, t1))
+        self._cache[(call.forward.branches, call.site.layer)] = (
+            call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1], bias, text_bias, call.lse[..., r0:r1],
+        )
+
+    def _source(self, call: EditCall) -> tuple | None:
+        """The cached source (queries and keys; for joint attention also its text mask, edit bias and row LSE)
+        for this destination call, or None where nothing is mixed in
         (out of scope, alpha 0, or no source map yet: the first step of a previous-step transfer)."""
-        if self.alpha == 0.0 or call.site.layer not in self._source_of or call.site.kind != "text":
+        if self.alpha == 0.0 or call.site.layer not in self._source_of or call.site.kind not in self.kinds:
             return None
         if not super().applies(call.site, call.forward):
             return None
@@ -113,9 +122,11 @@ class CacheTransfer(_Scoped):
         want = call.forward.step if same_step else call.forward.step - 1
         if cached is None or cached[0] != want:
             return None
-        return cached[1], cached[2]
+        return cached[1:]
 
     def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
+        if call.site.kind == "joint":
+            return self._edit_joint(call, out)
         source = self._source(call)
         if source is None:
             return out
@@ -127,3 +138,63 @@ class CacheTransfer(_Scoped):
         """(weight [B, N, H], source queries, source keys) of the mix at this call, for post-edit recording."""
         source = self._source(call)
         return None if source is None else (self.alpha * call.rows_mask(self.where), *source)
+
+    # -- joint attention: the text block is replaced, the rest of each row rescaled to keep its sum at 1 -------
+    def _joint_terms(self, call: EditCall):
+        """Destination and source text probabilities [B, H, N, T] of the video rows, and the mix weight [B, N, H]."""
+        source = self._source(call)
+        if source is None:
+            return None
+        q_src, k_src, bias_src, edit_src, lse_src = source
+        (r0, r1), (t0, t1) = call.video_rows, call.text_keys
+        if k_src.shape[1] != t1 - t0:
+            raise ValueError(
+                f"CacheTransfer {self._source_of[call.site.layer][0]} -> {call.site.layer}: the source has "
+                f"{k_src.shape[1]} text keys, the destination {t1 - t0}; they must see the same prompt"
+            )
+        bias = None if call.key_bias is None else call.key_bias[:, t0:t1]
+        p_dst = _probs(call.query[:, r0:r1], call.key[:, t0:t1], call.scale, bias,
+                       bias_logits(call.biases, slice(r0, r1), slice(t0, t1)), call.lse[..., r0:r1])
+        p_src = _probs(q_src, k_src, call.scale, bias_src, edit_src, lse_src)
+        weight = self.alpha * call.rows_mask(self.where)[:, r0:r1]
+        return p_dst, p_src, weight
+
+    def _edit_joint(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
+        if call.site.layer in self._sources:
+            self._cache_joint_source(call)
+        if call.site.layer not in self._source_of:
+            return out
+        terms = self._joint_terms(call)
+        if terms is None:
+            return out
+        p_dst, p_src, weight = terms
+        (r0, r1), (t0, t1) = call.video_rows, call.text_keys
+        v_text = call.value[:, t0:t1].to(torch.float32)
+        o_dst = torch.einsum("bhnt,bthd->bnhd", p_dst, v_text)
+        o_src = torch.einsum("bhnt,bthd->bnhd", p_src, v_text)
+        m_dst = p_dst.sum(-1).transpose(1, 2)  # [B, N, H]
+        m_src = p_src.sum(-1).transpose(1, 2)
+        m_new = m_dst + weight * (m_src - m_dst)
+        ratio = (1 - m_new) / (1 - m_dst).clamp_min(1e-12)
+        rows = out[:, r0:r1].to(torch.float32)
+        mixed = ratio[..., None] * (rows - o_dst) + o_dst + weight[..., None] * (o_src - o_dst)
+        edited = out.clone()
+        edited[:, r0:r1] = torch.where(weight[..., None] > 0, mixed, rows).to(out.dtype)
+        return edited
+
+    def joint_mix_for_recorder(self, call: EditCall):
+        """(weight [B, N, H], source text probabilities [B, H, N, T]) at a joint destination, for recorders."""
+        if call.site.kind != "joint" or call.site.layer not in self._source_of:
+            return None
+        terms = self._joint_terms(call)
+        return None if terms is None else (terms[2], terms[1])
+
+
+def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:
+    """exp(logits - lse): probabilities [B, H, N, T] of queries [B, N, H, D] on keys [B, T, H, D]."""
+    logits = torch.einsum("bnhd,bthd->bhnt", q.to(torch.float32), k.to(torch.float32)) * scale
+    if key_bias is not None:
+        logits = logits + key_bias[:, None, None, :]
+    if edit_bias is not None:
+        logits = logits + edit_bias
+    return torch.exp(logits - lse[..., None])

@@ -89,6 +89,11 @@ class EditCall:
     #: run the model's kernel on other tensors (same arguments otherwise): ``kernel(q, k, v) -> [B, S, H, D]``
     kernel: Callable[..., torch.Tensor]
     words: dict[str, list[int]] = field(default_factory=dict)
+    #: the attention mask as an additive key bias [B, S_k] (joint attention), or None
+    key_bias: torch.Tensor | None = None
+    #: set once the kernel has run: the row log-sum-exp [B, H, S_q] (when asked for) and the summed biases
+    lse: torch.Tensor | None = None
+    biases: list = field(default_factory=list)
 
     def rows_mask(self, where: Where) -> torch.Tensor:
         """``[B, N_queries, H]`` float mask of the query rows, heads and batch items inside `where`."""

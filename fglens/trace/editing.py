@@ -17,6 +17,7 @@ import torch
 from ..adapters.base import Segments, Site
 from ..adapters.prompt import PipelineCall, words_for
 from .context import Bias, EditCall, ForwardContext
+from .probs import key_bias, row_logsumexp
 
 
 class Editor:
@@ -63,6 +64,7 @@ class Editor:
         scale: float | None,
         segments: Segments | None,
         need_lse: bool,
+        attn_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         """Run the call with the parts' edits; return (output, row LSE or None, what recorders need to know)."""
         query, key, value = qkv
@@ -73,26 +75,27 @@ class Editor:
             text_keys=segments.text if segments else ((0, key.shape[1]) if site.kind == "text" else (0, 0)),
             image_keys=segments.image if segments else ((0, key.shape[1]) if site.kind == "image" else None),
             kernel=lambda q, k, v: run(q, k, v), words=self.words,
+            key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
         )
         for part in parts:
             part.observe(call)
         biases = [b for part in parts for b in part.biases(call)]
-        lse = None
-        if biases:
-            q2, k2, v2 = augment(query, key, value, biases, scale)
-            fast = run_with_lse(q2, k2, v2, scale=scale) if need_lse else None
-            if fast is not None:
-                out, lse = fast
-            else:
-                out = run(q2, k2, v2, scale=scale)
-            out = out[..., : value.shape[-1]]
+        need_lse = need_lse or any(getattr(part, "needs_lse", lambda c: False)(call) for part in parts)
+        q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
+        overrides = {"scale": scale} if biases else {}
+        fast = run_with_lse(q2, k2, v2, **overrides) if need_lse else None
+        if fast is not None:
+            out, lse = fast
         else:
-            fast = run_with_lse() if need_lse else None
-            out, lse = fast if fast is not None else (run(), None)
+            out = run(q2, k2, v2, **overrides)
+            lse = row_logsumexp(q2, k2, 4096, scale, call.key_bias) if need_lse else None
+        out = out[..., : value.shape[-1]] if biases else out
+        call.lse, call.biases = lse, biases
         for part in parts:
             out = part.edit_output(call, out)
         mixes = [m for part in parts if (m := getattr(part, "mix_for_recorder", lambda c: None)(call)) is not None]
-        return out, lse, {"biases": biases, "mixes": mixes}
+        joint = [m for part in parts if (m := getattr(part, "joint_mix_for_recorder", lambda c: None)(call))]
+        return out, lse, {"biases": biases, "mixes": mixes, "joint_mixes": joint}
 
 
 def augment(

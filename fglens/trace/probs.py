@@ -112,3 +112,24 @@ def row_logsumexp(
         _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, k, attn_mask=mask, scale=scale)[:2]
         return lse
     return logsumexp_over_keys(query, key, key_chunk, scale, bias)
+
+
+def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
+    """An attention mask that varies only along the keys, as an additive float bias ``[B, n_keys]``.
+
+    Accepts boolean (True = attend) or additive masks of shape ``[B, T]`` or ``[B, 1, 1, T]`` (broadcast over
+    heads and queries). Anything else is refused: fglens' joint probabilities assume key-only masks.
+    """
+    if mask is None:
+        return None
+    m = mask
+    if m.ndim == 4 and m.shape[1] == 1 and m.shape[2] == 1:
+        m = m[:, 0, 0]
+    if m.ndim != 2 or m.shape[-1] != n_keys:
+        raise ValueError(
+            f"fglens supports attention masks over keys only ([B, {n_keys}] or [B, 1, 1, {n_keys}]); "
+            f"got shape {tuple(mask.shape)}"
+        )
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
+    return m.to(torch.float32)

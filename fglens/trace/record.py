@@ -24,6 +24,7 @@ from .probs import (
     collapse_padding,
     frame_chunks,
     frames_per_chunk,
+    key_bias,
     logsumexp_over_keys,
     padding_is_uniform,
     row_logsumexp,
@@ -290,18 +291,28 @@ class Recorder:
             extra_bias = bias_logits(biases, slice(r0 + a, r0 + z), slice(c0, c0 + keys.shape[1]), fwd.index)
             return logits if extra_bias is None else logits + extra_bias
 
+        # a cache transfer replaced the text block by (1-w)·P_d + w·P_r and rescaled the rest of each row
+        mixes = [(self._select(w, fwd), self._select(p_src, fwd)) for w, p_src in call.extras.get("joint_mixes") or []]
+
         def chunk(a: int, z: int):
             lse_c = lse[:, :, a:z, None]
-            p_text = torch.exp(edited(a, z, k_text, b_text, t0) - lse_c).mean(1)  # [b, n, T] head mean
+            p_text = torch.exp(edited(a, z, k_text, b_text, t0) - lse_c)  # [b, H, n, T]
+            rest = torch.ones_like(p_text[..., 0])  # [b, H, n]: factor of the non-text part of each row
+            for weight, p_src in mixes:
+                w = weight[:, a:z].transpose(1, 2)[..., None]
+                mixed = p_text + w * (p_src[:, :, a:z] - p_text)
+                rest = rest * (1 - mixed.sum(-1)) / (1 - p_text.sum(-1)).clamp_min(1e-12)
+                p_text = mixed
             extra = {}
             if "text_mass" in want:
-                extra["text_mass"] = p_text.sum(-1)
+                extra["text_mass"] = p_text.sum(-1).mean(1)
             if "image_mass" in want:
-                extra["image_mass"] = torch.exp(edited(a, z, k_img, b_img, i0) - lse_c).mean(1).sum(-1)
+                p_img = torch.exp(edited(a, z, k_img, b_img, i0) - lse_c).sum(-1)
+                extra["image_mass"] = (p_img * rest).mean(1)
             if "ref_mass" in want:
                 lse_ref = torch.logsumexp(edited(a, z, k_ref, b_ref, v0), -1)
-                extra["ref_mass"] = torch.exp(lse_ref - lse[:, :, a:z]).mean(1)
-            return p_text, extra
+                extra["ref_mass"] = (torch.exp(lse_ref - lse[:, :, a:z]) * rest).mean(1)
+            return p_text.mean(1), extra  # head mean [b, n, T]
 
         def entropy(pbar: torch.Tensor) -> torch.Tensor:
             # entropy of the attention within the text keys (renormalised), over log(number of real text keys)
@@ -400,24 +411,3 @@ def _logits(q: torch.Tensor, k: torch.Tensor, scale: float | None, bias: torch.T
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out = torch.einsum("bnhd,bthd->bhnt", q.to(torch.float32), k.to(torch.float32)) * scale
     return out if bias is None else out + bias[:, None, None, :]
-
-
-def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
-    """An attention mask that varies only along the keys, as an additive float bias ``[B, n_keys]``.
-
-    Accepts boolean (True = attend) or additive masks of shape ``[B, T]`` or ``[B, 1, 1, T]`` (broadcast over
-    heads and queries). Anything else is refused: fglens' joint probabilities assume key-only masks.
-    """
-    if mask is None:
-        return None
-    m = mask
-    if m.ndim == 4 and m.shape[1] == 1 and m.shape[2] == 1:
-        m = m[:, 0, 0]
-    if m.ndim != 2 or m.shape[-1] != n_keys:
-        raise ValueError(
-            f"fglens supports attention masks over keys only ([B, {n_keys}] or [B, 1, 1, {n_keys}]); "
-            f"got shape {tuple(mask.shape)}"
-        )
-    if m.dtype == torch.bool:
-        return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
-    return m.to(torch.float32)

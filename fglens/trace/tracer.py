@@ -196,7 +196,8 @@ class Trace:
         need_lse = record and site.kind == "joint"
         if edits:
             out, lse, info = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
-                                               call.extras["scale"], segments, need_lse)
+                                               call.extras["scale"], segments, need_lse,
+                                               call.extras.get("attn_mask"))
             call.extras.update(info)
         elif need_lse:
             fast = run_with_lse()  # the same output bits, with the row log-sum-exp
