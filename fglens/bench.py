@@ -38,6 +38,18 @@ block). A bare transformer has no pipeline to say where the image tokens end, so
 context as text (``image_mass`` is 0, ``text_mass`` includes the image tokens) and the word positions are
 given relative to the context, offset by the 144 image tokens.
 
+The edit benchmark (``edit=True``, ``fglens bench --edit``; Wan only) prices `fg.FocalGuidance` on the same
+Wan stack: ``plain`` against ``fg{k}`` = ``FocalGuidance(anchor=AnchorMask(w0, strength 2), cache=CacheTransfer(
+src=[last block], alpha=0.5), layers=blocks 0..k-1, steps=None)`` for k = 1 .. (blocks - 1), the anchor alone
+(``anchor1``) and the cache alone (``cache1``) on one layer, and ``fg{k}_rec`` (the largest k plus a minimal
+``Record(stats=("word_mass",))``). The source comes after its destinations, so the cache carries the source's
+Q and K from the previous step: each edited forward is timed in the steady state, after an untimed forward at
+another timestep (step 0) that fills the cache. A bare transformer has no prompt, so the anchor's word
+positions come from ``fg.Record(words={"w0": [1]}, stats=())``, which records nothing (`Recorder.wants` is
+never true). Each edit record also carries ``cache_bytes`` (the source's Q and K held between steps, which the
+live-bytes meter cannot see: they exist before the forward starts) and ``max_abs_diff_vs_plain`` (the edit
+took effect).
+
 Example:
     >>> from fglens.bench import run_benchmark
     >>> records = run_benchmark([160, 320], repeats=1, frame_hw=(8, 10), log=None)  # doctest: +SKIP
@@ -53,6 +65,7 @@ import gc
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -81,6 +94,11 @@ JOINT_TEXT_ROWS = 252  # text rows of the joint proxy's context after the image 
 JOINT_TEXT_REAL = 12  # real (unmasked) text tokens among them
 #: the joint proxy's words: `WORDS` shifted past the image tokens (a bare transformer's context is all "text")
 JOINT_WORDS: dict[str, list[int]] = {w: [JOINT_IMAGE_TOKENS + p for p in pos] for w, pos in WORDS.items()}
+#: the edit benchmark: the anchor's word and strength, the cache's alpha (the source is the last block)
+EDIT_WORD = "w0"
+EDIT_STRENGTH = 2.0
+EDIT_ALPHA = 0.5
+EDIT_TARGET = 0.03  # DESIGN.md §5, on a GPU: editing adds <= 3 % to the step per edited layer
 FLOP_TARGET = 1.03  # traced / plain FLOPs, for N >= FLOP_TARGET_MIN_N
 FLOP_TARGET_MIN_N = 3840
 GROWTH_TARGET = 2.2  # recorder bytes per doubling of N, fglens
@@ -512,11 +530,110 @@ def hunyuan_inputs(
     return inputs
 
 
-def mode_context(mode: str, transformer: torch.nn.Module, model: str = "wan") -> contextlib.AbstractContextManager:
-    """The context one forward of `mode` runs in (a fresh one per forward)."""
+# -- the edit benchmark ---------------------------------------------------------------------------------------
+def edit_modes(num_layers: int) -> tuple[str, ...]:
+    """The edit benchmark's modes for a Wan stack of `num_layers` blocks (the last block is the cache's source).
+
+    Example:
+        >>> edit_modes(4)
+        ('plain', 'fg1', 'fg2', 'fg3', 'anchor1', 'cache1', 'fg3_rec')
+    """
+    top = num_layers - 1
+    if top < 1:
+        raise ValueError("the edit benchmark needs at least 2 blocks: the cache's source and one edited layer")
+    return ("plain", *(f"fg{k}" for k in range(1, top + 1)), "anchor1", "cache1", f"fg{top}_rec")
+
+
+def parse_edit_mode(mode: str) -> tuple[str, int, bool] | None:
+    """``"fg2_rec"`` -> ``("fg", 2, True)``: (what is applied, how many layers, with a minimal Record); None for
+    a mode that is no edit mode."""
+    m = re.fullmatch(r"(fg|anchor|cache)(\d+)(_rec)?", mode)
+    return None if m is None else (m[1], int(m[2]), bool(m[3]))
+
+
+def _is_edit(mode: str) -> bool:
+    return parse_edit_mode(mode) is not None
+
+
+def anchor_region(frame_hw: tuple[int, int]) -> torch.Tensor:
+    """The anchor's mask on the latent grid ``[Y, X]``: 1 on the central half of each side, 0 elsewhere."""
+    ny, nx = frame_hw
+    mask = torch.zeros(ny, nx)
+    mask[ny // 4: ny - ny // 4, nx // 4: nx - nx // 4] = 1
+    return mask
+
+
+def focal_edit(mode: str, num_layers: int, frame_hw: tuple[int, int]) -> Any:
+    """The intervention of an edit mode: `fg.FocalGuidance` on blocks ``0 .. k-1`` (its anchor, its cache, or
+    both), the cache's source the last block, every step (a bare transformer has no schedule for fractions)."""
+    import fglens as fg
+
+    parsed = parse_edit_mode(mode)
+    if parsed is None:
+        raise ValueError(f"{mode!r} is no edit mode")
+    kind, k, _ = parsed
+    if not 1 <= k < num_layers:
+        raise ValueError(f"{mode!r}: the edited layers must leave the last block as the source (1 <= k < {num_layers})")
+    layers = list(range(k))
+    anchor = fg.AnchorMask.from_mask(anchor_region(frame_hw), EDIT_WORD, strength=EDIT_STRENGTH)
+    cache = fg.CacheTransfer(src=[num_layers - 1], dst=layers, alpha=EDIT_ALPHA)
+    return fg.FocalGuidance(anchor=None if kind == "cache" else anchor, cache=None if kind == "anchor" else cache,
+                            layers=layers, steps=None)
+
+
+def edit_record(mode: str) -> Any:
+    """The Record an edit mode runs with: it gives the anchor's word positions (a bare transformer has no prompt)
+    and records nothing (``stats=()``), or only ``word_mass`` for the ``_rec`` modes."""
+    import fglens as fg
+
+    parsed = parse_edit_mode(mode)
+    return fg.Record(words={EDIT_WORD: WORDS[EDIT_WORD]}, stats=("word_mass",) if parsed and parsed[2] else ())
+
+
+class EditRun:
+    """What an edit mode's context yields: the trace and the intervention (for the cache's size)."""
+
+    def __init__(self, trace: Any, edit: Any):
+        self.trace = trace
+        self.edit = edit
+
+    def cache_bytes(self) -> int:
+        """Bytes of the storages the cache transfer holds between steps (the source's Q and K)."""
+        seen: dict[int, int] = {}
+        for part in self.edit.parts():
+            for entry in getattr(part, "_cache", {}).values():  # CacheTransfer: (step, query, key)
+                for t in entry[1:]:
+                    if (key := _storage_key(t)) is not None:
+                        seen[key[0]] = key[1]
+        return sum(seen.values())
+
+
+@contextlib.contextmanager
+def edit_context(mode: str, transformer: torch.nn.Module, inputs: Mapping[str, Any]) -> Iterator[EditRun]:
+    """`fg.trace` with the mode's edit, primed: one forward at timestep + 1 (step 0) fills the cache with the
+    source's Q and K, so the next forward (the timestep changes: step 1) is a steady-state edited step."""
+    import fglens as fg
+
+    p_t, p_h, p_w = transformer.config.patch_size
+    frame_hw = (inputs["hidden_states"].shape[3] // p_h, inputs["hidden_states"].shape[4] // p_w)
+    edit = focal_edit(mode, transformer.config.num_layers, frame_hw)
+    with fg.trace(transformer, edit=edit, record=edit_record(mode)) as run:
+        transformer(**{**inputs, "timestep": inputs["timestep"] + 1})
+        yield EditRun(run, edit)
+
+
+def mode_context(
+    mode: str, transformer: torch.nn.Module, model: str = "wan", inputs: Mapping[str, Any] | None = None
+) -> contextlib.AbstractContextManager:
+    """The context one forward of `mode` runs in (a fresh one per forward; an edit mode's needs the `inputs`,
+    for its priming forward)."""
     import fglens as fg
     from fglens.trace import DEFAULT_STATS
 
+    if model == "wan" and _is_edit(mode):
+        if inputs is None:
+            raise ValueError(f"edit mode {mode!r} needs the forward's inputs (its context runs a priming forward)")
+        return edit_context(mode, transformer, inputs)
     if mode not in MODEL_MODES.get(model, ()):
         raise ValueError(f"unknown mode {mode!r} for {model!r}; modes are {MODEL_MODES.get(model)}")
     if mode == "plain":
@@ -533,7 +650,7 @@ def mode_context(mode: str, transformer: torch.nn.Module, model: str = "wan") ->
 
 def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str, model: str = "wan") -> float:
     """Seconds of one forward of `mode` (the context's entry and exit are not timed; no GC pause inside)."""
-    with mode_context(mode, transformer, model):
+    with mode_context(mode, transformer, model, inputs):
         enabled = gc.isenabled()
         gc.disable()
         try:
@@ -547,6 +664,8 @@ def _timed_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: s
 
 def _statistics(recorder: Any) -> dict[str, np.ndarray]:
     """``{statistic: array [layer, ...]}`` of batch item 0 from a closed `fg.trace` or a `NaiveRecorder`."""
+    if isinstance(recorder, EditRun):
+        return {}
     if isinstance(recorder, (NaiveRecorder, NaiveJointRecorder)):
         return {v: torch.stack([per[i] for i in sorted(per)]).numpy() for v, per in recorder.values.items()}
     ds = recorder.dataset.sel(branch="cond").isel(step=0)
@@ -555,17 +674,22 @@ def _statistics(recorder: Any) -> dict[str, np.ndarray]:
 
 def _measured_forward(transformer: torch.nn.Module, inputs: dict[str, Any], mode: str, model: str = "wan"
                       ) -> dict[str, Any]:
-    """FLOPs (total and per op), peak live bytes and the recorded statistics of one forward of `mode`."""
+    """FLOPs (total and per op), peak live bytes, the output and the recorded statistics of one forward of
+    `mode` (an edit mode's priming forward is neither counted nor metered; its cache's size is reported)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     ensure_cpu_attention_flops()
-    with mode_context(mode, transformer, model) as recorder:
+    cache_bytes = None
+    with mode_context(mode, transformer, model, inputs) as recorder:
         with FlopCounterMode(display=False) as counter, LiveBytesMeter() as meter:
-            transformer(**inputs)
+            output = transformer(**inputs)[0]
+        if isinstance(recorder, EditRun):
+            cache_bytes = recorder.cache_bytes()
     by_op = {str(op): int(v) for op, v in counter.get_flop_counts().get("Global", {}).items()}
     return {
         "flops": int(counter.get_total_flops()), "flops_by_op": by_op, "peak_bytes": int(meter.peak),
-        "statistics": {} if recorder is None else _statistics(recorder),
+        "statistics": {} if recorder is None else _statistics(recorder), "output": output,
+        "cache_bytes": cache_bytes,
     }
 
 
@@ -584,6 +708,7 @@ def run_benchmark(
     *,
     model: str = "wan",
     modes: Sequence[str] | None = None,
+    edit: bool = False,
     frame_hw: tuple[int, int] | None = None,
     num_layers: int = 4,
     num_double: int = 2,
@@ -599,8 +724,10 @@ def run_benchmark(
         tokens: token counts N; each a whole number of latent frames of `frame_hw`.
         repeats: interleaved timing repeats; ``wall_s`` is their median.
         model: ``"wan"`` (the tiny Wan stack) or ``"hunyuan"`` (the joint-attention proxy).
-        modes: which of the model's modes (`MODEL_MODES`) to run, all by default; ``recorder_bytes`` needs
+        modes: which of the model's modes (`MODEL_MODES`, and for Wan the edit modes of `edit_modes`) to run;
+            by default all of `MODEL_MODES`, or all of `edit_modes` with `edit`; ``recorder_bytes`` needs
             ``"plain"``.
+        edit: the edit benchmark (Wan only): plain against `fg.FocalGuidance` on 1 .. blocks - 1 layers.
         frame_hw: latent frame (Y, X); by default the largest of `FRAME_SIZES` that divides every N.
         num_layers: the tiny Wan transformer's blocks.
         num_double, num_single: the tiny HunyuanVideo transformer's double- and single-stream blocks.
@@ -611,16 +738,27 @@ def run_benchmark(
     Returns:
         Records with keys ``model, n_tokens, mode, grid, flops, flops_by_op, peak_bytes, recorder_bytes, wall_s,
         wall_s_all`` and the model size (``num_layers`` counts every attention block; for the joint proxy also
-        ``num_double, num_single, context_rows, context_image, context_real``).
+        ``num_double, num_single, context_rows, context_image, context_real``); edit modes add ``edit,
+        edited_layers, edit_record, cache_bytes, max_abs_diff_vs_plain``.
     """
     from .testing import tiny_hunyuan_transformer, tiny_wan_transformer
 
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; models are {MODELS}")
-    modes = MODEL_MODES[model] if modes is None else tuple(modes)
-    unknown = [m for m in modes if m not in MODEL_MODES[model]]
+    if (edit or any(_is_edit(m) for m in modes or ())) and model != "wan":
+        raise ValueError("the edit benchmark runs on the Wan stack only (its joint-attention "
+                         "version is not written yet)")
+    if modes is None:
+        modes = edit_modes(num_layers) if edit else MODEL_MODES[model]
+    modes = tuple(modes)
+    unknown = [m for m in modes if m not in MODEL_MODES[model] and not _is_edit(m)]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown} for {model!r}; modes are {MODEL_MODES[model]}")
+        raise ValueError(f"unknown mode(s) {unknown} for {model!r}; modes are {MODEL_MODES[model]}"
+                         + (" and the edit modes (fg{k}, anchor{k}, cache{k}, fg{k}_rec)" if model == "wan" else ""))
+    for m in modes:
+        parsed = parse_edit_mode(m)
+        if parsed is not None and not 1 <= parsed[1] < num_layers:
+            raise ValueError(f"edit mode {m!r}: k must be 1 .. {num_layers - 1} (the last block is the source)")
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     tokens = sorted(dict.fromkeys(int(n) for n in tokens))
@@ -663,6 +801,7 @@ def run_benchmark(
             say(f"{model} N={n} (grid {grid[0]}x{grid[1]}x{grid[2]}): {time.perf_counter() - t0:.1f} s")
             base = measured["plain"]["peak_bytes"] if "plain" in measured else None
             reference = next((measured[m]["statistics"] for m in ("traced_ref", "traced") if m in measured), None)
+            plain_out = measured["plain"]["output"] if "plain" in measured else None
             for mode in modes:
                 m = measured[mode]
                 record = {
@@ -673,6 +812,12 @@ def run_benchmark(
                     "wall_s_all": times[mode], "flops_by_op": m["flops_by_op"],
                     **size, "load_avg_1min": load,
                 }
+                parsed = parse_edit_mode(mode)
+                if parsed is not None:
+                    record |= {"edit": parsed[0], "edited_layers": parsed[1], "edit_record": parsed[2],
+                               "source_layer": num_layers - 1, "cache_bytes": m["cache_bytes"],
+                               "max_abs_diff_vs_plain": None if plain_out is None else
+                               float((m["output"] - plain_out).abs().max())}
                 if mode == "naive" and reference is not None:
                     # the positive control computes the same statistics as fglens: by how much they differ
                     record["max_abs_diff_vs_fglens"] = max_abs_difference(m["statistics"], reference)
@@ -734,7 +879,98 @@ def verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | Non
     (the joint proxy's targets are prefixed ``joint proxy:``)."""
     out: list[tuple[str, bool | None, str]] = []
     for model, group in _by_model(records).items():
-        out += _model_verdicts(group, _LABEL[model])
+        recording, edits = _split(group)
+        if recording:
+            out += _model_verdicts(recording, _LABEL[model])
+        if edits:
+            out += _edit_verdicts(edits)
+    return out
+
+
+def _split(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """(the recording benchmark's records, the edit benchmark's records) of one model, each with the plain ones;
+    a part is empty when none of its modes other than plain was run."""
+    plain = [r for r in records if r["mode"] == "plain"]
+    recording = [r for r in records if r["mode"] != "plain" and not _is_edit(r["mode"])]
+    edits = [r for r in records if _is_edit(r["mode"])]
+    if not recording and not edits:
+        recording = plain  # plain alone: the recording tables, as before
+    return ([*plain, *recording] if recording else []), ([*plain, *edits] if edits else [])
+
+
+def edit_overheads(records: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, dict[str, Any]]]:
+    """Per N and per quantity (``flops``, ``wall_s``, ``peak_bytes``): the overhead of FocalGuidance per edited
+    layer, as a fraction of the plain step.
+
+    ``per_k[k]`` = (fg{k}/plain - 1) / k for each measured k; ``fit`` = the least-squares slope of fg{k}/plain - 1
+    over k through 0 (sum k·(r_k - 1) / sum k²), the marginal cost of one more edited layer; ``anchor`` and
+    ``cache`` = anchor1/plain - 1 and cache1/plain - 1 (one layer each). None where not measured.
+
+    Example:
+        >>> recs = [{"n_tokens": 960, "mode": "plain", "flops": 100, "wall_s": 1.0, "peak_bytes": 10},
+        ...         {"n_tokens": 960, "mode": "fg1", "flops": 102, "wall_s": 1.0, "peak_bytes": 10},
+        ...         {"n_tokens": 960, "mode": "fg2", "flops": 104, "wall_s": 1.0, "peak_bytes": 10}]
+        >>> o = edit_overheads(recs)[960]["flops"]
+        >>> round(o["fit"], 4), {k: round(v, 4) for k, v in o["per_k"].items()}
+        (0.02, {1: 0.02, 2: 0.02})
+    """
+    idx = _index(records)
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for n in sorted({n for n, _ in idx}):
+        ks = sorted(p[1] for (m_n, m) in idx if m_n == n and (p := parse_edit_mode(m)) and p[0] == "fg" and not p[2])
+        out[n] = {}
+        for key in ("flops", "wall_s", "peak_bytes"):
+            excess = {k: r - 1 for k in ks if (r := _ratio(idx, n, f"fg{k}", key)) is not None}
+            single = {name: None if (r := _ratio(idx, n, f"{name}1", key)) is None else r - 1
+                      for name in ("anchor", "cache")}
+            out[n][key] = {
+                "per_k": {k: e / k for k, e in excess.items()},
+                "fit": sum(k * e for k, e in excess.items()) / sum(k * k for k in excess) if excess else None,
+                **single,
+            }
+    return out
+
+
+def edit_flops_per_layer(record: Mapping[str, Any]) -> dict[str, int]:
+    """The FLOPs one edited layer adds, by the kernel formula (2·H·N·T per head dimension, for Q·K and P·V):
+
+    * ``cache``: one more text-attention call with the source's Q and K over all 512 padded text rows,
+      ``4·H·N·512·D``;
+    * ``anchor``: its one bias dimension, padded with the head dimension to a multiple of 8, in the text call's
+      Q·K and (zero) V columns, ``4·H·N·512·e`` with ``e = 1 + (-(D + 1) mod 8)``.
+    """
+    h, n, d = record["heads"], record["n_tokens"], record["head_dim"]
+    extra = 1 + (-(d + 1)) % 8
+    return {"cache": 4 * h * n * TEXT_ROWS * d, "anchor": 4 * h * n * TEXT_ROWS * extra}
+
+
+def cache_qk_bytes(record: Mapping[str, Any]) -> int:
+    """What the cache should hold for one source layer (batch 1, float32): the source's text-attention queries
+    ``[N, H, D]`` and keys ``[512, H, D]`` and nothing else (no map)."""
+    return 4 * (record["n_tokens"] + TEXT_ROWS) * record["heads"] * record["head_dim"]
+
+
+def _edit_verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    over = edit_overheads(records)
+    big = [n for n in over if n >= FLOP_TARGET_MIN_N and over[n]["flops"]["fit"] is not None]
+    out: list[tuple[str, bool | None, str]] = []
+    for key, what in (("flops", "FLOP"), ("wall_s", "CPU time")):
+        fits = {n: over[n][key]["fit"] for n in big}
+        note = "" if key == "flops" else " (DESIGN.md §5 sets this for a GPU; CPU times are only a proxy)"
+        out.append((
+            f"editing {what} overhead per edited layer <= {EDIT_TARGET:.0%} of the step for N >= {FLOP_TARGET_MIN_N}"
+            f" (fg{{k}} over k, least-squares slope){note}",
+            all(f <= EDIT_TARGET for f in fits.values()) if fits else None,
+            ", ".join(f"N={n}: {f:+.2%}" for n, f in fits.items()) or f"no N >= {FLOP_TARGET_MIN_N} measured",
+        ))
+    cached = [r for r in records if r.get("cache_bytes")]
+    exact = all(r["cache_bytes"] == cache_qk_bytes(r) for r in cached)
+    out.append((
+        "the cache holds the source's Q and K only (4·(N + 512)·H·D bytes, no map)",
+        exact if cached else None,
+        ", ".join(f"N={n}: {r['cache_bytes'] / 2**20:.3f} MiB" for n, r in
+                  sorted({r["n_tokens"]: r for r in cached}.items())) or "no cache measured",
+    ))
     return out
 
 
@@ -791,7 +1027,13 @@ def _title(sample: Mapping[str, Any]) -> str:
 
 def format_report(records: Sequence[Mapping[str, Any]]) -> str:
     """The printed tables and verdict lines: one section per model, then every verdict."""
-    sections = [_format_model(group) for group in _by_model(records).values()]
+    sections = []
+    for group in _by_model(records).values():
+        recording, edits = _split(group)
+        if recording:
+            sections.append(_format_model(recording))
+        if edits:
+            sections.append(_format_edit(edits))
     lines = ["\n\n".join(sections), ""]
     for target, ok, numbers in verdicts(records):
         tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
@@ -856,6 +1098,79 @@ def _format_model(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _format_edit(records: Sequence[Mapping[str, Any]]) -> str:
+    idx = _index(records)
+    ns = sorted({n for n, _ in idx})
+    modes = [m for m in dict.fromkeys(r["mode"] for r in records) if _is_edit(m)]
+    sample = next(r for r in records if _is_edit(r["mode"]))
+    layers, src = sample["num_layers"], sample["source_layer"]
+    fy, fx = sample["grid"][1:]
+    region = anchor_region((fy, fx))
+    rec = [m for m in modes if parse_edit_mode(m)[2]]
+    lines = [
+        _title(sample).replace("fglens bench:", "fglens bench --edit: fg.FocalGuidance on", 1),
+        f"edit: AnchorMask({EDIT_WORD!r} = text token {WORDS[EDIT_WORD][0]}, {int(region.sum())} of the {fy}x{fx} "
+        f"latent tokens per frame, strength {EDIT_STRENGTH}) then CacheTransfer(src blocks.{src}, alpha {EDIT_ALPHA}, "
+        f"from the previous step) on blocks 0..k-1, every step;",
+        "each edited forward is timed in the steady state (an untimed forward at another timestep fills the cache); "
+        f"Record(words={{{EDIT_WORD!r}: {WORDS[EDIT_WORD]}}}, stats=()) records nothing"
+        + (f"; {', '.join(rec)} also record{'s' if len(rec) == 1 else ''} Record(stats=('word_mass',)) on every block"
+           if rec else ""),
+        "",
+        "ratio over plain (FLOPs, time, peak memory):",
+    ]
+    head = f"{'N':>6}{'grid':>12}" + "".join(f" | {m:^20}" for m in modes)
+    lines += [head, "-" * len(head)]
+    for n in ns:
+        grid = next(r["grid"] for (k, _), r in idx.items() if k == n)
+        row = f"{n:>6}{'x'.join(map(str, grid)):>12}"
+        for m in modes:
+            flops, wall, peak = (_ratio(idx, n, m, key) for key in ("flops", "wall_s", "peak_bytes"))
+            row += f" | {_fmt(flops, '.3f'):>7}{_fmt(wall, '.3f'):>7}{_fmt(peak, '.2f'):>6}"
+        lines.append(row)
+
+    over = edit_overheads(records)
+    ks = sorted({k for n in over for k in over[n]["flops"]["per_k"]})
+    pct = lambda x: _fmt(None if x is None else 100 * x, "+.2f")  # noqa: E731
+    lines += ["", f"overhead per edited layer, % of the plain step: (fg{{k}}/plain - 1)/k; fit = least-squares slope "
+              f"over k; block = fit x {layers} blocks (% of one block); anchor1, cache1: ratio - 1 with one layer"]
+    cols = [f"k={k}" for k in ks] + ["fit", "block"]
+    block = "".join(f"{c:>7}" for c in cols)
+    head1 = f"{'':>6} | {'FLOPs':^{len(block)}} | {'time':^{len(block)}} | {'anchor1':^14} | {'cache1':^14}"
+    head2 = f"{'N':>6} | {block} | {block} | {'FLOPs':>7}{'time':>7} | {'FLOPs':>7}{'time':>7}"
+    lines += [head1, head2, "-" * len(head2)]
+    for n in ns:
+        row = f"{n:>6}"
+        for key in ("flops", "wall_s"):
+            o = over[n][key]
+            vals = [o["per_k"].get(k) for k in ks] + [o["fit"], None if o["fit"] is None else o["fit"] * layers]
+            row += " | " + "".join(f"{pct(v):>7}" for v in vals)
+        for name in ("anchor", "cache"):
+            row += " | " + "".join(f"{pct(over[n][key][name]):>7}" for key in ("flops", "wall_s"))
+        lines.append(row)
+
+    lines += ["", "absolute values (GFLOP, median s, peak MiB; extra = peak - plain peak; cache = the source's Q and K "
+              "held between steps, invisible to the peak; max |out - plain| = the edit took effect):"]
+    head = (f"{'N':>6} {'mode':<9}{'GFLOP':>9}{'s':>9}{'MiB':>9}{'extra MiB':>11}{'cache MiB':>11}"
+            f"{'max |out - plain|':>19}")
+    lines += [head, "-" * len(head)]
+    for n in ns:
+        for m in ("plain", *modes):
+            r = idx.get((n, m))
+            if r is None:
+                continue
+            extra = None if r.get("recorder_bytes") is None else r["recorder_bytes"] / 2**20
+            cache = None if r.get("cache_bytes") is None else r["cache_bytes"] / 2**20
+            lines.append(f"{n:>6} {m:<9}{r['flops'] / 1e9:>9.2f}{r['wall_s']:>9.3f}{r['peak_bytes'] / 2**20:>9.2f}"
+                         f"{_fmt(extra, '.2f'):>11}{_fmt(cache, '.3f'):>11}"
+                         f"{_fmt(r.get('max_abs_diff_vs_plain'), '.3g'):>19}")
+    loads = [r.get("load_avg_1min") for r in records if r.get("load_avg_1min") is not None]
+    if loads:
+        lines.append(f"1-minute load average during the run: {min(loads):.2f} to {max(loads):.2f} "
+                     f"on {os.cpu_count()} CPUs (timings are only comparable on an otherwise idle machine)")
+    return "\n".join(lines)
+
+
 def joint_recompute_flops(record: Mapping[str, Any]) -> dict[str, int]:
     """The Q·K FLOPs that fglens' joint recorder spends per forward recomputing video-query x context-key
     logits (2·H·N·D per key and block), split by context segment: image tokens, real text, masked padding.
@@ -907,12 +1222,17 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"fglens bench: {exc}", file=sys.stderr)
         return 2
-    models = MODELS if choice == "all" else (choice,)
+    edit = bool(getattr(args, "edit", False))
+    if edit and choice == "hunyuan":
+        print("fglens bench: --edit runs on the Wan stack only (no joint-attention edit benchmark yet)",
+              file=sys.stderr)
+        return 2
+    models = ("wan",) if edit else MODELS if choice == "all" else (choice,)
     start = time.perf_counter()
     records: list[dict[str, Any]] = []
     try:
         for model in models:
-            records += run_benchmark(tokens, args.repeats, model=model,
+            records += run_benchmark(tokens, args.repeats, model=model, edit=edit,
                                      log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except ValueError as exc:
         print(f"fglens bench: {exc}", file=sys.stderr)
@@ -932,6 +1252,14 @@ def main(args: argparse.Namespace) -> int:
                           f"(2·H·N·D per key and block, {r['num_layers']} blocks): {done / 1e6:.1f} MFLOP = image "
                           f"{split['image'] / 1e6:.1f} + real text {split['real text'] / 1e6:.1f} "
                           f"(masked padding skipped: {split['masked padding'] / 1e6:.1f})")
+    edits = [r for r in records if r.get("edit") == "fg" and not r.get("edit_record")]
+    if edits:
+        top = max(edits, key=lambda r: (r["n_tokens"], r["edited_layers"]))
+        plain = _index(records)[top["n_tokens"], "plain"]
+        ops = ", ".join(f"{op} {d / 1e6:+.1f} MFLOP" for op, d in top_flop_ops(top, plain) if d)
+        per = edit_flops_per_layer(top)
+        print(f"  {top['mode']} FLOP overhead at N={top['n_tokens']} by op: {ops}; by formula per edited layer: "
+              f"cache {per['cache'] / 1e6:.1f} + anchor {per['anchor'] / 1e6:.1f} MFLOP")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -3,6 +3,7 @@
 Examples:
     fglens demo --out demo/          # record a run on the built-in tiny Wan I2V pipeline, print a table
     fglens bench --json bench.json   # plain vs traced vs naive recorder at several token counts
+    fglens bench --edit              # plain vs fg.FocalGuidance on 1, 2, ... edited layers
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="time, FLOPs and peak memory: plain vs traced vs a naive materialising recorder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  fglens bench --json bench.json\n  fglens bench --model hunyuan --tokens 960,1920",
+        epilog="example:\n  fglens bench --json bench.json\n  fglens bench --model hunyuan --tokens 960,1920\n"
+        "  fglens bench --edit",
     )
     bench.add_argument("--json", default=None, help="also write one record per (N, mode) to this file")
     bench.add_argument("--tokens", default="960,1920,3840,7680", help="comma-separated token counts N")
@@ -93,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", choices=("wan", "hunyuan", "all"), default="all",
         help="wan: the tiny Wan stack (separate text/image cross-attention); hunyuan: the joint-attention proxy "
         "(tiny HunyuanVideo, one softmax over [video | context]); all: both (default)",
+    )
+    bench.add_argument(
+        "--edit", action="store_true",
+        help="instead of recording, price fg.FocalGuidance (anchor + cache transfer) on the Wan stack: plain vs "
+        "1 .. blocks-1 edited layers, the anchor alone and the cache alone; FLOPs, time and memory per edited layer",
     )
     bench.set_defaults(func=_bench)
     return parser

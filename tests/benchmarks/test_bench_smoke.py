@@ -173,3 +173,95 @@ def test_cli_rejects_bad_tokens(capsys) -> None:
 
     assert cli.main(["bench", "--tokens", "161", "--repeats", "1"]) == 2
     assert "multiple" in capsys.readouterr().err
+
+
+# -- the edit benchmark (FocalGuidance on the Wan stack) --------------------------------------------------------
+EDIT_LAYERS = 3  # blocks 0, 1 edited at most; block 2 is the cache's source
+
+
+@pytest.fixture(scope="module")
+def edit_records() -> list[dict]:
+    return bench.run_benchmark(TOKENS, repeats=1, frame_hw=(8, 10), num_layers=EDIT_LAYERS, edit=True)
+
+
+def test_edit_modes() -> None:
+    assert bench.edit_modes(3) == ("plain", "fg1", "fg2", "anchor1", "cache1", "fg2_rec")
+    assert bench.parse_edit_mode("fg2_rec") == ("fg", 2, True)
+    assert bench.parse_edit_mode("traced") is None
+    with pytest.raises(ValueError, match="at least 2 blocks"):
+        bench.edit_modes(1)
+    with pytest.raises(ValueError, match="k must be"):
+        bench.run_benchmark([80], modes=("plain", "fg3"), num_layers=3)
+    with pytest.raises(ValueError, match="Wan stack only"):
+        bench.run_benchmark([80], model="hunyuan", edit=True)
+
+
+def test_edit_records(edit_records: list[dict]) -> None:
+    by = _by(edit_records)
+    assert sorted(by) == sorted((n, m) for n in TOKENS for m in bench.edit_modes(EDIT_LAYERS))
+    for n in TOKENS:
+        plain = by[n, "plain"]
+        for m in ("fg1", "fg2", "anchor1", "cache1", "fg2_rec"):
+            r = by[n, m]
+            for key in (*KEYS, "edit", "edited_layers", "cache_bytes", "max_abs_diff_vs_plain"):
+                assert key in r, key
+            assert r["flops"] > plain["flops"] and r["wall_s"] > 0
+            assert r["max_abs_diff_vs_plain"] > 0  # the edit took effect (the cache too: fg1 differs from anchor1)
+        assert by[n, "fg1"]["max_abs_diff_vs_plain"] != by[n, "anchor1"]["max_abs_diff_vs_plain"]
+        # a minimal Record changes nothing in the output
+        assert by[n, "fg2_rec"]["max_abs_diff_vs_plain"] == by[n, "fg2"]["max_abs_diff_vs_plain"]
+
+
+def test_edit_flops_match_the_kernel_formula(edit_records: list[dict]) -> None:
+    by = _by(edit_records)
+    for n in TOKENS:
+        plain = by[n, "plain"]["flops"]
+        per = bench.edit_flops_per_layer(by[n, "plain"])
+        assert by[n, "anchor1"]["flops"] - plain == per["anchor"]
+        assert by[n, "cache1"]["flops"] - plain == per["cache"]  # one more text-attention call, nothing else
+        for k in (1, 2):
+            assert by[n, f"fg{k}"]["flops"] - plain == k * (per["anchor"] + per["cache"])
+
+
+def test_edit_cache_holds_only_the_source_qk(edit_records: list[dict]) -> None:
+    by = _by(edit_records)
+    for n in TOKENS:
+        assert by[n, "anchor1"]["cache_bytes"] == 0
+        for m in ("fg1", "fg2", "cache1"):
+            assert by[n, m]["cache_bytes"] == bench.cache_qk_bytes(by[n, m]) > 0
+
+
+def test_edit_overhead_per_layer_is_computed(edit_records: list[dict]) -> None:
+    over = bench.edit_overheads(edit_records)
+    assert sorted(over) == TOKENS
+    for n in TOKENS:
+        flops = over[n]["flops"]
+        assert sorted(flops["per_k"]) == [1, 2]
+        assert flops["fit"] > 0 and all(v > 0 for v in flops["per_k"].values())
+        assert flops["per_k"][1] == pytest.approx(flops["per_k"][2])  # every edited layer costs the same FLOPs
+        assert flops["anchor"] > 0 and flops["cache"] > 0
+        for key in ("wall_s", "peak_bytes"):
+            assert over[n][key]["fit"] is not None and np.isfinite(over[n][key]["fit"])
+
+
+def test_edit_report(edit_records: list[dict], records: list[dict]) -> None:
+    text = bench.format_report(edit_records)
+    assert "fglens bench --edit" in text and "overhead per edited layer" in text
+    assert "traced/plain" not in text  # no recording section without recording modes
+    verdicts = [line for line in text.splitlines() if line[:4] in ("PASS", "FAIL", "N/A ")]
+    assert len(verdicts) == 3
+    assert verdicts[2].startswith("PASS") and "Q and K only" in verdicts[2]
+    both = bench.format_report(records + edit_records)
+    assert "traced/plain" in both and "fglens bench --edit" in both
+
+
+def test_cli_edit(tmp_path, capsys) -> None:
+    from fglens import cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--edit", "--tokens", "80", "--repeats", "1", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["mode"] for r in data] == list(bench.edit_modes(4))
+    assert {r["model"] for r in data} == {"wan"}
+    assert "overhead per edited layer" in capsys.readouterr().out
+    assert cli.main(["bench", "--edit", "--model", "hunyuan", "--tokens", "80"]) == 2
