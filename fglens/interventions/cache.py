@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..trace.editing import bias_logits
+from ..trace.probs import key_logits
 from ..trace.record import resolve_layers
 from .base import EditCall
 from .scope import Where
@@ -192,9 +193,5 @@ class CacheTransfer(_Scoped):
 
 def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:
     """exp(logits - lse): probabilities [B, H, N, T] of queries [B, N, H, D] on keys [B, T, H, D]."""
-    logits = torch.einsum("bnhd,bthd->bhnt", q.to(torch.float32), k.to(torch.float32)) * scale
-    if key_bias is not None:
-        logits = logits + key_bias[:, None, None, :]
-    if edit_bias is not None:
-        logits = logits + edit_bias
-    return torch.exp(logits - lse[..., None])
+    logits = key_logits(q, k, scale, key_bias)
+    return torch.exp((logits if edit_bias is None else logits + edit_bias) - lse[..., None])

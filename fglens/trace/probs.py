@@ -63,6 +63,16 @@ def chunk_probs(
 
 
 
+def key_logits(
+    query: torch.Tensor, key: torch.Tensor, scale: float | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """float32 logits ``[B, H, n, T]`` of queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``, plus a key bias
+    ``[B, T]`` (e.g. -inf for masked padding)."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    out = torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32)) * scale
+    return out if bias is None else out + bias[:, None, None, :]
+
+
 def frames_per_chunk(grid: tuple[int, int, int], bytes_per_token: int, budget_bytes: int) -> int:
     """How many whole frames of queries fit in `budget_bytes` when each query token costs `bytes_per_token`."""
     _, ny, nx = grid

@@ -8,7 +8,6 @@ layer. Nothing is read on the host: results stay device tensors until the forwar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from .probs import (
     frame_chunks,
     frames_per_chunk,
     key_bias,
+    key_logits,
     logsumexp_over_keys,
     padding_is_uniform,
     row_logsumexp,
@@ -287,7 +287,7 @@ class Recorder:
         r0 = seg.video_queries[0]
 
         def edited(a: int, z: int, keys: torch.Tensor, key_bias: torch.Tensor | None, c0: int) -> torch.Tensor:
-            logits = _logits(q[:, a:z], keys, scale, key_bias)
+            logits = key_logits(q[:, a:z], keys, scale, key_bias)
             extra_bias = bias_logits(biases, slice(r0 + a, r0 + z), slice(c0, c0 + keys.shape[1]), fwd.index)
             return logits if extra_bias is None else logits + extra_bias
 
@@ -403,11 +403,3 @@ class Recorder:
                         index[p, w] = 1.0
             self._index_cache[key] = index.to(device)
         return self._index_cache[key]
-
-
-
-def _logits(q: torch.Tensor, k: torch.Tensor, scale: float | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """float32 logits ``[B, H, n, T]`` of queries ``[B, n, H, D]``, keys ``[B, T, H, D]`` and a key bias ``[B, T]``."""
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out = torch.einsum("bnhd,bthd->bhnt", q.to(torch.float32), k.to(torch.float32)) * scale
-    return out if bias is None else out + bias[:, None, None, :]
