@@ -132,13 +132,9 @@ class CacheTransfer(_Scoped):
         if source is None:
             return out
         mixed = call.kernel(*source, call.value)
-        weight = (self.alpha * call.rows_mask(self.where))[..., None].to(out.dtype)
-        return out + weight * (mixed - out)
-
-    def mix_for_recorder(self, call: EditCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(weight [B, N, H], source queries, source keys) of the mix at this call, for post-edit recording."""
-        source = self._source(call)
-        return None if source is None else (self.alpha * call.rows_mask(self.where), *source)
+        weight = self.alpha * call.rows_mask(self.where)
+        call.mixes.append((weight, *source))  # what recorders need to see the mixed map
+        return out + weight[..., None].to(out.dtype) * (mixed - out)
 
     # -- joint attention: the text block is replaced, the rest of each row rescaled to keep its sum at 1 -------
     def _joint_terms(self, call: EditCall):
@@ -181,14 +177,8 @@ class CacheTransfer(_Scoped):
         mixed = ratio[..., None] * (rows - o_dst) + o_dst + weight[..., None] * (o_src - o_dst)
         edited = out.clone()
         edited[:, r0:r1] = torch.where(weight[..., None] > 0, mixed, rows).to(out.dtype)
+        call.joint_mixes.append((weight, p_src))  # what recorders need to see the mixed map
         return edited
-
-    def joint_mix_for_recorder(self, call: EditCall):
-        """(weight [B, N, H], source text probabilities [B, H, N, T]) at a joint destination, for recorders."""
-        if call.site.kind != "joint" or call.site.layer not in self._source_of:
-            return None
-        terms = self._joint_terms(call)
-        return None if terms is None else (terms[2], terms[1])
 
 
 def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:

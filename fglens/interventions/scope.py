@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..trace.context import BRANCHES, ForwardContext
+from ..trace.context import BRANCHES
 
 Steps = Sequence[int] | tuple[float, float] | range | None
 
@@ -71,10 +71,6 @@ class Where:
 
     def has_branch(self, branch: str) -> bool:
         return self.branches is None or branch in self.branches
-
-    def covers(self, ctx: ForwardContext) -> bool:
-        """Does this forward fall in the scope's steps (branches are checked per batch item)?"""
-        return self.has_step(ctx.step, ctx.num_steps)
 
     def restrict(self, **kwargs: Any) -> Where:
         """A copy with some fields replaced."""

@@ -43,9 +43,6 @@ class StepSource:
         self._step = -1
         self._taken = 0  # scheduler.step calls since set_timesteps, for schedulers without step_index
 
-    def reset(self) -> None:
-        self._last_t, self._step = None, -1
-
     def install(self) -> Callable[[], None]:
         """Count `scheduler.step` calls where the scheduler keeps no `step_index`; return the remover."""
         s = self.scheduler

@@ -94,9 +94,19 @@ class EditCall:
     #: set once the kernel has run: the row log-sum-exp [B, H, S_q] (when asked for) and the summed biases
     lse: torch.Tensor | None = None
     biases: list = field(default_factory=list)
+    #: filled by cache transfers for recorders: Wan (weight [B, N, H], source q, source k); joint (weight, source P)
+    mixes: list = field(default_factory=list)
+    joint_mixes: list = field(default_factory=list)
+    _rows: dict = field(default_factory=dict, repr=False)
 
     def rows_mask(self, where: Where) -> torch.Tensor:
-        """``[B, N_queries, H]`` float mask of the query rows, heads and batch items inside `where`."""
+        """``[B, N_queries, H]`` float mask of the query rows, heads and batch items inside `where` (built once per
+        call and scope)."""
+        if where not in self._rows:
+            self._rows[where] = self._build_rows_mask(where)
+        return self._rows[where]
+
+    def _build_rows_mask(self, where: Where) -> torch.Tensor:
         b, nq, h, _ = self.query.shape
         mask = self.query.new_zeros((b, nq, h), dtype=torch.float32)
         r0, r1 = self.video_rows

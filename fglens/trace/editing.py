@@ -93,9 +93,7 @@ class Editor:
         call.lse, call.biases = lse, biases
         for part in parts:
             out = part.edit_output(call, out)
-        mixes = [m for part in parts if (m := getattr(part, "mix_for_recorder", lambda c: None)(call)) is not None]
-        joint = [m for part in parts if (m := getattr(part, "joint_mix_for_recorder", lambda c: None)(call))]
-        return out, lse, {"biases": biases, "mixes": mixes, "joint_mixes": joint}
+        return out, lse, {"biases": biases, "mixes": call.mixes, "joint_mixes": call.joint_mixes}
 
 
 def augment(
