@@ -30,14 +30,22 @@ from .store import open_run  # noqa: E402
 from .trace import Record, Trace, trace  # noqa: E402
 
 
+#: heavy or optional submodules, loaded on first use
+_LAZY_MODULES = ("testing", "cli", "bench", "anchors", "nnsight", "plot", "diagnose", "sweep", "eval")
+#: public names that live in a lazily loaded module
+_LAZY_NAMES = {"find_weak_layers": "diagnose", "WeakLayers": "diagnose", "open_runs": "store"}
+
+
 def __getattr__(name: str) -> Any:
-    # heavy or optional submodules load on first use
-    if name in ("testing", "cli", "bench", "anchors", "nnsight"):
+    if name in _LAZY_MODULES:
         return import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
     raise AttributeError(f"module 'fglens' has no attribute {name!r}")
 
 
 __all__ = [
     "Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Record", "Scale", "Trace", "Where",
     "__version__", "adapters", "compose", "open_run", "stats", "store", "trace",
+    "WeakLayers", "find_weak_layers",
 ]

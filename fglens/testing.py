@@ -507,3 +507,53 @@ def tiny_cogvideox_pipeline(*, num_layers: int = 2, rotary: bool = True, seed: i
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recorded runs
+# --------------------------------------------------------------------------------------------------------------
+
+TINY_PROMPT = "a dog jumps over the red fence"
+
+
+def tiny_call_kwargs(family: str = "wan", *, steps: int = 2, seed: int = 0) -> dict:
+    """The keyword arguments of a small pipeline call on the tiny pipeline of `family` ("wan" or "hunyuan")."""
+    sizes = {"wan": dict(height=32, width=48, num_frames=5), "hunyuan": dict(height=48, width=80, num_frames=9)}
+    if family not in sizes:
+        raise ValueError(f"family must be one of {sorted(sizes)}; got {family!r}")
+    size = sizes[family]
+    return dict(
+        image=reference_image(width=size["width"], height=size["height"]), prompt=TINY_PROMPT,
+        num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="latent", **size,
+    )
+
+
+def tiny_run(
+    family: str = "wan",
+    *,
+    words: tuple[str, ...] = ("dog", "jumps", "fence"),
+    steps: int = 2,
+    seed: int = 0,
+    maps: bool = True,
+    edit=None,
+    store=None,
+    pipe=None,
+):
+    """Record one run on a tiny pipeline (`family` "wan" or "hunyuan") and return its `xarray.Dataset`.
+
+    Pass `pipe` to reuse a pipeline built once (tests), `edit` for an intervention, `store` to write it.
+
+    Example:
+        >>> import fglens as fg
+        >>> ds = fg.testing.tiny_run("wan", words=("dog",), maps=False)
+        >>> ds.word_mass.dims
+        ('branch', 'step', 'layer', 'word', 'frame')
+    """
+    import fglens as fg
+
+    if pipe is None:
+        pipe = tiny_wan_i2v_pipeline() if family == "wan" else tiny_hunyuan_i2v_pipeline()
+    kwargs = tiny_call_kwargs(family, steps=steps, seed=seed)
+    with fg.trace(pipe, record=fg.Record(words=list(words), maps=maps), edit=edit, store=store) as run:
+        pipe(**kwargs)
+    return run.dataset

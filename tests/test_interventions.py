@@ -189,6 +189,20 @@ def test_focal_guidance_preset_scopes_its_parts(wan_i2v, ref_image):
     assert not np.array_equal(plain, edited)
 
 
+def test_cache_transfer_pairs_each_destination_with_its_nearest_source(wan_i2v, ref_image):
+    """A pool of sources (e.g. `weak.responsive`) with another number of destinations: each destination takes the
+    source nearest in depth, so the result is the explicit one-source transfer, and not the other source's."""
+    def run(edit):
+        with fg.trace(wan_i2v, edit=edit):
+            return _call(wan_i2v, ref_image, steps=2)
+
+    pooled = run(fg.CacheTransfer(src=[3, 0], dst=[1], alpha=0.8))
+    assert np.array_equal(pooled, run(fg.CacheTransfer(src=[0], dst=[1], alpha=0.8)))
+    assert not np.array_equal(pooled, run(fg.CacheTransfer(src=[3], dst=[1], alpha=0.8)))
+    pooled = run(fg.CacheTransfer(src=[0, 3, 1], dst=[2], alpha=0.8))  # tie between 1 and 3: the earlier
+    assert np.array_equal(pooled, run(fg.CacheTransfer(src=[1], dst=[2], alpha=0.8)))
+
+
 def test_clear_errors_before_sampling(wan_i2v, ref_image):
     with pytest.raises(ValueError, match="out of range"):
         fg.trace(wan_i2v, edit=fg.Scale("dog", 2.0, where=fg.Where(layers=[12])))
@@ -197,7 +211,9 @@ def test_clear_errors_before_sampling(wan_i2v, ref_image):
             _call(wan_i2v, ref_image, steps=1)
     assert "check_inputs" not in vars(wan_i2v)
     with pytest.raises(ValueError, match="one source, or one per destination"):
-        fg.CacheTransfer(src=[0, 1], dst=[2, 3, 4])
+        fg.CacheTransfer(src=[0, 1], dst=[2, 3, 4], pairing="zip")
+    with pytest.raises(ValueError, match="pairing must be"):
+        fg.CacheTransfer(src=[0, 1], dst=[2], pairing="closest")
     with pytest.raises(ValueError, match="same_step needs the source before"):
         fg.trace(wan_i2v, edit=fg.CacheTransfer(src=[3], dst=[1], mode="same_step"))
     with pytest.raises(TypeError, match="fg intervention"):

@@ -25,12 +25,17 @@ class CacheTransfer(_Scoped):
     """Mix a source layer's text attention map into destination layers.
 
     Args:
-        src: source layer(s): one for all destinations, or one per destination.
+        src: source layer(s): one for all destinations, one per destination, or a pool of responsive layers
+            from which each destination takes its nearest (see `pairing`).
         dst: destination layer(s).
         alpha: weight of the source map (0 leaves the model untouched, 1 replaces the map).
         mode: ``"auto"`` (same step if the source comes first, else previous step), ``"same_step"``,
             ``"prev_step"``.
         where: further scope (steps, branches, frames, heads); its layers default to `dst`.
+        pairing: ``"auto"`` (one source: every destination; as many sources as destinations: in order;
+            otherwise ``"nearest"``), ``"zip"`` (in order), ``"nearest"`` (each destination takes the source
+            closest to it in depth, the earlier on a tie), so ``CacheTransfer(src=weak.responsive,
+            dst=weak.weak)`` works for any number of each.
 
     Example:
         >>> import fglens as fg
@@ -47,11 +52,17 @@ class CacheTransfer(_Scoped):
         alpha: float = 0.5,
         mode: str = "auto",
         where: Where | None = None,
+        pairing: str = "auto",
     ):
         self.src = [src] if isinstance(src, (int, str)) else list(src)
         self.dst = [dst] if isinstance(dst, (int, str)) else list(dst)
-        if len(self.src) not in (1, len(self.dst)):
-            raise ValueError(f"CacheTransfer needs one source, or one per destination; got {self.src} -> {self.dst}")
+        if not self.src or not self.dst:
+            raise ValueError(f"CacheTransfer needs a source and a destination; got {self.src} -> {self.dst}")
+        if pairing not in ("auto", "zip", "nearest"):
+            raise ValueError(f"pairing must be 'auto', 'zip' or 'nearest'; got {pairing!r}")
+        if pairing == "zip" and len(self.src) not in (1, len(self.dst)):
+            raise ValueError(f"pairing='zip' needs one source, or one per destination; got {self.src} -> {self.dst}")
+        self.pairing = pairing
         if mode not in ("auto", "same_step", "prev_step"):
             raise ValueError(f"mode must be 'auto', 'same_step' or 'prev_step'; got {mode!r}")
         if not 0.0 <= alpha <= 1.0:
@@ -66,14 +77,15 @@ class CacheTransfer(_Scoped):
 
     def spec(self) -> dict[str, Any]:
         return {"type": "CacheTransfer", "src": self.src, "dst": self.dst, "alpha": self.alpha, "mode": self.mode,
-                "where": _where_spec(self.where)}
+                "pairing": self.pairing, "where": _where_spec(self.where)}
 
     def bind(self, layers, per_model, site_kinds) -> None:
         super().bind(layers, per_model, site_kinds)
         src = resolve_layers(self.src, per_model)
         dst = resolve_layers(self.dst, per_model)
         order = {name: i for model in per_model for i, name in enumerate(model)}
-        pairs = list(zip(src * len(dst) if len(src) == 1 else src, dst, strict=True))
+        model_of = {name: m for m, model in enumerate(per_model) for name in model}
+        pairs = _pairs(src, dst, order, model_of, self.pairing)
         self._source_of: dict[str, tuple[str, bool]] = {}
         for s, d in pairs:
             same = order[s] < order[d] if self.mode == "auto" else self.mode == "same_step"
@@ -185,3 +197,18 @@ def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:
     """exp(logits - lse): probabilities [B, H, N, T] of queries [B, N, H, D] on keys [B, T, H, D]."""
     logits = key_logits(q, k, scale, key_bias)
     return torch.exp((logits if edit_bias is None else logits + edit_bias) - lse[..., None])
+
+
+def _pairs(
+    src: list[str], dst: list[str], order: dict[str, int], model_of: dict[str, int], pairing: str
+) -> list[tuple[str, str]]:
+    """(source, destination) pairs: see `CacheTransfer`'s `pairing`; "nearest" prefers a source of the same
+    transformer (Wan2.2's two experts)."""
+    if len(src) == 1:
+        return [(src[0], d) for d in dst]
+    if pairing == "zip" or (pairing == "auto" and len(src) == len(dst)):
+        return list(zip(src, dst, strict=True))
+    def distance(s: str, d: str) -> tuple[bool, int, int]:
+        return model_of[s] != model_of[d], abs(order[s] - order[d]), order[s]
+
+    return [(min(src, key=lambda s: distance(s, d)), d) for d in dst]

@@ -48,8 +48,8 @@ class FocalGuidance(Compose):
                                     where=_merge(anchor.where, scope), regions=anchor.regions))
         if cache is not None:
             dst = cache.dst if layers is None else list(layers)
-            parts.append(CacheTransfer(cache.src if len(cache.src) == 1 or len(cache.src) == len(dst) else cache.src,
-                                       dst, cache.alpha, cache.mode, where=_merge(cache.where, scope)))
+            parts.append(CacheTransfer(cache.src, dst, cache.alpha, cache.mode, where=_merge(cache.where, scope),
+                                       pairing=cache.pairing))
         super().__init__(*parts)
 
     def spec(self) -> dict[str, Any]:

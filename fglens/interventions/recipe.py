@@ -1,0 +1,177 @@
+"""Interventions from plain JSON recipes: what a sweep's spec line, the CLI and the evaluation hand over.
+
+An intervention object holds tensors (anchor masks) that depend on each item's reference image and prompt, so
+files hold a *recipe* instead, and `from_recipe` builds the intervention for one item. Recipes are dicts
+(``{"type": "focal_guidance", "layers": [12, 13], "alpha": 0.5}``); their ``type`` is one of `RECIPES`
+(``-`` and ``_`` are interchangeable), every other key is an argument:
+
+=================  ==============================================================================================
+``focal_guidance``  ``layers`` (required), ``src`` (cache sources; default: none → anchor only), ``alpha`` (0.5),
+                    ``strength`` (anchor, 2.0), ``words`` (default: the item's words), ``steps`` ([0.0, 0.5]),
+                    ``branches`` (["cond"]), ``anchor`` (true), ``clip`` (see below; needed when anchor is true)
+``cache_transfer``  ``src``, ``dst`` (required), ``alpha`` (0.5), ``mode`` ("auto"), ``steps``, ``branches``
+``anchor_mask``     ``words`` (default: the item's), ``strength`` (2.0), ``layers``, ``steps``, ``branches``,
+                    ``clip``
+``scale``           ``words`` (default: the item's), ``factor`` (required), ``layers``, ``steps``, ``branches``
+``ablate``          ``segment`` ("image" | "text", required), ``layers``, ``steps``, ``branches``
+=================  ==============================================================================================
+
+``clip`` is ``{"model": "ViT-H-14", "pretrained": "/path/weights.safetensors"}`` (a local file, as
+`fg.anchors.Clip` takes) or ``"tiny"`` (a random-weight tiny CLIP, for tests and the tiny pipelines only).
+Steps given as a two-element list of floats are fractions of the schedule, as in `fg.Where`.
+
+Example:
+    >>> import fglens as fg
+    >>> from fglens.interventions.recipe import from_recipe
+    >>> edit = from_recipe({"type": "cache-transfer", "src": [3], "dst": [1, 2], "alpha": 0.25})
+    >>> edit.spec()["alpha"]
+    0.25
+    >>> from_recipe({"type": "focal_guidance"})
+    Traceback (most recent call last):
+    ...
+    ValueError: recipe focal_guidance needs 'layers'; ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .anchor import AnchorMask
+from .base import Intervention
+from .cache import CacheTransfer
+from .focal import FocalGuidance
+from .scope import Where
+from .tools import Ablate, Scale
+
+#: recipe types and the keys each accepts
+RECIPES: dict[str, tuple[str, ...]] = {
+    "focal_guidance": ("layers", "src", "alpha", "strength", "words", "steps", "branches", "anchor", "clip"),
+    "cache_transfer": ("src", "dst", "alpha", "mode", "steps", "branches"),
+    "anchor_mask": ("words", "strength", "layers", "steps", "branches", "clip"),
+    "scale": ("words", "factor", "layers", "steps", "branches"),
+    "ablate": ("segment", "layers", "steps", "branches"),
+}
+_REQUIRED = {"focal_guidance": ("layers",), "cache_transfer": ("src", "dst"), "scale": ("factor",),
+             "ablate": ("segment",)}
+
+
+def parse_recipe(recipe: Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+    """Check a recipe (a dict, its JSON text, or None / "none") and return it normalised, without building it.
+
+    Errors name the unknown type or key and list what is accepted, so a sweep can refuse a bad spec line
+    before any sampling starts.
+    """
+    if recipe is None or (isinstance(recipe, str) and recipe.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(recipe, str):
+        try:
+            recipe = json.loads(recipe)
+        except ValueError as exc:
+            raise ValueError(f"an intervention recipe must be JSON; got {recipe!r}: {exc}") from exc
+    if not isinstance(recipe, Mapping):
+        raise ValueError(f"an intervention recipe is a JSON object with a 'type'; got {type(recipe).__name__}")
+    kind = str(recipe.get("type", "")).replace("-", "_").lower()
+    if kind not in RECIPES:
+        raise ValueError(f"unknown intervention type {recipe.get('type')!r}; accepted: {', '.join(RECIPES)}")
+    unknown = sorted(set(recipe) - {"type", *RECIPES[kind]})
+    if unknown:
+        raise ValueError(f"recipe {kind} does not take {unknown}; it accepts {', '.join(RECIPES[kind])}")
+    for key in _REQUIRED.get(kind, ()):
+        if recipe.get(key) is None:
+            raise ValueError(f"recipe {kind} needs {key!r}; it accepts {', '.join(RECIPES[kind])}")
+    return {**recipe, "type": kind}
+
+
+def recipe_layers(recipe: Mapping[str, Any] | str | None) -> list[int | str]:
+    """Every layer a recipe names (to check against a model before sampling)."""
+    parsed = parse_recipe(recipe) or {}
+    out: list[int | str] = []
+    for key in ("layers", "src", "dst"):
+        value = parsed.get(key)
+        if value is not None:
+            out += [value] if isinstance(value, (int, str)) else list(value)
+    return out
+
+
+def _where(recipe: Mapping[str, Any], layers_key: str | None = "layers") -> Where:
+    steps = recipe.get("steps")
+    if isinstance(steps, Sequence) and len(steps) == 2 and any(isinstance(s, float) for s in steps):
+        steps = (float(steps[0]), float(steps[1]))
+    return Where(layers=recipe.get(layers_key) if layers_key else None, steps=steps,
+                 branches=recipe.get("branches"))
+
+
+def _clip(spec: Any, clip: Any) -> Any:
+    if clip is not None:
+        return clip
+    from .. import anchors
+
+    if spec == "tiny":
+        import torch
+
+        torch.manual_seed(0)
+        return anchors.Clip(anchors.tiny_config())
+    if isinstance(spec, Mapping) and "model" in spec:
+        return anchors.Clip(spec["model"], pretrained=spec.get("pretrained"))
+    raise ValueError(
+        "an anchor needs a CLIP model: give the recipe a 'clip' ({\"model\": \"ViT-H-14\", \"pretrained\": "
+        "\"/path/to/weights.safetensors\"}, or \"tiny\" for the tiny test pipelines), or set \"anchor\": false"
+    )
+
+
+def from_recipe(
+    recipe: Mapping[str, Any] | str | None,
+    *,
+    image: Any = None,
+    prompt: str | None = None,
+    words: Sequence[str] | None = None,
+    clip: Any = None,
+    size: tuple[int, int] | None = None,
+) -> Intervention | None:
+    """Build the intervention a recipe describes for one item (None for no intervention).
+
+    Args:
+        recipe: a dict, its JSON text, or None / ``"none"``.
+        image, prompt, words: the item (anchors need the reference image, the prompt and the words).
+        clip: an `fg.anchors.Clip` to use instead of the recipe's ``clip`` entry (load it once for many items).
+        size: the video's (height, width), so the anchor lands on the right latent grid (default: the image's).
+    """
+    parsed = parse_recipe(recipe)
+    if parsed is None:
+        return None
+    kind = parsed["type"]
+    item_words = list(parsed.get("words") or words or [])
+    if kind == "cache_transfer":
+        return CacheTransfer(parsed["src"], parsed["dst"], float(parsed.get("alpha", 0.5)),
+                             parsed.get("mode", "auto"), where=_where(parsed, None))
+    if kind == "ablate":
+        return Ablate(parsed["segment"], where=_where(parsed))
+    if kind == "scale":
+        _need_words(kind, item_words)
+        return Scale(item_words, float(parsed["factor"]), where=_where(parsed))
+    anchor = None
+    if kind == "anchor_mask" or parsed.get("anchor", True):
+        _need_words(kind, item_words)
+        if image is None or prompt is None:
+            raise ValueError(f"recipe {kind} builds a CLIP anchor: it needs the item's image and prompt")
+        height, width = size if size is not None else (None, None)
+        where = _where(parsed) if kind == "anchor_mask" else None
+        anchor = AnchorMask.from_clip(image, prompt, words=item_words, clip=_clip(parsed.get("clip"), clip),
+                                      strength=float(parsed.get("strength", 2.0)), height=height, width=width,
+                                      **({"where": where} if where is not None else {}))
+    if kind == "anchor_mask":
+        return anchor
+    cache = None
+    if parsed.get("src") is not None:
+        cache = CacheTransfer(parsed["src"], parsed["layers"], float(parsed.get("alpha", 0.5)))
+    steps = _where(parsed).steps
+    return FocalGuidance(anchor=anchor, cache=cache, layers=parsed["layers"],
+                         steps=(0.0, 0.5) if steps is None else steps,
+                         branches=tuple(parsed.get("branches") or ("cond",)))
+
+
+def _need_words(kind: str, words: Sequence[str]) -> None:
+    if not words:
+        raise ValueError(f"recipe {kind} needs words: give 'words' in the recipe or the item's words")
