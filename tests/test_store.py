@@ -149,3 +149,73 @@ def test_store_holds_no_pickles(wan_i2v, ref_image, tmp_path):
     assert metadata and all(m["zarr_format"] == 3 for m in metadata)
     text = json.dumps(metadata).lower()
     assert "pickle" not in text and "object" not in text
+
+
+# -- run ids chosen by the caller (sweeps), and what the store guarantees about them ------------------------------
+def test_fixed_run_id_is_used_and_a_complete_run_is_never_replaced(wan_i2v, ref_image, tmp_path):
+    store = tmp_path / "sweep.zarr"
+    target = fg.store.store_path(store, run_id="line-0001")
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=target) as run:
+        _call(wan_i2v, ref_image, steps=2)
+    assert run.run_ids == ["line-0001"] and fg.store.list_runs(store) == ["line-0001"]
+    first = fg.open_run(store, run="line-0001")
+    assert first.attrs["run"] == "line-0001" and first.attrs["complete"] is True
+    for overwrite in (False, True):
+        again = fg.store.store_path(store, run_id="line-0001", overwrite_incomplete=overwrite)
+        with pytest.raises(FileExistsError, match="'line-0001'.*is complete; fglens never overwrites"):
+            with fg.trace(wan_i2v, record=fg.Record(words=["fence"]), store=again):
+                _call(wan_i2v, ref_image, steps=3)
+    xr.testing.assert_identical(fg.open_run(store, run="line-0001"), first)
+
+
+def test_incomplete_run_is_replaced_only_when_asked(wan_i2v, ref_image, tmp_path):
+    store = tmp_path / "resume.zarr"
+
+    def stop(pipe, i, t, kwargs):
+        if i == 1:
+            raise RuntimeError("cut")
+        return kwargs
+
+    with pytest.raises(RuntimeError, match="cut"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=fg.store.store_path(store, run_id="line-2")):
+            _call(wan_i2v, ref_image, steps=4, callback_on_step_end=stop)
+    assert fg.store.run_info(store, "line-2")["complete"] is False
+    with pytest.raises(FileExistsError, match=r"incomplete \(2 of 4 steps written\); pass overwrite_incomplete=True"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=fg.store.store_path(store, run_id="line-2")):
+            _call(wan_i2v, ref_image, steps=4)
+    assert fg.store.run_info(store, "line-2")["steps_written"] == 2  # untouched
+    target = fg.store.store_path(store, run_id="line-2", overwrite_incomplete=True)
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=target):
+        _call(wan_i2v, ref_image, steps=4)
+    ds = fg.open_run(store, run="line-2")
+    assert ds.attrs["complete"] is True and ds.sizes["step"] == 4
+    assert sorted(os.listdir(store)) == ["line-2", "zarr.json"]  # the old run is gone, no staging left
+
+
+def test_unusable_run_ids_are_refused(tmp_path):
+    store = tmp_path / "ids.zarr"
+    for bad in ("", "../escape", "a/b", ".hidden", "x" * 201, "zarr.json", 7):
+        with pytest.raises(ValueError, match="is not usable as a run name"):
+            fg.store.store_path(store, run_id=bad)
+    with pytest.raises(ValueError, match="overwrite_incomplete=True needs run_id="):
+        fg.store.store_path(store, overwrite_incomplete=True)
+    assert not store.exists()
+
+
+def test_root_is_written_once_and_runs_are_self_contained(wan_i2v, ref_image, tmp_path):
+    store = tmp_path / "once.zarr"
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=store):
+        _call(wan_i2v, ref_image, steps=2)
+    root = store / "zarr.json"
+    before = (root.read_bytes(), os.stat(root).st_mtime_ns, os.stat(root).st_ino)
+    with fg.trace(wan_i2v, record=fg.Record(words=["fence"]), store=store):
+        _call(wan_i2v, ref_image, steps=2)
+    assert (root.read_bytes(), os.stat(root).st_mtime_ns, os.stat(root).st_ino) == before
+    assert json.loads(root.read_text())["attributes"] == {"fglens_store": "runs",
+                                                          "fglens_schema": fg.store.SCHEMA_VERSION}
+    for name in fg.store.list_runs(store):
+        meta = json.loads((store / name / "zarr.json").read_text())
+        assert meta["attributes"]["fglens_schema"] == fg.store.SCHEMA_VERSION
+        assert meta["consolidated_metadata"]["metadata"]["word_mass"]["shape"][1] == 2  # consolidated at close
+        alone = xr.open_zarr(store / name, consolidated=True)  # a run directory is a zarr store by itself
+        xr.testing.assert_identical(alone.load().drop_attrs(), fg.open_run(store, run=name).drop_attrs())

@@ -1,10 +1,13 @@
-"""The zarr/xarray run format: schema, background writer, `open_run`."""
+"""The zarr/xarray run format: schema, background writer, `open_run`, `open_runs`, `run_table`."""
 
-from .reader import decode_attrs, list_runs, open_run
+from .layout import check_run_id
+from .multi import open_runs
+from .reader import RunMeta, decode_attrs, list_runs, open_run, read_run, run_info, run_table
 from .schema import DEFINITIONS, SCHEMA_VERSION, VARIABLE_DIMS
-from .writer import MemorySink, RunWriter, ZarrSink, new_run_id, store_path
+from .writer import MemorySink, RunWriter, StoreTarget, ZarrSink, new_run_id, store_path
 
 __all__ = [
-    "DEFINITIONS", "SCHEMA_VERSION", "VARIABLE_DIMS", "MemorySink", "RunWriter", "ZarrSink",
-    "decode_attrs", "list_runs", "new_run_id", "open_run", "store_path",
+    "DEFINITIONS", "SCHEMA_VERSION", "VARIABLE_DIMS", "MemorySink", "RunMeta", "RunWriter", "StoreTarget",
+    "ZarrSink", "check_run_id", "decode_attrs", "list_runs", "new_run_id", "open_run", "open_runs", "read_run",
+    "run_info", "run_table", "store_path",
 ]

@@ -1,41 +1,23 @@
-"""Reading runs back as xarray Datasets."""
+"""Reading runs back: list a store's runs, read their attributes quickly, open one run as an `xarray.Dataset`."""
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-from .schema import SCHEMA_VERSION
+from .layout import disk_size, read_meta, root_attrs, run_dirs
+from .schema import check_schema
 
-JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "grid", "intervention", "seed")
-
-
-def _root(path: str | os.PathLike):
-    import zarr
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no fglens store at {p}")
-    try:
-        root = zarr.open_group(str(p), mode="r")
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{p} is not a zarr store: {exc}") from exc
-    if root.attrs.get("fglens_store") != "runs":
-        raise ValueError(f"{p} is a zarr store but not an fglens store (no 'fglens_store' attribute)")
-    version = root.attrs.get("fglens_schema", 0)
-    if version > SCHEMA_VERSION:
-        raise ValueError(
-            f"{p} uses fglens store schema {version}; this fglens reads up to {SCHEMA_VERSION}. Upgrade fglens."
-        )
-    return root
+JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "grid", "intervention", "seed", "words")
 
 
 def list_runs(path: str | os.PathLike) -> list[str]:
-    """Names of the runs in a store, oldest first.
+    """Names of the runs in a store, sorted (generated names sort by creation time).
 
     Example:
         >>> import fglens as fg, tempfile, os
@@ -44,8 +26,8 @@ def list_runs(path: str | os.PathLike) -> list[str]:
         ...
         FileNotFoundError: no fglens store at ...
     """
-    root = _root(path)
-    return sorted(name for name, _ in root.groups())
+    root_attrs(path)
+    return run_dirs(path)
 
 
 def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +42,139 @@ def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class RunMeta:
+    """What a run's metadata says, read without touching any chunk."""
+
+    name: str
+    dir: Path
+    attrs: dict[str, Any]
+    consolidated: bool
+    _arrays: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def arrays(self) -> dict[str, dict[str, Any]]:
+        """Array name -> its zarr metadata (from the consolidated metadata when the run has it)."""
+        if self._arrays is None:
+            self._arrays = {}
+            for entry in sorted(os.scandir(self.dir), key=lambda e: e.name):
+                meta = read_meta(entry.path) if entry.is_dir() and not entry.name.startswith(".") else None
+                if meta is not None and meta.get("node_type") == "array":
+                    self._arrays[entry.name] = meta
+        return self._arrays
+
+    @property
+    def step_lengths(self) -> dict[str, int]:
+        """Length along ``step`` of every array that has that dim."""
+        return {name: m["shape"][m["dimension_names"].index("step")]
+                for name, m in self.arrays.items() if "step" in (m.get("dimension_names") or [])}
+
+    @property
+    def steps(self) -> int:
+        """Steps that are fully written: the committed ``steps_written``, never more than every array holds."""
+        lengths = list(self.step_lengths.values())
+        shortest = min(lengths) if lengths else 0
+        committed = self.attrs.get("steps_written")
+        return min(committed, shortest) if isinstance(committed, int) else shortest
+
+    @property
+    def complete(self) -> bool:
+        return self.attrs.get("complete") is True
+
+
+def read_run(path: str | os.PathLike, run: str) -> RunMeta:
+    """The metadata of run `run` of the store at `path` (one small file for a run closed cleanly)."""
+    run_dir = Path(path) / run
+    meta = read_meta(run_dir)
+    if meta is None or meta.get("node_type") != "group":
+        raise KeyError(f"no run {run!r} in {path}; runs: {run_dirs(path)}")
+    consolidated = meta.get("consolidated_metadata") or None
+    out = RunMeta(run, run_dir, meta.get("attributes", {}), consolidated is not None)
+    if consolidated is not None:
+        out._arrays = {k: v for k, v in consolidated.get("metadata", {}).items() if v.get("node_type") == "array"}
+    return out
+
+
+def run_info(path: str | os.PathLike, run: str) -> dict[str, Any] | None:
+    """The decoded attributes of one run, or None when the store or the run does not exist.
+
+    For a sweep: a run to skip has ``run_info(store, run_id)["complete"] is True``.
+
+    Example:
+        >>> import fglens as fg, tempfile, os
+        >>> fg.store.run_info(os.path.join(tempfile.mkdtemp(), "new.zarr"), "line-0001") is None
+        True
+    """
+    if root_attrs(path, missing_ok=True) is None or not (Path(path) / run / "zarr.json").exists():
+        return None
+    meta = read_run(path, run)
+    return decode_attrs({**meta.attrs, "complete": meta.complete, "steps_written": meta.steps})
+
+
+def run_table(path: str | os.PathLike):
+    """One row per run of the store, from the runs' attributes only (no array data is read).
+
+    Columns: ``id, prompt, seed, words, intervention`` (JSON text or ``"none"``), ``complete``,
+    ``steps_written``, ``num_steps``, ``created``, ``model_class``, ``size_bytes`` (bytes on disk: recorded at
+    close, measured for a run still open or cut short).
+
+    Example:
+        >>> import fglens as fg
+        >>> fg.store.run_table("sweep.zarr")[["id", "complete", "steps_written"]]   # doctest: +SKIP
+    """
+    import pandas as pd
+
+    columns = ["id", "prompt", "seed", "words", "intervention", "complete", "steps_written", "num_steps",
+               "created", "model_class", "size_bytes"]
+    rows = []
+    for name in list_runs(path):
+        meta = read_run(path, name)
+        attrs = decode_attrs(meta.attrs)
+        size = attrs.get("size_bytes") if meta.complete else None
+        rows.append({
+            "id": name, "prompt": attrs.get("prompt"), "seed": attrs.get("seed"), "words": attrs.get("words"),
+            "intervention": intervention_text(meta.attrs.get("intervention")), "complete": meta.complete,
+            "steps_written": meta.steps, "num_steps": attrs.get("num_steps"), "created": attrs.get("created"),
+            "model_class": attrs.get("model_class"),
+            "size_bytes": size if isinstance(size, int) else disk_size(meta.dir),
+        })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def intervention_text(value: Any) -> str:
+    """A run's intervention as stored (JSON text), or ``"none"``."""
+    if value is None or value == "null":
+        return "none"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:
+    """A run as a lazy Dataset holding its fully written steps (`chunks` as for `xarray.open_zarr`).
+
+    A run whose writer was killed in the middle of a step can have arrays of different lengths along
+    ``step``; each array is then cut to the committed steps.
+    """
+    check_schema(meta.attrs.get("fglens_schema", 1), f"run {meta.name!r} in {meta.dir.parent}")
+    kw = {"chunks": chunks, "zarr_format": 3, "consolidated": meta.consolidated}
+    lengths, steps = meta.step_lengths, meta.steps
+    ds = None
+    if len(set(lengths.values())) <= 1:
+        try:
+            ds = xr.open_zarr(meta.dir, **kw)
+        except ValueError:  # a live writer grew some arrays meanwhile: read array by array as below
+            if meta.complete:
+                raise
+        if ds is not None and "step" in ds.dims and ds.sizes["step"] > steps:
+            ds = ds.isel(step=slice(0, steps))
+    if ds is None:
+        parts = [xr.open_zarr(meta.dir, drop_variables=[o for o in lengths if o != name], **kw)
+                 .isel(step=slice(0, steps)) for name in lengths]
+        ds = xr.merge(parts, compat="override", join="exact", combine_attrs="override")
+        coords = {c for m in meta.arrays.values() for c in str(m.get("attributes", {}).get("coordinates", "")).split()}
+        ds = ds.set_coords([c for c in coords if c in ds.data_vars])
+    return ds.assign_attrs({**meta.attrs, "run": meta.name, "complete": meta.complete, "steps_written": steps})
+
+
 def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = True) -> xr.Dataset:
     """Open one run of a store as an `xarray.Dataset`.
 
@@ -67,6 +182,8 @@ def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = Tr
         path: the store (a ``.zarr`` directory written by `fg.trace(..., store=path)`).
         run: the run's name; may be omitted when the store holds exactly one run.
         load: read the values into memory (default) rather than lazily.
+
+    A run cut short (``complete`` False) holds the steps that were fully written (``steps_written``).
 
     Example:
         >>> import fglens as fg
@@ -80,7 +197,5 @@ def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = Tr
         run = runs[0]
     elif run not in runs:
         raise KeyError(f"no run {run!r} in {path}; runs: {runs}")
-    ds = xr.open_zarr(str(path), group=run, consolidated=False, zarr_format=3)
-    if load:
-        ds = ds.load()
-    return ds.assign_attrs(run=run)
+    ds = open_run_dataset(read_run(path, run), chunks=None)
+    return ds.load() if load else ds

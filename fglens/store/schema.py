@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+#: version of the on-disk layout; stored in the root group and in every run group (`fglens_schema`)
 SCHEMA_VERSION = 1
 
 #: dims of every variable a run can hold (after the leading `branch, step`)
@@ -38,3 +39,14 @@ DEFINITIONS: dict[str, str] = {
     "(Wan self-attention, or the joint softmax); mean over each frame",
     "batch": "batch items of the same CFG branch are averaged",
 }
+
+
+def check_schema(version: object, where: str) -> None:
+    """Refuse data written by a newer fglens: `version` is the ``fglens_schema`` found at `where`."""
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where} has an unreadable fglens store schema {version!r}; expected an integer")
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{where} was written with fglens store schema {version}; this fglens reads up to {SCHEMA_VERSION}. "
+            "Upgrade fglens."
+        )

@@ -2,8 +2,11 @@
 
 The tracer hands over device tensors after one non-blocking copy per forward (`to_host`); the writer
 thread waits for that copy, merges the CFG branches of a step, and writes the step when the next one
-starts. The run's group is created with ``complete = False`` and marked complete only at a clean close,
-so a run cut short stays readable with the steps written so far.
+starts. The queue between them is bounded (`max_pending`): when the disk is slower than sampling, `put`
+blocks instead of letting host memory grow. A run appears in the store, all at once, with
+``complete = False``; after each step the run's ``steps_written`` attribute is raised, and ``complete``
+becomes True only at a clean close, so a run cut short stays readable with the steps written so far.
+Store-level rules for many concurrent writers are in `fglens.store.layout`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import queue
 import threading
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
 from .schema import LEADING_DIMS, SCHEMA_VERSION, VARIABLE_DIMS
 
 _STOP = object()
@@ -94,55 +99,108 @@ class MemorySink:
         ds = xr.concat(self.steps, dim="step") if self.steps else self.template
         return ds.assign_attrs(self.attrs)
 
+    def __str__(self) -> str:
+        return "the in-memory run"
+
+
+class StoreTarget(os.PathLike):
+    """A store path plus how to name the run written there: what `store_path(path, run_id=...)` returns.
+
+    Pass it as ``store=`` to `fg.trace`: the run gets `run_id` instead of a generated name (a second pipeline
+    call in the same block gets ``<run_id>-1``, see `fg.trace`). An existing complete run with that id is
+    never replaced; an incomplete one only with ``overwrite_incomplete=True``.
+
+    Example:
+        >>> import fglens as fg, tempfile, os
+        >>> target = fg.store.store_path(os.path.join(tempfile.mkdtemp(), "sweep.zarr"), run_id="line-0007")
+        >>> target.run_id, os.fspath(target).endswith("sweep.zarr")
+        ('line-0007', True)
+    """
+
+    def __init__(self, path: str | os.PathLike, run_id: str, overwrite_incomplete: bool = False):
+        self.path = Path(path)
+        self.run_id = check_run_id(run_id)
+        self.overwrite_incomplete = bool(overwrite_incomplete)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return (f"StoreTarget({str(self.path)!r}, run_id={self.run_id!r}, "
+                f"overwrite_incomplete={self.overwrite_incomplete})")
+
 
 class ZarrSink:
-    """Writes one run as a group of a zarr v3 store, one chunk per step."""
+    """Writes one run as a group of a zarr v3 store, one chunk per step.
 
-    def __init__(self, path: str | os.PathLike, run_id: str):
-        self.path = str(path)
-        self.run_id = run_id
+    `path` may be a `StoreTarget`, whose run id then replaces `run_id`. The run directory is created
+    complete with all its arrays (zero steps) at `create`, each step is appended and then committed by
+    raising the run's ``steps_written`` attribute, and the final attributes are followed by the run's
+    consolidated metadata. Nothing outside the run's own directory is written after the store's root
+    exists, so concurrent writers of other runs cannot interfere.
+    """
+
+    def __init__(self, path: str | os.PathLike, run_id: str, *, overwrite_incomplete: bool = False):
+        if isinstance(path, StoreTarget):
+            run_id, overwrite_incomplete = path.run_id, overwrite_incomplete or path.overwrite_incomplete
+        self.path = os.fspath(path)
+        self.run_id = check_run_id(run_id)
+        self.overwrite_incomplete = overwrite_incomplete
+        self.run_dir = os.path.join(self.path, self.run_id)
         self.attrs: dict[str, Any] = {}
-        self._created = False
+        self.steps_written = 0
 
     def create(self, template: xr.Dataset) -> None:
-        import zarr
-
-        root = zarr.open_group(self.path, mode="a", zarr_format=3)
-        root.attrs.update({"fglens_schema": SCHEMA_VERSION, "fglens_store": "runs"})
-        if self.run_id in root:
-            raise FileExistsError(f"run {self.run_id!r} already exists in {self.path}; runs are never overwritten")
-        self.template = template
-        self.attrs = dict(template.attrs)
+        ensure_root(self.path)
+        self.attrs = {**template.attrs, "run": self.run_id, "fglens_schema": SCHEMA_VERSION, "complete": False,
+                      "steps_written": 0}
+        self.template = template.assign_attrs(self.attrs)
+        encoding = {  # one chunk per step
+            name: {"chunks": tuple(1 if d == "step" else max(n, 1) for d, n in zip(v.dims, v.shape, strict=True))}
+            for name, v in self.template.variables.items() if "step" in v.dims
+        }
+        claim_run(
+            self.path, self.run_id,
+            lambda staging: self.template.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False,
+                                                  encoding=encoding),
+            overwrite_incomplete=self.overwrite_incomplete,
+        )
 
     def append(self, ds: xr.Dataset) -> None:
-        if not self._created:
-            encoding = {name: {"chunks": tuple(1 if d == "step" else s for d, s in zip(v.dims, v.shape, strict=True))}
-                        for name, v in ds.data_vars.items()}
-            ds.assign_attrs(self.attrs).to_zarr(
-                self.path, group=self.run_id, mode="w-", zarr_format=3, consolidated=False, encoding=encoding
-            )
-            self._created = True
-        else:
-            # xarray rewrites the group's attributes on append: hand it the run's own
-            ds.assign_attrs(self.attrs).to_zarr(self.path, group=self.run_id, append_dim="step", consolidated=False)
+        # xarray rewrites the group's attributes before appending: hand it the run's own (steps not yet raised)
+        ds.assign_attrs(self.attrs).to_zarr(self.run_dir, append_dim="step", consolidated=False, zarr_format=3)
+        self.steps_written += ds.sizes["step"]
+        self._set_attrs({"steps_written": self.steps_written})  # the commit: readers trust this many steps
 
     def update_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Write the run's final attributes (with its size on disk), then its consolidated metadata."""
+        self._set_attrs({**attrs, "size_bytes": disk_size(self.run_dir)})
+        import zarr
+
+        try:
+            with warnings.catch_warnings():  # "consolidated metadata is not part of the zarr v3 spec (yet)"
+                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+                zarr.consolidate_metadata(self.run_dir, zarr_format=3)
+        except OSError as exc:  # only a speed-up for readers: the run is whole without it
+            warnings.warn(f"could not consolidate the metadata of {self}: {exc}", RuntimeWarning, stacklevel=2)
+
+    def _set_attrs(self, attrs: Mapping[str, Any]) -> None:
         import zarr
 
         self.attrs.update(attrs)
-        if not self._created:  # nothing recorded: still leave a readable, empty run
-            self.template.assign_attrs(self.attrs).to_zarr(
-                self.path, group=self.run_id, mode="w-", zarr_format=3, consolidated=False
-            )
-            self._created = True
-            return
-        group = zarr.open_group(self.path, path=self.run_id, mode="r+", zarr_format=3)
+        group = zarr.open_group(self.run_dir, mode="r+", zarr_format=3, use_consolidated=False)
         group.attrs.update(attrs)
 
     def dataset(self) -> xr.Dataset:
         from .reader import open_run
 
         return open_run(self.path, run=self.run_id)
+
+    def __str__(self) -> str:
+        return f"run {self.run_id!r} of {self.path}"
 
 
 # -- the writer ----------------------------------------------------------------------------------------------
@@ -161,6 +219,8 @@ class RunWriter:
         attrs: Mapping[str, Any],
         max_pending: int = 8,
     ):
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive int (forwards allowed to wait), got {max_pending!r}")
         self.sink = sink
         self.variables = list(variables)
         labels = lambda xs: np.asarray(list(xs), dtype=object)  # noqa: E731 - variable-length strings in zarr
@@ -172,7 +232,8 @@ class RunWriter:
         self.steps_written = 0
         self.checks: dict[str, bool] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
+        self._error: BaseException | None = None  # the first write error; the writer stops writing once set
+        self._reported = False  # raised to the caller already (by `put`): not raised again at close
         self._step: int | None = None
         self._buffer: dict[str, np.ndarray] = {}
         self._timestep = float("nan")
@@ -194,17 +255,31 @@ class RunWriter:
         self._queue.put((step, host, event))
 
     def close(self, attrs: Mapping[str, Any]) -> None:
-        """Drain the queue, write the last step, then update the run's attributes."""
+        """Drain the queue, write the last step, then write the run's final attributes.
+
+        A write error (full disk, lost mount, ...) is raised here as `RuntimeError` from the original
+        `OSError`, unless `put` has already raised it. Steps committed before the error stay readable.
+        """
         self._queue.put(_STOP)
         self._thread.join()
         checks = {f"check_{k}": v for k, v in self.checks.items()}
-        self.sink.update_attrs(_json_attrs({**attrs, **checks, "steps_written": self.steps_written}))
+        final = {**attrs, **checks, "steps_written": self.steps_written}
+        if self._error is not None:
+            final["complete"] = False  # steps were lost
+        try:
+            self.sink.update_attrs(_json_attrs(final))
+        except Exception as exc:  # noqa: BLE001 - reported below, once
+            if self._error is None:
+                self._error = exc
         self._raise_if_failed()
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise RuntimeError(f"fglens could not write the run: {error}") from error
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise RuntimeError(
+                f"fglens could not write {self.sink}: {self._error}. The run is left incomplete with the "
+                f"{self.steps_written} step(s) written before the error; other runs are untouched."
+            ) from self._error
 
     # -- writer thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -269,26 +344,28 @@ class RunWriter:
         return self._dataset(empty, [], []).assign_attrs(_json_attrs(attrs))
 
 
-def store_path(path: str | os.PathLike) -> Path:
-    """Check that `path` is a new location or an fglens store (runs are added, never overwritten)."""
-    import zarr
+def store_path(
+    path: str | os.PathLike, *, run_id: str | None = None, overwrite_incomplete: bool = False
+) -> Path | StoreTarget:
+    """Check that `path` is a new location or an fglens store this fglens can write (runs are added, never replaced).
 
+    With `run_id`, returns a `StoreTarget`: ``fg.trace(pipe, store=target)`` then writes the run under that
+    id (deterministic ids let a sweep resume). Nothing is created until a run is written.
+
+    Example:
+        >>> import fglens as fg, tempfile, os
+        >>> fg.store.store_path(os.path.join(tempfile.mkdtemp(), "runs.zarr")).name
+        'runs.zarr'
+    """
+    if isinstance(path, StoreTarget):
+        if run_id is not None and run_id != path.run_id:
+            raise ValueError(f"store_path got a StoreTarget for run {path.run_id!r} and also run_id={run_id!r}")
+        run_id, overwrite_incomplete = path.run_id, overwrite_incomplete or path.overwrite_incomplete
+        path = path.path
     p = Path(path)
-    if p.exists():
-        try:
-            root = zarr.open_group(str(p), mode="r")
-            is_fglens = root.attrs.get("fglens_store") == "runs"
-        except Exception:  # noqa: BLE001 - anything unreadable as a zarr group is "not ours"
-            is_fglens = False
-        if not is_fglens:
-            raise FileExistsError(
-                f"{p} exists and is not an fglens store; fglens never overwrites it. Choose a new path, or an "
-                "existing fglens store to add a run to it."
-            )
-        version = root.attrs.get("fglens_schema", 0)
-        if version > SCHEMA_VERSION:
-            raise ValueError(
-                f"{p} was written with fglens store schema {version}; this fglens reads up to {SCHEMA_VERSION}. "
-                "Upgrade fglens."
-            )
+    root_attrs(p, missing_ok=True)  # raises for a path that is not an fglens store or is too new
+    if run_id is not None:
+        return StoreTarget(p, run_id, overwrite_incomplete)
+    if overwrite_incomplete:
+        raise ValueError("overwrite_incomplete=True needs run_id=: generated run ids never collide")
     return p

@@ -1,0 +1,168 @@
+"""Generated parts of the documentation: the site tables of each architecture and the API reference.
+
+The tables are made from the adapters themselves (a tiny model of each class is built and its `sites()`
+listed), and the API reference from the public objects' signatures and docstrings, so the docs cannot drift
+from the code: ``tests/test_docgen.py`` fails when a generated block in ``docs/`` is out of date, and
+
+    python -m fglens.docgen          # rewrites the generated blocks in docs/
+
+brings them up to date. A generated block sits between ``<!-- generated:NAME -->`` and
+``<!-- end generated:NAME -->`` markers; the text around it is written by hand.
+
+Example:
+    >>> from fglens.docgen import site_table
+    >>> print(site_table("wan").splitlines()[2])
+    | `blocks.{i}.self` | `blocks.{i}` | `blocks.{i}.attn1` | 0 | self | video tokens (3-D self-attention) |
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+KEYS = {
+    "self": "video tokens (3-D self-attention)",
+    "text": "text tokens",
+    "image": "image-encoder tokens",
+    "joint": "video and context tokens in one softmax (order: see below)",
+}
+
+
+def _tiny_transformers() -> dict[str, Callable[[], Any]]:
+    from . import testing
+
+    return {
+        "wan": lambda: testing.tiny_wan_transformer(num_layers=2),
+        "hunyuan": lambda: testing.tiny_hunyuan_transformer(num_double=2, num_single=2),
+        "cogvideox": lambda: testing.tiny_cogvideox_transformer(num_layers=2),
+    }
+
+
+def site_table(family: str) -> str:
+    """The markdown table of the attention sites of one architecture, from its adapter.
+
+    Rows are the site patterns (``{i}`` = block index), in the order the adapter lists them for a block.
+    """
+    from .adapters import adapter_for
+
+    builders = _tiny_transformers()
+    if family not in builders:
+        raise ValueError(f"family must be one of {sorted(builders)}; got {family!r}")
+    adapter = adapter_for(builders[family]())
+    rows: dict[str, tuple[str, ...]] = {}
+    for site in adapter.sites():
+        def pattern(text: str) -> str:
+            return re.sub(r"\.\d+(?=\.|$)", ".{i}", text)
+
+        key = pattern(site.name)
+        rows.setdefault(key, (f"`{key}`", f"`{pattern(site.layer)}`", f"`{pattern(site.module)}`", str(site.call),
+                              site.kind, KEYS[site.kind]))
+    head = "| site | layer | module | kernel call | kind | keys |\n|---|---|---|---|---|---|"
+    return "\n".join([head, *("| " + " | ".join(r) + " |" for r in rows.values())])
+
+
+#: public objects listed in docs/api.md, by section
+API: dict[str, list[str]] = {
+    "Tracing": ["fglens.trace", "fglens.Trace", "fglens.Record"],
+    "Reading runs": ["fglens.open_run", "fglens.open_runs", "fglens.store.list_runs", "fglens.store.run_table",
+                     "fglens.store.decode_attrs"],
+    "Diagnosis": ["fglens.find_weak_layers", "fglens.WeakLayers"],
+    "Interventions": ["fglens.Where", "fglens.AnchorMask", "fglens.CacheTransfer", "fglens.FocalGuidance",
+                      "fglens.Scale", "fglens.Ablate", "fglens.compose", "fglens.Intervention",
+                      "fglens.interventions.recipe.from_recipe"],
+    "Anchors (CLIP)": ["fglens.anchors.Clip", "fglens.anchors.region_masks", "fglens.anchors.latent_grid",
+                       "fglens.anchors.threshold"],
+    "Statistics": ["fglens.stats.word_maps", "fglens.stats.text_share", "fglens.stats.morans_i",
+                   "fglens.stats.normalized_entropy", "fglens.stats.cosine_similarity", "fglens.stats.frame_mean"],
+    "Figures": ["fglens.plot.layer_profile", "fglens.plot.layer_step_heatmap", "fglens.plot.word_maps",
+                "fglens.plot.condition_balance", "fglens.plot.compare", "fglens.plot.anchor"],
+    "Pipelines": ["fglens.pipelines.load_pipeline", "fglens.pipelines.call_kwargs", "fglens.pipelines.save_video"],
+    "Sweeps and evaluation": ["fglens.sweep.run_sweep", "fglens.eval"],
+    "nnsight": ["fglens.nnsight.probes"],
+}
+
+
+def _resolve(path: str) -> Any:
+    import importlib
+
+    parts = path.split(".")
+    obj: Any = importlib.import_module(parts[0])
+    try:
+        for attr in parts[1:]:
+            obj = getattr(obj, attr)
+    except (AttributeError, ImportError) as exc:
+        raise LookupError(f"the API reference lists {path}, which does not exist: {exc}") from exc
+    return obj
+
+
+def _summary(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+
+def _signature(obj: Any) -> str:
+    try:
+        sig = str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return ""
+    return re.sub(r"\s+", " ", sig)
+
+
+def api_reference() -> str:
+    """The markdown API reference: for each public object its signature and the first paragraph of its
+    docstring (the full docstring, with examples, is one `help()` away)."""
+    out: list[str] = []
+    for section, paths in API.items():
+        out.append(f"### {section}\n")
+        for path in paths:
+            obj = _resolve(path)
+            name = path.replace("fglens.", "fg.", 1)
+            kind = "module" if inspect.ismodule(obj) else "class" if inspect.isclass(obj) else "function"
+            sig = "" if kind == "module" else _signature(obj)
+            out.append(f"- **`{name}{sig}`** ({kind}) — {_summary(obj)}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+#: generated blocks: file in docs/ -> {block name: producer}
+BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
+    "sites-wan.md": {"sites": lambda: site_table("wan")},
+    "sites-hunyuan.md": {"sites": lambda: site_table("hunyuan")},
+    "sites-cogvideox.md": {"sites": lambda: site_table("cogvideox")},
+    "api.md": {"api": api_reference},
+}
+
+
+def render(text: str, blocks: dict[str, Callable[[], str]], *, file: str = "") -> str:
+    """`text` with each generated block replaced by its current content (markers required)."""
+    for name, produce in blocks.items():
+        begin, end = f"<!-- generated:{name} -->", f"<!-- end generated:{name} -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"{file or 'the text'} has no {begin} ... {end} block")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{produce().rstrip()}\n{end}{tail}"
+    return text
+
+
+def update(docs: str | Path = "docs", check: bool = False) -> list[str]:
+    """Rewrite the generated blocks of `docs` (or, with `check`, only list the files that are out of date)."""
+    stale = []
+    for file, blocks in BLOCKS.items():
+        path = Path(docs) / file
+        text = path.read_text()
+        new = render(text, blocks, file=str(path))
+        if new != text:
+            stale.append(str(path))
+            if not check:
+                path.write_text(new)
+    return stale
+
+
+if __name__ == "__main__":
+    changed = update(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    print("updated: " + ", ".join(changed) if changed else "docs are up to date")
