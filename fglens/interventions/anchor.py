@@ -69,6 +69,7 @@ class AnchorMask(_Scoped):
         self.frames = frames
         self.where = where or Where()
         self.regions = regions  # the CLIP maps behind the masks, for plotting (from_clip)
+        self._tokens: dict[tuple, torch.Tensor] = {}  # token_masks per (grid, device): built once, not per call
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, word: str, strength: float = 1.0, **kwargs: Any) -> AnchorMask:
@@ -123,13 +124,19 @@ class AnchorMask(_Scoped):
         return torch.tensor([self.frames**f for f in range(frames)])
 
     def token_masks(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """M_w[n] over the video tokens: ``[W, F*Y*X]`` (frame-major)."""
+        """M_w[n] over the video tokens: ``[W, F*Y*X]`` (frame-major); made once per grid and device."""
+        key = (tuple(grid), torch.device(device))
+        if key not in self._tokens:
+            self._tokens[key] = self._token_masks(grid).to(device)
+        return self._tokens[key]
+
+    def _token_masks(self, grid: tuple[int, int, int]) -> torch.Tensor:
         f, ny, nx = grid
         m = self.masks
         if m.shape[-2:] != (ny, nx):
             m = F.interpolate(m[None], size=(ny, nx), mode="area" if m.shape[-1] >= nx else "bilinear")[0]
         weights = self._frame_weights(f)
-        return (weights[None, :, None, None] * m[:, None]).reshape(len(self.words), -1).to(device)
+        return (weights[None, :, None, None] * m[:, None]).reshape(len(self.words), -1)
 
     def biases(self, call: EditCall) -> list[Bias]:
         if self.strength == 0.0:

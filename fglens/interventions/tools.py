@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -34,14 +35,21 @@ class _Scoped(Intervention):
 
 
 def word_columns(call: EditCall, words: Sequence[str], n_keys: int) -> torch.Tensor:
-    """``[n_keys]`` indicator of the key columns of `words` in this call's text keys."""
-    col = torch.zeros(n_keys)
+    """``[n_keys]`` indicator of the key columns of `words` in this call's text keys (do not modify it).
+
+    Built once per layout and device and then reused: building it on the host in every edited call would be a
+    host -> device copy (a stream synchronisation on CUDA) per edited layer and step.
+    """
     t0, t1 = call.text_keys
-    for w in words:
-        for p in call.words.get(w, []):
-            if t0 + p < t1:
-                col[t0 + p] = 1.0
-    return col.to(call.key.device)
+    columns = tuple(sorted({t0 + p for w in words for p in call.words.get(w, []) if t0 + p < t1}))
+    return _columns(n_keys, columns, call.key.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _columns(n_keys: int, columns: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    col = torch.zeros(n_keys)
+    col[list(columns)] = 1.0
+    return col.to(device)
 
 
 class Scale(_Scoped):
