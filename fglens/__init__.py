@@ -26,14 +26,13 @@ from .interventions import (  # noqa: E402
     Where,
     compose,
 )
-from .store import open_run  # noqa: E402
+from .store import open_run, open_runs  # noqa: E402
 from .trace import Record, Trace, trace  # noqa: E402
-
 
 #: heavy or optional submodules, loaded on first use
 _LAZY_MODULES = ("testing", "cli", "bench", "anchors", "nnsight", "plot", "diagnose", "sweep", "eval")
 #: public names that live in a lazily loaded module
-_LAZY_NAMES = {"find_weak_layers": "diagnose", "WeakLayers": "diagnose", "open_runs": "store"}
+_LAZY_NAMES = {"find_weak_layers": "diagnose", "WeakLayers": "diagnose"}
 
 
 def __getattr__(name: str) -> Any:
@@ -46,6 +45,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Record", "Scale", "Trace", "Where",
-    "__version__", "adapters", "compose", "open_run", "stats", "store", "trace",
+    "__version__", "adapters", "compose", "open_run", "open_runs", "stats", "store", "trace",
     "WeakLayers", "find_weak_layers",
 ]

@@ -1,0 +1,384 @@
+"""Semantic-Weak Layer detection from recorded runs (DESIGN.md §4, the default rule).
+
+`find_weak_layers` scores every layer by how much its video queries align with the prompt's words, compares the
+layers with a robust z-score, and names the layers that lag behind (*semantic-weak*, the ones Focal Guidance
+repairs) and the ones that respond best (*responsive*, the sources of a cache transfer).
+
+The rule, every part of which is a parameter recorded in `WeakLayers.params`:
+
+1. **Per-layer score.** For each run, the mean of the chosen statistic (`similarity` S, and/or `morans_i` I)
+   over the chosen branch (``"cond"``), all of the run's words, all frames and the chosen steps (the first half
+   of the schedule); NaN entries (a constant map's Moran's I, an expert that did not run) are skipped. Then the
+   mean over runs: each run weighs equally, whatever its number of words.
+2. **Robust z-score** within each stack of layers: z = (x − median) / (1.4826 · MAD), MAD the median absolute
+   deviation from the median. The factor 1.4826 = 1 / Φ⁻¹(3/4) makes 1.4826 · MAD a consistent estimate of the
+   standard deviation for normally distributed scores, so z reads like an ordinary z-score but one outlying
+   layer cannot move the centre or the scale. With ``score="both"`` the z-score is the mean of the two
+   statistics' robust z-scores. A stack is the layers of one transformer: Wan2.2's two experts (``blocks.i``
+   and ``transformer_2.blocks.i``) are z-scored separately; HunyuanVideo's ``double.*`` then ``single.*``
+   blocks form one stack in depth order. A layer without a score (all NaN) is left out with a warning; where
+   the MAD is 0 (half the layers score the same) z is set to 0, with a warning, and marks no weak layers.
+3. **Weak** layers: z < `z`, except the first and the last ⌈`exclude_edges` · L⌉ layers of each stack of L
+   layers (the same half-open fractions as ``fg.Where`` steps), in depth order.
+4. **Responsive** layers: the `top_k` layers with the highest z over all stacks, best first (ties: higher raw
+   score first), weak layers excluded.
+
+Example:
+    >>> import fglens as fg
+    >>> ds = fg.testing.tiny_run("wan", maps=False)
+    >>> weak = fg.find_weak_layers(ds, exclude_edges=0.0, z=-0.5)
+    >>> set(weak.weak + weak.responsive) <= set(ds.layer.values)
+    True
+    >>> edit = fg.FocalGuidance(cache=fg.CacheTransfer(src=weak.responsive[:1], dst=weak.weak), layers=weak.weak)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .store.select import same_layers, select_steps, split_runs
+from .trace.context import BRANCHES
+
+#: the statistics a layer can be scored by, and the name that combines them
+SCORES = ("similarity", "morans_i")
+SCORE_CHOICES = (*SCORES, "both")
+#: 1 / Φ⁻¹(3/4): scales the MAD to a consistent estimate of the standard deviation under normality
+MAD_SCALE = 1.4826
+#: a stack needs at least this many layers with a score for a median and a MAD to mean anything
+MIN_LAYERS = 3
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class WeakLayers:
+    """The result of `find_weak_layers`.
+
+    Attributes:
+        weak: the semantic-weak layers (canonical names, depth order); ready for ``fg.FocalGuidance(layers=...)``
+            and ``fg.CacheTransfer(dst=...)``.
+        responsive: the most responsive layers, best first; ready for ``fg.CacheTransfer(src=...)``.
+        scores: the z-score the rule thresholds, over ``layer`` (NaN for a layer without a score), with the
+            coordinates ``transformer`` (its stack: ``"transformer"``, or ``"transformer_2"``
+            for Wan2.2's second expert) and ``edge`` (excluded from the weak layers).
+        raw: the per-layer mean statistic before z-scoring (over ``layer``; with ``score="both"`` over
+            ``score, layer``).
+        components: the robust z-score of each statistic used, over ``score, layer``.
+        params: every parameter of the rule, the runs it saw and the steps it used.
+
+    Example:
+        >>> import fglens as fg, numpy as np, xarray as xr
+        >>> profile = [0.40, 0.41, 0.10, 0.39, 0.42, 0.40]   # one similarity per layer; blocks.2 lags behind
+        >>> sim = xr.DataArray(np.reshape(profile, (1, 1, 6, 1, 1)), dims=("branch", "step", "layer", "word", "frame"),
+        ...                    coords={"branch": ["cond"], "layer": [f"blocks.{i}" for i in range(6)]})
+        >>> weak = fg.find_weak_layers(xr.Dataset({"similarity": sim}), steps=None)
+        >>> weak.weak, weak.responsive
+        (['blocks.2'], ['blocks.4', 'blocks.1', 'blocks.0'])
+        >>> print(weak.summary())
+        layer     transformer  similarity  z        role
+        blocks.0  transformer  +0.400      +0.000   responsive (edge)
+        blocks.1  transformer  +0.410      +0.674   responsive
+        blocks.2  transformer  +0.100      -20.235  weak
+        blocks.3  transformer  +0.390      -0.674
+        blocks.4  transformer  +0.420      +1.349   responsive
+        blocks.5  transformer  +0.400      +0.000   (edge)
+        score='similarity' z<-1.0 exclude_edges=0.1 top_k=3 steps=None branch='cond' runs=1
+    """
+
+    weak: list[str]
+    responsive: list[str]
+    scores: xr.DataArray
+    raw: xr.DataArray
+    components: xr.DataArray
+    params: dict[str, Any]
+
+    @property
+    def layers(self) -> list[str]:
+        """Every layer scored, in depth order."""
+        return [str(name) for name in self.scores.layer.values]
+
+    def summary(self) -> str:
+        """A short text table: one row per layer with its transformer, raw score(s), z and role."""
+        raw = self.raw if "score" in self.raw.dims else self.raw.expand_dims(score=[self.params["score"]])
+        names = [str(s) for s in raw.score.values]
+        header = ["layer", "transformer", *names, "z", "role"]
+        rows, transformer = [], self.scores.coords["transformer"].values
+        for i, layer in enumerate(self.layers):
+            role = "weak" if layer in self.weak else "responsive" if layer in self.responsive else ""
+            if bool(self.scores.edge.values[i]):
+                role = f"{role} (edge)".lstrip()
+            values = [_fmt(raw.sel(score=s).values[i]) for s in names]
+            rows.append([layer, str(transformer[i]), *values, _fmt(self.scores.values[i]), role])
+        widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                 for row in [header, *rows]]
+        p = self.params
+        lines.append(f"score={p['score']!r} z<{p['z']} exclude_edges={p['exclude_edges']} top_k={p['top_k']} "
+                     f"steps={p['steps']} branch={p['branch']!r} runs={p['n_runs']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (NaN as None) of the result and its parameters, for the CLI and stores.
+
+        Example:
+            >>> import json, fglens as fg
+            >>> weak = fg.find_weak_layers("runs/dog.zarr")                      # doctest: +SKIP
+            >>> json.dump(weak.to_dict(), open("weak.json", "w"))               # doctest: +SKIP
+        """
+        layers = self.layers
+        raw = self.raw if "score" in self.raw.dims else self.raw.expand_dims(score=[self.params["score"]])
+        return {
+            "weak": list(self.weak),
+            "responsive": list(self.responsive),
+            "layers": layers,
+            "scores": dict(zip(layers, map(_json_float, self.scores.values), strict=True)),
+            "raw": {str(s): dict(zip(layers, map(_json_float, raw.sel(score=s).values), strict=True))
+                    for s in raw.score.values},
+            "components": {str(s): dict(zip(layers, map(_json_float, self.components.sel(score=s).values),
+                                            strict=True))
+                           for s in self.components.score.values},
+            "params": json.loads(json.dumps(self.params)),
+        }
+
+    def __repr__(self) -> str:
+        return (f"WeakLayers(weak={self.weak}, responsive={self.responsive}, score={self.params['score']!r}, "
+                f"z<{self.params['z']}, runs={self.params['n_runs']})")
+
+
+def find_weak_layers(
+    ds_or_runs: xr.Dataset | Sequence[xr.Dataset] | str | os.PathLike,
+    score: str = "similarity",
+    steps: tuple[float, float] | Sequence[int] | None = (0.0, 0.5),
+    z: float = -1.0,
+    exclude_edges: float = 0.1,
+    top_k: int = 3,
+    branch: str = "cond",
+) -> WeakLayers:
+    """Find the semantic-weak and the responsive layers of recorded runs (the rule of the module docstring).
+
+    Args:
+        ds_or_runs: one run (an `xarray.Dataset` from ``run.dataset`` / ``fg.open_run``); a Dataset with a
+            ``run`` dim (``fg.open_runs``; NaN-padded word slots are skipped); a list of run Datasets (prompts,
+            seeds; their words may differ); or the path of a store (every run in it). All runs must have the
+            same layers.
+        score: ``"similarity"`` (text-visual similarity S), ``"morans_i"`` (Moran's I of the word maps) or
+            ``"both"`` (the mean of their robust z-scores).
+        steps: a half-open fraction of the schedule ``(start, stop)`` given as floats (``(0.0, 0.5)``: the
+            first half, from the run's ``num_steps`` — a coordinate along ``run`` or the run's attribute —
+            else from the steps recorded), step indices as ints (``[0, 1, 2]``, ``range(10)``), or None (all).
+        z: the threshold (≤ 0): a layer is weak when its robust z-score is below it.
+        exclude_edges: the fraction of each stack's first and last layers that are never weak, in [0, 0.5).
+        top_k: how many responsive layers to name (fewer if fewer layers have a score).
+        branch: the CFG branch to score, ``"cond"`` or ``"uncond"``.
+
+    Returns:
+        A `WeakLayers` with ``.weak``, ``.responsive``, ``.scores`` (z over ``layer``), ``.raw``,
+        ``.components`` and ``.params``.
+
+    Raises:
+        ValueError: an unknown score or branch, a parameter out of range, a run without the statistic or the
+            branch, runs with different layers, steps that select nothing, or too few layers with a score.
+        TypeError: an input that is not a Dataset, a list of them or a path.
+
+    Warns:
+        UserWarning: layers without any score (named; left out of the rule), or a stack whose MAD is 0 (its z
+        is 0 and it has no weak layers).
+
+    Example:
+        >>> import fglens as fg
+        >>> pipe = fg.testing.tiny_wan_i2v_pipeline()
+        >>> runs = [fg.testing.tiny_run("wan", maps=False, seed=s, pipe=pipe) for s in (0, 1)]     # two seeds
+        >>> weak = fg.find_weak_layers(runs, score="both", exclude_edges=0.0, z=-0.5, top_k=1)
+        >>> weak.scores.dims, weak.components.dims, weak.params["n_runs"]
+        (('layer',), ('score', 'layer'), 2)
+    """
+    names = _check_params(score, steps, z, exclude_edges, top_k, branch)
+    runs = split_runs(ds_or_runs, what="find_weak_layers")
+    layers = same_layers(runs)
+
+    # 1. per run, per statistic: the mean over words, frames and the chosen steps of the branch; then over runs
+    per_run = np.empty((len(names), len(runs), len(layers)))
+    steps_used: dict[str, list[int]] = {}
+    for r, (label, run) in enumerate(runs):
+        selected = select_steps(run, steps, label=label)
+        steps_used[label] = selected
+        for s, name in enumerate(names):
+            per_run[s, r] = _run_profile(run, name, branch, selected, label)
+    raw = _nanmean(per_run, axis=1)  # [score, layer]
+
+    # 2. robust z per stack and statistic
+    stacks = [_stack_of(layer) for layer in layers]
+    order = list(dict.fromkeys(stacks))
+    _check_scored(raw, names, layers, stacks, order)
+    components = np.full_like(raw, np.nan)
+    for stack in order:
+        idx = np.array([i for i, s in enumerate(stacks) if s == stack])
+        for s, name in enumerate(names):
+            components[s, idx] = _robust_z(raw[s, idx], f"{name} in stack {_stack_name(stack)!r}")
+    combined = components.mean(axis=0)
+
+    # 3. weak: below the threshold, away from the stack's edges; 4. responsive: the highest z, best first
+    edge = np.zeros(len(layers), dtype=bool)
+    for stack in order:
+        idx = [i for i, s in enumerate(stacks) if s == stack]
+        n_edge = math.ceil(round(exclude_edges * len(idx), 9))
+        for i in idx[:n_edge] + idx[len(idx) - n_edge:]:
+            edge[i] = True
+    is_weak = np.isfinite(combined) & (combined < z) & ~edge
+    weak = [layers[i] for i in np.flatnonzero(is_weak)]
+    tie = raw.mean(axis=0)
+    candidates = [i for i in range(len(layers)) if np.isfinite(combined[i]) and not is_weak[i]]
+    candidates.sort(key=lambda i: (-combined[i], -tie[i] if np.isfinite(tie[i]) else math.inf, i))
+    responsive = [layers[i] for i in candidates[:top_k]]
+
+    coords = {"layer": layers, "transformer": ("layer", [_stack_name(s) for s in stacks])}
+    scores = xr.DataArray(combined, dims=("layer",), coords={**coords, "edge": ("layer", edge)}, name="z",
+                          attrs={"score": score, "threshold": z})
+    comp = xr.DataArray(components, dims=("score", "layer"), coords={"score": list(names), **coords},
+                        name="z", attrs={"mad_scale": MAD_SCALE})
+    raw_da = xr.DataArray(raw, dims=("score", "layer"), coords={"score": list(names), **coords}, name="raw")
+    if score != "both":
+        raw_da = raw_da.isel(score=0, drop=True)
+    params = {
+        "score": score,
+        "combine": "mean of the robust z-scores" if score == "both" else None,
+        "steps": _steps_spec(steps),
+        "z": float(z),
+        "exclude_edges": float(exclude_edges),
+        "top_k": int(top_k),
+        "branch": branch,
+        "mad_scale": MAD_SCALE,
+        "stacks": {_stack_name(s): [x for x, t in zip(layers, stacks, strict=True) if t == s] for s in order},
+        "edges": [layers[i] for i in np.flatnonzero(edge)],
+        "n_runs": len(runs),
+        "runs": [label for label, _ in runs],
+        "steps_used": steps_used,
+    }
+    return WeakLayers(weak=weak, responsive=responsive, scores=scores, raw=raw_da, components=comp, params=params)
+
+
+# -- parameters -----------------------------------------------------------------------------------------------
+
+def _check_params(score, steps, z, exclude_edges, top_k, branch) -> tuple[str, ...]:
+    if score not in SCORE_CHOICES:
+        raise ValueError(f"unknown score {score!r}; accepted: {', '.join(map(repr, SCORE_CHOICES))}")
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not math.isfinite(z) or z > 0:
+        raise ValueError(f"z must be a finite number <= 0 (a threshold below the median layer); got {z!r}")
+    if (isinstance(exclude_edges, bool) or not isinstance(exclude_edges, (int, float))
+            or not 0.0 <= exclude_edges < 0.5):
+        raise ValueError(f"exclude_edges must be a fraction in [0, 0.5); got {exclude_edges!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0; got {top_k!r}")
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown branch {branch!r}; accepted: {', '.join(map(repr, BRANCHES))}")
+    return SCORES if score == "both" else (score,)
+
+
+def _steps_spec(steps) -> list | None:
+    return None if steps is None else [float(s) if isinstance(s, float) else int(s) for s in steps]
+
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+def _run_profile(run: xr.Dataset, name: str, branch: str, steps: list[int], label: str) -> np.ndarray:
+    """One run's per-layer mean of statistic `name` over words, frames and `steps` of `branch` (NaN skipped)."""
+    if name not in run.data_vars:
+        hint = ("record words, e.g. fg.Record(words=['dog', 'jumps']), and keep it in stats" if name in SCORES
+                else "")
+        raise ValueError(f"run {label} has no {name!r} variable (it has {sorted(map(str, run.data_vars))}); {hint}")
+    da = run[name]
+    if "branch" in da.dims:
+        recorded = [str(b) for b in run["branch"].values]
+        if branch not in recorded:
+            raise ValueError(f"branch {branch!r} was not recorded in run {label} (recorded: {recorded}); record it "
+                             f"with fg.Record(branches=('cond', 'uncond'))")
+        da = da.sel(branch=branch)
+        if not bool(da.notnull().any()):
+            raise ValueError(f"branch {branch!r} holds no {name} values in run {label} (missing branches are NaN); "
+                             f"record it with fg.Record(branches=('cond', 'uncond'))")
+    da = da.sel(step=steps)
+    values = np.asarray(da.transpose("layer", ...).values, dtype=np.float64).reshape(da.sizes["layer"], -1)
+    return _nanmean(values, axis=1)
+
+
+# -- the rule -------------------------------------------------------------------------------------------------
+
+def _stack_of(layer: str) -> str:
+    """The transformer a layer belongs to: its name less the trailing ``<stack>.<index>`` ("" or "transformer_2.")."""
+    parts = layer.split(".")
+    return ".".join(parts[:-2]) + "." if len(parts) > 2 else ""
+
+
+def _stack_name(stack: str) -> str:
+    return stack.rstrip(".") or "transformer"
+
+
+def _check_scored(raw: np.ndarray, names, layers, stacks, order) -> None:
+    """Warn about layers without a score; fail where a stack has too few scored layers to be z-scored."""
+    for s, name in enumerate(names):
+        missing = [layers[i] for i in range(len(layers)) if not np.isfinite(raw[s, i])]
+        if len(missing) == len(layers):
+            raise ValueError(f"no layer has a {name} score (all NaN) for the chosen branch and steps; layers: "
+                             f"{_short(layers)}")
+        for stack in order:
+            idx = [i for i, t in enumerate(stacks) if t == stack]
+            absent = [layers[i] for i in idx if not np.isfinite(raw[s, i])]
+            if len(absent) == len(idx):
+                warnings.warn(f"stack {_stack_name(stack)!r} has no {name} values in the chosen steps (e.g. a "
+                              f"Wan2.2 expert that did not run then): its layers {_short(absent)} are left out",
+                              UserWarning, stacklevel=3)
+                continue
+            if absent:
+                warnings.warn(f"layers without a {name} score (all NaN: constant maps or nothing recorded), left "
+                              f"out: {_short(absent)}", UserWarning, stacklevel=3)
+            if len(idx) - len(absent) < MIN_LAYERS:
+                raise ValueError(f"too few layers to z-score {name} in stack {_stack_name(stack)!r}: "
+                                 f"{len(idx) - len(absent)} with a score, at least {MIN_LAYERS} needed")
+
+
+def _robust_z(x: np.ndarray, what: str) -> np.ndarray:
+    """(x − median) / (1.4826 · MAD) over the finite entries; 0 (with a warning) where the MAD is 0."""
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return np.full_like(x, np.nan)
+    median = np.median(finite)
+    mad = np.median(np.abs(finite - median))
+    if not mad > 0:
+        warnings.warn(f"the MAD of {what} over layers is 0 (at least half the layers score the same): its z-scores "
+                      f"are set to 0, so it marks no weak layers", UserWarning, stacklevel=3)
+        return np.where(np.isfinite(x), 0.0, np.nan)
+    return (x - median) / (MAD_SCALE * mad)
+
+
+# -- small helpers --------------------------------------------------------------------------------------------
+
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """`np.nanmean` without the all-NaN warning (an all-NaN slice is NaN and is reported by the caller)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _json_float(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _fmt(v) -> str:
+    v = float(v)
+    return f"{v:+.3f}" if math.isfinite(v) else "nan"
+
+
+def _short(items: Sequence, n: int = 8) -> str:
+    items = list(items)
+    return str(items) if len(items) <= n else f"[{', '.join(map(repr, items[:n]))}, ... ({len(items)} in all)]"
+
+
+__all__ = ["MAD_SCALE", "SCORES", "WeakLayers", "find_weak_layers"]
