@@ -1,0 +1,473 @@
+"""fglens.plot: every figure renders headless to a PNG, with labelled axes, for Wan and HunyuanVideo runs; the
+plotted numbers are the Dataset's own means, computed here independently with xarray; clear errors."""
+
+from types import SimpleNamespace
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from matplotlib.collections import PolyCollection, QuadMesh
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+import fglens as fg
+from fglens import plot, testing
+
+DPI = 50  # small files: the tests check content, not looks
+WORDS = ("dog", "jumps", "fence")
+
+
+@pytest.fixture(scope="module")
+def wan_pipe():
+    return testing.tiny_wan_i2v_pipeline()
+
+
+@pytest.fixture(scope="module")
+def wan(wan_pipe):
+    return testing.tiny_run("wan", words=WORDS, maps=True, pipe=wan_pipe)
+
+
+@pytest.fixture(scope="module")
+def wan_seed1(wan_pipe):
+    return testing.tiny_run("wan", words=WORDS, maps=True, seed=1, pipe=wan_pipe)
+
+
+@pytest.fixture(scope="module")
+def hunyuan():
+    return testing.tiny_run("hunyuan", words=WORDS, maps=True, pipe=testing.tiny_hunyuan_i2v_pipeline())
+
+
+@pytest.fixture(params=["wan", "hunyuan"])
+def run(request, wan, hunyuan):
+    return {"wan": wan, "hunyuan": hunyuan}[request.param]
+
+
+def _png(path) -> None:
+    """A real, non-empty PNG file."""
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 50 and image.height > 50
+
+
+def _title(fig) -> str:
+    text = fig.get_suptitle()
+    assert text.strip(), "the figure has no title"
+    return text
+
+
+def _per_layer(ds: xr.Dataset, var: str, steps=None) -> np.ndarray:
+    """Independent reference: mean over everything but the layer (NaN skipped), cond branch."""
+    da = ds[var].sel(branch="cond")
+    if steps is not None:
+        da = da.sel(step=steps)
+    return da.mean([d for d in da.dims if d != "layer"], skipna=True).values.astype(float)
+
+
+def _band(ax, x: float) -> tuple[float, float]:
+    """The (low, high) of the confidence band drawn at x."""
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert bands, "no confidence band drawn"
+    verts = bands[0].get_paths()[0].vertices
+    ys = verts[np.isclose(verts[:, 0], x), 1]
+    return float(ys.min()), float(ys.max())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer_profile
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_layer_profile_draws_the_per_layer_means_with_weak_layers_shaded(run, tmp_path):
+    layers = [str(v) for v in run.layer.values]
+    weak = SimpleNamespace(weak=[layers[1], layers[2]], responsive=[layers[3]])  # duck-typed WeakLayers
+    path = tmp_path / "profile.png"
+    fig = plot.layer_profile(run, weak=weak, path=path, dpi=DPI)
+    _png(path)
+    assert "cond branch" in _title(fig) and "all steps" in _title(fig)
+    axes = fig.axes
+    assert [ax.get_ylabel() for ax in axes] == [plot.LABELS["similarity"], plot.LABELS["morans_i"]]
+    assert axes[-1].get_xlabel() == "layer (depth order)"
+    assert [t.get_text() for t in axes[-1].get_xticklabels()] == layers
+    for ax, var in zip(axes, ("similarity", "morans_i"), strict=True):
+        line = next(line for line in ax.lines if line.get_gid() != "responsive" and len(line.get_xdata()) > 1)
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(len(layers)))
+        np.testing.assert_allclose(line.get_ydata(), _per_layer(run, var), rtol=1e-5, atol=1e-7)
+        spans = sorted(p.get_x() for p in ax.patches if isinstance(p, Rectangle) and p.get_gid() == "weak")
+        assert spans == [0.5, 1.5]  # layers 1 and 2, each ±0.5 around its position
+        marks = [line for line in ax.lines if line.get_gid() == "responsive"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [3]
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["semantic-weak layer", "responsive layer"]
+
+
+def test_layer_profile_steps_fraction_and_plain_list_of_weak_layers(wan):
+    fig = plot.layer_profile(wan, weak=["blocks.3", 0], vars="word_mass", steps=(0.0, 0.5), n_boot=200)
+    assert "first half: steps 0" in _title(fig)
+    (ax,) = fig.axes
+    line = next(line for line in ax.lines if len(line.get_xdata()) > 1)
+    np.testing.assert_allclose(line.get_ydata(), _per_layer(wan, "word_mass", steps=[0]), rtol=1e-5)
+    spans = sorted(p.get_x() for p in ax.patches if p.get_gid() == "weak")
+    assert spans == [-0.5, 2.5]
+
+
+def test_layer_profile_over_several_runs_draws_bands_and_stacked_runs_match_the_list(wan, wan_seed1):
+    fig = plot.layer_profile([wan, wan_seed1], vars=("similarity",), dpi=DPI)
+    assert "2\u00a0runs" in _title(fig)
+    ax = fig.axes[0]
+    line = next(line for line in ax.lines if len(line.get_xdata()) > 1)
+    pooled = xr.concat([wan.similarity, wan_seed1.similarity], dim="run")
+    expected = _per_layer(pooled.to_dataset(), "similarity")
+    np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-5)
+    for x, mean in enumerate(expected):
+        low, high = _band(ax, x)
+        assert low < mean < high  # a real band around the mean, not a line
+    # the same two runs stacked on a `run` dim (as fg.open_runs returns them) give the same figure data
+    stacked = xr.concat([wan, wan_seed1], dim="run", coords="minimal", compat="override", combine_attrs="override")
+    stacked = stacked.assign_coords(run=["a", "b"], word_label=(("run", "word"), [list(WORDS)] * 2))
+    again = plot.layer_profile(stacked, vars=("similarity",))
+    line2 = next(line for line in again.axes[0].lines if len(line.get_xdata()) > 1)
+    np.testing.assert_allclose(line2.get_ydata(), line.get_ydata(), rtol=1e-6)
+
+
+def _stack(runs: dict[str, xr.Dataset]) -> xr.Dataset:
+    """Runs stacked on a `run` dim as fg.open_runs describes it: words become slots 0..max-1, NaN-padded, with
+    their names in a (run, word) `word_label` coordinate."""
+    slots = max(d.sizes["word"] for d in runs.values())
+    labels, parts = [], []
+    for d in runs.values():
+        labels.append([str(w) for w in d.word.values] + [""] * (slots - d.sizes["word"]))
+        parts.append(d.assign_coords(word=np.arange(d.sizes["word"])).reindex(word=np.arange(slots)))
+    stacked = xr.concat(parts, dim="run", coords="minimal", compat="override", combine_attrs="override")
+    return stacked.assign_coords(run=list(runs), word_label=(("run", "word"), labels))
+
+
+def test_runs_stacked_with_padded_words(wan, wan_seed1):
+    stacked = _stack({"a": wan, "b": wan_seed1.sel(word=["fence"])})
+    assert np.isnan(stacked.similarity.sel(run="b", word=2)).all()  # the padding
+    fig = plot.layer_profile(stacked, vars=("similarity",))
+    line = next(line for line in fig.axes[0].lines if len(line.get_xdata()) > 1)
+    # pooled samples: 3 words of run a and 1 word of run b, every step and frame
+    pooled = np.concatenate([
+        wan.similarity.sel(branch="cond").transpose("layer", ...).values.reshape(4, -1),
+        wan_seed1.similarity.sel(branch="cond", word=["fence"]).transpose("layer", ...).values.reshape(4, -1),
+    ], axis=1)
+    np.testing.assert_allclose(line.get_ydata(), pooled.mean(axis=1), rtol=1e-5)
+    maps = plot.word_maps(stacked, "fence", run="b", layers=[0], frames=[0])
+    expected = wan_seed1.word_map.sel(branch="cond", word="fence", layer="blocks.0", frame=0).mean("step").values
+    np.testing.assert_allclose(np.asarray(maps.axes[0].images[0].get_array()), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"unknown word 'dog'; the run's words are \['fence'\]"):
+        plot.word_maps(stacked, "dog", run="b")
+    with pytest.raises(ValueError, match=r"unknown run 'c'.*\['a', 'b'\]"):
+        plot.word_maps(stacked, "dog", run="c")
+
+
+def test_layer_profile_averages_frames_first_past_max_samples(wan):
+    fig = plot.layer_profile(wan, vars=("similarity",), max_samples=5)
+    assert "frame-averaged" in _title(fig)
+    line = next(line for line in fig.axes[0].lines if len(line.get_xdata()) > 1)
+    # mean of frame means = mean over all (same number of frames everywhere, no NaN in similarity)
+    np.testing.assert_allclose(line.get_ydata(), _per_layer(wan, "similarity"), rtol=1e-5)
+
+
+def test_many_layers_thin_the_tick_labels_and_many_samples_are_averaged():
+    """A synthetic 40-layer run (Wan-14B depth): every 2nd layer named, frames then steps averaged."""
+    rng = np.random.default_rng(0)
+    layers = [f"blocks.{i}" for i in range(40)]
+    ds = xr.Dataset(
+        {"similarity": (("branch", "step", "layer", "word", "frame"), rng.normal(size=(1, 10, 40, 2, 3)))},
+        coords={"branch": ["cond"], "step": np.arange(10), "layer": layers, "word": ["dog", "cat"],
+                "frame": np.arange(3)},
+    )
+    fig = plot.layer_profile(ds, weak=["blocks.17"], vars="similarity", max_samples=10, n_boot=100)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == layers[::2]
+    assert "(frame-averaged, step-averaged)" in _title(fig)
+    line = next(line for line in ax.lines if len(line.get_xdata()) > 1)
+    np.testing.assert_allclose(line.get_ydata(), _per_layer(ds, "similarity"), rtol=1e-10)
+    assert [p.get_x() for p in ax.patches if p.get_gid() == "weak"] == [16.5]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# layer_step_heatmap
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var", ["similarity", "entropy"])
+def test_layer_step_heatmap_cells_are_the_means_over_words_and_frames(run, var, tmp_path):
+    path = tmp_path / "heat.png"
+    fig = plot.layer_step_heatmap(run, var=var, path=path, dpi=DPI)
+    _png(path)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "denoising step (timestep)" and ax.get_ylabel() == "layer (depth order)"
+    assert fig.axes[1].get_ylabel() == plot.LABELS[var]  # the colour bar says what the colour is
+    _title(fig)
+    mesh = next(c for c in ax.collections if isinstance(c, QuadMesh))
+    da = run[var].sel(branch="cond")
+    expected = da.mean([d for d in da.dims if d not in ("layer", "step")]).transpose("layer", "step").values
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(expected.shape), expected, rtol=1e-5)
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == [f"{s}\n{t:.0f}" for s, t in zip(run.step.values, run.timestep.values, strict=True)]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(v) for v in run.layer.values]
+
+
+def test_layer_step_heatmap_of_several_runs_is_the_mean_of_the_runs(wan, wan_seed1):
+    fig = plot.layer_step_heatmap([wan, wan_seed1], var="word_mass")
+    mesh = next(c for c in fig.axes[0].collections if isinstance(c, QuadMesh))
+    per_run = [d.word_mass.sel(branch="cond").mean(("word", "frame")) for d in (wan, wan_seed1)]
+    expected = ((per_run[0] + per_run[1]) / 2).transpose("layer", "step").values
+    np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(expected.shape), expected, rtol=1e-5)
+    assert "2 runs" in _title(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# word_maps
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_word_maps_grid_is_the_step_mean_map_over_the_image(run, tmp_path):
+    path = tmp_path / "maps.png"
+    fig = plot.word_maps(run, "dog", image=testing.reference_image(), path=path, dpi=DPI)
+    _png(path)
+    layers = [str(v) for v in run.layer.values]
+    n_frames = run.sizes["frame"]
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == len(layers) * n_frames
+    expected = run.word_map.sel(branch="cond", word="dog").mean("step").values  # (layer, frame, y, x)
+    for i, ax in enumerate(panels):
+        r, c = divmod(i, n_frames)
+        background, overlay = ax.images  # the reference image, then the map at alpha < 1
+        assert background.get_array().shape[-1] == 3 and overlay.get_alpha() < 1
+        np.testing.assert_allclose(np.asarray(overlay.get_array()), expected[r, c], rtol=1e-6)
+        if c == 0:
+            assert ax.get_ylabel() == layers[r]
+        if r == 0:
+            assert ax.get_title() == f"frame {c}"
+    colorbars = [ax for ax in fig.axes if not ax.images]
+    assert len(colorbars) == 1 and "dog" in colorbars[0].get_ylabel()  # one shared colour bar
+    assert "“dog”" in _title(fig)
+
+
+def test_word_maps_selects_layers_frames_and_steps(wan):
+    fig = plot.word_maps(wan, "fence", layers=["blocks.3", 1], frames=[1], step=[1])
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_ylabel() for ax in panels] == ["blocks.3", "blocks.1"]
+    expected = wan.word_map.sel(branch="cond", word="fence", step=1, frame=1)
+    for ax, layer in zip(panels, ("blocks.3", "blocks.1"), strict=True):
+        (image,) = ax.images  # no reference image: the map alone
+        np.testing.assert_allclose(np.asarray(image.get_array()), expected.sel(layer=layer).values, rtol=1e-6)
+
+
+def test_word_maps_errors_say_what_exists(wan, wan_seed1):
+    with pytest.raises(ValueError, match=r"fg.Record\(maps=True\)"):
+        plot.word_maps(wan.drop_vars("word_map"), "dog")
+    with pytest.raises(ValueError, match=r"unknown word 'cat'.*\['dog', 'jumps', 'fence'\]"):
+        plot.word_maps(wan, "cat")
+    with pytest.raises(ValueError, match=r"unknown layer 'blocks.9'.*blocks.0"):
+        plot.word_maps(wan, "dog", layers=["blocks.9"])
+    with pytest.raises(ValueError, match=r"unknown frame\(s\) \[5\].*\[0, 1\]"):
+        plot.word_maps(wan, "dog", frames=[5])
+    with pytest.raises(ValueError, match="choose one with run="):
+        plot.word_maps([wan, wan_seed1], "dog")
+    fig = plot.word_maps([wan, wan_seed1], "dog", run=1)
+    first = next(ax for ax in fig.axes if ax.images)
+    expected = wan_seed1.word_map.sel(branch="cond", word="dog", layer="blocks.0", frame=0).mean("step").values
+    np.testing.assert_allclose(np.asarray(first.images[0].get_array()), expected, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# condition_balance
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_condition_balance_wan_is_text_share_per_layer(wan, tmp_path):
+    path = tmp_path / "balance.png"
+    fig = plot.condition_balance(wan, path=path, dpi=DPI)
+    _png(path)
+    (ax,) = fig.axes
+    assert ax.get_ylabel() and ax.get_xlabel() == "layer (depth order)"
+    assert "Text vs image" in _title(fig)
+    line = next(line for line in ax.lines if len(line.get_xdata()) == wan.sizes["layer"])
+    np.testing.assert_allclose(line.get_ydata(), _per_layer(wan, "text_share"), rtol=1e-5)
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in ax.lines)  # the equal-share reference
+
+
+def test_condition_balance_hunyuan_stacks_text_image_and_video_mass(hunyuan, tmp_path):
+    path = tmp_path / "balance.png"
+    fig = plot.condition_balance(hunyuan, path=path, dpi=DPI)
+    _png(path)
+    top, bottom = fig.axes
+    assert top.get_ylabel() == "share of attention" and bottom.get_ylabel() == "text mass"
+    assert bottom.get_xlabel() == "layer (depth order)"
+    text, image = _per_layer(hunyuan, "text_mass"), _per_layer(hunyuan, "image_mass")
+    bars = {name: [p for p in top.patches if p.get_gid() == name] for name in ("text", "image-derived", "video")}
+    np.testing.assert_allclose([p.get_height() for p in bars["text"]], text, rtol=1e-5)
+    np.testing.assert_allclose([p.get_height() for p in bars["image-derived"]], image, rtol=1e-5)
+    np.testing.assert_allclose([p.get_y() for p in bars["image-derived"]], text, rtol=1e-5)  # stacked
+    np.testing.assert_allclose([p.get_height() for p in bars["video"]], 1 - text - image, rtol=1e-5)
+    np.testing.assert_allclose([p.get_y() + p.get_height() for p in bars["video"]], 1.0, rtol=1e-6)
+    line = next(line for line in bottom.lines if len(line.get_xdata()) > 1)
+    np.testing.assert_allclose(line.get_ydata(), text, rtol=1e-5)
+
+
+def test_condition_balance_without_image_tokens_stacks_text_and_video(hunyuan):
+    """Joint attention without image-derived tokens (CogVideoX T2V): text and video only."""
+    fig = plot.condition_balance(hunyuan.drop_vars("image_mass"))
+    top = fig.axes[0]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["text", "video"]
+    video = [p.get_height() for p in top.patches if p.get_gid() == "video"]
+    np.testing.assert_allclose(video, 1 - _per_layer(hunyuan, "text_mass"), rtol=1e-5)
+
+
+def test_condition_balance_needs_a_balance_variable(wan):
+    with pytest.raises(ValueError, match="needs text_share .* or text_mass"):
+        plot.condition_balance(wan.drop_vars("text_share"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# compare
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_compare_before_after_an_edit(wan, wan_pipe, tmp_path):
+    """A/B with the same seed: scaling the attention to 'dog' by 3 raises its word mass in every layer."""
+    after = testing.tiny_run("wan", words=WORDS, maps=False, pipe=wan_pipe, edit=fg.Scale(["dog"], 3.0))
+    before, after = wan.sel(word=["dog"]), after.sel(word=["dog"])
+    path = tmp_path / "sub" / "dir" / "compare.png"  # parent folders are created
+    fig = plot.compare(before, after, var="word_mass", labels=("plain", "dog ×3"), path=path, dpi=DPI)
+    _png(path)
+    top, bottom = fig.axes
+    assert top.get_ylabel() == plot.LABELS["word_mass"] and "dog ×3 − plain" in bottom.get_ylabel()
+    assert bottom.get_xlabel() == "layer (depth order)"
+    assert "paired" in _title(fig)
+    lines = [line for line in top.lines if len(line.get_xdata()) > 1]
+    mean_a, mean_b = _per_layer(before, "word_mass"), _per_layer(after, "word_mass")
+    np.testing.assert_allclose(lines[0].get_ydata(), mean_a, rtol=1e-5)
+    np.testing.assert_allclose(lines[1].get_ydata(), mean_b, rtol=1e-5)
+    diff = next(line for line in bottom.lines if len(line.get_xdata()) > 2)
+    np.testing.assert_allclose(diff.get_ydata(), mean_b - mean_a, rtol=1e-4, atol=1e-7)
+    assert (diff.get_ydata() > 0).all()
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["plain", "dog ×3"]
+
+
+def test_compare_unpaired_inputs_and_mismatched_layers(wan, hunyuan, wan_seed1):
+    fig = plot.compare(wan, wan_seed1.sel(word=["dog"]), var="similarity")
+    assert "not paired" in _title(fig)
+    diff = next(line for line in fig.axes[1].lines if len(line.get_xdata()) > 2)
+    np.testing.assert_allclose(
+        diff.get_ydata(), _per_layer(wan_seed1.sel(word=["dog"]), "similarity") - _per_layer(wan, "similarity"),
+        rtol=1e-4, atol=1e-7,
+    )
+    with pytest.raises(ValueError, match="same layers.*blocks.0.*double.0"):
+        plot.compare(wan, hunyuan)
+    with pytest.raises(ValueError, match="same layers"):
+        plot.compare(wan, wan.isel(layer=slice(0, 3)))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# anchor
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip():
+    torch.manual_seed(0)
+    return fg.anchors.Clip(fg.anchors.tiny_config())
+
+
+def test_anchor_from_clip_draws_region_map_and_mask(clip, tmp_path):
+    image = testing.reference_image(96, 64)
+    anchor = fg.AnchorMask.from_clip(image, "a dog jumps over the fence", ["dog", "fence"], clip)
+    path = tmp_path / "anchor.png"
+    fig = plot.anchor(image, anchor, path=path, dpi=DPI)
+    _png(path)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels[:3]] == [
+        "reference image", "CLIP similarity (patches)", "anchor mask (latent grid)"
+    ]
+    assert [panels[0].get_ylabel(), panels[3].get_ylabel()] == ["“dog”", "“fence”"]
+    for row, word in enumerate(("dog", "fence")):
+        _, sim, mask = panels[3 * row : 3 * row + 3]
+        np.testing.assert_allclose(np.asarray(sim.images[-1].get_array()), anchor.regions.similarity[word].numpy())
+        np.testing.assert_allclose(np.asarray(mask.images[-1].get_array()), anchor.masks[row].numpy())
+        assert sim.images[-1].get_extent() == mask.images[-1].get_extent() == [-0.5, 95.5, 63.5, -0.5]
+    labels = [ax.get_ylabel() for ax in fig.axes if not ax.images]
+    assert labels == ["cosine similarity", "mask M_w"] * 2
+    assert "otsu" in _title(fig)
+    # one word only, and the anchor inside a FocalGuidance
+    edit = fg.FocalGuidance(anchor=anchor, layers=[1])
+    one = plot.anchor(image, edit, word="fence")
+    assert len([ax for ax in one.axes if ax.images]) == 3
+
+
+def test_anchor_from_mask_has_masks_only(tmp_path):
+    mask = torch.zeros(4, 6)
+    mask[1:3, 1:4] = 1.0
+    anchor = fg.AnchorMask.from_mask(mask, "dog", strength=2.0)
+    fig = plot.anchor(testing.reference_image(96, 64), anchor, path=tmp_path / "a.png", dpi=DPI)
+    _png(tmp_path / "a.png")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["reference image", "anchor mask (latent grid)"]
+    np.testing.assert_array_equal(np.asarray(panels[1].images[-1].get_array()), mask.numpy())
+    assert "no CLIP regions" in _title(fig)
+    no_image = plot.anchor(None, anchor)
+    assert [ax.get_title() for ax in no_image.axes if ax.images] == ["anchor mask (latent grid)"]
+    with pytest.raises(ValueError, match=r"unknown word\(s\) \['cat'\].*\['dog'\]"):
+        plot.anchor(None, anchor, word="cat")
+    with pytest.raises(ValueError, match="nothing to draw"):
+        plot.anchor(None, object())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# inputs, saving, global state
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_get_clear_errors(wan):
+    with pytest.raises(TypeError, match="fg.plot takes a run xarray.Dataset"):
+        plot.layer_profile({"similarity": 1})
+    with pytest.raises(ValueError, match=r"no variable 'text_mass'.*Wan has text_share.*Variables present"):
+        plot.layer_profile(wan, vars=("text_mass",))
+    with pytest.raises(ValueError, match=r"branch 'uncond' was not recorded; recorded branches: \['cond'\]"):
+        plot.layer_profile(wan, branch="uncond")
+    with pytest.raises(ValueError, match=r"steps \[7\] were not recorded; recorded steps: \[0, 1\]"):
+        plot.layer_step_heatmap(wan, steps=[7])
+    with pytest.raises(ValueError, match="start <= stop"):
+        plot.layer_profile(wan, steps=(0.5, 0.2))
+    with pytest.raises(ValueError, match=r"unknown layer 'blocks.40'; the run's layers are"):
+        plot.layer_profile(wan, weak=["blocks.40"])
+    with pytest.raises(ValueError, match="runs must have the same layers"):
+        plot.layer_profile([wan, wan.isel(layer=[0, 1])])
+    nan = wan.copy(deep=True)
+    nan["similarity"][:] = np.nan
+    with pytest.raises(ValueError, match="no recorded values of 'similarity'"):
+        plot.layer_profile(nan, vars=("similarity",))
+
+
+@pytest.mark.parametrize("suffix", ["pdf", "svg"])
+def test_saves_in_the_format_of_the_suffix(wan, tmp_path, suffix):
+    path = tmp_path / f"heat.{suffix}"
+    plot.layer_step_heatmap(wan, path=path)
+    head = path.read_bytes()[:200]
+    assert head.startswith(b"%PDF") if suffix == "pdf" else b"<svg" in path.read_bytes()[:2000]
+
+
+def test_unknown_suffix_is_refused_and_nothing_is_written(wan, tmp_path):
+    with pytest.raises(ValueError, match="suffix must be one of"):
+        plot.layer_step_heatmap(wan, path=tmp_path / "out" / "heat.xyz")
+    assert not (tmp_path / "out").exists()
+
+
+def test_figures_leave_pyplot_and_the_backend_alone(wan):
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend()
+    mine = plt.figure()  # a figure the user owns
+    before, rc = plt.get_fignums(), dict(matplotlib.rcParams)
+    fig = plot.layer_profile(wan)
+    assert plt.get_fignums() == before and plt.fignum_exists(mine.number)
+    assert matplotlib.get_backend() == backend
+    assert dict(matplotlib.rcParams) == rc  # seaborn's paper style was scoped to the figure
+    assert fig not in [plt.figure(n) for n in plt.get_fignums()]
+    plt.close(mine)
