@@ -169,7 +169,8 @@ def load_image(image: Any) -> Image.Image:
     raise TypeError(f"a reference image is a path, a PIL image or an [H, W, 3] array; got {type(image).__name__}")
 
 
-def _call_defaults(pipe: Any) -> dict[str, Any]:
+def default_size(pipe: Any) -> dict[str, Any]:
+    """The pipeline's default height, width and num_frames (the tiny pipelines: a few tokens)."""
     tiny = getattr(pipe, "_fglens_tiny", None)
     if tiny is not None:
         return dict(TINY_SIZES["hunyuan" if "hunyuan" in tiny else "wan"])
@@ -209,7 +210,7 @@ def call_kwargs(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("the prompt must be a non-empty string")
-    size = _call_defaults(pipe)
+    size = default_size(pipe)
     for key, value in (("height", height), ("width", width), ("num_frames", num_frames)):
         if value is not None:
             size[key] = int(value)

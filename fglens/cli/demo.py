@@ -1,4 +1,4 @@
-"""``fglens demo``: record a run on the built-in tiny Wan I2V pipeline and print a per-layer table."""
+"""``fglens demo``: record a run on the built-in tiny Wan I2V pipeline, print a per-layer table, write its figures."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import os
 
 def register(sub) -> None:
     parser = sub.add_parser(
-        "demo", help="record a run on the built-in tiny Wan I2V pipeline",
+        "demo", help="record a run on the built-in tiny Wan I2V pipeline, print a table, write its figures",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  fglens demo --out demo/    # writes demo/demo.zarr and prints a per-layer table",
+        epilog="example:\n  fglens demo --out demo/    # writes demo/demo.zarr, prints a per-layer table, and writes\n"
+        "                             # the run's figures to demo/figures/ (as `fglens plot` does)",
     )
     parser.add_argument("--out", default="demo", help="output folder (default: demo/)")
     parser.add_argument("--steps", type=int, default=4)
@@ -19,6 +20,7 @@ def register(sub) -> None:
     parser.add_argument("--width", type=int, default=96)
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures (demo/figures/)")
     parser.set_defaults(func=run)
 
 
@@ -27,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import fglens as fg
+
+    from .diagnose import layer_table
+    from .plot import write_figures
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -41,21 +46,19 @@ def run(args: argparse.Namespace) -> int:
             num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed), output_type="np",
         )
     ds = run.dataset
-    cond = ds.sel(branch="cond")
     print(f"fglens demo: traced {type(pipe).__name__} (random weights) on {prompt!r}")
     grid = tuple(fg.store.decode_attrs(ds.attrs)["grid"])
     print(f"  steps {ds.sizes['step']}, layers {ds.sizes['layer']}, words {list(ds.word.values)}, "
           f"latent grid (frame, y, x) = {grid}")
     print()
-    header = f"  {'layer':<10}{'word_mass':>11}{'morans_i':>10}{'similarity':>12}{'text_share':>12}{'entropy':>9}"
-    print(header)
-    for layer in ds.layer.values:
-        row = cond.sel(layer=layer)
-        print(
-            f"  {layer:<10}{float(row.word_mass.mean()):>11.4f}{float(row.morans_i.mean()):>10.3f}"
-            f"{float(row.similarity.mean()):>12.3f}{float(row.text_share.mean()):>12.3f}{float(row.entropy.mean()):>9.3f}"
-        )
+    print(layer_table(ds))
     print("\n  (means over steps, words and frames of the cond branch)")
     print(f"\nwrote run {ds.attrs['run']} to {store}")
     print(f"open it with: fg.open_run({store!r}, run={ds.attrs['run']!r})")
+    if not args.no_figures:
+        figures = os.path.join(out, "figures")
+        written = write_figures({ds.attrs["run"]: ds}, figures)
+        print(f"\nwrote {len(written)} figures to {figures}/ (as `fglens plot {store} --out {figures}`):")
+        for path in written:
+            print(f"  {path}")
     return 0

@@ -103,7 +103,9 @@ def _where(recipe: Mapping[str, Any], layers_key: str | None = "layers") -> Wher
                  branches=recipe.get("branches"))
 
 
-def _clip(spec: Any, clip: Any) -> Any:
+def load_clip(spec: Any, clip: Any = None) -> Any:
+    """The CLIP model a recipe's ``clip`` entry names (`clip`, when given, wins): ``"tiny"`` or
+    ``{"model": ..., "pretrained": ...}``; load it once and pass it to `from_recipe` for many items."""
     if clip is not None:
         return clip
     from .. import anchors
@@ -158,7 +160,7 @@ def from_recipe(
             raise ValueError(f"recipe {kind} builds a CLIP anchor: it needs the item's image and prompt")
         height, width = size if size is not None else (None, None)
         where = _where(parsed) if kind == "anchor_mask" else None
-        anchor = AnchorMask.from_clip(image, prompt, words=item_words, clip=_clip(parsed.get("clip"), clip),
+        anchor = AnchorMask.from_clip(image, prompt, words=item_words, clip=load_clip(parsed.get("clip"), clip),
                                       strength=float(parsed.get("strength", 2.0)), height=height, width=width,
                                       **({"where": where} if where is not None else {}))
     if kind == "anchor_mask":
