@@ -56,7 +56,8 @@ class Trace:
         run_ids: the names of those runs in the store.
     """
 
-    def __init__(self, target: Any, record: Record | None = None, edit: Any = None, store: Any = None):
+    def __init__(self, target: Any, record: Record | None = None, edit: Any = None, store: Any = None,
+                 run_id: str | None = None):
         if record is not None and not isinstance(record, Record):
             raise TypeError(f"record must be an fg.Record, got {type(record).__name__}")
         self.pipe, found = _transformers(target)
@@ -67,7 +68,10 @@ class Trace:
         self.record = record if record is not None else (Record() if edit is None or store is not None else None)
         self.editor = Editor(edit, per_model, kinds) if edit is not None else None
         self.layers = resolve_layers(self.record.layers, per_model) if self.record else []
-        self.store = store_path(store) if store is not None else None
+        if run_id is not None and store is None:
+            raise ValueError(f"run_id={run_id!r} names a run in a store: give store= too")
+        self.store = store_path(store, run_id=run_id) if store is not None else None
+        self._runs_begun = 0  # pipeline calls that started a run in this block (fixed run ids get -1, -2, ...)
         self.recorder = Recorder(self.record, self.layers) if self.record else None
         self.variables = self._variables() if self.record else []
         self._adapter_of = {layer: a for a in self.adapters for layer in a.layers()}
@@ -235,8 +239,13 @@ class Trace:
         words = words_for(call, self.record.words)
         self.recorder.begin_run(words, call.n_real() if call is not None else {})
         variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
-        run_id = new_run_id()
-        sink = ZarrSink(self.store, run_id) if self.store is not None else MemorySink()
+        run_id, target = new_run_id(), self.store
+        fixed = getattr(self.store, "run_id", None)  # store_path(..., run_id=...) or fg.trace(..., run_id=...)
+        if fixed is not None:  # the first call of the block gets the id itself, later ones "-1", "-2", ...
+            run_id = fixed if self._runs_begun == 0 else f"{fixed}-{self._runs_begun}"
+            target = store_path(self.store.path, run_id=run_id, overwrite_incomplete=self.store.overwrite_incomplete)
+        self._runs_begun += 1
+        sink = ZarrSink(target, run_id) if self.store is not None else MemorySink()
         self._writer = RunWriter(
             sink, variables=variables, branches=self.record.branches, layers=self.layers, words=list(words),
             grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
@@ -292,7 +301,8 @@ class Trace:
         }
 
 
-def trace(target: Any, record: Record | None = None, edit: Any = None, store: Any = None) -> Trace:
+def trace(target: Any, record: Record | None = None, edit: Any = None, store: Any = None,
+          run_id: str | None = None) -> Trace:
     """Trace a diffusers pipeline (or a bare transformer) for the duration of a ``with`` block.
 
     Args:
@@ -303,6 +313,10 @@ def trace(target: Any, record: Record | None = None, edit: Any = None, store: An
             or a composition); applied before recorders, which see the post-edit attention.
         store: path of a zarr store to write the run(s) into; a new run is added, nothing is overwritten.
             Without it the run is kept in memory.
+        run_id: the name of the run in `store` instead of a generated one (deterministic ids let a sweep find
+            its runs again). A second pipeline call in the same block gets ``<run_id>-1``, a third
+            ``<run_id>-2``, and so on. An existing complete run with that name is never replaced; an incomplete
+            one only through ``store=fg.store.store_path(path, run_id=..., overwrite_incomplete=True)``.
 
     Example:
         >>> import fglens as fg
@@ -313,7 +327,7 @@ def trace(target: Any, record: Record | None = None, edit: Any = None, store: An
         >>> run.dataset.word_mass.dims
         ('branch', 'step', 'layer', 'word', 'frame')
     """
-    return Trace(target, record=record, edit=edit, store=store)
+    return Trace(target, record=record, edit=edit, store=store, run_id=run_id)
 
 
 def _call_arg(args: tuple, kwargs: dict, name: str, position: int):
