@@ -1,9 +1,14 @@
 """The `fglens` command: one module of this package per subcommand, each with `register(sub)` and `run(args)`.
 
 Examples:
-    fglens demo --out demo/          # record a run on the built-in tiny Wan I2V pipeline, print a table
-    fglens bench --json bench.json   # plain vs traced vs naive recorder at several token counts
-    fglens bench --edit              # plain vs fg.FocalGuidance on 1, 2, ... edited layers
+    fglens demo --out demo/                                   # tiny Wan I2V: record, print a table, draw figures
+    fglens diagnose --pipeline tiny-wan --prompt "a dog jumps" --words dog,jumps --store runs.zarr
+    fglens plot runs.zarr --out figures/                      # every figure of a store
+    fglens generate --pipeline tiny-wan --prompt "a dog jumps" --words dog --clip tiny --out out/
+    fglens inspect runs.zarr                                  # runs, completeness, dims, sizes
+    fglens sweep spec.jsonl --pipeline tiny-wan --store sweep.zarr   # also under torchrun / accelerate launch
+    fglens eval builtin --pipeline tiny-wan --out eval/ --edit focal-guidance --layers 1,2 --src 3 --clip tiny
+    fglens bench --json bench.json                            # overhead and memory, measured side by side
 
 Importing a command module is cheap (no torch): heavy imports happen inside its `run`.
 """
@@ -16,7 +21,7 @@ from collections.abc import Sequence
 from importlib import import_module
 
 #: subcommands in the order `fglens --help` lists them; each is the module fglens.cli.<name>
-COMMANDS = ("demo", "bench")
+COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fglens",
         description="Look inside video diffusion transformers and steer them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  fglens demo --out demo/\n  fglens bench --json bench.json\n\n"
+        epilog="examples:\n  fglens demo --out demo/\n"
+        "  fglens diagnose --pipeline tiny-wan --prompt \"a dog jumps\" --words dog,jumps --store runs.zarr\n"
+        "  fglens plot runs.zarr --out figures/\n  fglens inspect runs.zarr\n\n"
         "`fglens COMMAND --help` shows each command's options and an example.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
