@@ -82,8 +82,9 @@ print(table.round(5).to_string(index=False))
 fig = Figure(figsize=(9, 3.8), layout="constrained")
 for ax, value in zip(fig.subplots(1, 2), ("word mass change", "frame change"), strict=True):
     grid = table.pivot(index="destination", columns="source", values=value).reindex(index=chosen, columns=chosen)
-    sns.heatmap(grid, ax=ax, annot=len(chosen) <= 8, fmt=".3f" if "mass" in value else ".1e", cmap="vlag" if "mass" in value else "rocket_r",
-                center=0.0 if "mass" in value else None, cbar_kws={"label": value})
+    mass = "mass" in value
+    sns.heatmap(grid, ax=ax, annot=len(chosen) <= 8, fmt=".3f" if mass else ".1e", cmap="vlag" if mass else "rocket_r",
+                center=0.0 if mass else None, cbar_kws={"label": value})
     ax.set_title(f"{value} (α = {args.alpha})")
     ax.set_xlabel("source layer")
     ax.set_ylabel("destination layer")

@@ -91,11 +91,14 @@ def _resolve(path: str) -> Any:
 
     parts = path.split(".")
     obj: Any = importlib.import_module(parts[0])
-    try:
-        for attr in parts[1:]:
+    for i, attr in enumerate(parts[1:], start=2):
+        try:
             obj = getattr(obj, attr)
-    except (AttributeError, ImportError) as exc:
-        raise LookupError(f"the API reference lists {path}, which does not exist: {exc}") from exc
+        except AttributeError:
+            try:  # a submodule its package does not import
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError as exc:
+                raise LookupError(f"the API reference lists {path}, which does not exist: {exc}") from exc
     return obj
 
 
@@ -105,11 +108,32 @@ def _summary(obj: Any) -> str:
 
 
 def _signature(obj: Any) -> str:
+    """``(a: int, b: str = 'x') -> T`` with annotations as written (``from __future__ import annotations`` keeps
+    them as strings, which `inspect` would quote)."""
     try:
-        sig = str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
-    return re.sub(r"\s+", " ", sig)
+
+    def text(annotation: Any) -> str:
+        return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+
+    params = []
+    for p in sig.parameters.values():
+        piece = p.name if p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD else (
+            ("*" if p.kind is p.VAR_POSITIONAL else "**") + p.name)
+        if p.annotation is not p.empty:
+            piece += f": {text(p.annotation)}"
+        if p.default is not p.empty:
+            piece += f" = {p.default!r}"
+        params.append(piece)
+    kinds = [p.kind for p in sig.parameters.values()]
+    if inspect.Parameter.KEYWORD_ONLY in kinds and inspect.Parameter.VAR_POSITIONAL not in kinds:
+        params.insert(kinds.index(inspect.Parameter.KEYWORD_ONLY), "*")
+    out = f"({', '.join(params)})"
+    if sig.return_annotation is not sig.empty and sig.return_annotation not in (None, "None"):
+        out += f" -> {text(sig.return_annotation)}"
+    return re.sub(r"\s+", " ", out)
 
 
 def api_reference() -> str:
