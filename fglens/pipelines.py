@@ -61,6 +61,9 @@ TINY_SIZES: dict[str, dict[str, int]] = {
     "hunyuan": dict(height=48, width=80, num_frames=9),
 }
 
+#: denoising steps of a tiny pipeline's call when none are asked for
+TINY_STEPS = 4
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -195,7 +198,8 @@ def call_kwargs(
 ) -> dict[str, Any]:
     """Check one item and return the keyword arguments of ``pipe(**kwargs)``.
 
-    The size defaults to the pipeline's own (the tiny pipelines: a few tokens). Errors, before any work:
+    The size and the number of steps default to the pipeline's own (the tiny pipelines: a few tokens and
+    `TINY_STEPS` steps). Errors, before any work:
     an image-to-video pipeline without an image or a text-to-video one with an image; a missing or unreadable
     image; a height or width that is not a multiple of the model's token patch (`spatial_multiple`); an image
     whose aspect ratio differs from the video's by more than `aspect_tolerance` (the pipeline would stretch it).
@@ -237,6 +241,8 @@ def call_kwargs(
         kwargs["image"] = pil
     elif image is not None:
         raise ValueError(f"{type(pipe).__name__} is text-to-video: it takes no reference image")
+    if steps is None and getattr(pipe, "_fglens_tiny", None) is not None:
+        steps = TINY_STEPS  # the pipelines' default of 50 buys nothing on random weights
     if steps is not None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1; got {steps}")
