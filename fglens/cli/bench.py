@@ -1,4 +1,5 @@
-"""``fglens bench``: time, FLOPs and peak memory of plain vs traced vs a naive recorder (see fglens.bench)."""
+"""``fglens bench``: time, FLOPs and peak memory of plain vs traced vs FocalGuidance vs a naive recorder, on the CPU
+or (``--gpu``) on realistic Wan2.1 shapes (see fglens.bench)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,28 @@ import argparse
 
 def register(sub) -> None:
     parser = sub.add_parser(
-        "bench", help="time, FLOPs and peak memory: plain vs traced vs a naive materialising recorder",
+        "bench", help="time, FLOPs and peak memory: plain vs traced vs FocalGuidance vs a naive materialising recorder",
+        description="CPU (default): one forward of a tiny random-weight Wan stack and a HunyuanVideo joint-attention\n"
+        "proxy at several token counts N: time, FLOP and peak-memory ratios traced/plain and fg/plain\n"
+        "(FocalGuidance on the middle blocks) side by side, the naive materialising recorder as positive control,\n"
+        "and a log-log fit of recorder memory against N (slope ~1 for fglens, ~2 for naive).\n"
+        "--gpu: a few blocks of Wan2.1-1.3B / -14B at 480p, random weights, bfloat16, on CUDA, against the\n"
+        "targets of DESIGN.md section 5 (recording <= 2 % of a step and <= 0.5 GB; editing <= 3 % per layer).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  fglens bench --json bench.json\n  fglens bench --model hunyuan --tokens 960,1920\n"
-        "  fglens bench --edit",
+        epilog="examples:\n  fglens bench --json bench.json --plot bench.png\n"
+        "  fglens bench --model hunyuan --tokens 960,1920\n  fglens bench --edit\n"
+        "  fglens bench --gpu --gpu-model 14b --layers 4 --frames 81",
     )
-    parser.add_argument("--json", default=None, help="also write one record per (N, mode) to this file")
-    parser.add_argument("--tokens", default="960,1920,3840,7680", help="comma-separated token counts N")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write one record per (N, mode) to FILE")
+    parser.add_argument("--plot", default=None, metavar="PATH",
+                        help="also draw recorder memory against N (log-log, fitted slopes) and the time and FLOP "
+                        "ratios to PATH (.png, .pdf, .svg)")
+    parser.add_argument("--tokens", default=None,
+                        help="comma-separated token counts N (CPU; default 960,1920,3840,7680)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved timing repeats, median reported (default 3 on the CPU, 10 with --gpu)")
     parser.add_argument(
-        "--model", choices=("wan", "hunyuan", "all"), default="all",
+        "--model", choices=("wan", "hunyuan", "all"), default=None,
         help="wan: the tiny Wan stack (separate text/image cross-attention); hunyuan: the joint-attention proxy "
         "(tiny HunyuanVideo, one softmax over [video | context]); all: both (default)",
     )
@@ -25,6 +38,18 @@ def register(sub) -> None:
         help="instead of recording, price fg.FocalGuidance (anchor + cache transfer) on the Wan stack: plain vs "
         "1 .. blocks-1 edited layers, the anchor alone and the cache alone; FLOPs, time and memory per edited layer",
     )
+    gpu = parser.add_argument_group("GPU (--gpu)")
+    gpu.add_argument("--gpu", action="store_true",
+                     help="realistic shapes on a CUDA GPU: plain, traced and fg on --layers blocks of the Wan2.1 "
+                     "configs, random weights, bfloat16; CUDA events, max_memory_allocated, FLOPs")
+    gpu.add_argument("--gpu-model", default=None, metavar="{1.3b,14b,all}",
+                     help="Wan2.1-T2V-1.3B (dim 1536, 30 blocks), Wan2.1-I2V-14B-480P (dim 5120, 40 blocks), or "
+                     "both (default all)")
+    gpu.add_argument("--layers", type=int, default=None,
+                     help="blocks built and run, default 4 (the others are never allocated)")
+    gpu.add_argument("--frames", type=int, default=None,
+                     help="video frames at 832x480, 1 + a multiple of 4; default 81 (21 x 30 x 52 = 32,760 tokens)")
+    parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # tests: the --gpu path on the CPU
     parser.set_defaults(func=run)
 
 

@@ -75,12 +75,22 @@ def test_live_bytes_meter() -> None:
     assert meter.current == w.untyped_storage().nbytes()
 
 
+def _verdict_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line[:4] in ("PASS", "FAIL", "N/A ")]
+
+
 def test_report_and_verdicts(records: list[dict]) -> None:
     text = bench.format_report(records)
-    assert "traced/plain" in text and "naive" in text
-    lines = [line for line in text.splitlines() if "FLOP ratio" in line or "memory growth" in line]
-    assert len(lines) == 2
-    assert lines[0].startswith("N/A")  # no N >= 3840 at this size
+    header = next(line for line in text.splitlines() if "traced/plain" in line)
+    assert "fg/plain" in header and "naive/plain" in header and "fg per edited layer" in header  # one table
+    lines = _verdict_lines(text)
+    assert len(lines) == 3
+    assert "FLOP ratio" in lines[0] and lines[0].startswith("N/A")  # no N >= 3840 at this size
+    assert "log-log slope" in lines[1] and not lines[1].startswith("N/A")  # two N: a slope for each recorder
+    for mode in ("traced", "traced_ref", "naive"):
+        fit = bench.memory_fit(records, mode)
+        assert f"{mode}: slope {fit['slope']:.2f}" in lines[1]
+    assert "fg FLOP overhead per edited layer" in lines[2] and lines[2].startswith("N/A")
 
 
 # -- the joint-attention proxy (HunyuanVideo) -------------------------------------------------------------------
@@ -131,10 +141,11 @@ def test_joint_report(joint_records: list[dict], records: list[dict]) -> None:
     text = bench.format_report(joint_records + records)
     assert "joint proxy: HunyuanVideoTransformer3DModel" in text and "WanTransformer3DModel" in text
     assert text.index("WanTransformer3DModel") < text.index("HunyuanVideoTransformer3DModel")
-    lines = [line for line in text.splitlines() if "FLOP ratio" in line or "memory growth" in line]
-    assert len(lines) == 4
-    assert [("joint proxy:" in line) for line in lines] == [False, False, True, True]
+    lines = _verdict_lines(text)
+    assert len(lines) == 6
+    assert [("joint proxy:" in line) for line in lines] == [False] * 3 + [True] * 3
     assert all(line.startswith("N/A") for line in lines if "FLOP ratio" in line)
+    assert "on double.0 (the middle half" in text  # the joint proxy's fg edits its first block, source single.0
 
 
 def test_joint_mode_context_rejects_wan_only_modes() -> None:
@@ -265,3 +276,203 @@ def test_cli_edit(tmp_path, capsys) -> None:
     assert {r["model"] for r in data} == {"wan"}
     assert "overhead per edited layer" in capsys.readouterr().out
     assert cli.main(["bench", "--edit", "--model", "hunyuan", "--tokens", "80"]) == 2
+
+
+# -- fg next to the recorders ----------------------------------------------------------------------------------
+def test_fg_mode_edits_the_middle_blocks(records: list[dict], joint_records: list[dict]) -> None:
+    assert bench.fg_layers(4) == ([1, 2], 3) and bench.fg_layers(2) == ([0], 1)
+    with pytest.raises(ValueError, match="at least 2 blocks"):
+        bench.fg_layers(1)
+    for group in (records, joint_records):
+        by = _by(group)
+        for n in TOKENS:
+            r, plain = by[n, "fg"], by[n, "plain"]
+            assert r["edited_blocks"] == [0] and r["source_layer"] == 1 and r["edited_layers"] == 1
+            assert r["max_abs_diff_vs_plain"] > 0  # the edit took effect
+            assert r["cache_bytes"] > 0 and r["flops"] > plain["flops"]
+            # per edited layer: (fg / plain - 1) / k, computed here from the raw numbers
+            over = bench.fg_overheads(group)[n]
+            assert over["flops"] == pytest.approx((r["flops"] / plain["flops"] - 1) / r["edited_layers"], rel=1e-12)
+
+
+def test_fg_mode_flops_match_the_kernel_formula(records: list[dict]) -> None:
+    by = _by(records)
+    for n in TOKENS:
+        per = bench.edit_flops_per_layer(by[n, "plain"])  # 4·H·N·512·(D + e): the cache's and the anchor's kernel
+        assert by[n, "fg"]["flops"] - by[n, "plain"]["flops"] == per["cache"] + per["anchor"]
+        assert by[n, "fg"]["cache_bytes"] == bench.cache_qk_bytes(by[n, "fg"])
+
+
+# -- recorder memory against N: the log-log fit ------------------------------------------------------------------
+def _synthetic(modes: dict[str, object], ns=(960, 1920, 3840, 7680)) -> list[dict]:
+    recs = []
+    for n in ns:
+        recs.append({"n_tokens": n, "mode": "plain", "flops": 1, "wall_s": 1.0, "peak_bytes": 1, "recorder_bytes": 0})
+        for mode, f in modes.items():
+            recs.append({"n_tokens": n, "mode": mode, "flops": 1, "wall_s": 1.0, "peak_bytes": 1,
+                         "recorder_bytes": f(n)})
+    return recs
+
+
+def _reference_fit(ns, bytes_) -> tuple[float, float]:
+    """Ordinary least squares written out in float64: slope = cov(x, y) / var(x), R² = corr(x, y)²."""
+    x, y = np.log(np.asarray(ns, np.float64)), np.log(np.asarray(bytes_, np.float64))
+    dx, dy = x - x.mean(), y - y.mean()
+    return float((dx * dy).sum() / (dx * dx).sum()), float((dx * dy).sum() ** 2 / ((dx * dx).sum() * (dy * dy).sum()))
+
+
+def test_memory_fit_recovers_known_slopes() -> None:
+    recs = _synthetic({"lin": lambda n: 80 * n, "quad": lambda n: 3 * n * n, "p15": lambda n: 7 * n**1.5,
+                       "affine": lambda n: 3500 * n - 600_000})
+    assert bench.memory_fit(recs, "lin")["slope"] == pytest.approx(1.0, abs=1e-12)
+    assert bench.memory_fit(recs, "quad")["slope"] == pytest.approx(2.0, abs=1e-12)
+    assert bench.memory_fit(recs, "p15")["slope"] == pytest.approx(1.5, abs=1e-12)
+    assert bench.memory_fit(recs, "lin")["r2"] == pytest.approx(1.0, abs=1e-12)
+    affine = bench.memory_fit(recs, "affine")  # a·N - b: log-log slope a bit above 1, straight-line fit exact
+    ns = [960, 1920, 3840, 7680]
+    slope, r2 = _reference_fit(ns, [3500 * n - 600_000 for n in ns])
+    assert affine["slope"] == pytest.approx(slope, rel=1e-10) and affine["r2"] == pytest.approx(r2, rel=1e-10)
+    assert 1.0 < affine["slope"] < 1.2
+    assert affine["bytes_per_token"] == pytest.approx(3500) and affine["offset_bytes"] == pytest.approx(-600_000)
+
+
+def test_memory_fit_noisy_matches_reference_and_skips_nonpositive() -> None:
+    rng = np.random.default_rng(0)
+    ns = [500, 1000, 2000, 4000, 8000]
+    noisy = {n: 50 * n**1.1 * float(np.exp(rng.normal(0, 0.1))) for n in ns}
+    recs = _synthetic({"noisy": noisy.__getitem__, "holes": lambda n: 0 if n == 500 else 10 * n}, ns=ns)
+    fit = bench.memory_fit(recs, "noisy")
+    slope, r2 = _reference_fit(ns, [noisy[n] for n in ns])
+    assert fit["slope"] == pytest.approx(slope, rel=1e-10) and fit["r2"] == pytest.approx(r2, rel=1e-10)
+    holes = bench.memory_fit(recs, "holes")
+    assert holes["skipped"] == [500] and holes["n"] == ns[1:] and holes["slope"] == pytest.approx(1.0)
+    assert bench.memory_fit(_synthetic({"x": lambda n: n}, ns=[960]), "x") is None  # one N: no slope
+    two = bench.memory_fit(_synthetic({"x": lambda n: n * n}, ns=[960, 1920]), "x")
+    assert two["slope"] == pytest.approx(2.0) and two["r2"] is None  # two points: R² says nothing
+
+
+@pytest.mark.parametrize(
+    ("fglens", "naive", "verdict"),
+    [(lambda n: 80 * n, lambda n: n * n, "PASS"),  # linear vs quadratic
+     (lambda n: 80 * n + 2e5, lambda n: (n + 396) ** 2, "PASS"),  # a fixed part; quadratic in S = N + context
+     (lambda n: n**1.5, lambda n: n * n, "FAIL"),  # fglens grows faster than linear
+     (lambda n: 80 * n, lambda n: 900 * n, "FAIL")],  # the control shows no quadratic growth: the meter is blind
+)
+def test_slope_verdict(fglens, naive, verdict: str) -> None:
+    recs = _synthetic({"traced": fglens, "naive": naive})
+    target, ok, numbers = next(v for v in bench.verdicts(recs) if "log-log slope" in v[0])
+    assert ok is (verdict == "PASS"), numbers
+    assert f"naive: slope {bench.memory_fit(recs, 'naive')['slope']:.2f}, R² " in numbers
+
+
+# -- the plot ---------------------------------------------------------------------------------------------------
+def test_plot_renders(records: list[dict], joint_records: list[dict], tmp_path) -> None:
+    path = tmp_path / "bench.png"
+    fig = bench.plot_benchmark(records + joint_records, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["Wan stack: recorder memory", "Wan stack: time / plain", "Wan stack: FLOPs / plain",
+                      "joint proxy (HunyuanVideo): recorder memory", "joint proxy (HunyuanVideo): time / plain",
+                      "joint proxy (HunyuanVideo): FLOPs / plain"]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    slope = bench.memory_fit(records, "naive")["slope"]
+    assert f"naive (control): slope {slope:.2f}" in legend
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+    with pytest.raises(ValueError, match="no recording-benchmark records"):
+        bench.plot_benchmark([r for r in records if r["mode"] == "plain"][:0])
+
+
+def test_cli_plot(tmp_path, capsys) -> None:
+    from fglens import cli
+
+    out = tmp_path / "bench.svg"
+    assert cli.main(["bench", "--model", "wan", "--tokens", "80,160", "--repeats", "1", "--plot", str(out)]) == 0
+    assert out.read_text().lstrip().startswith("<?xml") and "<svg" in out.read_text()
+    assert f"wrote the plot to {out}" in capsys.readouterr().out
+    assert cli.main(["bench", "--plot", str(tmp_path / "missing" / "x.png"), "--tokens", "80"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["bench", "--edit", "--plot", str(out), "--tokens", "80"]) == 2
+
+
+# -- --gpu: realistic shapes (run here on the CPU with a tiny configuration) -----------------------------------
+from fglens.bench import gpu  # noqa: E402
+
+GPU_SHAPE = {"layers": 3, "frames": 5, "height": 64, "width": 80}  # 2 latent frames of 4 x 5 tokens
+
+
+@pytest.fixture(scope="module", params=[torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def gpu_records(request) -> list[dict]:
+    return gpu.run_gpu_benchmark(["tiny"], configs={"tiny": gpu.SMOKE_CONFIG}, repeats=1, warmup=1, device="cpu",
+                                 dtype=request.param, **GPU_SHAPE)
+
+
+def test_gpu_path_runs_on_cpu(gpu_records: list[dict]) -> None:
+    by = {r["mode"]: r for r in gpu_records}
+    assert list(by) == list(gpu.GPU_MODES)
+    for r in gpu_records:
+        assert r["n_tokens"] == 40 and r["grid"] == [2, 4, 5] and r["layers"] == 3 and r["device"] == "cpu"
+        assert 0 < r["blocks_s"] <= r["step_s"] and 0 < r["block_flops"] < r["flops"]
+        assert r["peak_bytes"] > 0
+    assert by["traced"]["flops"] >= by["plain"]["flops"] and by["fg"]["flops"] > by["plain"]["flops"]
+    assert by["plain"]["extra_bytes"] == 0 and by["fg"]["cache_bytes"] > 0
+    assert by["fg"]["edited_blocks"] == [0] and by["fg"]["source_layer"] == 2
+    # everything FocalGuidance adds happens inside the blocks
+    assert by["fg"]["flops"] - by["plain"]["flops"] == by["fg"]["block_flops"] - by["plain"]["block_flops"]
+    text = gpu.format_gpu_report(gpu_records)
+    verdicts = _verdict_lines(text)
+    assert len(verdicts) == 3 and all("not the 480p x 81-frame shape" in v for v in verdicts)
+    assert "no GPU numbers" in text
+
+
+def test_gpu_summary_extrapolates_as_documented() -> None:
+    # K = 4 of L = 40 blocks; plain: 100 ms step, 90 ms in the blocks; traced: +2 ms in the blocks, +1 ms outside
+    recs = [{"config": "c", "mode": m, "layers": 4, "full_layers": 40, "step_s": s, "blocks_s": b, "flops": f,
+             "block_flops": bf, "extra_bytes": e, "edited_blocks": [1, 2] if m == "fg" else None}
+            for m, s, b, f, bf, e in (("plain", 0.100, 0.090, 1000, 900, 0), ("traced", 0.103, 0.092, 1004, 904, 7),
+                                      ("fg", 0.106, 0.096, 1010, 910, 9))]
+    s = gpu.gpu_summary(recs)["c"]
+    full = 0.010 + 40 / 4 * 0.090  # outside the blocks once, the blocks scaled to 40
+    assert s["full_step"] == pytest.approx(full)
+    assert s["record_k_ratio"] == pytest.approx(0.103 / 0.100 - 1)  # measured on 4 blocks
+    assert s["record_layer_cost"] == pytest.approx(0.002 / 4)
+    assert s["record_full"] == pytest.approx((0.001 + 40 * 0.0005) / full)
+    assert s["edit_per_layer"] == pytest.approx(0.006 / 2 / full)
+    assert s["edit_per_layer_of_block"] == pytest.approx(0.006 / 2 / (0.090 / 4))
+    assert s["record_full_flops"] == pytest.approx((0 + 40 * 1) / (100 + 10 * 900))
+    assert s["record_extra_bytes"] == 7 and s["edit_extra_bytes"] == 9
+
+
+def test_gpu_builds_only_the_requested_blocks() -> None:
+    # the 14B shape on the meta device: nothing is allocated, the block count and dtypes are what would be
+    model = gpu.build_transformer(gpu.GPU_CONFIGS["14b"], 2, torch.device("meta"), torch.bfloat16)
+    assert len(model.blocks) == 2 and model.config.num_layers == 2
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    c = 5120  # self-attention 4·C², cross-attention 4·C² + image K, V 2·C², FFN 2·C·13824 (plus biases and norms)
+    assert 10 * c * c + 2 * c * 13824 < block < 1.01 * (10 * c * c + 2 * c * 13824)
+    assert model.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    assert model.blocks[0].scale_shift_table.dtype == torch.float32 and model.rope.freqs_cos.dtype == torch.float32
+    assert gpu.latent_grid(81, 480, 832) == (21, 30, 52)
+    with pytest.raises(ValueError, match="1 plus a multiple of 4"):
+        gpu.latent_grid(80, 480, 832)
+
+
+def test_gpu_without_cuda_is_a_clear_error(monkeypatch, capsys) -> None:
+    from fglens import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        gpu.run_gpu_benchmark(["14b"], layers=2)
+    assert cli.main(["bench", "--gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--gpu needs a CUDA GPU" in err and "without --gpu" in err
+    # bad arguments are named before CUDA is looked for
+    assert cli.main(["bench", "--gpu", "--layers", "1"]) == 2
+    assert "--layers must be at least 2" in capsys.readouterr().err
+    assert cli.main(["bench", "--gpu", "--frames", "80"]) == 2
+    assert "1 plus a multiple of 4" in capsys.readouterr().err
+    assert cli.main(["bench", "--gpu", "--gpu-model", "7b"]) == 2
+    assert "--gpu-model must be" in capsys.readouterr().err
+    assert cli.main(["bench", "--gpu", "--tokens", "80"]) == 2
+    assert "for the CPU benchmark only" in capsys.readouterr().err
+    assert cli.main(["bench", "--layers", "3"]) == 2
+    assert "add --gpu" in capsys.readouterr().err
