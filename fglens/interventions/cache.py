@@ -116,10 +116,13 @@ class CacheTransfer(_Scoped):
 
     def _cache_joint_source(self, call: EditCall) -> None:
         (r0, r1), (t0, t1) = call.video_rows, call.text_keys
-        bias = None if call.key_bias is None else call.key_bias[:, t0:t1]
+        # copies of the small slices, so the cache does not keep the whole joint K (video keys included) alive
+        # until the destination's call; the query's video rows are most of Q, so a view of them costs little
+        bias = None if call.key_bias is None else call.key_bias[:, t0:t1].clone()
         text_bias = bias_logits(call.biases, slice(r0, r1), slice(t0, t1))
         self._cache[(call.forward.branches, call.site.layer)] = (
-            call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1], bias, text_bias, call.lse[..., r0:r1],
+            call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1].clone(), bias, text_bias,
+            call.lse[..., r0:r1].clone(),
         )
 
     def _source(self, call: EditCall) -> tuple | None:
