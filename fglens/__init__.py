@@ -7,7 +7,7 @@ Example:
     ...     _ = pipe(image=fg.testing.reference_image(), prompt="a dog jumps over a fence", height=32,
     ...              width=48, num_frames=5, num_inference_steps=2, output_type="latent")
     >>> sorted(run.dataset.data_vars)
-    ['entropy', 'morans_i', 'similarity', 'text_share', 'word_mass']
+    ['entropy', 'morans_i', 'reference_image', 'similarity', 'text_share', 'word_mass']
 """
 
 from importlib import import_module

@@ -457,6 +457,22 @@ def _as_rgb(image: Any) -> np.ndarray:
     return np.clip(np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr, 0.0, 1.0)
 
 
+def _stored_image(run: xr.Dataset) -> np.ndarray | None:
+    """The run's own ``reference_image`` as a float HxWx3 array in [0, 1], or None when it kept none.
+
+    A run of `fg.open_runs` has its image padded to the largest of the runs: it is cut to ``image_size``.
+    """
+    if "reference_image" not in run.data_vars:
+        return None
+    pixels = run["reference_image"]
+    if "image_size" in run.coords:
+        height, width = (int(v) for v in np.asarray(run["image_size"].values).reshape(-1)[:2])
+        if height == 0 or width == 0:
+            return None
+        pixels = pixels.isel(image_y=slice(0, height), image_x=slice(0, width))
+    return np.asarray(pixels.transpose("image_y", "image_x", "channel").values, dtype=np.float32) / 255.0
+
+
 def word_maps(
     ds: Any,
     word: str,
@@ -477,12 +493,15 @@ def word_maps(
     """A grid of one word's attention maps: rows = layers, columns = latent frames, mean over the chosen steps.
 
     Needs the ``word_map`` variable (``fg.Record(maps=True)``). The maps are on the latent token grid
-    (H' x W'); with `image` (PIL image, array or tensor: the reference frame) each map is drawn over the
-    image, stretched to the grid's extent as the pipeline resizes it, at opacity `alpha`. One colour bar
-    is shared by all panels.
+    (H' x W'); over a reference image each map is drawn at opacity `alpha`, the image stretched to the grid's
+    extent as the pipeline resizes it. One colour bar is shared by all panels.
 
     Args:
         word: a recorded word.
+        image: the image under the maps: None (default) uses the run's own ``reference_image`` (kept by
+            image-to-video runs, ``fg.Record(image=True)``) and draws no overlay when the run has none; a PIL
+            image, array or tensor draws over that image instead; False draws the maps alone; True requires the
+            run's own image (an error when it has none).
         layers: layer names or indices (default: all, or 8 evenly spaced when there are more).
         frames: latent frame indices (default: all, or 8 evenly spaced).
         step: None (all steps), a ``(start, stop)`` fraction pair, or step indices: the maps are averaged
@@ -492,9 +511,11 @@ def word_maps(
     Example:
         >>> import fglens as fg
         >>> ds = fg.testing.tiny_run("wan", words=("dog",), maps=True)
-        >>> fig = fg.plot.word_maps(ds, "dog", image=fg.testing.reference_image())
-        >>> len([ax for ax in fig.axes if ax.images])   # 4 layers x 2 latent frames
-        8
+        >>> fig = fg.plot.word_maps(ds, "dog")   # over the run's own reference image
+        >>> len([ax for ax in fig.axes if ax.images]), len(fig.axes[0].images)   # 4 layers x 2 frames; image + map
+        (8, 2)
+        >>> len(fg.plot.word_maps(ds, "dog", image=False).axes[0].images)   # the maps alone
+        1
     """
     runs = _as_runs(ds)
     if len(runs) > 1:
@@ -535,12 +556,20 @@ def word_maps(
         raise ValueError(f"the word_map of {word!r} holds no values in branch {branch!r} at the chosen steps")
     ny, nx = maps.shape[-2:]
     background = None
-    if image is not None:
+    if image is None or image is True:
+        rgb = _stored_image(one)
+        if rgb is None and image is True:
+            raise ValueError("image=True asks for the run's own reference image, and this run kept none (a "
+                             "text-to-video run, fg.Record(image=False), or a run recorded before fglens kept it); "
+                             "pass the image itself, or image=None")
+    else:
+        rgb = None if image is False else _as_rgb(image)
+    if rgb is not None:
         from PIL import Image
 
-        rgb = _as_rgb(image)
         scale = max(1, min(16, 512 // max(ny, nx)))  # the pipeline's resize: the whole image to the grid's aspect
-        pil = Image.fromarray((rgb * 255).astype(np.uint8)).resize((nx * scale, ny * scale), Image.Resampling.LANCZOS)
+        pil = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+        pil = pil.resize((nx * scale, ny * scale), Image.Resampling.LANCZOS)
         background = np.asarray(pil, dtype=np.float32) / 255.0
     vmax = float(np.nanmax(maps))
     vmin = 0.0 if float(np.nanmin(maps)) >= 0.0 else float(np.nanmin(maps))

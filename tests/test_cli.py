@@ -111,7 +111,7 @@ def test_plot_writes_every_figure_of_a_run(diagnosed, tmp_path):
     code, out, err = call(["plot", store, "--out", out_dir])
     assert code == 0, err
     ds = only_run(store)
-    stats = [v for v in ds.data_vars if v != "word_map"]
+    stats = [v for v in ds.data_vars if v not in ("word_map", "reference_image")]
     expected = {"layer_profile.png", "condition_balance.png", "word_maps_dog.png", "word_maps_jumps.png",
                 *(f"heatmap_{v}.png" for v in stats)}
     assert {p.name for p in out_dir.iterdir()} == expected
@@ -120,6 +120,45 @@ def test_plot_writes_every_figure_of_a_run(diagnosed, tmp_path):
         assert is_png(path), path
         assert str(path) in out  # the files written are printed
     assert "figures" in err  # the tqdm bar
+
+
+def _pixels(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_plot_draws_the_word_maps_over_the_runs_reference_image(wan_diagnosed, tmp_path):
+    _, store, *_ = wan_diagnosed
+    ds = only_run(store)
+    assert ds.reference_image.dims == ("image_y", "image_x", "channel")  # `fglens diagnose` kept the image
+    code, _, err = call(["plot", store, "--var", "similarity", "--word", "dog", "--dpi", "50", "--out", tmp_path])
+    assert code == 0, err
+    drawn = _pixels(tmp_path / "word_maps_dog.png")
+    over = fg.plot.word_maps(ds, "dog", dpi=50, path=tmp_path / "over.png")
+    assert all(len(ax.images) == 2 for ax in over.axes if ax.images)  # the stored image, then the map
+    bare = fg.plot.word_maps(ds, "dog", dpi=50, image=False, path=tmp_path / "bare.png")
+    assert all(len(ax.images) == 1 for ax in bare.axes if ax.images)
+    np.testing.assert_array_equal(drawn, _pixels(tmp_path / "over.png"))
+    assert drawn.shape == _pixels(tmp_path / "bare.png").shape
+    assert not np.array_equal(drawn, _pixels(tmp_path / "bare.png"))
+
+
+def test_plot_of_a_store_written_before_runs_kept_their_image(wan_diagnosed, tmp_path):
+    _, store, *_ = wan_diagnosed
+    old = tmp_path / "old.zarr"
+    shutil.copytree(store, old)
+    (run,) = fg.store.list_runs(old)
+    shutil.rmtree(old / run / "reference_image")  # the run as an older fglens wrote it
+    meta = json.loads((old / run / "zarr.json").read_text())
+    del meta["consolidated_metadata"]["metadata"]["reference_image"]
+    (old / run / "zarr.json").write_text(json.dumps(meta))
+    assert "reference_image" not in only_run(old)
+    out_dir = tmp_path / "figures"
+    code, _, err = call(["plot", old, "--var", "similarity", "--dpi", "50", "--out", out_dir])
+    assert code == 0, err
+    assert {"word_maps_dog.png", "word_maps_jumps.png", "layer_profile.png"} <= {p.name for p in out_dir.iterdir()}
+    fg.plot.word_maps(only_run(old), "dog", dpi=50, path=tmp_path / "bare.png")  # no image: the maps alone
+    np.testing.assert_array_equal(_pixels(out_dir / "word_maps_dog.png"), _pixels(tmp_path / "bare.png"))
 
 
 # -- generate, then plot and inspect its store ------------------------------------------------------------------

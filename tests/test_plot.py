@@ -156,7 +156,7 @@ def test_runs_stacked_with_padded_words(wan, wan_seed1):
     np.testing.assert_allclose(line.get_ydata(), pooled.mean(axis=1), rtol=1e-5)
     maps = plot.word_maps(stacked, "fence", run="b", layers=[0], frames=[0])
     expected = wan_seed1.word_map.sel(branch="cond", word="fence", layer="blocks.0", frame=0).mean("step").values
-    np.testing.assert_allclose(np.asarray(maps.axes[0].images[0].get_array()), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(maps.axes[0].images[-1].get_array()), expected, rtol=1e-6)  # the map: on top
     with pytest.raises(ValueError, match=r"unknown word 'dog'; the run's words are \['fence'\]"):
         plot.word_maps(stacked, "dog", run="b")
     with pytest.raises(ValueError, match=r"unknown run 'c'.*\['a', 'b'\]"):
@@ -249,13 +249,70 @@ def test_word_maps_grid_is_the_step_mean_map_over_the_image(run, tmp_path):
     assert "“dog”" in _title(fig)
 
 
+def _background(stored: np.ndarray, ny: int, nx: int) -> np.ndarray:
+    """Independent expectation of the drawn background: the stored uint8 image, resized by PIL to the latent grid
+    (``scale`` pixels per token, as the pipeline stretches the whole image to the grid's aspect)."""
+    scale = max(1, min(16, 512 // max(ny, nx)))
+    resized = Image.fromarray(stored).resize((nx * scale, ny * scale), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.float32) / 255.0
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan"])
+def test_word_maps_overlays_the_runs_own_reference_image(family, wan, hunyuan):
+    run = {"wan": wan, "hunyuan": hunyuan}[family]
+    given = np.asarray(testing.tiny_call_kwargs(family)["image"])  # small: kept pixel for pixel
+    np.testing.assert_array_equal(run.reference_image.values, given)
+    ny, nx = run.sizes["y"], run.sizes["x"]
+    fig = plot.word_maps(run, "dog", layers=[0, 2], frames=[0])  # image=None: the run's own image
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 2
+    for ax in panels:
+        background, overlay = ax.images
+        np.testing.assert_allclose(np.asarray(background.get_array()), _background(given, ny, nx), atol=1e-7)
+        assert overlay.get_alpha() < 1
+    # drawn from the stored variable: another stored image gives another background
+    other = (255 - run.reference_image).astype(np.uint8)
+    fig = plot.word_maps(run.assign(reference_image=other), "dog", layers=[0], frames=[0])
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), _background(other.values, ny, nx),
+                               atol=1e-7)
+    assert len(plot.word_maps(run, "dog", layers=[0], frames=[0], image=False).axes[0].images) == 1
+    explicit = testing.reference_image(96, 64)  # an image passed in wins over the stored one
+    fig = plot.word_maps(run, "dog", layers=[0], frames=[0], image=explicit)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()),
+                               _background(np.asarray(explicit), ny, nx), atol=1e-7)
+
+
+def test_word_maps_of_stacked_runs_cut_each_image_and_runs_without_one_plot_bare(wan_pipe, tmp_path):
+    store = tmp_path / "images.zarr"
+    images = {"a": testing.reference_image(48, 32), "b": testing.reference_image(640, 400)}
+    kwargs = testing.tiny_call_kwargs("wan", steps=1)
+    for run_id, image in images.items():
+        with fg.trace(wan_pipe, record=fg.Record(words=["dog"], maps=True), store=store, run_id=run_id):
+            wan_pipe(**{**kwargs, "image": image})
+    with fg.trace(wan_pipe, record=fg.Record(words=["dog"], maps=True, image=False), store=store, run_id="c"):
+        wan_pipe(**kwargs)
+    stacked = fg.open_runs(store)
+    ny, nx = stacked.sizes["y"], stacked.sizes["x"]
+    for run_id, image in images.items():
+        stored = np.asarray(image.resize((256, 160), Image.Resampling.LANCZOS)) if run_id == "b" else np.asarray(image)
+        fig = plot.word_maps(stacked, "dog", run=run_id, layers=[0], frames=[0])
+        background, _ = fig.axes[0].images
+        np.testing.assert_allclose(np.asarray(background.get_array()), _background(stored, ny, nx), atol=1e-7)
+    for data in (stacked, fg.open_run(store, run="c")):  # no image kept: the maps alone
+        fig = plot.word_maps(data, "dog", run="c" if data is stacked else None, layers=[0], frames=[0])
+        (only,) = fig.axes[0].images
+        assert only.get_alpha() is None or only.get_alpha() == 1.0
+        with pytest.raises(ValueError, match="image=True asks for the run's own reference image, and this run kept"):
+            plot.word_maps(data, "dog", run="c" if data is stacked else None, image=True)
+
+
 def test_word_maps_selects_layers_frames_and_steps(wan):
-    fig = plot.word_maps(wan, "fence", layers=["blocks.3", 1], frames=[1], step=[1])
+    fig = plot.word_maps(wan, "fence", layers=["blocks.3", 1], frames=[1], step=[1], image=False)
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_ylabel() for ax in panels] == ["blocks.3", "blocks.1"]
     expected = wan.word_map.sel(branch="cond", word="fence", step=1, frame=1)
     for ax, layer in zip(panels, ("blocks.3", "blocks.1"), strict=True):
-        (image,) = ax.images  # no reference image: the map alone
+        (image,) = ax.images  # image=False: the map alone
         np.testing.assert_allclose(np.asarray(image.get_array()), expected.sel(layer=layer).values, rtol=1e-6)
 
 
@@ -273,7 +330,7 @@ def test_word_maps_errors_say_what_exists(wan, wan_seed1):
     fig = plot.word_maps([wan, wan_seed1], "dog", run=1)
     first = next(ax for ax in fig.axes if ax.images)
     expected = wan_seed1.word_map.sel(branch="cond", word="dog", layer="blocks.0", frame=0).mean("step").values
-    np.testing.assert_allclose(np.asarray(first.images[0].get_array()), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(first.images[-1].get_array()), expected, rtol=1e-6)  # the map: on top
 
 
 # ----------------------------------------------------------------------------------------------------------

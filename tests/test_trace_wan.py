@@ -290,3 +290,28 @@ def test_unknown_statistic_and_branch():
         fg.Record(stats=["moran"])
     with pytest.raises(ValueError, match="unknown branch"):
         fg.Record(branches=("positive",))
+
+
+def test_reference_image_is_kept_for_image_to_video_runs_only(wan_i2v, wan_t2v, wan22):
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    expected = np.asarray(image.resize((256, round(300 * 256 / 700)), Image.Resampling.LANCZOS))  # PIL itself
+    for pipe in (wan_i2v, wan22):
+        with fg.trace(pipe, record=fg.Record(words=["dog"])) as run:
+            pipe(image=image, prompt=PROMPT, height=32, width=48, num_frames=5, num_inference_steps=1,
+                 output_type="latent")
+        stored = run.dataset.reference_image
+        assert stored.dims == ("image_y", "image_x", "channel") and stored.dtype == np.uint8
+        assert max(stored.shape[:2]) == 256 and stored.shape == (110, 256, 3)
+        np.testing.assert_array_equal(stored.values, expected)
+        assert "encode_prompt" not in pipe.__dict__ and "check_inputs" not in pipe.__dict__  # wrappers removed
+    with fg.trace(wan_t2v, record=fg.Record(words=["dog"])) as t2v:
+        wan_t2v(prompt="a dog runs", height=32, width=48, num_frames=5, num_inference_steps=1, output_type="latent")
+    assert "reference_image" not in t2v.dataset and "word_mass" in t2v.dataset
+    with fg.trace(wan_i2v.transformer, record=fg.Record(words={"w": [1]})) as bare:  # a bare transformer: no call
+        wan_i2v.transformer(hidden_states=torch.randn(1, 36, 2, 4, 6), timestep=torch.tensor([900]),
+                            encoder_hidden_states=torch.randn(1, 512, 32),
+                            encoder_hidden_states_image=torch.randn(1, 257, 8))
+    assert "reference_image" not in bare.dataset and "word_mass" in bare.dataset

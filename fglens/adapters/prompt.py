@@ -3,19 +3,23 @@
 `PromptCapture` wraps a few pipeline methods (instance attributes, removed on close):
 
 * `check_inputs`, which every diffusers pipeline calls once at the start of `__call__`: a new pipeline call
-  (one run) begins, with the prompt texts;
+  (one run) begins, with the prompt texts and, for image-to-video pipelines, the reference `image`;
+* `encode_prompt`: the reference `image` where `check_inputs` does not see it (HunyuanVideo I2V encodes the
+  prompt together with the image; the first image of a call is the user's, a later black one the negative's);
 * `prepare_latents`: the seed of the generator;
 * the adapter's prompt hooks (`Adapter.install_prompt_hooks`), which report each prompt encoding in the
   order the pipeline makes them: the prompt first, then the negative prompt.
 
-Token ids are read on the host once per encoding, before sampling. Words are located among the tokens the
-encoder really received, whatever cleaning, templating or truncation the pipeline applied.
+Token ids are read on the host once per encoding, before sampling; so is the reference image, kept as a small
+uint8 array (`fglens.store.image.reference_thumbnail`) when the capture is asked to keep it. Words are located
+among the tokens the encoder really received, whatever cleaning, templating or truncation the pipeline applied.
 """
 
 from __future__ import annotations
 
 import inspect
 import string
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +108,8 @@ class PipelineCall:
     prompt_embeds_given: bool = False
     seed: int | None = None
     encodings: list[PromptTokens] = field(default_factory=list)
+    image: Any = None  # the reference image as a run keeps it: (image_y, image_x, 3) uint8, or None
+    image_seen: bool = False  # the call's `image` argument was seen (even if it could not be kept)
 
     @property
     def prompt(self) -> PromptTokens | None:
@@ -142,12 +148,14 @@ class PromptCapture:
     """Captures the prompt tokens and the seed of each pipeline call.
 
     `take()` hands over the call seen since the last `take()` (None if no new pipeline call started), so the
-    tracer starts a new run at the first transformer forward of each pipeline call.
+    tracer starts a new run at the first transformer forward of each pipeline call. With `keep_image`, the
+    call's reference image is kept too (`PipelineCall.image`).
     """
 
-    def __init__(self, pipe: Any, adapter: Any):
+    def __init__(self, pipe: Any, adapter: Any, keep_image: bool = False):
         self.pipe = pipe
         self.adapter = adapter
+        self.keep_image = keep_image
         self.pending: PipelineCall | None = None
         self._removers: list[Callable[[], None]] = []
 
@@ -162,6 +170,8 @@ class PromptCapture:
 
     def install(self) -> None:
         self.wrap("check_inputs", self._around_check_inputs)
+        if self.keep_image:
+            self.wrap("encode_prompt", self._around_encode_prompt)
         self.wrap("prepare_latents", self._around_prepare_latents)
         self._removers.extend(self.adapter.install_prompt_hooks(self.pipe, self))
 
@@ -205,7 +215,29 @@ class PromptCapture:
             negative_text=first(bound.get("negative_prompt")),
             prompt_embeds_given=bound.get("prompt_embeds") is not None,
         )
+        out = original(*args, **kwargs)  # the pipeline's own checks first: its error, not ours, for a bad call
+        self._see_image(bound)
+        return out
+
+    def _around_encode_prompt(self, original, *args, **kwargs):
+        self._see_image(_bind(original, args, kwargs))
         return original(*args, **kwargs)
+
+    def _see_image(self, bound: Mapping[str, Any]) -> None:
+        """Keep the first `image` argument of the pending call as a small uint8 array (host read, before sampling).
+
+        An image fglens cannot convert never stops the pipeline call: the run then keeps no image, with a warning.
+        """
+        call = self.pending
+        if not self.keep_image or call is None or call.image_seen or bound.get("image") is None:
+            return
+        call.image_seen = True
+        from ..store.image import reference_thumbnail
+
+        try:
+            call.image = reference_thumbnail(bound["image"])
+        except (TypeError, ValueError) as exc:
+            warnings.warn(f"the run keeps no reference image: {exc}", RuntimeWarning, stacklevel=4)
 
     def _around_prepare_latents(self, original, *args, **kwargs):
         generator = kwargs.get("generator")

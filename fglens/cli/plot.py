@@ -2,8 +2,9 @@
 
 Per run: ``layer_profile`` (with the weak and responsive layers of fg.find_weak_layers), one
 ``layer_step_heatmap`` per recorded statistic, ``condition_balance``, and ``word_maps`` per word when the run
-holds word maps. Across runs: ``compare`` for each run with an intervention against the run of the same prompt
-and seed without one. `write_figures` is what ``fglens demo`` calls too.
+holds word maps, drawn over the run's reference image when it kept one (image-to-video runs do). Across runs:
+``compare`` for each run with an intervention against the run of the same prompt and seed without one.
+`write_figures` is what ``fglens demo`` calls too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ examples:
   fglens plot runs.zarr --run RUN_ID --var similarity --word dog --out figures/
 
 Writes, per run: layer_profile, heatmap_<statistic> (one per statistic), condition_balance,
-word_maps_<word> (when the run holds word maps: `fglens diagnose --maps`); and compare_<statistic>_<a>_vs_<b>
+word_maps_<word> (when the run holds word maps: `fglens diagnose --maps`; over the run's reference image when
+it kept one); and compare_<statistic>_<a>_vs_<b>
 for each run with an intervention against the run without one of the same prompt and seed.
 """
 
@@ -165,7 +167,7 @@ def figure_jobs(
             jobs.append((folder / f"condition_balance.{fmt}",
                          lambda p, ds=ds: plot.condition_balance(ds, path=p, **extra)))
         if "word_map" in ds.data_vars:
-            # the store keeps no reference image, so the maps are drawn without the overlay
+            # over the run's own reference image when it kept one (word_maps' default, image=None)
             for word in words or _words(ds):
                 jobs.append((folder / f"word_maps_{_safe(word)}.{fmt}",
                              lambda p, ds=ds, word=word: plot.word_maps(ds, word=word, path=p, **extra)))

@@ -6,6 +6,10 @@ is a slot index 0..W-1 (W: the most words of any run), the coordinate ``word_lab
 word of each slot, and slots a run does not have are NaN (label ``""``). Steps are aligned on the step
 index, and steps a run does not have (fewer steps, or cut short) are NaN, as is its ``timestep`` (run, step).
 With dask installed the arrays are dask arrays chunked like the store (one chunk per run and step).
+
+Reference images (``reference_image``, kept by image-to-video runs) are stacked the same lazy way: padded
+with 0 to the largest image along ``image_y`` and ``image_x``, each run's own size in the coordinate
+``image_size (run, image_side)``; a run without an image is all 0 with size (0, 0).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from .reader import RunMeta, intervention_text, list_runs, read_run
-from .schema import check_schema
+from .schema import IMAGE_DIMS, REFERENCE_IMAGE, check_schema
 
 #: dims that must be identical in every run opened together
 _SHARED_DIMS = ("branch", "layer", "frame", "y", "x")
@@ -44,7 +48,9 @@ def open_runs(
 
     Coordinates along ``run``: ``run`` (its name), ``prompt``, ``seed`` (None when not recorded),
     ``intervention`` (its JSON text, or ``"none"``), ``complete``, ``model_class``, ``steps_written``,
-    ``num_steps`` (the length of its schedule; NaN when unknown).
+    ``num_steps`` (the length of its schedule; NaN when unknown), and, when any run kept its reference image,
+    ``image_size`` (run, image_side): the height and width of that run's image inside ``reference_image``
+    (run, image_y, image_x, channel), which is padded with 0 to the largest image ((0, 0): no image).
     ``word`` is a slot index with ``word_label`` (run, word) naming each slot; ``timestep`` is (run, step);
     slots and steps a run does not have are NaN. The runs must share their layers, branches and latent grid.
 
@@ -101,6 +107,8 @@ class _RunView:
         self.timestep = self._read("timestep")[: self.steps] if "timestep" in self.dims else np.full(self.steps, np.nan)
         coords = {c for m in meta.arrays.values() for c in str(m.get("attributes", {}).get("coordinates", "")).split()}
         self.variables = [n for n in self.dims if n not in self.dims[n] and n not in coords]
+        shape = meta.arrays[REFERENCE_IMAGE]["shape"] if REFERENCE_IMAGE in self.dims else (0, 0)
+        self.image_size = (int(shape[0]), int(shape[1]))  # from the metadata: no chunk is read
 
     def _read(self, name: str) -> np.ndarray:
         return np.asarray(self.group[name][...])
@@ -117,23 +125,29 @@ def _stack(views: list[_RunView]) -> xr.Dataset:
             if dims != v.dims[name]:
                 raise ValueError(f"variable {name!r} has dims {dims} in one run and {v.dims[name]} in run "
                                  f"{v.meta.name!r}; such runs cannot be opened together")
-    sizes = {"run": len(views), "step": len(steps), "word": n_words,
-             **{d: len(lab) for v in views for d, lab in v.labels.items() if d in _SHARED_DIMS}}
+    if REFERENCE_IMAGE in variables and variables[REFERENCE_IMAGE] != IMAGE_DIMS:
+        raise ValueError(f"{REFERENCE_IMAGE!r} has dims {variables[REFERENCE_IMAGE]}; expected {IMAGE_DIMS}")
+    image_y, image_x = (max(v.image_size[i] for v in views) for i in (0, 1))
+    sizes = {"run": len(views), "step": len(steps), "word": n_words, "image_y": image_y, "image_x": image_x,
+             "channel": 3, **{d: len(lab) for v in views for d, lab in v.labels.items() if d in _SHARED_DIMS}}
+    padded = ("step", "word", "image_y", "image_x")
 
     # where each run's data sits along the padded dims: local index, or -1 for padding
     def local(view: _RunView, dim: str) -> np.ndarray:
         if dim == "step":
             at = {int(s): i for i, s in enumerate(view.step_values)}
             return np.asarray([at.get(int(s), -1) for s in steps], dtype=np.int64)
-        n = len(view.labels.get("word", ()))
-        return np.where(np.arange(n_words) < n, np.arange(n_words), -1)
+        n, total = {"word": (len(view.labels.get("word", ())), n_words), "image_y": (view.image_size[0], image_y),
+                    "image_x": (view.image_size[1], image_x)}[dim]
+        return np.where(np.arange(total) < n, np.arange(total), -1)
 
     data_vars = {}
     for name, dims in variables.items():
         arrays = [v.group[name] if name in v.variables else None for v in views]
-        maps = [{ax: local(v, d) for ax, d in enumerate(dims, start=1) if d in ("step", "word")} for v in views]
+        maps = [{ax: local(v, d) for ax, d in enumerate(dims, start=1) if d in padded} for v in views]
         shape = (len(views), *(sizes[d] for d in dims))
-        stack = _RunStack(arrays, maps, shape)
+        fill = 0 if name == REFERENCE_IMAGE else np.nan  # images: uint8 padded with black
+        stack = _RunStack(arrays, maps, shape, fill=fill)
         data_vars[name] = xr.Variable(("run", *dims), indexing.LazilyIndexedArray(stack))
 
     coords: dict[str, Any] = {d: v.labels[d] for v in reversed(views) for d in _SHARED_DIMS if d in v.labels}
@@ -157,6 +171,9 @@ def _stack(views: list[_RunView]) -> xr.Dataset:
         "num_steps": ("run", np.asarray([a["num_steps"] if isinstance(a.get("num_steps"), int) else np.nan
                                          for a in attrs], dtype=np.float64)),
     })
+    if REFERENCE_IMAGE in data_vars:
+        coords["image_side"] = ["image_y", "image_x"]
+        coords["image_size"] = (("run", "image_side"), np.asarray([v.image_size for v in views], dtype=np.int64))
     shared = {k: val for k, val in attrs[0].items()
               if all(k in a and _same(a[k], val) for a in attrs[1:])
               and k not in ("run", "complete", "steps_written", "size_bytes", "created")}
@@ -199,14 +216,21 @@ def _pad(values: Any, where: np.ndarray, fill: Any, dtype: Any) -> np.ndarray:
 
 
 class _RunStack(BackendArray):
-    """A lazy ``(run, ...)`` array over the runs' zarr arrays, NaN where a run has no data (padding)."""
+    """A lazy ``(run, ...)`` array over the runs' zarr arrays, `fill` where a run has no data (padding).
 
-    def __init__(self, arrays: list, maps: list[dict[int, np.ndarray]], shape: tuple[int, ...]):
+    With the default NaN fill the dtype is promoted to a float; with a number fill (0 for the reference images)
+    the runs' own dtype is kept.
+    """
+
+    def __init__(self, arrays: list, maps: list[dict[int, np.ndarray]], shape: tuple[int, ...],
+                 fill: float = np.nan):
         self.arrays = arrays
         self.maps = maps
         self.shape = shape
+        self.fill = fill
         dtypes = [np.dtype(a.dtype) for a in arrays if a is not None]
-        self.dtype = np.promote_types(dtypes[0] if dtypes else np.float32, np.float32)
+        dtype = dtypes[0] if dtypes else np.dtype(np.float32)
+        self.dtype = np.promote_types(dtype, np.float32) if np.isnan(fill) else dtype
 
     def __dask_tokenize__(self) -> tuple:
         return (type(self).__name__, self.shape, [None if a is None else (str(a.store), a.path) for a in self.arrays],
@@ -221,7 +245,7 @@ class _RunStack(BackendArray):
             if isinstance(k, (int, np.integer)):
                 drop.append(axis)
             index.append(np.arange(self.shape[axis])[k].reshape(-1))
-        out = np.full([len(i) for i in index], np.nan, dtype=self.dtype)
+        out = np.full([len(i) for i in index], self.fill, dtype=self.dtype)
         for pos, r in enumerate(index[0]):
             array = self.arrays[r]
             if array is None:

@@ -19,6 +19,13 @@ VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
 }
 LEADING_DIMS = ("branch", "step", "layer")
 
+#: the reference image of an image-to-video call, kept with its run (written once, not per step)
+REFERENCE_IMAGE = "reference_image"
+#: its dims: rows, columns, RGB channels (uint8)
+IMAGE_DIMS = ("image_y", "image_x", "channel")
+#: the longest side, in pixels, a stored reference image may have (larger images are resized down)
+REFERENCE_IMAGE_MAX_SIDE = 256
+
 #: DESIGN.md §4, as stored in each run's attributes (`definitions`)
 DEFINITIONS: dict[str, str] = {
     "P": "exact attention probabilities the model uses at the site (Wan text call: softmax over the 512 "
@@ -37,6 +44,8 @@ DEFINITIONS: dict[str, str] = {
     "image_mass": "joint attention: (1/H) sum_h sum_{j in image-derived context} P[n,h,j]; mean over each frame",
     "ref_mass": "(1/H) sum_h sum_{j in video frame 0} P[n,h,j], normalised over all keys of the site "
     "(Wan self-attention, or the joint softmax); mean over each frame",
+    "reference_image": "the pipeline call's reference image (its `image` argument) as RGB uint8 (image_y, "
+    "image_x, channel), resized with PIL LANCZOS, aspect kept, so its long side is at most 256 px",
     "batch": "batch items of the same CFG branch are averaged",
 }
 

@@ -6,6 +6,8 @@ starts. The queue between them is bounded (`max_pending`): when the disk is slow
 blocks instead of letting host memory grow. A run appears in the store, all at once, with
 ``complete = False``; after each step the run's ``steps_written`` attribute is raised, and ``complete``
 becomes True only at a clean close, so a run cut short stays readable with the steps written so far.
+The run's reference image (``reference_image``, when given) is part of what appears at creation: it is
+written once, as one chunk, never per step.
 Store-level rules for many concurrent writers are in `fglens.store.layout`.
 """
 
@@ -27,7 +29,7 @@ import torch
 import xarray as xr
 
 from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
-from .schema import LEADING_DIMS, SCHEMA_VERSION, VARIABLE_DIMS
+from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS
 
 _STOP = object()
 
@@ -97,7 +99,8 @@ class MemorySink:
 
     def dataset(self) -> xr.Dataset:
         ds = xr.concat(self.steps, dim="step") if self.steps else self.template
-        return ds.assign_attrs(self.attrs)
+        once = {n: v for n, v in self.template.data_vars.items() if "step" not in v.dims}  # the reference image
+        return ds.assign(once).assign_attrs(self.attrs)
 
     def __str__(self) -> str:
         return "the in-memory run"
@@ -158,9 +161,9 @@ class ZarrSink:
         self.attrs = {**template.attrs, "run": self.run_id, "fglens_schema": SCHEMA_VERSION, "complete": False,
                       "steps_written": 0}
         self.template = template.assign_attrs(self.attrs)
-        encoding = {  # one chunk per step
+        encoding = {  # one chunk per step; the reference image in one chunk
             name: {"chunks": tuple(1 if d == "step" else max(n, 1) for d, n in zip(v.dims, v.shape, strict=True))}
-            for name, v in self.template.variables.items() if "step" in v.dims
+            for name, v in self.template.variables.items() if "step" in v.dims or name == REFERENCE_IMAGE
         }
         claim_run(
             self.path, self.run_id,
@@ -205,7 +208,11 @@ class ZarrSink:
 
 # -- the writer ----------------------------------------------------------------------------------------------
 class RunWriter:
-    """Background writer of one run. `put` blocks when `max_pending` forwards wait (back-pressure)."""
+    """Background writer of one run. `put` blocks when `max_pending` forwards wait (back-pressure).
+
+    `image`, an ``(image_y, image_x, 3)`` uint8 array, is stored as the run's ``reference_image`` when the run is
+    created (`fglens.store.image.reference_thumbnail` makes one from a pipeline's `image` argument).
+    """
 
     def __init__(
         self,
@@ -218,6 +225,7 @@ class RunWriter:
         grid: tuple[int, int, int],
         attrs: Mapping[str, Any],
         max_pending: int = 8,
+        image: np.ndarray | None = None,
     ):
         if not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int (forwards allowed to wait), got {max_pending!r}")
@@ -229,6 +237,7 @@ class RunWriter:
             "frame": np.arange(grid[0]), "y": np.arange(grid[1]), "x": np.arange(grid[2]),
         }
         self.sizes = {k: len(v) for k, v in self.coords.items()}
+        self.image = None if image is None else _check_image(image)
         self.steps_written = 0
         self.checks: dict[str, bool] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
@@ -341,7 +350,19 @@ class RunWriter:
 
     def _template(self, attrs: Mapping[str, Any]) -> xr.Dataset:
         empty = {v: np.zeros(self._shape(v, 0), dtype=np.float32) for v in self.variables}
-        return self._dataset(empty, [], []).assign_attrs(_json_attrs(attrs))
+        template = self._dataset(empty, [], [])
+        if self.image is not None:
+            template[REFERENCE_IMAGE] = (IMAGE_DIMS, self.image)
+        return template.assign_attrs(_json_attrs(attrs))
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    """The reference image as the run stores it: an ``(image_y, image_x, 3)`` uint8 array (see `fglens.store.image`)."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3 or 0 in arr.shape:
+        raise ValueError(f"RunWriter(image=...) takes an (image_y, image_x, 3) uint8 array (fglens.store.image."
+                         f"reference_thumbnail makes one); got {arr.dtype} {arr.shape}")
+    return arr
 
 
 def store_path(

@@ -60,6 +60,9 @@ class Record:
         steps: step indices to record; None for all.
         branches: CFG branches to record, from ``("cond", "uncond")``.
         chunk_bytes: memory budget of one chunk of recomputed probabilities.
+        image: keep the pipeline call's reference image with the run (``reference_image (image_y, image_x,
+            channel)``, RGB uint8, long side at most 256 px, written once) when the call has one (image-to-video
+            pipelines), so figures of the stored run can overlay it; False keeps none.
 
     Example:
         >>> import fglens as fg
@@ -74,6 +77,7 @@ class Record:
     steps: Sequence[int] | None = None
     branches: Sequence[str] = ("cond",)
     chunk_bytes: int = 256 << 20
+    image: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.stats, str):
@@ -94,6 +98,8 @@ class Record:
             self.steps = tuple(int(s) for s in self.steps)
         if self.chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be positive")
+        if not isinstance(self.image, bool):
+            raise TypeError(f"image must be True (keep the reference image with the run) or False; got {self.image!r}")
 
     def spec(self) -> dict[str, Any]:
         """A JSON-serialisable description, stored with each run."""
@@ -102,7 +108,7 @@ class Record:
             "words": words, "stats": list(self.stats), "maps": self.maps,
             "layers": None if self.layers is None else list(self.layers),
             "steps": None if self.steps is None else list(self.steps),
-            "branches": list(self.branches), "chunk_bytes": self.chunk_bytes,
+            "branches": list(self.branches), "chunk_bytes": self.chunk_bytes, "image": self.image,
         }
 
 

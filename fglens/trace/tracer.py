@@ -145,7 +145,8 @@ class Trace:
                              lambda a=adapter: a.batched_cfg(self.pipe))
             self._undo.append(install_clock(adapter.transformer, hook))
         if self.pipe is not None:
-            self._capture = PromptCapture(self.pipe, self.adapters[0])
+            keep_image = self.record is not None and self.record.image
+            self._capture = PromptCapture(self.pipe, self.adapters[0], keep_image=keep_image)
             self._capture.install()
             self._undo.append(self._capture.remove)
 
@@ -249,6 +250,7 @@ class Trace:
         self._writer = RunWriter(
             sink, variables=variables, branches=self.record.branches, layers=self.layers, words=list(words),
             grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
+            image=call.image if call is not None and self.record.image else None,  # written once, at creation
         )
         self._sink = sink
 
