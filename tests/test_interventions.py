@@ -238,3 +238,219 @@ def test_anchor_from_clip_drives_a_pipeline(wan_i2v):
     with fg.trace(wan_i2v, edit=anchor):
         wan_i2v(image=image, prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
                 output_type="latent")
+
+
+# -- the cache transfer over the real text keys and one pad key ------------------------------------------------------
+LONG_PROMPT = "a dog jumps over the red fence while a small cat watches from the old wooden gate"
+
+
+def _real_length(pipe, prompt: str) -> int:
+    """Tokens before the padding, counted by the pipeline's own tokenizer as the Wan pipeline calls it."""
+    mask = pipe.tokenizer(prompt, padding="max_length", max_length=512, truncation=True, add_special_tokens=True,
+                          return_attention_mask=True, return_tensors="pt").attention_mask
+    return int(mask.sum())
+
+
+def _blocks(calls, n_video):
+    """Kernel calls seen in front of the original kernel (KernelCalls entered before fg.trace), grouped per block:
+    each block starts with its self-attention call; its model calls are the first 257-key (image) and 512-key
+    (text) calls, anything else is an intervention's own kernel call ("extra")."""
+    blocks = []
+    for c in calls:
+        if c["k"].shape[1] == n_video and c["q"].shape[1] == n_video and (not blocks or blocks[-1]["text"]):
+            blocks.append({"self": c, "image": None, "text": None, "extra": []})
+            continue
+        block = blocks[-1]
+        if c["k"].shape[1] == 257 and block["image"] is None:
+            block["image"] = c
+        elif c["k"].shape[1] == 512 and block["text"] is None:
+            block["text"] = c
+        else:
+            block["extra"].append(c)
+    return blocks
+
+
+def _pad_bias(extra, width):
+    """The logit bias the extra dimensions of a kernel call add to each key, for the first query and head."""
+    q, k = extra["q"][0, 0, 0, width:].double(), extra["k"][0, :, 0, width:].double()
+    return (k @ q) / math.sqrt(width)
+
+
+def test_cache_transfer_runs_over_the_real_text_keys_and_one_pad_key(wan_i2v, ref_image):
+    """The pipeline pads each prompt to 512 rows with zero embeddings: the transfer's extra kernel call sees the L
+    real keys and one pad key carrying log(512 - L), and equals the dense float64 reference over all 512 keys."""
+    real = {"cond": _real_length(wan_i2v, PROMPT), "uncond": _real_length(wan_i2v, "")}
+    assert real == {"cond": 8, "uncond": 1}  # the tiny tokenizer's counts; far fewer than 512
+    alpha, src, dst = 0.4, 0, 2
+    edit = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step")
+    with KernelCalls() as inner, fg.trace(wan_i2v, edit=edit), KernelCalls() as outer:
+        _call(wan_i2v, ref_image, steps=2)
+    blocks = _blocks(inner.calls, math.prod(GRID))
+    forwards = [blocks[i : i + 4] for i in range(0, len(blocks), 4)]
+    edited = _layer_calls(outer.text_calls(), 4)
+    assert len(forwards) == len(edited) == 4  # 2 steps x (cond, uncond)
+    for index, forward in enumerate(forwards):
+        n = real[("cond", "uncond")[index % 2]]
+        assert [len(b["extra"]) for b in forward] == [0, 0, 1, 0]  # one extra call, in the destination only
+        (extra,) = forward[dst]["extra"]
+        own, source = forward[dst]["text"], forward[src]["text"]
+        width = own["k"].shape[-1]
+        assert extra["k"].shape[1] == n + 1  # not 512
+        assert torch.equal(extra["k"][..., :width], source["k"][:, : n + 1])
+        assert torch.equal(extra["v"][..., :width], own["v"][:, : n + 1])
+        expected_bias = torch.zeros(n + 1, dtype=torch.float64)
+        expected_bias[n] = math.log(512 - n)
+        torch.testing.assert_close(_pad_bias(extra, width), expected_bias, rtol=0, atol=1e-5)
+        # the extra call alone is Attn(Q_src, K_src, V_dst) over all 512 keys, the 512 - n pads counted one by one
+        dense = _dense(source["q"], source["k"], own["v"])
+        torch.testing.assert_close(extra["out"][..., :width].double(), dense, rtol=1e-5, atol=1e-6)
+        expected = (1 - alpha) * _dense(own["q"], own["k"], own["v"]) + alpha * dense
+        torch.testing.assert_close(edited[index][dst]["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_focal_guidance_and_recording_over_collapsed_pads_match_the_dense_reference(wan_i2v, ref_image):
+    """Anchor then cache on one layer, recorded: the anchor's bias columns are 0 on the pad keys, so neither the
+    collapsed extra call nor the recorder's collapsed columns change what the dense float64 formula gives."""
+    mask = torch.zeros(3, 5)
+    mask[1:, 2:] = 1.0
+    strength, alpha, src, dst = 3.0, 0.5, 0, 2
+    edit = fg.FocalGuidance(anchor=fg.AnchorMask.from_mask(mask, "dog", strength=strength, frames="all"),
+                            cache=fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step"),
+                            layers=[dst], steps=None)
+    record = fg.Record(words=["dog", "fence"], stats=["word_mass"])
+    with KernelCalls() as inner, fg.trace(wan_i2v, record=record, edit=edit) as run, KernelCalls() as outer:
+        _call(wan_i2v, ref_image, steps=1)
+    blocks = _blocks(inner.calls, math.prod(GRID))
+    cond, uncond = blocks[:4], blocks[4:]
+    n = _real_length(wan_i2v, PROMPT)
+    assert [len(b["extra"]) for b in cond] == [0, 0, 1, 0] and cond[dst]["extra"][0]["k"].shape[1] == n + 1
+    assert [len(b["extra"]) for b in uncond] == [0, 0, 0, 0]  # FocalGuidance edits the cond branch only
+    own, source = _layer_calls(outer.text_calls(), 4)[0][dst], _layer_calls(outer.text_calls(), 4)[0][src]
+    bias = torch.zeros(math.prod(GRID), 512, dtype=torch.float64)
+    bias[:, 1] = strength * mask.double().expand(GRID[0], -1, -1).reshape(-1)  # "dog" is token 1, every frame
+    logits_own = torch.einsum("bnhd,bthd->bhnt", own["q"].double(), own["k"].double()) / math.sqrt(own["q"].shape[-1])
+    logits_src = torch.einsum("bnhd,bthd->bhnt", source["q"].double(), source["k"].double()) / math.sqrt(
+        own["q"].shape[-1])
+    p = (1 - alpha) * torch.softmax(logits_own + bias, -1) + alpha * torch.softmax(logits_src, -1)  # [1, H, N, 512]
+    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    ds = run.dataset
+    positions = fg.store.decode_attrs(ds.attrs)["word_positions"]
+    for word in ("dog", "fence"):
+        mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
+        got = ds.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
+        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_cache_transfer_keeps_every_key_where_the_pads_are_unknown(wan_i2v, ref_image):
+    """No collapse where fglens cannot vouch for the pads: embeddings passed in by the user (that branch only),
+    or a batch of several prompts (the encoding's count is item 0's; a longer prompt's real keys lie after it).
+    The dense extra call is then exact as before."""
+    alpha, src, dst = 0.5, 0, 2
+    n_video = math.prod(GRID)
+    embeds, _ = wan_i2v.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512)
+    runs = {
+        "prompt_embeds": dict(prompt=None, prompt_embeds=embeds),
+        "two_prompts": dict(prompt=[PROMPT, LONG_PROMPT]),
+    }
+    for name, kwargs in runs.items():
+        edit = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step")
+        with KernelCalls() as inner, fg.trace(wan_i2v, edit=edit), KernelCalls() as outer:
+            wan_i2v(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+                    generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)
+        blocks = _blocks(inner.calls, n_video)
+        keys = [blocks[f * 4 + dst]["extra"][0]["k"].shape[1] for f in (0, 1)]  # (cond, uncond)
+        if name == "prompt_embeds":
+            assert keys == [512, _real_length(wan_i2v, "") + 1]  # the pipeline still encodes the negative prompt
+        else:
+            assert keys == [512, 512]
+            k = blocks[src]["text"]["k"]  # cond, item 1: real keys after item 0's length, unlike the pad key
+            n0, n1 = _real_length(wan_i2v, PROMPT), _real_length(wan_i2v, LONG_PROMPT)
+            assert n1 > n0 + 1 and not torch.equal(k[1, n0 + 1], k[1, -1])
+        edited = _layer_calls(outer.text_calls(), 4)
+        for f in (0, 1):
+            own, source = edited[f][dst], edited[f][src]
+            expected = (1 - alpha) * _dense(own["q"], own["k"], own["v"]) + alpha * _dense(source["q"], source["k"],
+                                                                                         own["v"])
+            torch.testing.assert_close(own["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_transfer_on_a_bare_transformer_collapses_zero_rows_only():
+    """A bare transformer: the real length comes from its inputs (rows after the last non-zero one). Zero pad
+    rows are collapsed; identical non-zero pad rows are not zero embeddings, so every key is kept."""
+    t = fg.testing.tiny_wan_transformer()
+    g = torch.Generator().manual_seed(1)
+    hidden, image = torch.randn(1, 36, 2, 4, 6, generator=g), torch.randn(1, 257, 8, generator=g)
+    n_video, n = 2 * 2 * 3, 5
+    text = torch.zeros(1, 512, fg.testing.WAN_TEXT_DIM)
+    text[:, :n] = torch.randn(1, n, fg.testing.WAN_TEXT_DIM, generator=g)
+    nonzero_pads = text.clone()
+    nonzero_pads[:, n:] = torch.randn(1, 1, fg.testing.WAN_TEXT_DIM, generator=g)
+    alpha, src, dst = 0.6, 1, 3
+    for rows, context in ((n + 1, text), (512, nonzero_pads)):
+        edit = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step")
+        with KernelCalls() as inner, fg.trace(t, edit=edit), KernelCalls() as outer:
+            t(hidden_states=hidden, timestep=torch.tensor([900]), encoder_hidden_states=context,
+              encoder_hidden_states_image=image)
+        blocks = _blocks(inner.calls, n_video)
+        assert [len(b["extra"]) for b in blocks] == [0, 0, 0, 1]
+        assert blocks[dst]["extra"][0]["k"].shape[1] == rows
+        own, source = _layer_calls(outer.text_calls(), 4)[0][dst], _layer_calls(outer.text_calls(), 4)[0][src]
+        expected = (1 - alpha) * _dense(own["q"], own["k"], own["v"]) + alpha * _dense(source["q"], source["k"],
+                                                                                     own["v"])
+        torch.testing.assert_close(own["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_pad_bias_parts_are_exact_in_the_key_dtype(dtype):
+    """The pad key's log-count bias is stored in three key dimensions: each part exactly representable in the key's
+    dtype, their float32 sum the bias to float32 precision (one bfloat16 number would be off by up to 2**-9)."""
+    from fglens.interventions.cache import _split
+
+    for value in (math.log(511) * math.sqrt(128), math.log(2) * math.sqrt(8), math.log(504) * math.sqrt(32), 0.0):
+        parts = _split(value, dtype, 3)
+        stored = torch.tensor(parts, dtype=torch.float64).to(dtype)
+        assert stored.double().tolist() == parts  # representable: storing them loses nothing
+        total = stored.float().sum().double().item()
+        assert abs(total - value) <= 2**-22 * max(abs(value), 1.0), (dtype, value, total)
+
+
+def test_collapsed_transfer_in_bfloat16_is_as_exact_as_the_model_kernel():
+    """bfloat16 on a bare transformer: the collapsed extra call's error against float64 (over all 512 keys, from the
+    same bfloat16 inputs) is no larger than that of the model's own dense bfloat16 text call."""
+    t = fg.testing.tiny_wan_transformer(head_dim=32).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(2)
+    text = torch.zeros(1, 512, fg.testing.WAN_TEXT_DIM)
+    text[:, :7] = torch.randn(1, 7, fg.testing.WAN_TEXT_DIM, generator=g)
+    edit = fg.CacheTransfer(src=[0], dst=[2], alpha=0.5, mode="same_step")
+    with KernelCalls() as inner, fg.trace(t, edit=edit):
+        t(hidden_states=torch.randn(1, 36, 2, 4, 6, generator=g).bfloat16(), timestep=torch.tensor([900]),
+          encoder_hidden_states=text.bfloat16(), encoder_hidden_states_image=torch.randn(1, 257, 8).bfloat16())
+    blocks = _blocks(inner.calls, 12)
+    (extra,) = blocks[2]["extra"]
+    own, source = blocks[2]["text"], blocks[0]["text"]
+    width = own["k"].shape[-1]
+    assert extra["k"].shape[1] == 8 and extra["k"].dtype == torch.bfloat16
+    collapsed_error = (extra["out"][..., :width].double() - _dense(source["q"], source["k"], own["v"])).abs().max()
+    model_error = max((b["text"]["out"].double() - _dense(b["text"]["q"], b["text"]["k"], b["text"]["v"])).abs().max()
+                      for b in blocks)
+    assert collapsed_error <= model_error, (collapsed_error, model_error)
+
+
+def test_previous_step_transfer_from_an_earlier_layer(wan_i2v, ref_image):
+    """mode="prev_step" with the source before the destination: the destination mixes in the source's map of the
+    previous step (same branch), although the source has made this step's map by then."""
+    alpha, src, dst = 0.7, 0, 2
+    edit = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="prev_step")
+    with KernelCalls() as inner, fg.trace(wan_i2v, edit=edit), KernelCalls() as outer:
+        _call(wan_i2v, ref_image, steps=3)
+    forwards = _layer_calls(outer.text_calls(), 4)
+    extras = [len(b["extra"]) for b in _blocks(inner.calls, math.prod(GRID))]
+    assert extras == [0] * 8 + [0, 0, 1, 0] * 4  # nothing at step 0 (no previous map yet), then one per forward
+    for index, forward in enumerate(forwards):
+        own = forward[dst]
+        expected = _dense(own["q"], own["k"], own["v"])
+        if index >= 2:
+            source = forwards[index - 2][src]  # the previous step, same branch
+            expected = (1 - alpha) * expected + alpha * _dense(source["q"], source["k"], own["v"])
+        torch.testing.assert_close(own["out"].double(), expected, rtol=1e-5, atol=1e-5)

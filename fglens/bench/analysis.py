@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .modes import parse_edit_mode
-from .workload import MODELS, TEXT_ROWS
+from .workload import MODELS, TEXT_REAL, TEXT_ROWS
 
 Record = Mapping[str, Any]
 
@@ -156,20 +156,28 @@ def edit_overheads(records: Sequence[Record]) -> dict[int, dict[str, dict[str, A
 def edit_flops_per_layer(record: Record) -> dict[str, int]:
     """The FLOPs one edited layer adds, by the kernel formula (2·H·N·T per head dimension, for Q·K and P·V):
 
-    * ``cache``: one more text-attention call with the source's Q and K over all 512 padded text rows,
-      ``4·H·N·512·D``;
+    * ``cache``: one more text-attention call with the source's Q and K over the real text rows and one pad row
+      (the identical zero-embedding pads collapsed, their count a logit bias in ``e = 3 + (-(D + 3) mod 8)``
+      extra head dimensions), ``4·H·N·(L + 1)·(D + e)``;
     * ``anchor``: its one bias dimension, padded with the head dimension to a multiple of 8, in the text call's
       Q·K and (zero) V columns, ``4·H·N·512·e`` with ``e = 1 + (-(D + 1) mod 8)``.
     """
     h, n, d = record["heads"], record["n_tokens"], record["head_dim"]
     extra = 1 + (-(d + 1)) % 8
-    return {"cache": 4 * h * n * TEXT_ROWS * d, "anchor": 4 * h * n * TEXT_ROWS * extra}
+    return {"cache": 4 * h * n * (TEXT_REAL + 1) * (d + _cache_dims(d)), "anchor": 4 * h * n * TEXT_ROWS * extra}
+
+
+def _cache_dims(d: int) -> int:
+    """The cache transfer's extra head dimensions: 3 for the pad key's log-count bias, padded to a multiple of 8."""
+    return 3 + (-(d + 3)) % 8
 
 
 def cache_qk_bytes(record: Record) -> int:
     """What the cache should hold for one source layer (batch 1, float32): the source's text-attention queries
-    ``[N, H, D]`` and keys ``[512, H, D]`` and nothing else (no map)."""
-    return 4 * (record["n_tokens"] + TEXT_ROWS) * record["heads"] * record["head_dim"]
+    ``[N, H, D + e]`` (widened by the pad bias dimensions) and its distinct keys ``[L + 1, H, D]`` and nothing else
+    (no map)."""
+    h, n, d = record["heads"], record["n_tokens"], record["head_dim"]
+    return 4 * h * (n * (d + _cache_dims(d)) + (TEXT_REAL + 1) * d)
 
 
 # -- analytic FLOPs ---------------------------------------------------------------------------------------------

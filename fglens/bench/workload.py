@@ -20,6 +20,7 @@ WORDS: dict[str, list[int]] = {"w0": [1], "w1": [2, 3]}
 #: latent frame sizes (Y, X) to choose from, largest first: the first that divides every N is used
 FRAME_SIZES: tuple[tuple[int, int], ...] = ((16, 20), (8, 10), (4, 5))
 TEXT_ROWS = 512  # Wan pads every prompt to 512 rows
+TEXT_REAL = 12  # real (non-zero) rows of the Wan workload's text; the rest is zero padding
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 tokens of the reference frame in Wan2.1 I2V
 JOINT_IMAGE_TOKENS = 144  # image-derived context tokens of the joint proxy (HunyuanVideo I2V has 576 / interleave)
 JOINT_TEXT_ROWS = 252  # text rows of the joint proxy's context after the image tokens (real + masked padding)
@@ -43,7 +44,7 @@ def frame_size_for(tokens: Sequence[int]) -> tuple[int, int]:
     )
 
 
-def wan_inputs(n_tokens: int, frame_hw: tuple[int, int], *, text_len: int = 12, seed: int = 0) -> dict[str, Any]:
+def wan_inputs(n_tokens: int, frame_hw: tuple[int, int], *, text_len: int = TEXT_REAL, seed: int = 0) -> dict[str, Any]:
     """Keyword arguments of one Wan I2V transformer forward with `n_tokens` video tokens.
 
     ``hidden_states [1, 36, F, 2Y, 2X]`` (16 noise + 20 condition channels; the 2x2 patch gives F·Y·X

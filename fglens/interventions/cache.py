@@ -4,11 +4,27 @@ Destination text probabilities become ``(1-α)·P_d + α·P_r``. For Wan's separ
 exactly ``(1-α)·Attn(Q_d, K_d, V_d) + α·Attn(Q_r, K_r, V_d)``: the source's queries and keys are kept (never a
 map) and the mix is one more fused kernel call. The source is taken from the same step when it comes before
 the destination in the network, else from the previous step (`mode="auto"`), with one cache per CFG branch.
+
+Wan pads every prompt to 512 text rows with zero embeddings, which make identical pad keys and values. Where
+fglens knows where the pads start (`EditCall.text_real`, L real rows), the extra call runs over the L real keys
+and ONE pad key whose logit carries ``+log(512 - L)``: exactly the summed weight of the identical pad keys, for
+about (L + 1) / 512 of the work (1/23 for a 20-token prompt at head dimension 128, the bias dimensions included).
+The bias rides through the model's own kernel as extra head dimensions (unit query dimensions; in the pad key, the
+bias over the softmax scale), split over three dimensions so that even a bfloat16 key carries it to float32
+precision; no attention mask is needed, so every backend keeps its fused kernel. The cache keeps the source's
+queries (widened by those dimensions once, when the source runs) and its L + 1 distinct keys. Where the pads are not
+known, the extra call runs over all the keys, as before.
+
+An anchor (`AnchorMask`) on the same call biases the destination's own map, which the model's call computes over
+all the keys; the extra call carries the source's unbiased map, so no biased column is ever collapsed here (and
+where a recorder collapses the destination's columns, an anchor's bias on the pad column is 0: its columns are
+word positions, all before the pads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -70,7 +86,11 @@ class CacheTransfer(_Scoped):
         self.alpha = float(alpha)
         self.mode = mode
         self.where = (where or Where()).restrict(layers=self.dst)
-        self._cache: dict[tuple[tuple[str, ...], str], tuple[int, torch.Tensor, torch.Tensor]] = {}
+        # (branches, source layer) -> (step, tensors...): Wan (step, query, key, real, total), see `observe`; joint
+        # attention (step, query, text keys, key bias, edit bias, row LSE), see `_cache_joint_source`
+        self._cache: dict[tuple[tuple[str, ...], str], tuple] = {}
+        # the map before the current one, kept for previous-step destinations that come after their source
+        self._previous: dict[tuple[tuple[str, ...], str], tuple] = {}
 
     def requires(self) -> dict[str, Any]:
         return {"sources": [str(s) for s in self.src], "state": "steps"}
@@ -93,10 +113,18 @@ class CacheTransfer(_Scoped):
                 raise ValueError(f"same_step needs the source before the destination; {s} comes after {d}")
             self._source_of[d] = (s, same)
         self._sources = {s for s, _ in self._source_of.values()}
+        #: per source, how many steps later its destinations use its map (0: same step, 1: the next step)
+        self._lags: dict[str, set[int]] = {}
+        for s, same in self._source_of.values():
+            self._lags.setdefault(s, set()).add(0 if same else 1)
+        #: sources whose previous map must outlive their next call: a previous-step destination comes after them
+        self._keep_previous = {s for d, (s, same) in self._source_of.items() if not same and order[s] < order[d]}
         self._cache.clear()
+        self._previous.clear()
 
     def start_run(self, words) -> None:
         self._cache.clear()
+        self._previous.clear()
 
     def applies(self, site, forward) -> bool:
         if site.kind not in self.kinds:
@@ -106,9 +134,38 @@ class CacheTransfer(_Scoped):
         return super().applies(site, forward)
 
     def observe(self, call: EditCall) -> None:
-        if call.site.kind == "text" and call.site.layer in self._sources:
-            key = (call.forward.branches, call.site.layer)
-            self._cache[key] = (call.forward.step, call.query, call.key)
+        """Cache a source layer's text queries and keys: ``(step, query, key, real, total)``. With the pads known
+        (`EditCall.text_real` = L), `key` is a copy of its first L + 1 rows (the real keys and one pad key, the
+        others being identical to it) and ``real = L``, and where a destination will mix this map in, `query` is
+        already widened by the bias dimensions (made here, while the previous map is freed and the model's own
+        query is alive anyway, so the edited call allocates no second query); otherwise the model's query, the
+        whole key and ``real = None``."""
+        if call.site.kind != "text" or call.site.layer not in self._sources:
+            return
+        slot = self._retire(call)
+        total, real, query = call.key.shape[1], call.text_real, call.query
+        if real is None or real >= total - 1:
+            key, real = call.key, None
+        else:
+            key = call.key[:, : real + 1].clone()  # a copy: the 512-row key is not kept alive
+            if self._will_mix(call.site.layer, call.forward):
+                query = _with_unit_dims(query)
+        self._cache[slot] = (call.forward.step, query, key, real, total)
+
+    def _retire(self, call: EditCall) -> tuple[tuple[str, ...], str]:
+        """Before a source's new map is made: drop its current one (every destination of it has run), or keep it as
+        the previous map where a previous-step destination after the source still needs it. Returns the slot."""
+        slot = (call.forward.branches, call.site.layer)
+        current = self._cache.pop(slot, None)
+        if current is not None and call.site.layer in self._keep_previous:
+            self._previous[slot] = current
+        return slot
+
+    def _will_mix(self, source: str, forward) -> bool:
+        """Will a destination mix in the map `source` makes in this forward (its step and branches in scope)?"""
+        if self.alpha == 0.0 or not any(self.where.has_branch(b) for b in forward.branches):
+            return False
+        return any(self.where.has_step(forward.step + lag, forward.num_steps) for lag in self._lags[source])
 
     def needs_lse(self, call: EditCall) -> bool:
         """Joint attention: the source's and the destination's text probabilities need their row LSE."""
@@ -120,36 +177,75 @@ class CacheTransfer(_Scoped):
         # until the destination's call; the query's video rows are most of Q, so a view of them costs little
         bias = None if call.key_bias is None else call.key_bias[:, t0:t1].clone()
         text_bias = bias_logits(call.biases, slice(r0, r1), slice(t0, t1))
-        self._cache[(call.forward.branches, call.site.layer)] = (
+        self._cache[self._retire(call)] = (
             call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1].clone(), bias, text_bias,
             call.lse[..., r0:r1].clone(),
         )
 
-    def _source(self, call: EditCall) -> tuple | None:
-        """The cached source (queries and keys; for joint attention also its text mask, edit bias and row LSE)
-        for this destination call, or None where nothing is mixed in
-        (out of scope, alpha 0, or no source map yet: the first step of a previous-step transfer)."""
+    def _slot(self, call: EditCall) -> tuple[dict, Hashable] | None:
+        """Where this destination call's source map is cached (the table and the slot), or None where nothing is
+        mixed in (out of scope, alpha 0, or no source map yet: the first step of a previous-step transfer)."""
         if self.alpha == 0.0 or call.site.layer not in self._source_of or call.site.kind not in self.kinds:
             return None
         if not super().applies(call.site, call.forward):
             return None
         src, same_step = self._source_of[call.site.layer]
-        cached = self._cache.get((call.forward.branches, src))
+        slot = (call.forward.branches, src)
         want = call.forward.step if same_step else call.forward.step - 1
-        if cached is None or cached[0] != want:
-            return None
-        return cached[1:]
+        for table in (self._cache, self._previous):
+            cached = table.get(slot)
+            if cached is not None and cached[0] == want:
+                return table, slot
+        return None
+
+    def _source(self, call: EditCall) -> tuple | None:
+        """The cached source tensors (after the step) for this destination call, or None (see `_slot`)."""
+        found = self._slot(call)
+        return None if found is None else found[0][found[1]][1:]
 
     def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
         if call.site.kind == "joint":
             return self._edit_joint(call, out)
-        source = self._source(call)
-        if source is None:
+        found = self._slot(call)
+        if found is None:
             return out
-        mixed = call.kernel(*source, call.value)
+        _, query, key, real, total = found[0][found[1]]
+        width = call.value.shape[-1]
+        if total != call.key.shape[1]:
+            raise ValueError(
+                f"CacheTransfer {self._source_of[call.site.layer][0]} -> {call.site.layer}: the source has {total} "
+                f"text keys, the destination {call.key.shape[1]}; they must see the same prompt"
+            )
+        rows = None if real is None or call.text_real is None else max(real, call.text_real)
+        if rows is None or rows >= total - 1:
+            mixed = call.kernel(query[..., :width], _leading_keys(key, real, total), call.value)
+        else:
+            mixed = self._collapsed(call, *found, rows)
         weight = self.alpha * call.rows_mask(self.where)
-        call.mixes.append((weight, *source))  # what recorders need to see the mixed map
+        # what recorders need to see the mixed map: the source's queries and its keys in the destination's layout
+        # (the pads repeated back into T rows, a copy the size of one key: the recorders collapse them by their own
+        # count of real keys, which may cover more words than the edit's)
+        call.mixes.append((weight, query[..., :width], _leading_keys(key, real, total)))
         return out + weight[..., None].to(out.dtype) * (mixed - out)
+
+    def _collapsed(self, call: EditCall, table: dict, slot: Hashable, rows: int) -> torch.Tensor:
+        """Attn(Q_r, K_r, V_d) over the first `rows` keys and one pad key standing for the other ``total - rows``
+        (its logit raised by their log count), in one call of the model's kernel with the bias as extra head
+        dimensions. Keys and values from `rows` on must be identical (`EditCall.text_real`)."""
+        step, query, key, real, total = table[slot]
+        width = call.value.shape[-1]
+        if query.shape[-1] == width:  # not widened by `observe` (it expected no use): once, shared by destinations
+            query = _with_unit_dims(query)
+            table[slot] = (step, query, key, real, total)
+        extra = query.shape[-1] - width
+        keys = _leading_keys(key, real, rows + 1)
+        k = keys.new_zeros((*keys.shape[:-1], width + extra))
+        k[..., :width] = keys
+        for i, part in enumerate(_split(math.log(total - rows) / call.scale, k.dtype, _BIAS_DIMS)):
+            k[:, rows, :, width + i] = part
+        v = call.value.new_zeros((call.value.shape[0], rows + 1, call.value.shape[2], width + extra))
+        v[..., :width] = call.value[:, : rows + 1]
+        return call.kernel(query, k, v, scale=call.scale)[..., :width]
 
     # -- joint attention: the text block is replaced, the rest of each row rescaled to keep its sum at 1 -------
     def _joint_terms(self, call: EditCall):
@@ -194,6 +290,45 @@ class CacheTransfer(_Scoped):
         edited[:, r0:r1] = torch.where(weight[..., None] > 0, mixed, rows).to(out.dtype)
         call.joint_mixes.append((weight, p_src))  # what recorders need to see the mixed map
         return edited
+
+
+#: unit query dimensions that carry the pad key's log-count bias (in three parts: ~24 bits even in a bfloat16 key)
+_BIAS_DIMS = 3
+
+
+def _with_unit_dims(query: torch.Tensor) -> torch.Tensor:
+    """``[B, N, H, D + e]``: `query` with `_BIAS_DIMS` unit dimensions, zero-padded to a multiple of 8 wide."""
+    width = query.shape[-1]
+    extra = _BIAS_DIMS + (-(width + _BIAS_DIMS)) % 8
+    out = query.new_zeros((*query.shape[:-1], width + extra))
+    out[..., :width] = query
+    out[..., width : width + _BIAS_DIMS] = 1.0
+    return out
+
+
+def _split(value: float, dtype: torch.dtype, parts: int) -> list[float]:
+    """`value` as a sum of `parts` numbers each exactly representable in `dtype` (the remainder of the previous
+    part's rounding, rounded in turn): a kernel accumulating in float32 adds them back to ~2**-24 relative.
+    Host arithmetic only (no tensor is read)."""
+    info = torch.finfo(dtype)
+    bits = 1 - round(math.log2(info.eps))  # significand bits: 24 float32, 8 bfloat16, 11 float16
+    out = []
+    for _ in range(parts):
+        # the spacing of `dtype` at `value` (no finer than its smallest subnormal); round half to even, as a cast does
+        quantum = max(math.ldexp(1.0, math.frexp(value)[1] - bits), info.tiny * info.eps)
+        part = round(value / quantum) * quantum
+        out.append(part)
+        value -= part
+    return out
+
+
+def _leading_keys(key: torch.Tensor, real: int | None, n: int) -> torch.Tensor:
+    """The first `n` rows of a source's text keys, from the cached ones: all of them (``real`` None), or the real
+    rows and one pad row (``real`` = L), the pad row repeated where `n` asks for more (a copy only then)."""
+    if real is None or n <= key.shape[1]:
+        return key[:, :n]
+    pad = key[:, real : real + 1].expand(-1, n - key.shape[1], -1, -1)
+    return torch.cat([key, pad], 1)
 
 
 def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:

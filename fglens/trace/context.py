@@ -91,6 +91,9 @@ class EditCall:
     words: dict[str, list[int]] = field(default_factory=dict)
     #: the attention mask as an additive key bias [B, S_k] (joint attention), or None
     key_bias: torch.Tensor | None = None
+    #: a separate text call (Wan): the keys from this index on are pad keys made from zero embeddings, identical
+    #: keys and values by construction (see `Editor.text_real`); None when fglens cannot vouch for that
+    text_real: int | None = None
     #: set once the kernel has run: the row log-sum-exp [B, H, S_q] (when asked for) and the summed biases
     lse: torch.Tensor | None = None
     biases: list = field(default_factory=list)

@@ -35,6 +35,7 @@ class Editor:
         for part in self.parts:
             part.bind(layers, per_model, site_kinds)  # unknown layers, impossible pairings: errors here
         self.words: dict[str, list[int]] = {}
+        self.prompt_real: dict[str, int | None] = {}
 
     def start_run(self, call: PipelineCall | None, known: Mapping[str, Sequence[int]] | None = None) -> None:
         """Resolve the words every part needs in this run's prompt (a missing word is an error now).
@@ -45,6 +46,7 @@ class Editor:
         known = dict(known or {})
         missing = [w for w in needed if w not in known]
         self.words = {w: list(known[w]) for w in needed if w in known}
+        self.prompt_real = call.n_real() if call is not None else {}
         if missing:
             self.words.update(words_for(call, missing))
         for part in self.parts:
@@ -52,6 +54,30 @@ class Editor:
 
     def active(self, site: Site, forward: ForwardContext) -> list[Any]:
         return [p for p in self.parts if p.applies(site, forward)]
+
+    def text_real(self, site: Site, forward: ForwardContext, n_keys: int) -> int | None:
+        """For a separate text call (Wan): the index from which its keys are pads made from zero embeddings, or None.
+
+        Those pads are identical keys and values by construction: the text embedder, ``to_k`` (with its RMS norm)
+        and ``to_v`` act row by row on identical (zero) rows, with no position term. fglens vouches for the zero
+        rows only where it knows where they start: for a bare transformer from its inputs
+        (`ForwardContext.text_lengths`: the rows after each item's last non-zero one), for a pipeline from the
+        prompt's token count, because Wan pipelines (``_get_t5_prompt_embeds``) cut the encoder output there and
+        pad it with zeros. The pipeline's count is batch item 0's, so it is used only when each branch of the
+        call has one item (a list of prompts may hold a longer one), and never for a branch whose embeddings the
+        user passed in (`PipelineCall.n_real` is None there). Host values only: nothing is read from the device.
+        """
+        if site.kind != "text":
+            return None
+        if forward.text_lengths is not None:
+            known = list(forward.text_lengths)
+        elif len(set(forward.branches)) == len(forward.branches):
+            known = [self.prompt_real.get(b) for b in forward.branches]
+        else:
+            return None
+        if not known or any(n is None for n in known):
+            return None
+        return min(n_keys, max(known))
 
     def apply(
         self,
@@ -74,8 +100,9 @@ class Editor:
             video_rows=segments.video_queries if segments else (0, query.shape[1]),
             text_keys=segments.text if segments else ((0, key.shape[1]) if site.kind == "text" else (0, 0)),
             image_keys=segments.image if segments else ((0, key.shape[1]) if site.kind == "image" else None),
-            kernel=lambda q, k, v: run(q, k, v), words=self.words,
+            kernel=lambda q, k, v, **overrides: run(q, k, v, **overrides), words=self.words,
             key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
+            text_real=self.text_real(site, forward, key.shape[1]),
         )
         for part in parts:
             part.observe(call)
