@@ -23,6 +23,7 @@ word positions, all before the pads).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -222,10 +223,10 @@ class CacheTransfer(_Scoped):
         else:
             mixed = self._collapsed(call, *found, rows)
         weight = self.alpha * call.rows_mask(self.where)
-        # what recorders need to see the mixed map: the source's queries and its keys in the destination's layout
-        # (the pads repeated back into T rows, a copy the size of one key: the recorders collapse them by their own
-        # count of real keys, which may cover more words than the edit's)
-        call.mixes.append((weight, query[..., :width], _leading_keys(key, real, total)))
+        # what recorders need to see the mixed map: the source's queries, and its first n text keys in the
+        # destination's layout on demand (a recorder asks for its own count of real keys plus one pad, which may
+        # cover more words than the edit's; nothing is copied when no recorder reads this call)
+        call.mixes.append((weight, query[..., :width], functools.partial(_leading_keys, key, real)))
         return out + weight[..., None].to(out.dtype) * (mixed - out)
 
     def _collapsed(self, call: EditCall, table: dict, slot: Hashable, rows: int) -> torch.Tensor:

@@ -97,7 +97,8 @@ class EditCall:
     #: set once the kernel has run: the row log-sum-exp [B, H, S_q] (when asked for) and the summed biases
     lse: torch.Tensor | None = None
     biases: list = field(default_factory=list)
-    #: filled by cache transfers for recorders: Wan (weight [B, N, H], source q, source k); joint (weight, source P)
+    #: filled by cache transfers for recorders: Wan (weight [B, N, H], source q, keys(n) -> the source's first n
+    #: text keys [B, n, H, D]); joint (weight, source P)
     mixes: list = field(default_factory=list)
     joint_mixes: list = field(default_factory=list)
     _rows: dict = field(default_factory=dict, repr=False)

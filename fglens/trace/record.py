@@ -243,8 +243,8 @@ class Recorder:
             biases = call.extras.get("biases") or []
             items = fwd.index
             cols = slice(0, k_eff.shape[1])
-            mixes = [(self._select(w, fwd), self._select(qs, fwd), collapse_padding(self._select(ks, fwd), n_real)[0])
-                     for w, qs, ks in call.extras.get("mixes") or []]
+            mixes = [(self._select(w, fwd), self._select(qs, fwd), self._select(keys(k_eff.shape[1]), fwd))
+                     for w, qs, keys in call.extras.get("mixes") or []]
 
             def chunk(a: int, z: int):
                 # post-edit probabilities: the interventions' logit biases, then the cache transfer's mix
