@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..store.reader import ordinary_strings
 from .scorers import Scorer, default_scorers
 from .stats import category_table, summarize
 from .suite import Item, Suite, builtin_suite, load_suite
@@ -368,7 +369,7 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no fglens results at {path}")
-    ds = xr.open_zarr(path, consolidated=False).load()
+    ds = ordinary_strings(xr.open_zarr(path, consolidated=False).load())
     if RESULTS_ATTR not in ds.attrs:
         raise ValueError(f"{path} is a zarr store but not fglens evaluation results")
     return ds
@@ -377,7 +378,7 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
 def open_summary(path: str | os.PathLike) -> xr.Dataset:
     """The per-category summary stored with the results (group ``summary`` of ``out/results.zarr``)."""
     open_results(path)
-    return xr.open_zarr(Path(path), group="summary", consolidated=False).load()
+    return ordinary_strings(xr.open_zarr(Path(path), group="summary", consolidated=False).load())
 
 
 # --------------------------------------------------------------------------------------------------------------

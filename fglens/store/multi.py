@@ -111,7 +111,10 @@ class _RunView:
         self.image_size = (int(shape[0]), int(shape[1]))  # from the metadata: no chunk is read
 
     def _read(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][...])
+        values = np.asarray(self.group[name][...])
+        if values.dtype.kind == "T":  # zarr's variable-width strings: ordinary <U labels, as open_run gives
+            return values.astype(f"<U{max(int(np.strings.str_len(values).max()) if values.size else 1, 1)}")
+        return values
 
 
 def _stack(views: list[_RunView]) -> xr.Dataset:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from .layout import disk_size, read_meta, root_attrs, run_dirs
@@ -172,6 +173,7 @@ def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:
         ds = xr.merge(parts, compat="override", join="exact", combine_attrs="override")
         coords = {c for m in meta.arrays.values() for c in str(m.get("attributes", {}).get("coordinates", "")).split()}
         ds = ds.set_coords([c for c in coords if c in ds.data_vars])
+    ds = ordinary_strings(ds)
     return ds.assign_attrs({**meta.attrs, "run": meta.name, "complete": meta.complete, "steps_written": steps})
 
 
@@ -199,3 +201,38 @@ def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = Tr
         raise KeyError(f"no run {run!r} in {path}; runs: {runs}")
     ds = open_run_dataset(read_run(path, run), chunks=None)
     return ds.load() if load else ds
+
+
+def ordinary_strings(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with its string arrays as fixed-width unicode (``<U``), the string type all of xarray handles.
+
+    zarr v3 returns stored strings as numpy's variable-width ``StringDType``, and the writer keeps labels as
+    ``object`` arrays; on either, xarray's plotting, ``where``, pandas conversion or ``to_netcdf`` raise
+    ("Plotting requires coordinates to be numeric...", ``DTypePromotionError``). String arrays are labels
+    and reasons, small, so they are read into memory here; object arrays holding anything but ``str``
+    (a seed that may be None) and all other arrays pass as they are.
+
+    Example:
+        >>> ds = xr.Dataset(coords={"word": np.array(["dog", "jumps"], dtype=np.dtypes.StringDType())})
+        >>> ordinary_strings(ds).word.dtype
+        dtype('<U5')
+    """
+    def plain(var) -> np.ndarray | None:
+        kind = getattr(var.dtype, "kind", "")
+        if kind not in ("T", "O"):
+            return None
+        values = np.asarray(var.values)
+        if kind == "O" and not all(isinstance(x, str) for x in values.flat):
+            return None
+        width = max((len(x) for x in values.flat), default=1)
+        return values.astype(f"<U{max(width, 1)}")
+
+    fixed = {}
+    for name, var in ds.variables.items():
+        values = plain(var)
+        if values is not None:
+            fixed[name] = var.copy(data=values)
+    if not fixed:
+        return ds
+    return ds.assign({n: v for n, v in fixed.items() if n in ds.data_vars}).assign_coords(
+        {n: v for n, v in fixed.items() if n in ds.coords})

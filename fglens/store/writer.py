@@ -29,6 +29,7 @@ import torch
 import xarray as xr
 
 from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
+from .reader import ordinary_strings
 from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS
 
 _STOP = object()
@@ -100,7 +101,7 @@ class MemorySink:
     def dataset(self) -> xr.Dataset:
         ds = xr.concat(self.steps, dim="step") if self.steps else self.template
         once = {n: v for n, v in self.template.data_vars.items() if "step" not in v.dims}  # the reference image
-        return ds.assign(once).assign_attrs(self.attrs)
+        return ordinary_strings(ds.assign(once).assign_attrs(self.attrs))  # <U labels, as open_run gives
 
     def __str__(self) -> str:
         return "the in-memory run"
