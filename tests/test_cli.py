@@ -276,6 +276,16 @@ def assert_usage_error(argv, *fragments) -> str:
     return err
 
 
+def assert_argparse_error(argv, fragment) -> None:
+    """An option argparse refuses: exit 2, the usage and one error line naming the option, nothing run."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        cli.main([str(a) for a in argv])
+    assert info.value.code == 2
+    assert fragment in err.getvalue().splitlines()[-1], err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
 def test_missing_store(tmp_path):
     assert_usage_error(["plot", tmp_path / "nope.zarr", "--out", tmp_path / "figs"], "no fglens store at")
     assert_usage_error(["inspect", tmp_path / "nope.zarr"], "no fglens store at")
@@ -327,6 +337,10 @@ def test_generate_checks_its_options_before_sampling(tmp_path):
     assert_usage_error([*base, "--clip", "ViT-H-14"], "needs --clip-weights")
     assert_usage_error([*base, "--layers", "1,,2"], "--layers takes")
     assert_usage_error([*base, "--alpha", "1.5"], "--alpha must be in [0, 1]")
+    for option in ("--strength", "--alpha"):
+        for bad in ("nan", "inf", "-inf"):
+            assert_argparse_error([*base, f"{option}={bad}"],
+                                  f"argument {option}: must be a finite number; got '{bad}'")
     assert_usage_error([*base, "--layers", "7", "--src", "3"], "cannot build Focal Guidance", "7")
     assert not any(tmp_path.iterdir())
     (tmp_path / "video.mp4").write_bytes(b"mine")

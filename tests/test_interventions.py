@@ -454,3 +454,76 @@ def test_previous_step_transfer_from_an_earlier_layer(wan_i2v, ref_image):
             source = forwards[index - 2][src]  # the previous step, same branch
             expected = (1 - alpha) * expected + alpha * _dense(source["q"], source["k"], own["v"])
         torch.testing.assert_close(own["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- refused inputs (issue 12): non-finite parameters, edits that would silently do nothing -----------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_parameters_are_refused_by_the_constructors(bad):
+    mask = torch.ones(3, 5)
+    with pytest.raises(ValueError, match=f"AnchorMask strength must be a finite number; got {bad}"):
+        fg.AnchorMask.from_mask(mask, "dog", strength=bad)
+    poisoned = mask.clone()
+    poisoned[1, 2] = bad
+    with pytest.raises(ValueError, match=r"AnchorMask masks must be finite .* \['dog'\]"):
+        fg.AnchorMask.from_mask(poisoned, "dog", strength=2.0)
+    with pytest.raises(ValueError, match=f"Scale factor must be a finite number; got {bad}"):
+        fg.Scale("dog", bad)
+    with pytest.raises(ValueError, match=f"CacheTransfer alpha must be a finite number; got {bad}"):
+        fg.CacheTransfer(src=[0], dst=[2], alpha=bad)
+    with pytest.raises(ValueError, match="Where steps takes step indices"):
+        fg.Where(steps=[bad])
+    with pytest.raises(ValueError, match="step fraction range"):
+        fg.Where(steps=(0.0, bad))
+
+
+def test_empty_mask_is_refused_with_one_sentence():
+    with pytest.raises(ValueError, match="at least one row and one column.*got a 0x0 mask"):
+        fg.AnchorMask.from_mask(torch.zeros(0, 0), "dog")
+
+
+def test_cache_transfer_from_a_layer_to_itself_is_refused(wan_i2v):
+    with pytest.raises(ValueError, match=r"pairs blocks\.2 with itself \(src == dst\)"):
+        fg.trace(wan_i2v, edit=fg.CacheTransfer(src=[2], dst=[2]))
+    with pytest.raises(ValueError, match=r"pairs blocks\.3 with itself"):
+        fg.trace(wan_i2v, edit=fg.CacheTransfer(src=[0, "blocks.3"], dst=[1, -1], pairing="zip"))
+    # in a pool, a destination that is also a source takes the nearest *other* source
+    edit = fg.CacheTransfer(src=[0, 2], dst=[2, 3], pairing="nearest")
+    fg.trace(wan_i2v, edit=edit)
+    assert edit._source_of == {"blocks.2": ("blocks.0", True), "blocks.3": ("blocks.2", True)}
+
+
+@pytest.mark.parametrize("where, message", [
+    (fg.Where(steps=[99]), r"Scale: step 99 out of range: this run's schedule has 2 steps \(indices 0\.\.1\)"),
+    (fg.Where(steps=[0, 5, 7]), r"Scale: steps 5, 7 out of range"),
+    (fg.Where(steps=(0.5, 0.5)), r"step fractions \(0\.5, 0\.5\) select no step of this run's 2-step schedule"),
+    (fg.Where(frames=[99]), r"Scale: latent frame 99 out of range: this run's latent grid has 3 frames"),
+])
+def test_steps_and_frames_out_of_range_are_refused_before_the_first_step(wan_i2v, ref_image, where, message):
+    forwards = []
+    hook = wan_i2v.transformer.register_forward_pre_hook(lambda m, a: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            with fg.trace(wan_i2v, edit=fg.Scale("dog", 3.0, where=where)):
+                _call(wan_i2v, ref_image, steps=2)
+    finally:
+        hook.remove()
+    assert len(forwards) == 1  # the first forward began; nothing was sampled
+
+
+def test_heads_out_of_range_and_negative_indices_are_refused_at_bind_time(wan_i2v):
+    heads = wan_i2v.transformer.blocks[0].attn2.heads
+    with pytest.raises(ValueError, match=f"Scale: head 99 out of range: the model's attention has {heads} heads"):
+        fg.trace(wan_i2v, edit=fg.Scale("dog", 3.0, where=fg.Where(heads=[0, 99])))
+    with pytest.raises(ValueError, match="Where steps takes step indices counted from 0; got -1"):
+        fg.Where(steps=[-1])
+    with pytest.raises(ValueError, match="Where frames takes latent frame indices counted from 0; got -2"):
+        fg.Where(frames=[-2])
+    with pytest.raises(ValueError, match=r"Where heads takes attention head indices \(ints >= 0\); got 'a'"):
+        fg.Where(heads=["a"])
+
+
+def test_in_range_scopes_still_edit(wan_i2v, ref_image):
+    plain = _call(wan_i2v, ref_image)
+    with fg.trace(wan_i2v, edit=fg.Scale("dog", 3.0, where=fg.Where(steps=[1], frames=[2], heads=[1]))):
+        edited = _call(wan_i2v, ref_image)
+    assert not np.array_equal(plain, edited)

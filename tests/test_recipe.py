@@ -23,6 +23,20 @@ def test_parse_errors_name_what_is_accepted():
     assert recipe_layers({"type": "focal-guidance", "layers": [1, 2], "src": 3}) == [1, 2, 3]
 
 
+@pytest.mark.parametrize("text, key", [
+    ('{"type": "focal_guidance", "layers": [1], "strength": NaN, "anchor": false, "src": [3]}', "'strength'"),
+    ('{"type": "scale", "factor": Infinity, "words": ["dog"]}', "'factor'"),
+    ('{"type": "cache_transfer", "src": [3], "dst": [1], "alpha": -Infinity}', "'alpha'"),
+    ('{"type": "cache_transfer", "src": [3], "dst": [1], "steps": [0.0, NaN]}', "'steps'"),
+])
+def test_non_finite_recipe_values_are_refused_before_building(text, key):
+    """JSON text may spell NaN and Infinity; a recipe holding one is refused by name (issue 12, item 3)."""
+    with pytest.raises(ValueError, match=f"{key} must hold finite numbers; got (nan|inf|-inf)"):
+        parse_recipe(text)
+    with pytest.raises(ValueError, match="must hold finite numbers"):
+        from_recipe(text, words=["dog"])
+
+
 def test_recipes_build_the_interventions_they_name():
     assert from_recipe({"type": "scale", "factor": 2.0}, words=["dog"]).spec() == fg.Scale(["dog"], 2.0).spec()
     assert from_recipe({"type": "ablate", "segment": "image", "layers": [1]}).spec() == fg.Ablate(

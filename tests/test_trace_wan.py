@@ -315,3 +315,96 @@ def test_reference_image_is_kept_for_image_to_video_runs_only(wan_i2v, wan_t2v, 
                             encoder_hidden_states=torch.randn(1, 512, 32),
                             encoder_hidden_states_image=torch.randn(1, 257, 8))
     assert "reference_image" not in bare.dataset and "word_mass" in bare.dataset
+
+
+def _traced_processors(pipe) -> int:
+    return sum(type(m.processor).__name__ == "TracedProcessor" for m in pipe.transformer.modules()
+               if hasattr(m, "processor"))
+
+
+def test_reentering_an_open_trace_is_refused_and_the_block_keeps_recording(wan_i2v, ref_image):
+    """`with t: ... with t:` is refused without removing the open block's processors and hooks: its next pipeline
+    call is still recorded (issue 12, item 6)."""
+    t = fg.trace(wan_i2v, record=fg.Record(words=["dog"]))
+    with t:
+        installed = _traced_processors(wan_i2v)
+        with pytest.raises(RuntimeError, match="already open"):
+            with t:
+                pass
+        assert _traced_processors(wan_i2v) == installed > 0
+        _call(wan_i2v, ref_image, steps=2)
+    assert t.dataset.sizes["step"] == 2 and t.dataset.attrs["complete"]
+    assert np.isfinite(t.dataset.word_mass.values).all()
+    assert _traced_processors(wan_i2v) == 0
+
+
+def test_ctrl_c_stays_a_keyboard_interrupt_with_a_write_error_pending(wan_i2v, ref_image, tmp_path, monkeypatch):
+    """A store write error pending when the user presses Ctrl-C: the block is left by the KeyboardInterrupt (which
+    `except Exception` does not catch), with the write error chained to it (issue 12, item 7)."""
+    from fglens.store.writer import ZarrSink
+
+    def disk_full(self, ds):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ZarrSink, "append", disk_full)  # the first step is flushed at close: the error is pending
+
+    def ctrl_c(pipe, i, t, kwargs):
+        raise KeyboardInterrupt
+
+    before = _state(wan_i2v)
+    caught = None
+    try:
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=tmp_path / "runs.zarr"):
+            try:
+                _call(wan_i2v, ref_image, steps=3, callback_on_step_end=ctrl_c)
+            except Exception:  # what user code around the call does: must not swallow Ctrl-C
+                pytest.fail("the KeyboardInterrupt was caught as an Exception inside the block")
+    except Exception as exc:  # noqa: BLE001 - the bug: the interrupt turned into a RuntimeError
+        pytest.fail(f"Ctrl-C left the block as {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt as exc:
+        caught = exc
+    assert caught is not None
+    assert isinstance(caught.__cause__, RuntimeError) and "No space left" in str(caught.__cause__)
+    assert any("could not write" in note for note in caught.__notes__)
+    assert _state(wan_i2v)[1:] == before[1:]
+    (run,) = fg.store.list_runs(tmp_path / "runs.zarr")
+    assert not fg.open_run(tmp_path / "runs.zarr", run).attrs["complete"]
+
+
+def test_an_ordinary_error_with_a_write_error_pending_still_reports_the_write_error(wan_i2v, ref_image, tmp_path,
+                                                                                    monkeypatch):
+    from fglens.store.writer import ZarrSink
+
+    monkeypatch.setattr(ZarrSink, "append", lambda self, ds: (_ for _ in ()).throw(OSError(28, "disk full")))
+
+    def boom(pipe, i, t, kwargs):
+        raise ValueError("user error")
+
+    with pytest.raises(RuntimeError, match="could not write") as info:
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=tmp_path / "runs.zarr"):
+            _call(wan_i2v, ref_image, steps=3, callback_on_step_end=boom)
+    assert isinstance(info.value.__context__, ValueError)
+
+
+@pytest.mark.parametrize("words, fragment", [
+    ([3], "got 3"), (["dog", None], "got None"), ([""], "got ''"), ({"w": "12"}, "'w': '12'"),
+    ({"w": [-1]}, "'w': [-1]"),
+])
+def test_record_words_of_the_wrong_type_get_one_clear_sentence(words, fragment):
+    with pytest.raises(ValueError, match="Record words") as info:
+        fg.Record(words=words)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_record_steps_out_of_the_schedule_are_refused_before_sampling(wan_i2v, ref_image, tmp_path):
+    """Record(steps=[99]) on a 2-step schedule: refused at the first forward, no 0-step run marked complete."""
+    with pytest.raises(ValueError, match=r"Record steps 99 out of range: this run's schedule has 2 steps \(indices "
+                                         r"0\.\.1\)"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"], steps=[1, 99]), store=tmp_path / "runs.zarr"):
+            _call(wan_i2v, ref_image, steps=2)
+    assert not (tmp_path / "runs.zarr").exists() or fg.store.list_runs(tmp_path / "runs.zarr") == []
+    with pytest.raises(ValueError, match="Record steps takes step indices counted from 0; got -1"):
+        fg.Record(steps=[-1])
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"], steps=[1])) as run:
+        _call(wan_i2v, ref_image, steps=2)
+    assert list(run.dataset.step.values) == [1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ def fail(command: str, message: Any) -> int:
 
 # -- options ----------------------------------------------------------------------------------------------------
 
+def finite_float(text: str) -> float:
+    """The argparse type of every numeric option: a finite number (NaN and infinities are refused, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
 def add_item_options(parser: argparse.ArgumentParser) -> None:
     """The pipeline and the item to sample: ``--pipeline --image --prompt --words`` and the call's size."""
     parser.add_argument("--pipeline", required=True, metavar="PATH|tiny-wan|tiny-hunyuan|...",
@@ -74,9 +86,9 @@ def add_weak_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("semantic-weak layer rule (fg.find_weak_layers)")
     group.add_argument("--score", choices=("similarity", "morans_i", "both"), default="similarity",
                        help="per-layer score (default: similarity)")
-    group.add_argument("--z", type=float, default=-1.0, help="weak when the robust z-score is below this (<= 0; "
+    group.add_argument("--z", type=finite_float, default=-1.0, help="weak when the robust z-score is below this (<= 0; "
                        "default: -1.0)")
-    group.add_argument("--exclude-edges", type=float, default=0.1,
+    group.add_argument("--exclude-edges", type=finite_float, default=0.1,
                        help="fraction of first and last layers never called weak, in [0, 0.5) (default: 0.1)")
     group.add_argument("--top-k", type=int, default=3, help="how many responsive layers to name (default: 3)")
 

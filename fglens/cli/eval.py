@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .diagnose import finite_float
+
 EPILOG = """\
 examples:
   fglens eval builtin --pipeline tiny-wan --out eval/ --edit focal-guidance --layers 1,2 --src 3 \\
@@ -51,7 +53,7 @@ def register(sub) -> None:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--num-frames", type=int, default=None)
-    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--guidance-scale", type=finite_float, default=None)
     parser.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
                         help="dtype of a pipeline loaded from a folder and of the --vlm judge (default: as stored)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -62,9 +64,10 @@ def register(sub) -> None:
     edit.add_argument("--layers", default=None, metavar="12,13", help="layers the edit applies to")
     edit.add_argument("--src", default=None, metavar="30", help="cache-transfer source layers")
     edit.add_argument("--dst", default=None, metavar="12,13", help="cache-transfer destination layers")
-    edit.add_argument("--alpha", type=float, default=None, help="cache-transfer weight in [0, 1] (recipe default 0.5)")
-    edit.add_argument("--strength", type=float, default=None, help="anchor strength (recipe default 2.0)")
-    edit.add_argument("--factor", type=float, default=None, help="scale factor (--edit scale)")
+    edit.add_argument("--alpha", type=finite_float, default=None,
+                      help="cache-transfer weight in [0, 1] (recipe default 0.5)")
+    edit.add_argument("--strength", type=finite_float, default=None, help="anchor strength (recipe default 2.0)")
+    edit.add_argument("--factor", type=finite_float, default=None, help="scale factor (--edit scale)")
     edit.add_argument("--segment", choices=("image", "text"), default=None, help="segment to ablate (--edit ablate)")
     edit.add_argument("--edit-steps", default=None, metavar="0.0,0.5",
                       help="steps to edit: a fraction range (floats) or step indices (ints)")
@@ -79,10 +82,11 @@ def register(sub) -> None:
     score.add_argument("--vlm", default=None, metavar="DIR",
                        help="a local vision-language model folder for the judge; without it the judge is missing")
     score.add_argument("--vlm-frames", type=int, default=4, help="frames the judge sees (default: 4)")
-    score.add_argument("--motion-scale", type=float, default=0.02, help="motion saturation scale (default: 0.02)")
-    score.add_argument("--change-scale", type=float, default=0.02,
+    score.add_argument("--motion-scale", type=finite_float, default=0.02,
+                       help="motion saturation scale (default: 0.02)")
+    score.add_argument("--change-scale", type=finite_float, default=0.02,
                        help="alignment-change saturation scale (default: 0.02)")
-    score.add_argument("--confidence", type=float, default=0.95, help="interval confidence (default: 0.95)")
+    score.add_argument("--confidence", type=finite_float, default=0.95, help="interval confidence (default: 0.95)")
     score.add_argument("--resamples", type=int, default=9999, help="bootstrap resamples (default: 9999)")
     parser.add_argument("--mp4", action="store_true", help="also write each video as an mp4")
     parser.add_argument("--no-record", action="store_true", help="do not record the runs into OUT/runs.zarr")

@@ -14,7 +14,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .diagnose import UsageError, add_item_options, add_weak_options, check_weak_options, fail, prepare
+from .diagnose import (
+    UsageError,
+    add_item_options,
+    add_weak_options,
+    check_weak_options,
+    fail,
+    finite_float,
+    prepare,
+)
 
 EPILOG = """\
 examples:
@@ -54,8 +62,8 @@ def register(sub) -> None:
     edit.add_argument("--src", default="auto", metavar="auto|none|30",
                       help="cache-transfer source layers, auto (the responsive layers of a diagnosis pass; "
                       "default) or none (anchor only)")
-    edit.add_argument("--alpha", type=float, default=0.5, help="cache-transfer weight in [0, 1] (default: 0.5)")
-    edit.add_argument("--strength", type=float, default=2.0, help="anchor strength lambda (default: 2.0)")
+    edit.add_argument("--alpha", type=finite_float, default=0.5, help="cache-transfer weight in [0, 1] (default: 0.5)")
+    edit.add_argument("--strength", type=finite_float, default=2.0, help="anchor strength lambda (default: 2.0)")
     edit.add_argument("--edit-steps", default="0.0,0.5", metavar="START,STOP|I,J,..",
                       help="steps to edit: a fraction range of the schedule (floats) or step indices (ints) "
                       "(default: 0.0,0.5, the first half)")

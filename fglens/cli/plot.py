@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .diagnose import UsageError, fail
+from .diagnose import UsageError, fail, finite_float
 
 EPILOG = """\
 examples:
@@ -54,7 +54,7 @@ def register(sub) -> None:
     parser.add_argument("--word", action="append", default=None, metavar="W",
                         help="a word whose maps to draw (repeatable; default: every word)")
     parser.add_argument("--format", choices=FORMATS, default="png", help="file format (default: png)")
-    parser.add_argument("--dpi", type=float, default=None, help="resolution of raster formats (default: 200)")
+    parser.add_argument("--dpi", type=finite_float, default=None, help="resolution of raster formats (default: 200)")
     parser.set_defaults(func=run)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Bias, EditCall
-from .scope import Where
+from .scope import Where, finite
 from .tools import _Scoped, _where_spec, word_columns
 
 
@@ -61,11 +61,17 @@ class AnchorMask(_Scoped):
             )
         if words is None or len(words) != masks.shape[0]:
             raise ValueError(f"AnchorMask needs one word per mask: {masks.shape[0]} masks, words={words}")
+        if masks.shape[-2] == 0 or masks.shape[-1] == 0:
+            raise ValueError(f"AnchorMask masks must have at least one row and one column (any size is resized to the "
+                             f"latent grid); got a {masks.shape[-2]}x{masks.shape[-1]} mask")
+        if not torch.isfinite(masks).all():
+            raise ValueError("AnchorMask masks must be finite (values in [0, 1]); got NaN or infinite values in the "
+                             f"mask of {[w for w, m in zip(words, masks, strict=True) if not torch.isfinite(m).all()]}")
         if not (frames in ("all", "first") or (isinstance(frames, float) and 0.0 < frames <= 1.0)):
             raise ValueError(f"frames must be 'all', 'first' or a decay in (0, 1]; got {frames!r}")
         self.masks = masks
         self.words = list(words)
-        self.strength = float(strength)
+        self.strength = finite(strength, "AnchorMask strength")
         self.frames = frames
         self.where = where or Where()
         self.regions = regions  # the CLIP maps behind the masks, for plotting (from_clip)

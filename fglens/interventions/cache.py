@@ -34,7 +34,7 @@ from ..trace.editing import bias_logits
 from ..trace.probs import key_logits
 from ..trace.record import resolve_layers
 from .base import EditCall
-from .scope import Where
+from .scope import Where, finite
 from .tools import _Scoped, _where_spec
 
 
@@ -51,8 +51,9 @@ class CacheTransfer(_Scoped):
         where: further scope (steps, branches, frames, heads); its layers default to `dst`.
         pairing: ``"auto"`` (one source: every destination; as many sources as destinations: in order;
             otherwise ``"nearest"``), ``"zip"`` (in order), ``"nearest"`` (each destination takes the source
-            closest to it in depth, the earlier on a tie), so ``CacheTransfer(src=weak.responsive,
-            dst=weak.weak)`` works for any number of each.
+            closest to it in depth, the earlier on a tie, never itself), so ``CacheTransfer(src=weak.responsive,
+            dst=weak.weak)`` works for any number of each. A destination paired with itself (``src == dst``) is
+            refused: its own map mixed into it would change nothing.
 
     Example:
         >>> import fglens as fg
@@ -82,9 +83,10 @@ class CacheTransfer(_Scoped):
         self.pairing = pairing
         if mode not in ("auto", "same_step", "prev_step"):
             raise ValueError(f"mode must be 'auto', 'same_step' or 'prev_step'; got {mode!r}")
+        alpha = finite(alpha, "CacheTransfer alpha")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = alpha
         self.mode = mode
         self.where = (where or Where()).restrict(layers=self.dst)
         # (branches, source layer) -> (step, tensors...): Wan (step, query, key, real, total), see `observe`; joint
@@ -109,6 +111,9 @@ class CacheTransfer(_Scoped):
         pairs = _pairs(src, dst, order, model_of, self.pairing)
         self._source_of: dict[str, tuple[str, bool]] = {}
         for s, d in pairs:
+            if s == d:
+                raise ValueError(f"CacheTransfer pairs {d} with itself (src == dst): a layer's own map mixed into it "
+                                 "changes nothing; give a source other than the destination")
             same = order[s] < order[d] if self.mode == "auto" else self.mode == "same_step"
             if same and order[s] >= order[d]:
                 raise ValueError(f"same_step needs the source before the destination; {s} comes after {d}")
@@ -350,4 +355,5 @@ def _pairs(
     def distance(s: str, d: str) -> tuple[bool, int, int]:
         return model_of[s] != model_of[d], abs(order[s] - order[d]), order[s]
 
-    return [(min(src, key=lambda s: distance(s, d)), d) for d in dst]
+    # a destination in the pool never takes itself (its own map would change nothing): the nearest other source
+    return [(min([s for s in src if s != d] or src, key=lambda s: distance(s, d)), d) for d in dst]

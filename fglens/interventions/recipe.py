@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,7 +82,25 @@ def parse_recipe(recipe: Mapping[str, Any] | str | None) -> dict[str, Any] | Non
     for key in _REQUIRED.get(kind, ()):
         if recipe.get(key) is None:
             raise ValueError(f"recipe {kind} needs {key!r}; it accepts {', '.join(RECIPES[kind])}")
+    for key, value in recipe.items():
+        bad = _non_finite(value)
+        if bad is not None:
+            raise ValueError(f"recipe {kind}: {key!r} must hold finite numbers; got {bad} in {value!r}")
     return {**recipe, "type": kind}
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first NaN or infinity in a recipe value (JSON text may spell them NaN / Infinity), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            bad = _non_finite(v)
+            if bad is not None:
+                return bad
+    return None
 
 
 def recipe_layers(recipe: Mapping[str, Any] | str | None) -> list[int | str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +47,35 @@ class Where:
                 object.__setattr__(self, name, tuple(value))
         if self.branches is not None and any(b not in BRANCHES for b in self.branches):
             raise ValueError(f"unknown branch in {self.branches}; accepted: {BRANCHES}")
+        for name in ("frames", "heads"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, indices(value, f"Where {name}", "latent frame" if name == "frames"
+                                                       else "attention head"))
+        if isinstance(self.steps, int):
+            object.__setattr__(self, "steps", (self.steps,))
         if isinstance(self.steps, tuple) and len(self.steps) == 2 and any(isinstance(s, float) for s in self.steps):
             lo, hi = self.steps
-            if not 0.0 <= lo <= hi <= 1.0:
+            if not 0.0 <= lo <= hi <= 1.0:  # NaN fails every comparison: refused here too
                 raise ValueError(f"a step fraction range must satisfy 0 <= start <= stop <= 1; got {self.steps}")
         elif self.steps is not None:
-            object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+            object.__setattr__(self, "steps", indices(self.steps, "Where steps", "step"))
+
+    def check(self, *, num_steps: int | None = None, frames: int | None = None, heads: int | None = None,
+              owner: str = "Where") -> None:
+        """Refuse a scope naming a step, latent frame or head the run does not have (an edit there would silently
+        do nothing). Each bound is checked only when given: the schedule length and the grid are known at the
+        first forward of a run, the heads when the trace is built."""
+        if num_steps is not None and self.steps is not None and not self.fractional:
+            _in_range(self.steps, num_steps, f"{owner}: step", f"this run's schedule has {num_steps} steps")
+        elif num_steps is not None and self.fractional and not any(self.has_step(s, num_steps) for s in
+                                                                     range(num_steps)):
+            raise ValueError(f"{owner}: the step fractions {self.steps} select no step of this run's {num_steps}-step "
+                             "schedule; widen the range")
+        if frames is not None and self.frames is not None:
+            _in_range(self.frames, frames, f"{owner}: latent frame", f"this run's latent grid has {frames} frames")
+        if heads is not None and self.heads is not None:
+            _in_range(self.heads, heads, f"{owner}: head", f"the model's attention has {heads} heads")
 
     @property
     def fractional(self) -> bool:
@@ -77,3 +102,41 @@ class Where:
         fields = {f: getattr(self, f) for f in ("layers", "steps", "branches", "frames", "heads")}
         fields.update(kwargs)
         return Where(**fields)
+
+
+def indices(values: Any, what: str, noun: str) -> tuple[int, ...]:
+    """`values` as a tuple of non-negative ints, or a one-sentence ValueError naming what was given."""
+    out = []
+    for v in [values] if isinstance(values, (int, str, float)) else values:
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            i = operator.index(v)
+        except TypeError:
+            raise ValueError(f"{what} takes {noun} indices (ints >= 0); got {v!r}") from None
+        if i < 0:
+            raise ValueError(f"{what} takes {noun} indices counted from 0; got {i} (negative indices are not "
+                             "accepted)")
+        out.append(i)
+    return tuple(out)
+
+
+def _in_range(values: Sequence[int], n: int, what: str, why: str) -> None:
+    bad = [v for v in values if v >= n]
+    if bad:
+        raise ValueError(f"{what}{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} out of range: {why} "
+                         f"(indices 0..{n - 1})")
+
+
+def finite(value: Any, what: str) -> float:
+    """`value` as a finite float, or a one-sentence ValueError naming it (NaN and infinities are refused: they turn
+    every edited output into NaN)."""
+    try:
+        if isinstance(value, str):
+            raise TypeError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number; got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{what} must be a finite number; got {value!r}")
+    return out

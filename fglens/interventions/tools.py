@@ -11,7 +11,7 @@ import torch
 
 from ..trace.record import resolve_layers
 from .base import Bias, EditCall, Intervention
-from .scope import Where
+from .scope import Where, finite
 
 #: a logit offset that makes a key's probability exactly 0 in float32 (exp(-1e4) underflows)
 NEG = -1.0e4
@@ -65,9 +65,10 @@ class Scale(_Scoped):
 
     def __init__(self, words: Sequence[str] | str, factor: float, where: Where | None = None):
         self.words = [words] if isinstance(words, str) else list(words)
+        factor = finite(factor, "Scale factor")
         if factor < 0:
-            raise ValueError(f"Scale factor must be >= 0, got {factor}")
-        self.factor = float(factor)
+            raise ValueError(f"Scale factor must be a finite number >= 0; got {factor}")
+        self.factor = factor
         self.where = where or Where()
 
     def requires(self) -> dict[str, Any]:

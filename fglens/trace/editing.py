@@ -23,7 +23,7 @@ from .probs import key_bias, row_logsumexp
 class Editor:
     """Binds an intervention to the traced models and applies it call by call."""
 
-    def __init__(self, edit: Any, per_model: Sequence[Sequence[str]], site_kinds: set[str]):
+    def __init__(self, edit: Any, per_model: Sequence[Sequence[str]], site_kinds: set[str], heads: int | None = None):
         from ..interventions.base import Intervention
 
         if not isinstance(edit, Intervention):
@@ -34,14 +34,28 @@ class Editor:
         layers = [name for model in per_model for name in model]
         for part in self.parts:
             part.bind(layers, per_model, site_kinds)  # unknown layers, impossible pairings: errors here
+            self._check_scope(part, heads=heads)  # heads the model does not have: an error here too
         self.words: dict[str, list[int]] = {}
         self.prompt_real: dict[str, int | None] = {}
 
-    def start_run(self, call: PipelineCall | None, known: Mapping[str, Sequence[int]] | None = None) -> None:
-        """Resolve the words every part needs in this run's prompt (a missing word is an error now).
+    @staticmethod
+    def _check_scope(part: Any, **bounds: Any) -> None:
+        from ..interventions.scope import Where
+
+        where = getattr(part, "where", None)
+        if isinstance(where, Where):
+            where.check(owner=type(part).__name__, **bounds)
+
+    def start_run(self, call: PipelineCall | None, known: Mapping[str, Sequence[int]] | None = None,
+                  forward: ForwardContext | None = None) -> None:
+        """Resolve the words every part needs in this run's prompt (a missing word is an error now), and check the
+        parts' steps and frames against the run's schedule and latent grid (`forward`, the run's first forward).
 
         `known` maps labels to token positions given by the user (a bare transformer has no prompt to read).
         """
+        if forward is not None:
+            for part in self.parts:
+                self._check_scope(part, num_steps=forward.num_steps, frames=forward.grid[0])
         needed = self.edit.requires().get("words", [])
         known = dict(known or {})
         missing = [w for w in needed if w not in known]

@@ -94,12 +94,46 @@ class Record:
             raise ValueError(f"unknown branch(es) {bad or self.branches}; accepted: {BRANCHES}")
         if isinstance(self.words, str):
             self.words = [self.words]
+        self._check_words()
+        if isinstance(self.steps, int):
+            self.steps = (self.steps,)
         if self.steps is not None:
-            self.steps = tuple(int(s) for s in self.steps)
+            from ..interventions.scope import indices
+
+            self.steps = indices(self.steps, "Record steps", "step")
         if self.chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be positive")
         if not isinstance(self.image, bool):
             raise TypeError(f"image must be True (keep the reference image with the run) or False; got {self.image!r}")
+
+    def _check_words(self) -> None:
+        words = self.words
+        if words is None:
+            return
+        if isinstance(words, Mapping):
+            for label, positions in words.items():
+                ok = isinstance(label, str) and not isinstance(positions, (str, bytes))
+                try:
+                    ok = ok and all(int(p) == p and p >= 0 for p in positions)
+                except (TypeError, ValueError):
+                    ok = False
+                if not ok:
+                    raise ValueError(f"Record words as a mapping takes {{label: [token positions]}} with str labels "
+                                     f"and ints >= 0; got {label!r}: {positions!r}")
+            return
+        bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+        if bad:
+            raise ValueError(f"Record words takes words of the prompt as non-empty strings (or a mapping label -> "
+                             f"token positions); got {bad[0]!r}")
+
+    def check_steps(self, num_steps: int | None) -> None:
+        """Refuse, before the first step of a run, steps its schedule does not have (a run of 0 steps would follow)."""
+        if num_steps is None or self.steps is None:
+            return
+        bad = [s for s in self.steps if s >= num_steps]
+        if bad:
+            raise ValueError(f"Record steps {', '.join(map(str, bad))} out of range: this run's schedule has "
+                             f"{num_steps} steps (indices 0..{num_steps - 1})")
 
     def spec(self) -> dict[str, Any]:
         """A JSON-serialisable description, stored with each run."""

@@ -66,7 +66,9 @@ class Trace:
         kinds = {site.kind for a in self.adapters for site in a.sites()}
         # with an edit and no record, nothing is recorded; with neither, the default Record
         self.record = record if record is not None else (Record() if edit is None or store is not None else None)
-        self.editor = Editor(edit, per_model, kinds) if edit is not None else None
+        heads = [getattr(a.module(s.module), "heads", None) for a in self.adapters for s in a.sites()]
+        heads = min((h for h in heads if isinstance(h, int)), default=None)
+        self.editor = Editor(edit, per_model, kinds, heads) if edit is not None else None
         self.layers = resolve_layers(self.record.layers, per_model) if self.record else []
         if run_id is not None and store is None:
             raise ValueError(f"run_id={run_id!r} names a run in a store: give store= too")
@@ -104,6 +106,9 @@ class Trace:
 
     # -- context manager ----------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
+        if self._active:  # refused before touching anything: the open block keeps its hooks and processors
+            raise RuntimeError("this fg.trace block is already open: a trace is entered once at a time (`with t:` "
+                               "inside `with t:`); everything it records is recorded by the open block")
         try:
             self._install()
         except BaseException:
@@ -115,6 +120,14 @@ class Trace:
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             self._end_run(interrupted=exc_type is not None)
+        except Exception as error:
+            if exc is None or isinstance(exc, Exception):
+                raise
+            # a KeyboardInterrupt (or SystemExit) leaves the block as itself, so `except Exception` never swallows
+            # it; the write error rides along as its cause and a note
+            exc.add_note(f"while leaving the fg.trace block: {error}")
+            if exc.__cause__ is None and exc.__context__ is None:
+                exc.__cause__ = error
         finally:
             self._active = False
             self._uninstall()
@@ -232,9 +245,12 @@ class Trace:
     def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
         self._in_run = True
         self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
+        if self.record is not None:
+            self.record.check_steps(ctx.num_steps)  # steps the schedule lacks: an error before sampling
         if self.editor is not None:
             known = self.record.words if self.record is not None and isinstance(self.record.words, Mapping) else None
-            self.editor.start_run(call, known)  # words the edit needs: a missing one is an error before sampling
+            # words the edit needs, steps and frames of its scope: an error before sampling
+            self.editor.start_run(call, known, ctx)
         if self.recorder is None:
             return
         words = words_for(call, self.record.words)
