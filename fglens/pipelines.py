@@ -177,6 +177,9 @@ def default_size(pipe: Any) -> dict[str, Any]:
     tiny = getattr(pipe, "_fglens_tiny", None)
     if tiny is not None:
         return dict(TINY_SIZES["hunyuan" if "hunyuan" in tiny else "wan"])
+    small = getattr(pipe, "_fglens_call_defaults", None)  # a fglens.testing pipeline built directly
+    if small is not None:
+        return {k: small[k] for k in ("height", "width", "num_frames")}
     params = inspect.signature(type(pipe).__call__).parameters
     return {k: params[k].default for k in ("height", "width", "num_frames") if k in params}
 

@@ -479,10 +479,11 @@ def word_maps(
     layers: Any = None,
     frames: Any = None,
     image: Any = None,
-    step: Any = None,
+    steps: Any = None,
     branch: str = "cond",
     path: str | os.PathLike | None = None,
     *,
+    step: Any = None,
     run: int | str | None = None,
     alpha: float = 0.6,
     cmap: str = "magma",
@@ -504,8 +505,8 @@ def word_maps(
             run's own image (an error when it has none).
         layers: layer names or indices (default: all, or 8 evenly spaced when there are more).
         frames: latent frame indices (default: all, or 8 evenly spaced).
-        step: None (all steps), a ``(start, stop)`` fraction pair, or step indices: the maps are averaged
-            over these steps.
+        steps: None (all steps), a ``(start, stop)`` fraction pair, or step indices: the maps are averaged
+            over these steps (the same ``steps=`` as the other figures; ``step=`` is accepted as an alias).
         run: which run when several are given (index or run id); required then.
 
     Example:
@@ -517,6 +518,10 @@ def word_maps(
         >>> len(fg.plot.word_maps(ds, "dog", image=False).axes[0].images)   # the maps alone
         1
     """
+    if step is not None:
+        if steps is not None:
+            raise TypeError("word_maps() got both steps= and its alias step=; pass steps= only")
+        steps = step
     runs = _as_runs(ds)
     if len(runs) > 1:
         if run is None:
@@ -528,12 +533,14 @@ def word_maps(
         one = runs[int(index)]
     else:
         one = runs[0]
-    if "word_map" not in one.data_vars:
-        raise ValueError(
-            "this run has no word_map variable: the maps are stored only when recording with "
-            "fg.Record(maps=True)"
-        )
     words = _words(one)
+    if "word_map" not in one.data_vars:
+        recorded = [w for w in words if w]
+        raise ValueError(
+            "this run has no word_map variable: word maps are stored only when recording with maps=True. "
+            f"Record again with fg.trace(pipe, record=fg.Record(words={recorded!r}, maps=True), ...); "
+            "its other variables (word_mass, morans_i, ...) are per-frame means of those maps"
+        )
     if word not in words:
         raise ValueError(f"unknown word {word!r}; the run's words are {[w for w in words if w]}")
     layer_names = _layers(one)
@@ -550,7 +557,7 @@ def word_maps(
         if missing:
             raise ValueError(f"unknown frame(s) {missing}; the run has latent frames {frame_ids}")
         cols = [frame_ids.index(int(f)) for f in wanted]
-    da = _select(one, "word_map", branch, step).isel(word=words.index(word))
+    da = _select(one, "word_map", branch, steps).isel(word=words.index(word))
     maps = da.mean("step", skipna=True).isel(layer=rows, frame=cols).transpose("layer", "frame", "y", "x").values
     if np.isnan(maps).all():
         raise ValueError(f"the word_map of {word!r} holds no values in branch {branch!r} at the chosen steps")
@@ -597,7 +604,7 @@ def word_maps(
 
         fig.colorbar(ScalarMappable(norm=im.norm, cmap=im.cmap), ax=axes.ravel().tolist(), shrink=0.9,
                      label=f"attention to “{word}” (head mean)")  # the colours at full opacity
-        _title(fig, title, f"Attention map of “{word}”", f"{branch} branch, mean over {_steps_text(one, step)}",
+        _title(fig, title, f"Attention map of “{word}”", f"{branch} branch, mean over {_steps_text(one, steps)}",
                f"rows: layers; columns: latent frames ({ny}×{nx} tokens)")
         return _finish(fig, path, dpi)
 

@@ -263,6 +263,22 @@ def test_demo_writes_a_run_a_table_and_figures(tmp_path, capsys):
     assert all(is_png(p) and str(p) in out for p in figures)
 
 
+def test_demo_twice_then_its_printed_plot_hint_works(tmp_path, capsys):
+    """A second demo adds a run to the same store; the `fglens plot` line it prints names that run."""
+    import re
+    import shlex
+
+    argv = ["demo", "--out", str(tmp_path), "--steps", "1", "--layers", "2", "--no-figures"]
+    assert cli.main(argv) == 0
+    assert cli.main([*argv[:-1]]) == 0
+    out = capsys.readouterr().out
+    assert len(fg.store.list_runs(tmp_path / "demo.zarr")) == 2
+    hint = re.search(r"\(as `fglens (plot [^`]+)`\)", out).group(1)
+    assert cli.main(shlex.split(hint)) == 0, capsys.readouterr().err
+    second = fg.open_run(tmp_path / "demo.zarr", fg.store.list_runs(tmp_path / "demo.zarr")[-1]).attrs["run"]
+    assert f"--run {second}" in hint
+
+
 # -- errors: exit status 2 and one line on stderr, before any sampling ------------------------------------------
 
 def assert_usage_error(argv, *fragments) -> str:

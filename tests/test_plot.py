@@ -307,18 +307,23 @@ def test_word_maps_of_stacked_runs_cut_each_image_and_runs_without_one_plot_bare
 
 
 def test_word_maps_selects_layers_frames_and_steps(wan):
-    fig = plot.word_maps(wan, "fence", layers=["blocks.3", 1], frames=[1], step=[1], image=False)
+    fig = plot.word_maps(wan, "fence", layers=["blocks.3", 1], frames=[1], steps=[1], image=False)
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_ylabel() for ax in panels] == ["blocks.3", "blocks.1"]
     expected = wan.word_map.sel(branch="cond", word="fence", step=1, frame=1)
     for ax, layer in zip(panels, ("blocks.3", "blocks.1"), strict=True):
         (image,) = ax.images  # image=False: the map alone
         np.testing.assert_allclose(np.asarray(image.get_array()), expected.sel(layer=layer).values, rtol=1e-6)
+    alias = plot.word_maps(wan, "fence", layers=["blocks.3"], frames=[1], step=[1], image=False)  # old name
+    np.testing.assert_allclose(np.asarray(alias.axes[0].images[0].get_array()),
+                               expected.sel(layer="blocks.3").values, rtol=1e-6)
+    with pytest.raises(TypeError, match="both steps= and its alias step="):
+        plot.word_maps(wan, "fence", steps=[1], step=[0])
 
 
 def test_word_maps_errors_say_what_exists(wan, wan_seed1):
-    with pytest.raises(ValueError, match=r"fg.Record\(maps=True\)"):
-        plot.word_maps(wan.drop_vars("word_map"), "dog")
+    with pytest.raises(ValueError, match=r"fg.Record\(words=\['dog', 'jumps', 'fence'\], maps=True\)"):
+        plot.word_maps(wan.drop_vars("word_map"), "dog")   # the exact line to record them, the run's words
     with pytest.raises(ValueError, match=r"unknown word 'cat'.*\['dog', 'jumps', 'fence'\]"):
         plot.word_maps(wan, "cat")
     with pytest.raises(ValueError, match=r"unknown layer 'blocks.9'.*blocks.0"):

@@ -41,3 +41,27 @@ def test_i2v_pipeline_has_wan_i2v_layout(wan_i2v):
 def test_tokenizer_keeps_whole_words():
     tok = testing.tiny_t5_tokenizer()
     assert tok.convert_ids_to_tokens(tok("a dog jumps").input_ids) == ["▁a", "▁dog", "▁jumps", "</s>"]
+
+
+def test_tiny_pipelines_call_with_small_defaults_and_keep_what_is_given(wan_i2v):
+    """`pipe(image=..., prompt=...)` alone works on a tiny pipeline (the diffusers defaults, 480x832x81, crashed
+    Wan's tiny VAE after a minute and a half); given sizes and steps win; the class name is diffusers'."""
+    import inspect
+
+    from diffusers import WanImageToVideoPipeline
+
+    assert isinstance(wan_i2v, WanImageToVideoPipeline) and type(wan_i2v).__name__ == "WanImageToVideoPipeline"
+    assert "image" in inspect.signature(type(wan_i2v).__call__).parameters
+    seen = []
+    hook = wan_i2v.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["hidden_states"].shape),
+                                                       with_kwargs=True)
+    try:
+        frames = wan_i2v(image=testing.reference_image(96, 64), prompt="a dog jumps", output_type="np").frames[0]
+        assert frames.shape == (5, 32, 48, 3) and len(seen) == 2 * 4    # CFG x TINY_CALL_DEFAULTS steps
+        seen.clear()
+        frames = wan_i2v(testing.reference_image(), "a dog jumps", None, 16, 32, num_frames=1,
+                         num_inference_steps=1, output_type="np").frames[0]
+        assert frames.shape == (1, 16, 32, 3) and len(seen) == 2       # positional height/width kept
+    finally:
+        hook.remove()
+    assert testing.TINY_CALL_DEFAULTS["wan"]["num_inference_steps"] == 4

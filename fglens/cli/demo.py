@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 
 
 def register(sub) -> None:
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_figures:
         figures = os.path.join(out, "figures")
         written = write_figures({ds.attrs["run"]: ds}, figures)
-        print(f"\nwrote {len(written)} figures to {figures}/ (as `fglens plot {store} --out {figures}`):")
+        again = f"fglens plot {shlex.quote(store)} --run {ds.attrs['run']} --out {shlex.quote(figures)}"
+        print(f"\nwrote {len(written)} figures to {figures}/ (as `{again}`):")
         for path in written:
             print(f"  {path}")
     return 0
