@@ -46,7 +46,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -396,11 +395,11 @@ def _check_store(store: Path, fp: str, force: bool) -> None:
 
 def _claim_store(store: Path, record: dict[str, Any], force: bool) -> None:
     """Write the sweep record once, atomically (`os.link` is exclusive); replace a different one only if forced."""
-    from .store.layout import ensure_root
+    from .store.layout import ensure_root, temp_file
 
     ensure_root(store)
     target = store / SWEEP_FILE
-    fd, tmp = tempfile.mkstemp(dir=store, prefix=".fglens-sweep.", suffix=".partial")
+    fd, tmp = temp_file(store, prefix=".fglens-sweep.", suffix=".partial")  # readable as the umask allows
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2)

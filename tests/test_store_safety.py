@@ -312,3 +312,59 @@ def test_full_disk_is_a_clear_error_and_loses_nothing_else(wan_i2v, ref_image, t
     assert partial.attrs["complete"] is False and partial.sizes["step"] == full_after
     assert np.isfinite(partial.word_mass.values).all()
     assert fg.store.run_table(store).complete.tolist() == [True, False]
+
+
+# -- issue 12: permissions, a vanished run folder, no leaked directory handle -----------------------------------
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_store_root_files_follow_the_umask(tmp_path, umask, mode):
+    """The root's zarr.json and the sweep record were made by mkstemp (always 0600): unreadable to the other users
+    of a shared file system while the run folders are 0755/0644. They follow the umask now, as zarr's files do."""
+    from fglens.store.layout import ensure_root
+    from fglens.sweep import SWEEP_FILE, _claim_store
+
+    store = tmp_path / "shared.zarr"
+    old = os.umask(umask)
+    try:
+        ensure_root(store)
+        _claim_store(store, {"fingerprint": "f"}, force=False)
+        _write_run(store, "run-0", [0], n_words=2, steps=1)
+    finally:
+        os.umask(old)
+    assert (store / "zarr.json").stat().st_mode & 0o777 == mode
+    assert (store / SWEEP_FILE).stat().st_mode & 0o777 == mode
+    assert (store / "run-0" / "zarr.json").stat().st_mode & 0o777 == mode  # as the run's own files
+    assert not [p for p in store.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_run_folder_removed_mid_run_is_named_in_the_error(wan_i2v, ref_image, tmp_path):
+    """Deleting the run's folder while it is written: the error says so (it was "could not write run ...: 'word'")."""
+    store = tmp_path / "runs.zarr"
+
+    def remove_the_run(pipe, i, t, kwargs):
+        if i == 0:
+            shutil.rmtree(store / "vanishing")
+        return kwargs
+
+    with pytest.raises(RuntimeError, match=r"could not write run 'vanishing'.*the run's folder .*vanishing no longer "
+                                           r"exists \(removed while the run was being written\)") as info:
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=fg.store.store_path(store, run_id="vanishing")):
+            wan_i2v(image=ref_image, prompt=PROMPT, height=32, width=48, num_frames=5, num_inference_steps=3,
+                    output_type="latent", callback_on_step_end=remove_the_run)
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert "'word'" not in str(info.value)
+
+
+def test_a_foreign_directory_as_a_store_leaks_no_directory_handle(tmp_path):
+    import gc
+    import warnings
+
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.partial"):
+        (foreign / name).write_bytes(b"x")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FileExistsError, match="is not an fglens store"):
+            fg.store.store_path(foreign)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -408,3 +408,23 @@ def test_record_steps_out_of_the_schedule_are_refused_before_sampling(wan_i2v, r
     with fg.trace(wan_i2v, record=fg.Record(words=["dog"], steps=[1])) as run:
         _call(wan_i2v, ref_image, steps=2)
     assert list(run.dataset.step.values) == [1]
+
+
+def test_a_word_cut_off_by_the_token_limit_is_named_as_truncated(wan_i2v, ref_image):
+    """A word past the encoder's 512-token limit: one short sentence saying the prompt was truncated (it was a
+    2.4 kB list of every word that never said so)."""
+    prompt = " ".join(["dog"] * 600) + " zebra"
+    with pytest.raises(ValueError) as info:
+        with fg.trace(wan_i2v, record=fg.Record(words=["zebra"])):
+            wan_i2v(image=ref_image, prompt=prompt, height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+                    num_inference_steps=1, output_type="latent")
+    message = str(info.value)
+    assert "'zebra' is in the prompt but past the text encoder's limit" in message and "truncated" in message
+    assert len(message) < 300 and "\n" not in message
+    long = " ".join(f"w{i}" for i in range(100))
+    with pytest.raises(ValueError) as info:
+        with fg.trace(wan_i2v, record=fg.Record(words=["zebra"])):
+            wan_i2v(image=ref_image, prompt=long, height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+                    num_inference_steps=1, output_type="latent")
+    message = str(info.value)
+    assert "'zebra' is not in the prompt" in message and "(60 more)" in message and len(message) < 700

@@ -91,12 +91,27 @@ class PromptTokens:
                     for _, pos in found[start : start + len(parts)]:
                         positions.extend(pos)
             if not positions:
-                raise ValueError(
-                    f"word {query!r} is not in the prompt {self.text!r}; the prompt's words are: "
-                    f"{', '.join(dict.fromkeys(vocab))}"
-                )
+                raise ValueError(self._missing(query, parts, vocab))
             located[query] = positions
         return located
+
+    def _missing(self, query: str, parts: list[str], vocab: list[str]) -> str:
+        """One sentence on a word not among the tokens: cut off by the encoder's token limit, or not in the prompt."""
+        known = list(dict.fromkeys(vocab))
+        listed = ", ".join(known[:_LISTED]) + (f", ... ({len(known) - _LISTED} more)" if len(known) > _LISTED else "")
+        text = self.text or ""
+        words = [w.strip("".join(_PUNCT)) for w in text.lower().split()]
+        in_text = any(words[i : i + len(parts)] == parts for i in range(len(words) - len(parts) + 1))
+        if in_text and known:
+            return (f"word {query!r} is in the prompt but past the text encoder's limit of {self.n_real} tokens: the "
+                    f"pipeline truncated the prompt after {' '.join(vocab[-3:])!r}, so the model never sees it; "
+                    f"shorten the prompt or follow a word before the cut")
+        shown = text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+        return f"word {query!r} is not in the prompt {shown!r}; the prompt's words are: {listed}"
+
+
+#: how much of a prompt an error message quotes: the first words, the first characters
+_LISTED, _SHOWN = 40, 200
 
 
 @dataclass

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +60,10 @@ def read_meta(node: str | os.PathLike) -> dict[str, Any] | None:
 
 def _being_created(p: Path) -> bool:
     """An existing directory that holds nothing yet but zarr's own temporary files (another writer is creating it)."""
-    return p.is_dir() and all(e.name.endswith(".partial") for e in os.scandir(p))
+    if not p.is_dir():
+        return False
+    with os.scandir(p) as entries:  # closed even when `all` stops at the first other file
+        return all(e.name.endswith(".partial") for e in entries)
 
 
 def root_attrs(path: str | os.PathLike, *, missing_ok: bool = False) -> dict[str, Any] | None:
@@ -100,7 +102,7 @@ def ensure_root(path: str | os.PathLike) -> None:
         return
     p.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": ROOT_ATTRS}, indent=2).encode()
-    fd, tmp = tempfile.mkstemp(dir=p, prefix="zarr.", suffix=".partial")
+    fd, tmp = temp_file(p, prefix="zarr.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
@@ -116,12 +118,25 @@ def ensure_root(path: str | os.PathLike) -> None:
 def run_dirs(path: str | os.PathLike) -> list[str]:
     """Names of the runs in the store at `path` (directories holding a zarr group), sorted."""
     names = []
-    for entry in os.scandir(path):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if os.path.exists(os.path.join(entry.path, "zarr.json")):
-            names.append(entry.name)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if os.path.exists(os.path.join(entry.path, "zarr.json")):
+                names.append(entry.name)
     return sorted(names)
+
+
+def temp_file(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file in `folder` opened for writing: ``(fd, path)``. Unlike `tempfile.mkstemp` (always 0600), its mode
+    follows the umask like every other file of the store, so the users of a shared file system can read it."""
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{uuid.uuid4().hex}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {folder}")
 
 
 def disk_size(path: str | os.PathLike) -> int:

@@ -173,7 +173,13 @@ class ZarrSink:
             overwrite_incomplete=self.overwrite_incomplete,
         )
 
+    def _check_folder(self) -> None:
+        if not os.path.isdir(self.run_dir):  # else zarr reports it as a missing key, e.g. "'word'"
+            raise FileNotFoundError(f"the run's folder {self.run_dir} no longer exists (removed while the run was "
+                                    "being written)")
+
     def append(self, ds: xr.Dataset) -> None:
+        self._check_folder()
         # xarray rewrites the group's attributes before appending: hand it the run's own (steps not yet raised)
         ds.assign_attrs(self.attrs).to_zarr(self.run_dir, append_dim="step", consolidated=False, zarr_format=3)
         self.steps_written += ds.sizes["step"]
@@ -195,6 +201,7 @@ class ZarrSink:
         import zarr
 
         self.attrs.update(attrs)
+        self._check_folder()
         group = zarr.open_group(self.run_dir, mode="r+", zarr_format=3, use_consolidated=False)
         group.attrs.update(attrs)
 
