@@ -189,3 +189,36 @@ def test_the_eval_command_refuses_bad_input(suite, tmp_path, capsys, args, messa
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "videos").exists()
+
+
+def test_the_cache_key_of_a_loaded_pipeline_does_not_depend_on_the_string_hash_seed(tmp_path):
+    """A transformer loaded from a config lacking some keys carries diffusers' ``_use_default_values``, a list made
+    from a set, whose order follows PYTHONHASHSEED; the key hashed it, so about every other new process regenerated
+    cached baselines and recorded a run twice (issue 12, item 12)."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "transformer"
+    fg.testing.tiny_wan_transformer().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key in ("rope_max_seq_len", "qk_norm", "eps", "cross_attn_norm", "added_kv_proj_dim", "pos_embed_seq_len"):
+        config.pop(key, None)  # left to their defaults: diffusers lists them in _use_default_values
+    (folder / "config.json").write_text(json.dumps(config))
+    script = (
+        "import json, sys, types\n"
+        "from diffusers import WanTransformer3DModel\n"
+        "from fglens.eval.runner import pipeline_id\n"
+        "t = WanTransformer3DModel.from_pretrained(sys.argv[1])\n"
+        "pipe = types.SimpleNamespace(transformer=t)\n"
+        "print(json.dumps([pipeline_id(pipe)['transformer'], list(t.config['_use_default_values'])]))\n"
+    )
+    seen = {}
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run([sys.executable, "-c", script, str(folder)], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        key, defaults = json.loads(out.strip().splitlines()[-1])
+        seen[seed] = (key, tuple(defaults))
+    assert len({d for _, d in seen.values()}) > 1, seen  # the scenario: the list's order did change
+    assert len({k for k, _ in seen.values()}) == 1, seen  # the key did not

@@ -84,7 +84,29 @@ class Evaluation:
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_canonical(obj), sort_keys=True).encode()).hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    """`obj` as plain JSON values that are the same in every process: mappings with sorted string keys, sets sorted
+    (their order follows PYTHONHASHSEED), numpy scalars as numbers, anything else as its `str`."""
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (set, frozenset)):
+        return sorted((_canonical(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    return str(obj)
+
+
+def _model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config without diffusers' bookkeeping keys (``_use_default_values`` lists a set, so its order changes
+    from one process to the next; ``_diffusers_version`` and the like say nothing of the weights' architecture)."""
+    return {k: v for k, v in config.items() if not str(k).startswith("_")}
 
 
 def pipeline_id(pipe: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -96,7 +118,7 @@ def pipeline_id(pipe: Any, source: str | os.PathLike | None = None) -> dict[str,
         name = config.get("_name_or_path") if hasattr(config, "get") else None
     transformer = getattr(pipe, "transformer", None)
     config = dict(getattr(transformer, "config", {}) or {})
-    return {"class": type(pipe).__name__, "name": name, "transformer": _hash(config)}
+    return {"class": type(pipe).__name__, "name": name, "transformer": _hash(_model_config(config))}
 
 
 def _file_hash(path: Path) -> str:
