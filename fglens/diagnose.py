@@ -175,7 +175,8 @@ def find_weak_layers(
             else from the steps recorded), step indices as ints (``[0, 1, 2]``, ``range(10)``), or None (all).
         z: the threshold (≤ 0): a layer is weak when its robust z-score is below it.
         exclude_edges: the fraction of each stack's first and last layers that are never weak, in [0, 0.5).
-        top_k: how many responsive layers to name (fewer if fewer layers have a score).
+        top_k: how many responsive layers to name: the highest z among the layers that are not weak (fewer if
+            fewer such layers have a score; a weak layer is never a cache source).
         branch: the CFG branch to score, ``"cond"`` or ``"uncond"``.
 
     Returns:

@@ -181,6 +181,23 @@ def test_top_k():
     assert everything.weak == ["blocks.9"]
 
 
+def test_responsive_layers_are_the_top_k_highest_z_among_the_layers_not_weak():
+    """Issue 12, item 13: 6 layers, 2 weak, top_k=5 gives the 4 others, best first; code and docs say the same."""
+    sim = base_profile(6)
+    sim[[2, 3]] -= 0.3
+    sim[5] += 0.05
+    ds, _ = synth_run(sim)
+    weak = find_weak_layers(ds, top_k=5, exclude_edges=0.0)
+    assert weak.weak == ["blocks.2", "blocks.3"]
+    assert weak.responsive[0] == "blocks.5" and sorted(weak.responsive) == names([0, 1, 4, 5])
+    assert find_weak_layers(ds, top_k=2, exclude_edges=0.0).responsive == weak.responsive[:2]
+    from pathlib import Path
+
+    concepts = " ".join((Path(__file__).parents[1] / "docs" / "concepts.md").read_text().split())
+    assert "the `top_k` (default 3) highest z_l among the layers that are not weak" in concepts
+    assert "weak layers excluded" in " ".join(fg.diagnose.__doc__.split())
+
+
 def test_steps_select_the_part_of_the_schedule():
     sim = np.tile(base_profile(), (4, 1))
     sim[2:, 10] -= 0.3  # the dip lives in the late steps only
