@@ -113,6 +113,8 @@ def test_open_runs_is_dask_backed_when_dask_is_installed(store):
     assert isinstance(ds.word_mass.data, da.Array)
     assert ds.word_mass.data.chunks[0] == (1, 1, 1)  # one chunk per run
     assert set(ds.word_mass.data.chunks[2]) == {1}  # and per step, as stored
+    assert not any(isinstance(ds[c].data, da.Array) for c in ds.coords)  # labels in memory: groupby works
+    assert ds.word_mass.mean(["branch", "step", "layer", "frame"]).groupby("prompt").mean().sizes["prompt"] >= 1
     np.testing.assert_array_equal(ds.word_mass.values.astype(np.float64), _expected(store, "word_mass"))
 
 

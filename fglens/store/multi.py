@@ -77,8 +77,9 @@ def open_runs(
         raise ValueError(f"no {'complete ' if complete_only else ''}runs to open in {path} (runs: {names})")
     ds = _stack([_RunView(m) for m in metas])
     if lazy:
-        if _have_dask():  # one dask chunk per run and step, as stored
-            ds = ds.chunk({d: 1 for d in ("run", "step") if ds.sizes.get(d, 0) > 0})
+        if _have_dask():  # one dask chunk per run and step, as stored; coordinates stay in memory (groupby)
+            small = {c: ds.coords[c].variable for c in ds.coords if c not in ds.dims}
+            ds = ds.chunk({d: 1 for d in ("run", "step") if ds.sizes.get(d, 0) > 0}).assign_coords(small)
         return ds
     return ds.load()
 
