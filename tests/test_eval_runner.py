@@ -75,6 +75,19 @@ def test_results_store_is_readable_and_totals_are_the_mean_of_existing_scores(ev
     assert json.loads(ds.attrs["intervention"]) == RECIPE
 
 
+def test_results_store_opens_with_plain_xarray_without_a_warning(evaluation):
+    """results.zarr carries consolidated metadata: `xr.open_zarr(path)` warned that it fell back (issue 12, 15)."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(evaluation.out / "results.zarr")
+        summary = xr.open_zarr(evaluation.out / "results.zarr", group="summary")
+    assert ds.sizes == evaluation.results.sizes and "gain" in summary
+
+
 def test_both_conditions_use_the_same_seeds_and_are_recorded_in_one_store(evaluation, suite):
     ds = evaluation.results
     store = evaluation.out / "runs.zarr"

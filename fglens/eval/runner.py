@@ -376,6 +376,12 @@ def write_results(results: xr.Dataset, summary: xr.Dataset, path: str | os.PathL
     _refuse_foreign(path)
     results.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
     summary.to_zarr(path, group="summary", mode="w", zarr_format=3, consolidated=False)
+    import zarr
+
+    # consolidated metadata of both groups, last: a plain xr.open_zarr(path) then opens it without a warning
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the zarr v3 spec (yet)"
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(str(path), zarr_format=3)
     return path
 
 
