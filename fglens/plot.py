@@ -33,7 +33,7 @@ import math
 import os
 import re
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,6 +195,24 @@ def _weak_positions(weak: Any, layers: list[str]) -> tuple[list[int], list[int]]
     return _positions(lists[0], layers), _positions(lists[1], layers)
 
 
+def _weak_note(weak: Any, run: xr.Dataset, steps: Any) -> list[str]:
+    """A title line saying over which steps a `WeakLayers` found its layers, where they are not the figure's steps
+    (`fg.find_weak_layers` scores the first half by default, the profile draws all steps)."""
+    params = getattr(weak, "params", None)
+    if not isinstance(params, Mapping) or "steps" not in params:
+        return []
+    found = params["steps"]
+    if isinstance(found, list) and len(found) == 2 and any(isinstance(s, float) for s in found):
+        found = (float(found[0]), float(found[1]))
+    try:
+        if select_steps(run, found) == select_steps(run, steps):
+            return []
+        text = _steps_text(run, found)
+    except (TypeError, ValueError):  # steps this run did not record: say what the diagnosis used
+        text = f"steps {found}"
+    return [f"weak / responsive layers: fg.find_weak_layers over {text}"]
+
+
 def _positions(names: Sequence[Any], layers: list[str]) -> list[int]:
     out = []
     for name in names:
@@ -321,7 +339,9 @@ def layer_profile(
     One panel per variable, sharing the layer axis (layers in depth order, named). The line is the mean over
     all samples (runs x steps x words x frames; frames, then steps, averaged first when a layer would get more
     than `max_samples` rows — the title says which); the band is seaborn's 95 % bootstrap interval of that
-    mean. Semantic-weak layers are shaded, responsive layers marked with a triangle.
+    mean. Semantic-weak layers are shaded, responsive layers marked with a triangle; when `weak` is a
+    `WeakLayers` found over other steps than the figure's (`fg.find_weak_layers` scores the first half by
+    default), the title says which.
 
     Args:
         ds: a run, runs stacked on a ``run`` dim, or a list of runs (see the module docstring).
@@ -371,7 +391,7 @@ def layer_profile(
             f"{SHORT.get(v, v)}: {u}" for v, u in zip(vars, units, strict=True)
         )
         _title(fig, title, f"Per-layer {names}", f"{branch} branch, {_steps_text(runs[0], steps)}",
-               f"mean, 95 % CI over {over}")
+               f"mean, 95 % CI over {over}", *_weak_note(weak, runs[0], steps))
         return _finish(fig, path, dpi)
 
 
@@ -781,7 +801,8 @@ def compare(
             _layer_axis(ax, layers)
         over = unit_a if unit_a == unit_b else f"{unit_a} ({labels[0]}), {unit_b} ({labels[1]})"
         _title(fig, title, f"{SHORT.get(var, var).capitalize()}: {labels[0]} vs {labels[1]}",
-               f"{branch} branch, {_steps_text(runs_a[0], steps)}", f"mean, 95 % CI over {over}", f"Δ: {how}")
+               f"{branch} branch, {_steps_text(runs_a[0], steps)}", f"mean, 95 % CI over {over}", f"Δ: {how}",
+               *_weak_note(weak, runs_a[0], steps))
         return _finish(fig, path, dpi)
 
 

@@ -112,6 +112,22 @@ def test_layer_profile_steps_fraction_and_plain_list_of_weak_layers(wan):
     assert spans == [-0.5, 2.5]
 
 
+def test_layer_profile_says_over_which_steps_the_weak_layers_were_found(wan):
+    """find_weak_layers scores the first half by default, the profile draws all steps: the title says so (issue 12,
+    item 15); it says nothing extra when the steps are the same."""
+    weak = fg.find_weak_layers(wan, exclude_edges=0.0)
+    note = "weak / responsive layers: fg.find_weak_layers over first half: steps 0"
+    fig = plot.layer_profile(wan, weak=weak, vars="similarity", n_boot=50)
+    assert "all steps" in _title(fig) and note in " ".join(_title(fig).split())
+    fig = plot.layer_profile(wan, weak=weak, vars="similarity", steps=(0.0, 0.5), n_boot=50)
+    assert "fg.find_weak_layers over" not in _title(fig)
+    everything = fg.find_weak_layers(wan, exclude_edges=0.0, steps=None)
+    assert "fg.find_weak_layers over" not in _title(plot.layer_profile(wan, weak=everything, vars="similarity",
+                                                                       n_boot=50))
+    fig = plot.compare(wan, wan, weak=weak, var="similarity", n_boot=50)
+    assert note in " ".join(_title(fig).split())
+
+
 def test_layer_profile_over_several_runs_draws_bands_and_stacked_runs_match_the_list(wan, wan_seed1):
     fig = plot.layer_profile([wan, wan_seed1], vars=("similarity",), dpi=DPI)
     assert "2\u00a0runs" in _title(fig)
