@@ -10,37 +10,55 @@ Example:
     ['entropy', 'morans_i', 'reference_image', 'similarity', 'text_share', 'word_mass']
 """
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
 
-from . import adapters, stats, store  # noqa: E402
-from .interventions import (  # noqa: E402
-    Ablate,
-    AnchorMask,
-    CacheTransfer,
-    FocalGuidance,
-    Intervention,
-    Scale,
-    Where,
-    compose,
-)
-from .store import open_run, open_runs  # noqa: E402
-from .trace import Record, Trace, trace  # noqa: E402
+# Everything is loaded on first use, so `import fglens` and `fglens --help` start without torch, diffusers or
+# xarray (seconds): `fg.trace` imports the tracer the first time it is read, `fg.plot` matplotlib, and so on.
 
-#: heavy or optional submodules, loaded on first use
-_LAZY_MODULES = ("testing", "cli", "bench", "anchors", "nnsight", "plot", "diagnose", "sweep", "eval")
-#: public names that live in a lazily loaded module
-_LAZY_NAMES = {"find_weak_layers": "diagnose", "WeakLayers": "diagnose"}
+#: submodules, loaded on first use
+_LAZY_MODULES = ("adapters", "stats", "store", "interventions", "testing", "cli", "bench", "anchors",
+                 "nnsight", "plot", "diagnose", "sweep", "eval", "pipelines")
+#: public names and the submodule each lives in
+_LAZY_NAMES = {
+    **dict.fromkeys(("Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Scale", "Where",
+                     "compose"), "interventions"),
+    "open_run": "store", "open_runs": "store",
+    "Record": "trace", "Trace": "trace", "trace": "trace",
+    "find_weak_layers": "diagnose", "WeakLayers": "diagnose",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY_MODULES:
-        return import_module(f"{__name__}.{name}")
-    if name in _LAZY_NAMES:
-        return getattr(import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
-    raise AttributeError(f"module 'fglens' has no attribute {name!r}")
+    if name in _LAZY_NAMES:  # before the modules: `trace` is both a submodule and the function fg.trace
+        value = getattr(import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+    elif name in _LAZY_MODULES:
+        value = import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'fglens' has no attribute {name!r}")
+    globals()[name] = value  # later reads skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_MODULES, *_LAZY_NAMES})
+
+
+class _Package(types.ModuleType):
+    """fglens itself. Importing the subpackage ``fglens.trace`` makes Python set ``fglens.trace`` to it;
+    ``fg.trace`` stays the function (as when the package imported it eagerly)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "trace" and isinstance(value, types.ModuleType) and hasattr(value, "trace"):
+            value = value.trace
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

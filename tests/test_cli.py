@@ -371,3 +371,19 @@ def test_help_shows_an_example(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "example" in out and (command is None or f"fglens {command}" in out.split("example", 1)[1])
+
+
+def test_import_and_help_load_nothing_heavy():
+    """`import fglens` and `fglens --help` load no torch, diffusers, xarray or matplotlib (they took 7 s; the
+    time itself is reported by `fglens bench`, not asserted here); `fg.trace` is still the function."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "diffusers", "xarray", "matplotlib", "transformers", "zarr")
+    code = ("import sys, fglens, fglens.cli; fglens.cli.build_parser().format_help(); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", loaded
+    code = "import fglens.trace.record, fglens as fg; print(callable(fg.trace), fg.Record.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "fglens.trace.record"]

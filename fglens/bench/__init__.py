@@ -32,8 +32,13 @@ against the number of edited layers: ``fg{k}`` on blocks 0 .. k-1 for k = 1 .. b
 alone on one layer (``anchor1``, ``cache1``) and ``fg{k}_rec`` (with a minimal Record); see `edit_overheads`.
 
 **The GPU benchmark** (`fglens.bench.gpu.run_gpu_benchmark`, ``fglens bench --gpu``) runs plain, traced and fg on
-a few blocks of the real Wan2.1-1.3B and -14B shapes at 480p in bfloat16 with random weights, against DESIGN.md §5's
-targets.
+a few blocks of the real Wan2.1-1.3B and -14B shapes at 480p in bfloat16 with random weights, against the GPU
+targets (docs/performance.md, "Targets").
+
+**Start-up** (`measure_startup`): ``fglens --help`` and ``import fglens`` in fresh processes, reported by every
+``fglens bench`` run as an informative line (target < 1 s).
+
+**Exit status** of ``fglens bench``: 1 when a verdict FAILs; INFO lines (CPU wall times, start-up) never fail.
 
 Example:
     >>> from fglens.bench import run_benchmark, format_report
@@ -60,8 +65,9 @@ from .meters import LiveBytesMeter, ensure_cpu_attention_flops
 from .modes import anchor_region, edit_modes, fg_layers, mode_context, parse_edit_mode
 from .naive import NaiveJointRecorder, NaiveRecorder
 from .plot import plot_benchmark
-from .report import format_report, verdicts
+from .report import INFORMATIVE, failed, format_report, verdict_tag, verdicts
 from .run import run_benchmark
+from .startup import STARTUP_COMMANDS, format_startup, measure_startup
 from .targets import (
     EDIT_TARGET,
     FLOP_TARGET,
@@ -70,15 +76,16 @@ from .targets import (
     RECORD_MEMORY_TARGET,
     RECORD_STEP_TARGET,
     SLOPE_MAX,
+    STARTUP_TARGET_S,
 )
 from .workload import JOINT_MODES, JOINT_WORDS, MODEL_MODES, MODELS, MODES, WORDS, hunyuan_inputs, wan_inputs
 
 __all__ = [
     "EDIT_TARGET", "FLOP_TARGET", "FLOP_TARGET_MIN_N", "JOINT_MODES", "JOINT_WORDS", "MODELS", "MODEL_MODES", "MODES",
-    "NAIVE_SLOPE_MIN", "RECORD_MEMORY_TARGET", "RECORD_STEP_TARGET", "SLOPE_MAX", "WORDS",
-    "LiveBytesMeter", "NaiveJointRecorder", "NaiveRecorder",
-    "anchor_region", "cache_qk_bytes", "edit_flops_per_layer", "edit_modes", "edit_overheads",
-    "ensure_cpu_attention_flops", "fg_layers", "fg_overheads", "format_report", "growth_per_doubling",
-    "hunyuan_inputs", "joint_recompute_flops", "main", "memory_fit", "mode_context", "parse_edit_mode",
-    "parse_tokens", "plot_benchmark", "run_benchmark", "top_flop_ops", "verdicts", "wan_inputs",
+    "INFORMATIVE", "NAIVE_SLOPE_MIN", "RECORD_MEMORY_TARGET", "RECORD_STEP_TARGET", "SLOPE_MAX", "STARTUP_COMMANDS",
+    "STARTUP_TARGET_S", "WORDS", "LiveBytesMeter", "NaiveJointRecorder", "NaiveRecorder", "anchor_region",
+    "cache_qk_bytes", "edit_flops_per_layer", "edit_modes", "edit_overheads", "ensure_cpu_attention_flops", "failed",
+    "fg_layers", "fg_overheads", "format_report", "format_startup", "growth_per_doubling", "hunyuan_inputs",
+    "joint_recompute_flops", "main", "measure_startup", "memory_fit", "mode_context", "parse_edit_mode",
+    "parse_tokens", "plot_benchmark", "run_benchmark", "top_flop_ops", "verdict_tag", "verdicts", "wan_inputs",
 ]

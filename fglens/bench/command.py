@@ -13,8 +13,9 @@ from typing import Any
 
 from .analysis import by_model, edit_flops_per_layer, index, joint_recompute_flops, ratio, top_flop_ops
 from .modes import is_edit
-from .report import _LABEL, format_report
+from .report import _LABEL, failed, format_report, verdicts
 from .run import run_benchmark
+from .startup import format_startup, measure_startup
 from .targets import FLOP_TARGET
 from .workload import MODELS, frame_size_for
 
@@ -61,8 +62,9 @@ def main(args: argparse.Namespace) -> int:
     """The ``fglens bench`` command: run, print the tables and verdicts, optionally write JSON and a plot.
 
     ``args.model`` picks ``wan``, ``hunyuan`` (the joint-attention proxy) or ``all`` (the default); ``args.gpu``
-    runs `fglens.bench.gpu.run_gpu_benchmark` instead. Returns 0 once the benchmark has run (the verdicts are
-    reported, not turned into an exit status), 2 for unusable arguments or a GPU run without CUDA.
+    runs `fglens.bench.gpu.run_gpu_benchmark` instead. Progress goes to stderr as it happens. Returns 0 when every
+    target is met or not measurable, 1 when a verdict FAILs (informative lines, INFO, never fail: CPU wall
+    times and the start-up time), 2 for unusable arguments or a GPU run without CUDA.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     json_path, plot_path = getattr(args, "json", None), getattr(args, "plot", None)
@@ -102,13 +104,18 @@ def main(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     models = ("wan",) if edit else MODELS if choice == "all" else (choice,)
     start = time.perf_counter()
+    _log(f"fglens bench: {'the edit benchmark' if edit else 'recording'} on {', '.join(models)} at N = "
+         f"{', '.join(map(str, tokens))}, {repeats} timed repeat(s) each; progress below, the report at the end")
     records: list[dict[str, Any]] = []
     try:
         for model in models:
             records += run_benchmark(tokens, repeats, model=model, edit=edit, log=_log)
     except ValueError as exc:
         return _fail(str(exc))
+    _log("fglens bench: start-up time of the command")
+    startup = measure_startup()
     print(format_report(records))
+    print(format_startup(startup))
     _explain_flops(records)
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     _write(records, json_path)
@@ -117,6 +124,13 @@ def main(args: argparse.Namespace) -> int:
 
         plot_benchmark(records, plot_path)
         print(f"wrote the plot to {plot_path}")
+    return _exit_status(failed(verdicts(records)))
+
+
+def _exit_status(failures: list) -> int:
+    if failures:
+        print(f"\nfglens bench: {len(failures)} target(s) FAIL (the FAIL lines above): exit status 1", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -164,6 +178,7 @@ def _main_gpu(args: argparse.Namespace, json_path: str | None, plot_path: str | 
         check_gpu_arguments,
         cuda_unavailable_reason,
         format_gpu_report,
+        gpu_verdicts,
         run_gpu_benchmark,
     )
 
@@ -191,4 +206,4 @@ def _main_gpu(args: argparse.Namespace, json_path: str | None, plot_path: str | 
     print(format_gpu_report(records))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
     _write(records, json_path)
-    return 0
+    return _exit_status(failed(gpu_verdicts(records)))

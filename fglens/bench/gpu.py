@@ -24,8 +24,9 @@ K blocks are not a whole step, so `gpu_summary` reports, and says which is which
 K-block forward's ratio over plain, and (b) what is extrapolated to the full model of L blocks (40 for
 Wan2.1-14B): the plain step as the time outside the blocks plus L/K times the K blocks' time, the recorder's
 cost per traced layer as (traced − plain block time) / K, its per-forward cost outside the blocks once, and the
-step overhead with all L blocks traced. The DESIGN.md §5 targets are held against (b); the edit's cost is per
-edited layer, divided by the number of edited blocks (the source block's capture included, so it errs high).
+step overhead with all L blocks traced. The GPU targets (docs/performance.md, "Targets") are held against (b);
+the edit's cost is per edited layer, divided by the number of edited blocks (the source block's capture
+included, so it errs high).
 
 The same function runs on the CPU with a tiny configuration (``device="cpu"``, `SMOKE_CONFIG`): that is how the
 test suite runs this code path end to end without a GPU; its numbers are no GPU numbers.
@@ -50,6 +51,7 @@ import torch
 
 from .meters import LiveBytesMeter, ensure_cpu_attention_flops
 from .modes import EditRun, fg_layers, mode_context
+from .report import verdict_tag
 from .run import Log
 from .targets import EDIT_TARGET, RECORD_MEMORY_TARGET, RECORD_STEP_TARGET
 from .workload import IMAGE_TOKENS, TEXT_ROWS
@@ -368,7 +370,7 @@ def gpu_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
     * ``record_layer_cost``: (B_traced - B_plain) / K, the recorder's seconds per traced layer, measured;
       ``record_per_layer``: that over the full step;
     * ``record_full``: ((O_traced - O_plain) + L·record_layer_cost) / full_step, the step overhead with all L
-      blocks traced, extrapolated (the DESIGN.md §5 ≤ 2 % target);
+      blocks traced, extrapolated (the ≤ 2 % target);
     * ``edit_layer_cost``: (B_fg - B_plain) / k_edited; ``edit_per_layer``: over the full step (the ≤ 3 % per
       edited layer target), ``edit_per_layer_of_block``: over one plain block (B_plain / K);
     * the same with FLOPs for times (keys ending ``_flops``; exact), and ``record_extra_bytes``,
@@ -418,7 +420,7 @@ def gpu_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any
 
 
 def gpu_verdicts(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, bool | None, str]]:
-    """DESIGN.md §5's GPU targets per configuration, held against the extrapolated full step (time) and the
+    """The GPU targets (docs/performance.md) per configuration, held against the extrapolated full step (time) and the
     measured extra memory; FLOPs and the measured K-block ratios are given alongside."""
     out: list[tuple[str, bool | None, str]] = []
     summary = gpu_summary(records)
@@ -491,7 +493,7 @@ def format_gpu_report(records: Sequence[Mapping[str, Any]]) -> str:
         sections.append("\n".join(lines))
     lines = ["\n\n".join(sections), ""]
     for target, ok, numbers in gpu_verdicts(records):
-        tag = "N/A " if ok is None else ("PASS" if ok else "FAIL")
+        tag = verdict_tag(target, ok)
         lines.append(f"{tag} {target}: {numbers}")
     if any(r["device"] == "cpu" for r in records):
         lines.append("(run on the CPU: these are no GPU numbers)")

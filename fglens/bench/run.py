@@ -195,6 +195,8 @@ def run_benchmark(
             inputs = make_inputs(n)
             grid = [n // (frame_hw[0] * frame_hw[1]), *frame_hw]
             t0 = time.perf_counter()
+            say(f"{model} N={n}: {len(modes)} modes ({', '.join(modes)}): warm-up, FLOPs and memory, then "
+                f"{repeats} timed round(s) ...")
             for mode in modes:  # warm-up
                 _timed_forward(transformer, inputs, mode, model)
             measured = {mode: _measured_forward(transformer, inputs, mode, model) for mode in modes}

@@ -14,7 +14,9 @@ def register(sub) -> None:
         "(FocalGuidance on the middle blocks) side by side, the naive materialising recorder as positive control,\n"
         "and a log-log fit of recorder memory against N (slope ~1 for fglens, ~2 for naive).\n"
         "--gpu: a few blocks of Wan2.1-1.3B / -14B at 480p, random weights, bfloat16, on CUDA, against the\n"
-        "targets of DESIGN.md section 5 (recording <= 2 % of a step and <= 0.5 GB; editing <= 3 % per layer).",
+        "GPU targets (recording <= 2 % of a step and <= 0.5 GB; editing <= 3 % per layer; docs/performance.md).\n"
+        "Every run also reports the command's start-up time. Progress goes to stderr. Exit status 1 when a\n"
+        "target FAILs (INFO lines, CPU wall times and start-up, are informative and never fail).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  fglens bench --json bench.json --plot bench.png\n"
         "  fglens bench --model hunyuan --tokens 960,1920\n  fglens bench --edit\n"
