@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests fglens --doctest-modules
+	$(VENV)/bin/ruff check fglens tests analyses
+
+# the core in a few minutes: tracing, statistics, store, interventions, CLI, figures; leaves out the benchmark
+# harness, the documentation's code blocks, the analyses, the evaluation and sweep runners and the doctests
+FAST_SKIP := tests/benchmarks tests/test_docs_code.py tests/test_analyses.py tests/test_eval_runner.py \
+	tests/test_sweep.py
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q $(addprefix --ignore=,$(FAST_SKIP))
 	$(VENV)/bin/ruff check fglens tests analyses
 
 lint: $(STAMP)

@@ -10,7 +10,7 @@
 # Record several prompts and seeds into one store, then look at every layer's response to the prompt:
 # the text–visual similarity S and the spatial structure (Moran's I) of each word's attention map, the
 # balance between the text and the visual conditions, and the Semantic-Weak Layers that
-# `fg.find_weak_layers` picks (DESIGN.md §4: robust z-score of the per-layer mean over the cond branch and
+# `fg.find_weak_layers` picks (docs/concepts.md: robust z-score of the per-layer mean over the cond branch and
 # the first half of the steps).
 #
 # Runs on the tiny random-weight pipeline by default (the numbers then mean nothing, the plumbing is

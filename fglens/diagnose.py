@@ -1,4 +1,4 @@
-"""Semantic-Weak Layer detection from recorded runs (DESIGN.md §4, the default rule).
+"""Semantic-Weak Layer detection from recorded runs (the default rule: docs/concepts.md, "Semantic-Weak Layers").
 
 `find_weak_layers` scores every layer by how much its video queries align with the prompt's words, compares the
 layers with a robust z-score, and names the layers that lag behind (*semantic-weak*, the ones Focal Guidance

@@ -387,3 +387,19 @@ def test_import_and_help_load_nothing_heavy():
     code = "import fglens.trace.record, fglens as fg; print(callable(fg.trace), fg.Record.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "fglens.trace.record"]
+
+
+@pytest.mark.parametrize("command", ["demo", "diagnose", "generate", "sweep", "eval"])
+def test_frames_is_one_option_with_num_frames_as_its_alias(command):
+    """Every command that takes a frame count spells it --frames; --num-frames is the same option (issue 13)."""
+    rest = {"demo": [], "diagnose": ["--pipeline", "tiny-wan", "--prompt", "a dog", "--words", "dog", "--store", "s"],
+            "generate": ["--pipeline", "tiny-wan", "--prompt", "a dog", "--words", "dog", "--out", "o"],
+            "sweep": ["spec.jsonl", "--pipeline", "tiny-wan", "--store", "s"],
+            "eval": ["builtin", "--pipeline", "tiny-wan", "--out", "o"]}[command]
+    parser = cli.build_parser()
+    values = set()
+    for flag in ("--frames", "--num-frames"):
+        args = parser.parse_args([command, *rest, flag, "9"])
+        values.add(args.frames if hasattr(args, "frames") else args.num_frames)
+    assert values == {9}
+    assert "--frames" in parser._subparsers._group_actions[0].choices[command].format_help()

@@ -1,4 +1,4 @@
-"""Tests of fglens.diagnose: Semantic-Weak Layer detection (DESIGN.md §4) on synthetic runs with planted dips,
+"""Tests of fglens.diagnose: Semantic-Weak Layer detection (docs/concepts.md) on synthetic runs with planted dips,
 checked against a by-hand median / MAD computation, and end to end on the tiny pipelines."""
 
 from __future__ import annotations

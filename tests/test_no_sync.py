@@ -1,4 +1,4 @@
-"""Tracing adds no host synchronisation inside transformer forwards (DESIGN.md §5, issue 6 item 4).
+"""Tracing adds no host synchronisation inside transformer forwards (docs/performance.md, "Targets"; issue 6 item 4).
 
 `NoHostSync` is a `TorchDispatchMode`, with Python-level tripwires, that FAILS while a transformer forward runs
 (on the main thread) on:

@@ -1,4 +1,4 @@
-"""Tests of fglens.stats against independent float64 numpy references (DESIGN.md §4)."""
+"""Tests of fglens.stats against independent float64 numpy references (docs/concepts.md)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ The DiT sees the reference frame through its latent grid ``(H', W')`` (Wan, Huny
 ``H' = height // 16``, ``W' = width // 16``; see `latent_grid`). The pipeline resizes the reference image
 to ``height x width`` as a whole, so a CLIP map that covers the whole image is resized to ``(H', W')`` as
 a whole too (`to_grid`, bilinear with antialiasing, or area). Then each word's map is thresholded
-(`threshold`: Otsu, a quantile, or kept soft) into the mask M_w of the AnchorMask (DESIGN.md §4).
+(`threshold`: Otsu, a quantile, or kept soft) into the mask M_w of the AnchorMask (docs/concepts.md, "The
+operators of Focal Guidance").
 Masks are float tensors in [0, 1]; `region_masks` does all of it and returns everything a plot needs.
 
 Example:

@@ -49,7 +49,7 @@ def register(sub) -> None:
                      "both (default all)")
     gpu.add_argument("--layers", type=int, default=None,
                      help="blocks built and run, default 4 (the others are never allocated)")
-    gpu.add_argument("--frames", type=int, default=None,
+    gpu.add_argument("--frames", "--num-frames", dest="frames", type=int, default=None,
                      help="video frames at 832x480, 1 + a multiple of 4; default 81 (21 x 30 x 52 = 32,760 tokens)")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # tests: the --gpu path on the CPU
     parser.set_defaults(func=run)

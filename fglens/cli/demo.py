@@ -19,7 +19,7 @@ def register(sub) -> None:
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=96)
-    parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--frames", "--num-frames", dest="frames", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-figures", action="store_true", help="skip the figures (demo/figures/)")
     parser.set_defaults(func=run)

@@ -73,7 +73,8 @@ def add_item_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
     parser.add_argument("--height", type=int, default=None, help="video height in pixels (default: the pipeline's)")
     parser.add_argument("--width", type=int, default=None, help="video width in pixels (default: the pipeline's)")
-    parser.add_argument("--frames", type=int, default=None, help="number of video frames (default: the pipeline's)")
+    parser.add_argument("--frames", "--num-frames", dest="frames", type=int, default=None,
+                        help="number of video frames (default: the pipeline's; --num-frames is the same)")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                         help="weights dtype of a loaded pipeline (default: as stored; tiny pipelines stay float32)")
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: CUDA when available)")

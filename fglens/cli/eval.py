@@ -52,7 +52,8 @@ def register(sub) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--num-frames", type=int, default=None)
+    parser.add_argument("--frames", "--num-frames", dest="num_frames", type=int, default=None,
+                        help="number of video frames (default: the pipeline's; --num-frames is the same)")
     parser.add_argument("--guidance-scale", type=finite_float, default=None)
     parser.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
                         help="dtype of a pipeline loaded from a folder and of the --vlm judge (default: as stored)")

@@ -30,7 +30,8 @@ def register(sub) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps for lines that do not set them")
     parser.add_argument("--height", type=int, default=None, help="video height for lines that do not set it")
     parser.add_argument("--width", type=int, default=None, help="video width for lines that do not set it")
-    parser.add_argument("--num-frames", type=int, default=None, help="frames for lines that do not set them")
+    parser.add_argument("--frames", "--num-frames", dest="num_frames", type=int, default=None,
+                        help="frames for lines that do not set them (--num-frames is the same)")
     parser.add_argument("--maps", action="store_true", help="also record the word attention maps (word_map)")
     parser.add_argument("--branches", nargs="+", default=None, choices=("cond", "uncond"),
                         help="CFG branches to record (default: cond)")

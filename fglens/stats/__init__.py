@@ -1,4 +1,4 @@
-"""Pure tensor functions for the statistics of DESIGN.md §4: no hooks, no I/O, no host synchronisation.
+"""Pure tensor functions for the statistics of docs/concepts.md: no hooks, no I/O, no host synchronisation.
 
 Shapes use B (batch), n (query tokens of a chunk), N (all video tokens), H (heads), D (head dim),
 T (key columns), W (words), F (latent frames), Y x X (latent grid of a frame).
@@ -34,7 +34,7 @@ def word_maps(probs: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
     """Attention mass per word: ``probs [..., T] @ word_index [T, W] -> [..., W]``.
 
     `word_index[j, w]` is 1 where key column j belongs to word w. With head-mean probabilities this is
-    the word attention map m_w[n] of DESIGN.md §4.
+    the word attention map m_w[n] of docs/concepts.md.
     """
     return probs @ word_index.to(probs.dtype)
 

@@ -26,7 +26,7 @@ IMAGE_DIMS = ("image_y", "image_x", "channel")
 #: the longest side, in pixels, a stored reference image may have (larger images are resized down)
 REFERENCE_IMAGE_MAX_SIDE = 256
 
-#: DESIGN.md §4, as stored in each run's attributes (`definitions`)
+#: the definitions of docs/concepts.md, as stored in each run's attributes (`definitions`)
 DEFINITIONS: dict[str, str] = {
     "P": "exact attention probabilities the model uses at the site (Wan text call: softmax over the 512 "
     "text keys, float32, identical pad keys collapsed exactly; joint attention: softmax over all unmasked "

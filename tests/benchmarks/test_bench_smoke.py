@@ -4,8 +4,8 @@ runs and measures; no timing asserted."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
