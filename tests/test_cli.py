@@ -189,6 +189,14 @@ def test_generate_writes_the_video_and_both_runs(generated):
     assert parts["CacheTransfer"]["dst"] == weak.weak
     assert parts["CacheTransfer"]["src"] == [r for r in weak.responsive if r not in weak.weak]
     assert f"Focal Guidance on layers {', '.join(weak.weak)}" in out
+    assert "note: tiny-wan has random weights" in out and "note: --clip tiny has random weights" in out
+    # the pairs the nearest-source rule actually uses, not every source offered (issue 13)
+    depth = [str(x) for x in diag.layer.values].index
+    offered = parts["CacheTransfer"]["src"]
+    pairs = [(d, min(offered, key=lambda s: (abs(depth(s) - depth(d)), depth(s)))) for d in weak.weak]
+    assert "cache " + ", ".join(f"{d} <- {s}" for d, s in pairs) in out
+    if len(offered) > len(weak.weak):
+        assert f"(nearest of {', '.join(offered)}, responsive)" in out
     # same seed: before the first repaired layer, the first step is untouched; the edit changes what follows
     first = [str(x) for x in diag.layer.values].index(weak.weak[0])
     before = dict(branch="cond", step=0, layer=diag.layer.values[:first])
@@ -201,6 +209,7 @@ def test_generate_without_clip_applies_the_cache_transfer_only(tmp_path):
                            "--out", tmp_path, "--steps", "2", "--layers", "1,2", "--src", "3", "--frames", "9"])
     assert code == 0, err
     assert "anchor is dropped" in out
+    assert "cache blocks.1 <- blocks.3, blocks.2 <- blocks.3, alpha" in out   # one source: no "nearest of"
     assert iio.imread(tmp_path / "video.mp4").shape[0] == 9
     ds = only_run(tmp_path / "run.zarr")  # explicit layers: no diagnosis pass
     spec = fg.store.decode_attrs(ds.attrs)["intervention"]

@@ -143,7 +143,11 @@ def test_report_has_a_table_and_a_figure_per_category(evaluation, tmp_path):
     text = path.read_text()
     for category in ("dynamic_attribute", "human_motion", "all"):
         assert f"## {category}" in text and (tmp_path / "figures" / f"{category}.png").stat().st_size > 1000
-    assert "**vlm_judge is missing**" in text and "random weights" in text
+    assert "**vlm_judge is missing**" in text
+    # everything with random weights is named, so plumbing is not read as a measurement (issue 13)
+    assert "**the pipeline tiny-wan has random weights**" in text
+    assert "**the anchor CLIP (tiny) has random weights**" in text
+    assert "**the CLIP scorers use random weights**" in text
     assert "| total |" in text
     table = (tmp_path / "summary.csv").read_text().splitlines()
     assert len(table) == 1 + 3 * 7 and table[0].startswith("category,metric,baseline")
@@ -180,6 +184,9 @@ def test_the_eval_command(evaluation, suite, tmp_path, capsys):
     assert code == 0, printed
     assert "total score" in printed and "human_motion" in printed
     assert "missing scorers (NaN, left out of the totals): alignment_change, vlm_judge" in printed
+    for note in ("the pipeline tiny-wan has random weights", "the anchor CLIP (tiny) has random weights",
+                 "the CLIP scorers use random weights"):
+        assert f"note: {note}" in printed
     assert not (out / "runs.zarr").exists()  # every video came from the cache
     ds = open_results(out / "results.zarr")
     np.testing.assert_allclose(ds["score"].values, evaluation.results["score"].sel(item=["man-waves"]).values)

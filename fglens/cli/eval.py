@@ -213,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
     missing = json.loads(ev.results.attrs.get("missing_scorers", "[]"))
     if missing:
         print(f"missing scorers (NaN, left out of the totals): {', '.join(missing)}")
+    from ..eval.report import random_weight_notes
+
+    for note in random_weight_notes(ev.results):
+        print(f"note: {note}")
     return 0
 
 

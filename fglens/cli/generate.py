@@ -154,6 +154,35 @@ def _names(layers: list) -> str:
     return ", ".join(map(str, layers)) if layers else "none"
 
 
+def random_weight_notes(pipeline: str, clip: Any) -> list[str]:
+    """What of this call has random weights (a tiny pipeline, ``--clip tiny``), said before sampling.
+
+    Example:
+        >>> random_weight_notes("tiny-wan", "tiny")[1]
+        '--clip tiny has random weights: the anchor regions of the words are arbitrary'
+        >>> random_weight_notes("/models/wan", {"model": "ViT-H-14", "pretrained": "/w.safetensors"})
+        []
+    """
+    from ..pipelines import TINY
+
+    notes = []
+    if pipeline in TINY:
+        notes.append(f"{pipeline} has random weights: the video is noise and shows what the command does, "
+                     "nothing about a model")
+    if clip == "tiny":
+        notes.append("--clip tiny has random weights: the anchor regions of the words are arbitrary")
+    return notes
+
+
+def cache_pairs(edit: Any) -> list[tuple[str, str]]:
+    """The (source, destination) layer pairs the cache transfer of a bound `edit` uses: each destination's one
+    source after the pairing rule (with several sources, the nearest), not every source offered."""
+    from ..interventions.cache import CacheTransfer
+
+    return [(source, dst) for part in edit.parts() if isinstance(part, CacheTransfer)
+            for dst, (source, _) in getattr(part, "_source_of", {}).items()]
+
+
 # -- the command ------------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
@@ -199,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines import frames_of, save_video
     from .diagnose import find_weak, sample, tracer
 
+    for note in random_weight_notes(args.pipeline, clip if fg_edit else None):
+        print(f"note: {note}")
     if fg_edit and clip is None:
         print(f"note: {anchor_note}")
     if fg_edit and not explicit:
@@ -225,9 +256,12 @@ def run(args: argparse.Namespace) -> int:
         except UsageError as exc:
             return fail("generate", exc)
     if fg_edit:
+        pairs = cache_pairs(edit)
+        used = ", ".join(f"{d} <- {s}" for s, d in pairs) or "none"
+        offered = "" if len({s for s, _ in pairs}) == len(spec["src"] or []) else (
+            f" (nearest of {_names(spec['src'])}{', responsive' if args.src == 'auto' else ''})")
         print(f"Focal Guidance on layers {_names(layers)}"
-              f"{' (semantic-weak)' if args.layers == 'auto' else ''}; cache sources "
-              f"{_names(spec['src'] or [])}{' (responsive)' if args.src == 'auto' else ''}, alpha {args.alpha}; "
+              f"{' (semantic-weak)' if args.layers == 'auto' else ''}; cache {used}{offered}, alpha {args.alpha}; "
               f"anchor {'on ' + ', '.join(item.words) + f', strength {args.strength}' if clip else 'off'}; "
               f"steps {_steps_text(spec['steps'])}, cond branch")
         print(f"  recipe: {json.dumps(spec)}")

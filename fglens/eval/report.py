@@ -90,6 +90,42 @@ def category_figure(summary: xr.Dataset, category: str):
     return fig
 
 
+def random_weight_notes(results: xr.Dataset) -> list[str]:
+    """What in an evaluation had random weights (the tiny pipelines, ``--clip tiny``, ``--anchor-clip tiny``): one
+    sentence each, for the terminal and the report, so that plumbing is never read as a measurement. The judge
+    is a local VLM or missing; fglens has no random-weight judge.
+
+    Example:
+        >>> ds = xr.Dataset(attrs={"pipeline": json.dumps({"name": "tiny-wan"}), "intervention": json.dumps(
+        ...     {"type": "focal_guidance", "clip": "tiny"}), "scorers": "{}"})
+        >>> [line.split(":")[0] for line in random_weight_notes(ds)]
+        ['the pipeline tiny-wan has random weights', 'the anchor CLIP (tiny) has random weights']
+    """
+    attrs = results.attrs
+    notes = []
+    pipeline = _json(attrs.get("pipeline"))
+    name = str(pipeline.get("name") if isinstance(pipeline, dict) else pipeline or "")
+    if name.startswith("tiny"):
+        notes.append(f"the pipeline {name} has random weights: its videos are noise, every score of them measures "
+                     "nothing")
+    recipe = _json(attrs.get("intervention"))
+    if isinstance(recipe, dict) and recipe.get("clip") == "tiny":
+        notes.append("the anchor CLIP (tiny) has random weights: its word regions are arbitrary")
+    scorers = _json(attrs.get("scorers")) or {}
+    if any("weights='random'" in str(spec.get("features", "")) for spec in scorers.values()):
+        notes.append("the CLIP scorers use random weights: their numbers test the plumbing and measure nothing")
+    return notes
+
+
+def _json(value):
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
 def _notes(results: xr.Dataset, summary: xr.Dataset) -> list[str]:
     attrs = results.attrs
     lines = []
@@ -102,9 +138,9 @@ def _notes(results: xr.Dataset, summary: xr.Dataset) -> list[str]:
     for name in missing:
         reason = str(results["reason"].sel(scorer=name).values.flat[0])
         lines.append(f"- **{name} is missing** for every video ({reason}); the totals leave it out")
-    scorers = json.loads(attrs.get("scorers", "{}"))
-    if any("weights='random'" in str(spec.get("features", "")) for spec in scorers.values()):
-        lines.append("- **the CLIP scorers use random weights**: their numbers test the plumbing and measure nothing")
+    for note in random_weight_notes(results):
+        head, _, rest = note.partition(":")
+        lines.append(f"- **{head}**:{rest}")
     lines.append(f"- intervals: {summary.attrs.get('method')} bootstrap, {summary.attrs.get('n_resamples')} resamples, "
                  f"confidence {summary.attrs.get('confidence')}; {summary.attrs.get('resampling')}")
     lines.append("- total = " + attrs.get("total", "mean of the scores"))

@@ -112,6 +112,8 @@ def _model_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def pipeline_id(pipe: Any, source: str | os.PathLike | None = None) -> dict[str, Any]:
     """What identifies a pipeline in the cache key: its class, its name or folder, its transformer's config."""
     tiny = getattr(pipe, "_fglens_tiny", None)
+    if tiny is None and hasattr(pipe, "_fglens_call_defaults"):  # built by fglens.testing directly
+        tiny = "tiny (fglens.testing)"
     name = tiny or (str(Path(source).resolve()) if source is not None else None)
     if name is None:
         config = getattr(pipe, "config", {}) or {}
