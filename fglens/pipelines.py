@@ -184,6 +184,23 @@ def default_size(pipe: Any) -> dict[str, Any]:
     return {k: params[k].default for k in ("height", "width", "num_frames") if k in params}
 
 
+def is_tiny(pipe: Any) -> bool:
+    """Whether `pipe` is one of fglens' tiny random-weight pipelines (by name or built by `fglens.testing`)."""
+    return getattr(pipe, "_fglens_tiny", None) is not None or hasattr(pipe, "_fglens_call_defaults")
+
+
+def default_image(pipe: Any, height: int | None = None, width: int | None = None):
+    """The reference image an item without one gets: `fglens.testing.reference_image` at the call's size for a
+    tiny image-to-video pipeline (as `fglens diagnose`, `generate` and `sweep` all do), else None (real
+    image-to-video pipelines need the item's own image)."""
+    if not (is_tiny(pipe) and takes_image(pipe)):
+        return None
+    from .testing import reference_image
+
+    size = default_size(pipe)
+    return reference_image(width=width or size["width"], height=height or size["height"])
+
+
 def call_kwargs(
     pipe: Any,
     *,

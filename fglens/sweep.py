@@ -282,9 +282,11 @@ def check_spec(
     for line in lines:
         where = f"{spec} line {line.lineno}"
         try:
-            if line.image is None and takes_image(pipe):
-                raise ValueError(f"missing field 'image': {type(pipe).__name__} is image-to-video")
-            call_kwargs(pipe, prompt=line.prompt, image=line.image, seed=line.seed, **line.options)
+            image = _image(line, pipe)
+            if image is None and takes_image(pipe):
+                raise ValueError(f"missing field 'image': {type(pipe).__name__} is image-to-video (only the tiny "
+                                 "pipelines have a default reference image)")
+            call_kwargs(pipe, prompt=line.prompt, image=image, seed=line.seed, **line.options)
             tokens = prompt_tokens(pipe, line.prompt)
             tokens.locate(line.words)
             if line.intervention is not None:
@@ -294,12 +296,51 @@ def check_spec(
     _raise(errors)
 
 
+def effective_recipe(recipe: Mapping[str, Any], clip: Any = None) -> dict[str, Any]:
+    """`recipe` as a sweep applies it: a ``focal_guidance`` without a ``clip`` (and no sweep-wide `clip`) but with
+    cache sources (``src``) drops its FSG anchor and applies the cache transfer alone, as ``fglens generate``
+    and ``fglens eval`` do without ``--clip``; the run's stored intervention then says ``"anchor": false``.
+
+    Example:
+        >>> effective_recipe({"type": "focal_guidance", "layers": [1], "src": [3]})["anchor"]
+        False
+        >>> "anchor" in effective_recipe({"type": "focal_guidance", "layers": [1], "src": [3], "clip": "tiny"})
+        False
+    """
+    recipe = dict(recipe)
+    if (recipe.get("type") == "focal_guidance" and recipe.get("anchor", True) and clip is None
+            and recipe.get("clip") is None and recipe.get("src") is not None):
+        recipe["anchor"] = False
+    return recipe
+
+
+def anchor_notes(lines: Sequence[SweepLine], clip: Any = None) -> list[str]:
+    """The note printed before a sweep whose focal_guidance lines lose their anchor (see `effective_recipe`)."""
+    dropped = [line.lineno for line in lines if line.intervention is not None
+               and line.intervention.get("anchor", True) and not effective_recipe(line.intervention, clip)
+               .get("anchor", True)]
+    if not dropped:
+        return []
+    return [f"{len(dropped)} focal_guidance line(s) without a 'clip' (line {', '.join(map(str, dropped[:8]))}"
+            f"{', ...' if len(dropped) > 8 else ''}): the FSG anchor is dropped; only the attention cache transfer "
+            "is applied"]
+
+
+def _image(line: SweepLine, pipe: Any) -> Any:
+    """The line's image, or for a tiny image-to-video pipeline the default one at the line's size."""
+    from .pipelines import default_image
+
+    if line.image is not None:
+        return line.image
+    return default_image(pipe, line.options.get("height"), line.options.get("width"))
+
+
 def _check_recipe(line: SweepLine, tokens, per_model, kinds, clip) -> None:
     from .interventions.recipe import from_recipe, recipe_layers
     from .trace.editing import Editor
     from .trace.record import resolve_layers
 
-    recipe = line.intervention
+    recipe = effective_recipe(line.intervention, clip)
     try:
         resolve_layers(recipe_layers(recipe), per_model)
     except ValueError as exc:
@@ -311,9 +352,11 @@ def _check_recipe(line: SweepLine, tokens, per_model, kinds, clip) -> None:
     if anchored and clip is None:
         spec = recipe.get("clip")
         if spec is None:
+            what = "and no 'src' for the cache transfer, so nothing is left to apply" if kind == "focal_guidance" \
+                else "and nothing else to apply"
             raise ValueError(f"the {kind} intervention builds a CLIP anchor: give it a 'clip' "
                              "({\"model\": ..., \"pretrained\": \"/path/weights\"}, or \"tiny\" for tiny pipelines) "
-                             "or set \"anchor\": false")
+                             f"{what}")
         if isinstance(spec, Mapping) and spec.get("pretrained") and not Path(spec["pretrained"]).exists():
             raise ValueError(f"the intervention's CLIP weights {spec['pretrained']} do not exist")
     # bind what can be built without the image (cache pairings, layers of every part) as the tracer would
@@ -505,6 +548,9 @@ def run_sweep(
     else:
         pipe = pipeline if device is None else pipeline.to(device)
     check_spec(lines, pipe, clip=clip, record=record, spec=spec)
+    if r == 0:
+        for note in anchor_notes(lines, clip):
+            print(f"note: {note}", file=sys.stderr)
 
     sweep_id = f"sweep-{fp[:10]}"
     digits = max(4, len(str(len(lines) - 1)))
@@ -577,7 +623,7 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
     from .interventions.recipe import from_recipe, load_clip
     from .pipelines import call_kwargs
 
-    kwargs = call_kwargs(pipe, prompt=line.prompt, image=line.image, seed=line.seed, output_type="latent",
+    kwargs = call_kwargs(pipe, prompt=line.prompt, image=_image(line, pipe), seed=line.seed, output_type="latent",
                          **line.options)
     edit = None
     if line.intervention is not None:
@@ -586,7 +632,8 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
             key = json.dumps(spec, sort_keys=True)
             if key not in clips:
                 clips[key] = load_clip(spec)
-        edit = from_recipe(line.intervention, image=kwargs.get("image"), prompt=line.prompt, words=line.words,
+        edit = from_recipe(effective_recipe(line.intervention, clip), image=kwargs.get("image"), prompt=line.prompt,
+                           words=line.words,
                            clip=clip if clip is not None else clips.get(json.dumps(spec, sort_keys=True)),
                            size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None)
     if kill is not None:

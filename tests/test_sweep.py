@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -173,6 +174,23 @@ def test_intervention_lines_record_their_recipe(tmp_path, pipe):
     a, b = edited.word_mass.sel(layer="blocks.0"), plain.word_mass.sel(layer="blocks.0")
     assert float(abs(a - b).max()) < 1e-6
     assert float(abs(edited.word_mass.sel(layer="blocks.1") - plain.word_mass.sel(layer="blocks.1")).max()) > 1e-6
+
+
+def test_sweep_agrees_with_generate_on_the_image_and_the_anchor(tmp_path, pipe, capsys):
+    """As `fglens diagnose` / `generate`: a tiny image-to-video pipeline takes a line without 'image' (the default
+    reference image); a focal_guidance line without 'clip' but with 'src' drops the anchor with a note (issue 13)."""
+    fgl = {"type": "focal_guidance", "layers": [1], "src": [3]}
+    no_image = {k: v for k, v in line(1).items() if k != "image"}
+    spec = make_spec(tmp_path, [line(0, intervention=fgl), no_image])
+    result = run_sweep(spec, pipe, tmp_path / "s.zarr", steps=1, progress=False)
+    assert "the FSG anchor is dropped; only the attention cache transfer is applied" in capsys.readouterr().err
+    edited = fg.open_run(tmp_path / "s.zarr", run=result.run_ids[0])
+    parts = fg.store.decode_attrs(edited.attrs)["intervention"]["parts"]
+    assert [p["type"] for p in parts] == ["CacheTransfer"]
+    plain = fg.open_run(tmp_path / "s.zarr", run=result.run_ids[1])
+    np.testing.assert_array_equal(plain.reference_image.values, np.asarray(reference_image()))
+    real = type("Real", (), {"__call__": pipe.__class__.__call__})()  # an image-to-video pipeline, not tiny
+    assert fg.pipelines.default_image(real) is None
 
 
 # -- refusals before any work -----------------------------------------------------------------------------------
