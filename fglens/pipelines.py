@@ -55,6 +55,9 @@ def _tiny_builders() -> dict[str, Callable[[], Any]]:
 #: names of the built-in tiny pipelines accepted by `load_pipeline`
 TINY = ("tiny-wan", "tiny-wan-t2v", "tiny-wan22", "tiny-hunyuan")
 
+#: names of the trained toy-world pipelines shipped with fglens (`fg.toy.pipeline`)
+TOY = ("toy-base", "toy-weak")
+
 #: the small call sizes of the tiny pipelines (height, width, num_frames)
 TINY_SIZES: dict[str, dict[str, int]] = {
     "wan": dict(height=32, width=48, num_frames=5),
@@ -73,7 +76,7 @@ def pipeline_class(path: str | os.PathLike) -> str:
     if not folder.exists():
         raise FileNotFoundError(
             f"no pipeline at {folder}: pass a local diffusers pipeline folder (with model_index.json) or one of "
-            f"the built-in tiny pipelines {', '.join(TINY)}"
+            f"the built-in pipelines {', '.join(TINY + TOY)}"
         )
     index = folder / "model_index.json"
     if not index.is_file():
@@ -89,7 +92,8 @@ def load_pipeline(source: str | os.PathLike, *, dtype: str | torch.dtype | None 
     """A pipeline fglens can trace: a built-in tiny one by name (`TINY`) or a local diffusers folder.
 
     Args:
-        source: ``"tiny-wan"``, ``"tiny-wan-t2v"``, ``"tiny-wan22"``, ``"tiny-hunyuan"``, or a folder path.
+        source: ``"tiny-wan"``, ``"tiny-wan-t2v"``, ``"tiny-wan22"``, ``"tiny-hunyuan"``, the trained toy
+            pipelines ``"toy-base"`` / ``"toy-weak"`` (`fg.toy.pipeline`), or a folder path.
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype for a loaded folder (default: as
             stored); the tiny pipelines stay float32.
         device: where to move the pipeline (default: CUDA when available for a loaded folder, else CPU).
@@ -106,6 +110,11 @@ def load_pipeline(source: str | os.PathLike, *, dtype: str | torch.dtype | None 
         FileNotFoundError: no pipeline at tiny-sdxl: pass a local diffusers pipeline folder ...
     """
     name = str(source)
+    if name in TOY:
+        from .toy import pipeline as toy_pipeline
+
+        pipe = toy_pipeline(name.removeprefix("toy-"))
+        return pipe.to(device) if device else pipe
     if name in TINY:
         pipe = _tiny_builders()[name]()
         pipe.set_progress_bar_config(disable=True)

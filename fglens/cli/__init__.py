@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from importlib import import_module
 
 #: subcommands in the order `fglens --help` lists them; each is the module fglens.cli.<name>
-COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval")
+COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval", "toy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,181 @@
+"""Measurements on the toy world: sample items, score them, diagnose, and apply Focal Guidance.
+
+Every video of an item is sampled with the same seed whatever the edit (paired seeds), so differences
+between conditions are per item. Intervals are bootstrap intervals over items (`fglens.eval.stats`).
+
+Example:
+    >>> import fglens as fg
+    >>> from fglens.toy.experiment import chance_levels
+    >>> items = fg.toy.suite("test", n=10, seed=0)
+    >>> levels = chance_levels(items)       # a random other instruction of the same category, from the truth
+    >>> sorted(levels)[:2], 0.0 <= levels["object_motion"] <= 1.0
+    (['camera_motion', 'dynamic_attribute'], True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from .load import CALL
+from .score import score
+from .suite import Item, _instruction, _valid
+from .world import CATEGORIES, render
+
+
+def item_seed(item: Item, seed: int) -> int:
+    """The sampling seed of an item: the same for every condition, different across items."""
+    return int.from_bytes(hashlib.sha256(f"{item.id}/{seed}".encode()).digest()[:4], "little")
+
+
+def sample(pipe, item: Item, *, seed: int = 0, edit=None, record=None, store=None, **call: Any) -> np.ndarray:
+    """One video of `item` (float [F, H, W, 3] in [0, 1]), traced with `edit`/`record` when given."""
+    import fglens as fg
+
+    kwargs = {**CALL, **call}
+    traced = fg.trace(pipe, edit=edit, record=record, store=store) if (edit or record) else nullcontext()
+    with traced:
+        out = pipe(image=item.image, prompt=item.prompt,
+                   generator=torch.Generator().manual_seed(item_seed(item, seed)), **kwargs)
+    return np.asarray(out.frames[0])
+
+
+def evaluate(pipe, items: Sequence[Item], *, seed: int = 0, edit: Callable[[Item], Any] | None = None,
+             progress: bool = False, **call: Any) -> list[dict]:
+    """Score every item's video: one row per item (id, category, follows, fidelity, first_frame, reason).
+
+    `edit` maps an item to its intervention (anchors depend on the item's words), or None for plain sampling.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for item in tqdm(items, disable=not progress, desc="items"):
+        video = sample(pipe, item, seed=seed, edit=edit(item) if edit else None, **call)
+        rows.append({"id": item.id, "category": item.category, "prompt": item.prompt, **score(video, item)})
+    return rows
+
+
+def chance_levels(items: Sequence[Item], *, seed: int = 0, tries: int = 200) -> dict[str, float]:
+    """Per category, how often the true video of a *different* instruction of the same category (same scene)
+    passes the item's check: the accuracy of a model that does something of the right kind at random."""
+    rng = np.random.default_rng(seed)
+    hits: dict[str, list[float]] = {c: [] for c in CATEGORIES}
+    for item in items:
+        for _ in range(tries):
+            other = _instruction(rng, item.category, item.scene)
+            if other is None or other == item.instruction or not _valid(item.scene, other):
+                continue
+            if item.category == "static":  # one instruction only: the wrong kind is any other category's
+                other = _instruction(rng, str(rng.choice([c for c in CATEGORIES if c != "static"])), item.scene)
+                if other is None or not _valid(item.scene, other):
+                    continue
+            video = render(item.scene, other)
+            hits[item.category].append(score(video, item)["follows"])
+            break
+    return {c: float(np.mean(v)) for c, v in hits.items() if v}
+
+
+def frozen_levels(items: Sequence[Item]) -> dict[str, float]:
+    """Per category, the accuracy of a video that repeats the reference image (does nothing)."""
+    out: dict[str, list[float]] = {}
+    for item in items:
+        video = np.repeat(item.video()[:1], len(item.video()), axis=0)
+        out.setdefault(item.category, []).append(score(video, item)["follows"])
+    return {c: float(np.mean(v)) for c, v in out.items()}
+
+
+def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: float = 0.95) -> dict[str, tuple]:
+    """Per category and ``all``: (mean, low, high, n) of `metric` with a bootstrap interval over items."""
+    from ..eval.stats import bootstrap_ci
+
+    out = {}
+    cats = [c for c in CATEGORIES if any(r["category"] == c for r in rows)] + ["all"]
+    for cat in cats:
+        vals = np.array([r[metric] for r in rows if cat == "all" or r["category"] == cat], np.float64)
+        mean, low, high = bootstrap_ci(vals, confidence=confidence, n_resamples=4999, method="percentile")
+        out[cat] = (mean, low, high, len(vals))
+    return out
+
+
+def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follows") -> dict[str, tuple]:
+    """Per category and ``all``: the paired difference b − a (same items, same seeds) with its interval."""
+    from ..eval.stats import paired_difference
+
+    by_id = {r["id"]: r for r in rows_a}
+    out = {}
+    cats = [c for c in CATEGORIES if any(r["category"] == c for r in rows_b)] + ["all"]
+    for cat in cats:
+        pairs = [(by_id[r["id"]][metric], r[metric]) for r in rows_b if cat == "all" or r["category"] == cat]
+        a, b = (np.array(v, np.float64) for v in zip(*pairs, strict=False))
+        mean, low, high = paired_difference(a, b, n_resamples=4999, method="percentile")
+        out[cat] = (mean, low, high, len(pairs))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# diagnosis and Focal Guidance
+# ----------------------------------------------------------------------------------------------------------
+
+
+def record_runs(pipe, items: Sequence[Item], *, seed: int = 0, store=None, **call: Any) -> list:
+    """Record each item's cond and uncond attention statistics (its words) and return the run Datasets."""
+    import fglens as fg
+
+    runs = []
+    for item in items:
+        with fg.trace(pipe, record=fg.Record(words=item.words), store=store) as run:
+            pipe(image=item.image, prompt=item.prompt,
+                 generator=torch.Generator().manual_seed(item_seed(item, seed)), **{**CALL, **call})
+        runs.append(run.dataset)
+    return runs
+
+
+def word_map_focus_items(items: Sequence[Item]) -> list[Item]:
+    """The items whose first word names an object (camera instructions name none)."""
+    return [it for it in items if it.words[0] in it.masks()]
+
+
+def precision_recall(found: Sequence[str], truth: Sequence[str]) -> tuple[float, float]:
+    """Precision and recall of named layers against the planted ones (NaN precision when none is named)."""
+    found, truth = set(found), set(truth)
+    precision = len(found & truth) / len(found) if found else float("nan")
+    recall = len(found & truth) / len(truth) if truth else float("nan")
+    return precision, recall
+
+
+def truth_anchor(item: Item, strength: float):
+    """An `fg.AnchorMask` from the ground-truth masks of the item's named objects (the upper bound)."""
+    import fglens as fg
+
+    return fg.AnchorMask({w: torch.from_numpy(m.astype(np.float32)) for w, m in item.masks().items()},
+                         strength=strength)
+
+
+def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anchor: str | None = "truth",
+                   strength: float = 2.0, cache: bool = True, alpha: float = 0.5,
+                   steps=(0.0, 0.5)) -> Callable[[Item], Any]:
+    """Item -> `fg.FocalGuidance` on `weak_layers`: ground-truth anchors (``anchor="truth"``) and/or the
+    cache transfer from `responsive` layers; `anchor=None` or `cache=False` give the ablations."""
+    import fglens as fg
+
+    if anchor not in (None, "truth"):
+        raise ValueError(f"anchor must be 'truth' or None; got {anchor!r}")
+    if anchor is None and not cache:
+        raise ValueError("Focal Guidance needs an anchor, a cache, or both")
+
+    def build(item: Item):
+        return fg.FocalGuidance(
+            anchor=truth_anchor(item, strength) if anchor else None,
+            cache=fg.CacheTransfer(src=list(responsive), dst=list(weak_layers), alpha=alpha) if cache else None,
+            layers=list(weak_layers), steps=steps)
+
+    return build
+
+
+__all__ = ["chance_levels", "evaluate", "focal_guidance", "frozen_levels", "item_seed", "paired",
+           "precision_recall", "record_runs", "word_map_focus_items", "sample", "summarize", "truth_anchor"]

@@ -1,0 +1,154 @@
+"""The trained toy pipelines shipped with fglens: loaded offline, checked against their recorded checksums.
+
+``fglens/toy/weights/`` holds one folder of shared parts (the trained VAE, the fixed random text and image
+encoders, the scheduler) and one transformer per variant, with ``manifest.json`` (the SHA-256 of every
+file) and ``<variant>.json`` (how it was trained, and for ``weak`` the planted layers).
+
+Example:
+    >>> pipe = pipeline("base")
+    >>> type(pipe).__name__, planted_layers(pipe)
+    ('WanImageToVideoPipeline', [])
+    >>> planted_layers(pipeline("weak"))
+    ['blocks.3', 'blocks.4']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+WEIGHTS = Path(__file__).parent / "weights"
+VARIANTS = ("base", "weak")
+
+#: the call every toy item is made with: the world's size and frame count, steps, guidance and output
+CALL: dict[str, Any] = dict(height=64, width=64, num_frames=9, num_inference_steps=20, guidance_scale=4.0,
+                            output_type="np")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(root: Path = WEIGHTS) -> dict[str, str]:
+    """The recorded checksums: relative path -> SHA-256."""
+    file = root / "manifest.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"the toy weights are missing ({file} does not exist): reinstall fglens")
+    return json.loads(file.read_text())
+
+
+def verify(root: Path = WEIGHTS, only: str | None = None) -> None:
+    """Check every shipped file (or those under `only`) against the manifest; a clear error names the file."""
+    for rel, digest in manifest(root).items():
+        if only is not None and not (rel.startswith(only + "/") or rel.startswith("shared/")):
+            continue
+        path = root / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"toy weight file {path} is missing: reinstall fglens")
+        if sha256(path) != digest:
+            raise ValueError(f"toy weight file {path} does not match its recorded checksum: reinstall fglens")
+
+
+def info(variant: str) -> dict:
+    """How a shipped variant was trained (``<variant>.json``): command, seed, time, planted layers."""
+    _check(variant)
+    return json.loads((WEIGHTS / f"{variant}.json").read_text())
+
+
+def _check(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown toy variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, check: bool = True):
+    """A trained toy `WanImageToVideoPipeline`, offline, in float32 on the CPU.
+
+    Args:
+        variant: ``"base"`` (follows its instructions) or ``"weak"`` (Condition Isolation planted in
+            `planted_layers`).
+        path: load a `fglens toy train` output folder (``<out>/pipeline``) instead of the shipped weights.
+        check: verify the shipped files against their recorded SHA-256 first.
+    """
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
+    from transformers import CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
+
+    from .model import tokenizer
+
+    if path is not None:
+        pipe = WanImageToVideoPipeline.from_pretrained(path, local_files_only=True)
+        meta_file = Path(path) / "toy.json"
+        pipe._fglens_toy = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    else:
+        _check(variant)
+        if check:
+            verify(WEIGHTS, only=variant)
+        shared = WEIGHTS / "shared"
+        pipe = WanImageToVideoPipeline(
+            tokenizer=tokenizer(),
+            text_encoder=UMT5EncoderModel.from_pretrained(shared / "text_encoder", local_files_only=True),
+            image_encoder=CLIPVisionModel.from_pretrained(shared / "image_encoder", local_files_only=True),
+            image_processor=CLIPImageProcessor.from_pretrained(shared / "image_processor", local_files_only=True),
+            transformer=WanTransformer3DModel.from_pretrained(WEIGHTS / variant / "transformer",
+                                                              local_files_only=True),
+            vae=AutoencoderKLWan.from_pretrained(shared / "vae", local_files_only=True),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(shared / "scheduler", local_files_only=True),
+        )
+        pipe._fglens_toy = info(variant)
+    for part in ("text_encoder", "image_encoder", "transformer", "vae"):
+        getattr(pipe, part).eval()
+    pipe._fglens_call_defaults = {k: CALL[k] for k in ("height", "width", "num_frames")}
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def planted_layers(pipe: Any) -> list[str]:
+    """The layers in which Condition Isolation was planted in training (ground truth; [] for ``base``)."""
+    meta = getattr(pipe, "_fglens_toy", None)
+    if meta is None:
+        raise ValueError("not a toy pipeline: load it with fg.toy.pipeline(...) to know its planted layers")
+    return list(meta.get("planted_layers", []))
+
+
+def ship(runs: dict[str, str | os.PathLike], root: Path = WEIGHTS) -> dict[str, str]:
+    """Copy trained runs' pipelines into the package (shared parts from the first) and write the manifest.
+
+    `runs` maps each variant to its `fglens toy train` output folder. Parts other than the transformer must
+    be identical across the runs (the weak variant reuses the base VAE); that is checked, not assumed.
+    """
+    import shutil
+
+    first = Path(next(iter(runs.values()))) / "pipeline"
+    shared_parts = ("text_encoder", "image_encoder", "image_processor", "vae", "scheduler")
+    for variant, run in runs.items():
+        _check(variant)
+        src = Path(run) / "pipeline"
+        for part in shared_parts:
+            for f in sorted((first / part).iterdir()):
+                other = src / part / f.name
+                if not other.is_file() or sha256(other) != sha256(f):
+                    raise ValueError(f"{other} differs from {f}: the variants must share every part but the DiT")
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "shared").mkdir(parents=True)
+    for part in shared_parts:
+        shutil.copytree(first / part, root / "shared" / part)
+    for variant, run in runs.items():
+        src = Path(run) / "pipeline"
+        shutil.copytree(src / "transformer", root / variant / "transformer")
+        shutil.copy(src / "toy.json", root / f"{variant}.json")
+    digests = {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*"))
+               if p.is_file() and p.name != "manifest.json"}
+    (root / "manifest.json").write_text(json.dumps(digests, indent=1) + "\n")
+    return digests

@@ -1,0 +1,219 @@
+"""`fglens toy report`: every number of docs/toy-world.md, measured on the toy pipelines, with figures.
+
+Sections: chance and do-nothing levels per category; instruction following and fidelity of the base and the
+weak model; where the base model's word maps put their mass; `fg.find_weak_layers` against the planted
+layers; Focal Guidance on both models (ground-truth anchors, the cache from the responsive layers, and the
+ablations), paired seeds, bootstrap intervals; a sweep of anchor strength and cache alpha.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .experiment import (
+    chance_levels,
+    evaluate,
+    focal_guidance,
+    frozen_levels,
+    paired,
+    precision_recall,
+    record_runs,
+    summarize,
+)
+from .load import pipeline, planted_layers
+from .suite import suite
+from .world import CATEGORIES
+
+
+def _fmt(t: tuple) -> str:
+    mean, low, high, n = t
+    if np.isnan(low):
+        return f"{mean:.2f} (n={n})"
+    return f"{mean:.2f} [{low:.2f}, {high:.2f}] (n={n})"
+
+
+def _fmt_diff(t: tuple) -> str:
+    mean, low, high, n = t
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
+    """How much more word-map mass lands on the named object's pixels than elsewhere, per layer.
+
+    For each item's first word: the mean of the cond branch's word map (all steps, first latent frame) inside
+    the object's ground-truth mask, divided by its mean outside, at the latent token resolution. 1 = no focus.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    import fglens as fg
+
+    from .experiment import item_seed
+    from .load import CALL
+
+    ratios = []
+    layers = None
+    for item in items:
+        word = item.words[0]
+        if word not in item.masks():
+            continue
+        with fg.trace(pipe, record=fg.Record(words=[word], maps=True)) as run:
+            pipe(image=item.image, prompt=item.prompt, generator=torch.Generator().manual_seed(item_seed(item, seed)),
+                 **CALL)
+        m = run.dataset["word_map"].sel(branch="cond", word=word).isel(frame=0).mean("step")  # layer, y, x
+        layers = [str(v) for v in m.layer.values]
+        grid = m.shape[-2:]
+        mask = torch.from_numpy(item.masks()[word].astype(np.float32))[None, None]
+        mask = F.adaptive_avg_pool2d(mask, grid)[0, 0].numpy() >= 0.5
+        if not mask.any() or mask.all():
+            continue
+        vals = m.values
+        ratios.append(vals[:, mask].mean(-1) / np.maximum(vals[:, ~mask].mean(-1), 1e-12))
+    r = np.array(ratios)
+    return {"layers": layers, "ratio_per_layer": r.mean(0).tolist() if len(r) else [], "n": len(r),
+            "items_above_1": float((r.mean(1) > 1).mean()) if len(r) else float("nan")}
+
+
+def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
+           sweep: bool = True, n_diag: int = 10, progress: bool = True) -> dict:
+    """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures."""
+    import fglens as fg
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pipes = {"base": pipeline("base", path=base), "weak": pipeline("weak", path=weak)}
+    planted = {k: planted_layers(p) for k, p in pipes.items()}
+    items = suite("test", n=n, seed=seed)
+    res: dict = {"n": n, "seed": seed, "planted": planted, "categories": list(CATEGORIES)}
+    res["chance"] = chance_levels(items, seed=seed)
+    res["frozen"] = frozen_levels(items)
+    rows: dict[str, list[dict]] = {}
+    for name, pipe in pipes.items():
+        rows[name] = evaluate(pipe, items, seed=seed, progress=progress)
+        res[f"{name}_follows"] = summarize(rows[name])
+        res[f"{name}_fidelity"] = summarize(rows[name], "fidelity")
+    res["word_map_focus"] = word_map_focus(pipes["base"], items[:n_diag], seed=seed)
+    diag = {}
+    for name, pipe in pipes.items():
+        runs = record_runs(pipe, items[:n_diag], seed=seed)
+        weak_layers = fg.find_weak_layers(runs)
+        p, r = precision_recall(weak_layers.weak, planted[name])
+        diag[name] = {"weak": list(weak_layers.weak), "responsive": list(weak_layers.responsive),
+                      "z": {str(k): float(v) for k, v in zip(weak_layers.scores.layer.values,
+                                                              weak_layers.scores.values, strict=False)},
+                      "precision": p, "recall": r, "summary": weak_layers.summary()}
+        if name == "weak":
+            fig = fg.plot.layer_profile(runs, weak=weak_layers)
+            fig.savefig(out / "weak_layer_profile.png", dpi=120)
+    res["diagnosis"] = diag
+    fg_rows: dict[str, list[dict]] = {}
+    for name, pipe in pipes.items():
+        layers = diag[name]["weak"] or planted[name]
+        if not layers:
+            continue
+        src = [x for x in diag[name]["responsive"] if x not in layers]
+        conds = {"both": dict(anchor="truth", cache=True), "anchor_only": dict(anchor="truth", cache=False),
+                 "cache_only": dict(anchor=None, cache=True)}
+        for cond, kw in conds.items():
+            key = f"{name}+fg_{cond}"
+            fg_rows[key] = evaluate(pipe, items, seed=seed, edit=focal_guidance(layers, src, **kw), progress=progress)
+            res[key] = {"layers": layers, "src": src, "follows": summarize(fg_rows[key]),
+                        "delta_follows": paired(rows[name], fg_rows[key]),
+                        "delta_fidelity": paired(rows[name], fg_rows[key], "fidelity")}
+    if sweep and "weak+fg_both" in res:
+        layers, src = res["weak+fg_both"]["layers"], res["weak+fg_both"]["src"]
+        grid = []
+        for strength in (1.0, 2.0, 4.0):
+            for alpha in (0.25, 0.5, 0.75):
+                r = evaluate(pipes["weak"], items, seed=seed,
+                             edit=focal_guidance(layers, src, strength=strength, alpha=alpha))
+                d = paired(rows["weak"], r)["all"]
+                grid.append({"strength": strength, "alpha": alpha, "follows": float(np.mean([x["follows"] for x in r])),
+                             "delta": d[:3], "fidelity": float(np.mean([x["fidelity"] for x in r]))})
+        res["sweep"] = grid
+    res["seconds"] = round(time.time() - t0, 1)
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    with open(out / "rows.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["condition", "id", "category", "prompt", "follows", "fidelity", "first_frame", "reason"])
+        for cond, rs in {**rows, **fg_rows}.items():
+            for r in rs:
+                w.writerow([cond, r["id"], r["category"], r["prompt"], r["follows"], f"{r['fidelity']:.4f}",
+                            f"{r['first_frame']:.4f}", r["reason"]])
+    _figure(res, out)
+    (out / "report.md").write_text(_markdown(res))
+    print(_markdown(res))
+    return res
+
+
+def _figure(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    conds = [c for c in ("base_follows", "weak_follows", "weak+fg_both", "base+fg_both") if c in res]
+    cats = list(CATEGORIES) + ["all"]
+    fig = Figure(figsize=(9, 3.6))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(conds))
+    for i, cond in enumerate(conds):
+        table = res[cond] if cond.endswith("_follows") else res[cond]["follows"]
+        means = [table.get(c, (np.nan,) * 4)[0] for c in cats]
+        lows = [table.get(c, (np.nan,) * 4)[1] for c in cats]
+        highs = [table.get(c, (np.nan,) * 4)[2] for c in cats]
+        x = np.arange(len(cats)) + (i - (len(conds) - 1) / 2) * width
+        err = np.array([np.subtract(means, lows), np.subtract(highs, means)])
+        ax.bar(x, means, width, yerr=np.nan_to_num(err), capsize=2,
+               label=cond.replace("_follows", "").replace("+fg_both", " + Focal Guidance"))
+    chance = [res["chance"].get(c, np.nan) for c in cats[:-1]]
+    ax.scatter(np.arange(len(cats) - 1), chance, marker="_", s=400, color="k", zorder=3, label="chance")
+    ax.set_xticks(np.arange(len(cats)), [c.replace("_", " ") for c in cats])
+    ax.set_ylabel("instruction followed (fraction)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"toy world, {res['n']} test items, 95 % bootstrap intervals over items", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+
+
+def _markdown(res: dict) -> str:
+    cats = list(CATEGORIES) + ["all"]
+    lines = [f"# Toy world report ({res['n']} test items, seed {res['seed']}, {res['seconds']} s)", "",
+             "| category | chance | do nothing | base follows | weak follows | base fidelity | weak fidelity |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cats:
+        lines.append(f"| {c} | {res['chance'].get(c, float('nan')):.2f} | {res['frozen'].get(c, float('nan')):.2f} | "
+                     f"{_fmt(res['base_follows'][c])} | {_fmt(res['weak_follows'][c])} | "
+                     f"{_fmt(res['base_fidelity'][c])} | {_fmt(res['weak_fidelity'][c])} |")
+    f = res["word_map_focus"]
+    lines += ["", "## Word maps (base)", "",
+              f"Mean word-map mass inside the named object / outside, first latent frame, cond branch, {f['n']} items:",
+              "", "| layer | " + " | ".join(f["layers"] or []) + " |", "|---|" + "---|" * len(f["layers"] or []),
+              "| ratio | " + " | ".join(f"{v:.2f}" for v in f["ratio_per_layer"]) + " |",
+              "", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}", "",
+              "## Diagnosis (fg.find_weak_layers, default rule)", ""]
+    for name, d in res["diagnosis"].items():
+        lines.append(f"- {name}: weak {d['weak']}, responsive {d['responsive']}, planted {res['planted'][name]}; "
+                     f"precision {d['precision']:.2f}, recall {d['recall']:.2f}")
+    lines += ["", "## Focal Guidance (paired seeds; difference to the same model without it)", "",
+              "| condition | layers | sources | follows | Δ follows (all) | Δ fidelity (all) |",
+              "|---|---|---|---|---|---|"]
+    for key, v in res.items():
+        if "+fg_" in key:
+            lines.append(f"| {key} | {v['layers']} | {v['src']} | {_fmt(v['follows']['all'])} | "
+                         f"{_fmt_diff(v['delta_follows']['all'])} | {_fmt_diff(v['delta_fidelity']['all'])} |")
+    if "sweep" in res:
+        lines += ["", "## Sweep on the weak model (both operators)", "",
+                  "| strength | alpha | follows | Δ [95 % CI] | fidelity |",
+                  "|---|---|---|---|---|"]
+        for g in res["sweep"]:
+            m, lo, hi = g["delta"]
+            lines.append(f"| {g['strength']} | {g['alpha']} | {g['follows']:.2f} | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+                         f"{g['fidelity']:.3f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,366 @@
+"""Train the toy pipeline: the Wan VAE for reconstruction, then the DiT with flow matching.
+
+Everything is a function of the seed and the step: the clips of VAE step k, the items of the DiT's pool and
+the noise of DiT step k are drawn from generators seeded by (seed, phase, k), so a run resumed from a
+checkpoint continues exactly as if it had never stopped. Phases, each written under `out/` when done:
+
+1. ``vae/``: the VAE (L1 + MSE with object pixels weighted up, + a small KL, whole clips), with its latent
+   mean/std in its config;
+2. ``pool.pt``: `pool` train items encoded once (clean latents, the pipeline's own I2V condition, CLIP
+   image tokens, prompts), so the DiT step runs only the DiT;
+3. ``dit.pt`` checkpoints, then ``pipeline/``: `save_pretrained` of the whole pipeline with the EMA weights
+   of the DiT, plus ``toy.json`` (variant, planted layers, config, seed, time) and ``loss.csv``.
+
+The ``weak`` variant plants Condition Isolation: in the `planted` blocks, the cross-attention sees the empty
+prompt's text instead of the real one for a fraction `planted_p` of the training samples.
+
+Example (a smoke run; real runs use `fglens toy train`):
+    >>> import tempfile
+    >>> cfg = TrainConfig(vae_steps=2, vae_batch=1, pool=4, dit_steps=2, dit_batch=2, checkpoint_every=1)
+    >>> info = train(cfg, tempfile.mkdtemp(), progress=False)
+    >>> len(info["dit_loss"]), info["variant"]
+    (2, 'base')
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import SHIFT, Z_DIM, build_pipeline
+from .suite import sample
+from .world import CATEGORIES, FRAMES, SIZE
+
+VARIANTS = ("base", "weak")
+OBJECT_WEIGHT = 10.0  #: VAE loss weight of object pixels relative to background pixels
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in ``toy.json``)."""
+
+    variant: str = "base"
+    seed: int = 0
+    vae_steps: int = 1500
+    vae_batch: int = 4
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-6
+    pool: int = 1500
+    dit_steps: int = 2500
+    dit_batch: int = 8
+    dit_lr: float = 5e-4
+    warmup: int = 100
+    ema: float = 0.995
+    prompt_dropout: float = 0.1
+    planted: tuple[int, ...] = field(default=(3, 4))
+    planted_p: float = 0.9
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        for name in ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        from .model import NUM_LAYERS
+
+        if self.variant == "weak" and (not self.planted or not all(0 <= i < NUM_LAYERS for i in self.planted)):
+            raise ValueError(f"planted must name blocks in 0..{NUM_LAYERS - 1}; got {self.planted!r}")
+        for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    @property
+    def planted_layers(self) -> list[str]:
+        return [f"blocks.{i}" for i in self.planted] if self.variant == "weak" else []
+
+
+def _rng(seed: int, phase: str, step: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"fglens-toy-train/{seed}/{phase}/{step}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _torch_gen(rng: np.random.Generator) -> torch.Generator:
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def _items(rng: np.random.Generator, n: int):
+    cats = list(CATEGORIES)
+    out = []
+    for _ in range(n):
+        out.append(sample(rng, cats[int(rng.integers(len(cats)))], "train"))
+    return out
+
+
+def _videos(pairs, *, weights: bool = False):
+    """Ground-truth clips as the VAE sees them: float [B, 3, F, H, W] in [-1, 1]; with `weights`, also a loss
+    weight [B, 1, F, H, W] that counts object pixels `OBJECT_WEIGHT` times (they are a small part of a frame)."""
+    from .world import coverage, render
+
+    v = torch.from_numpy(np.stack([render(s, i) for s, i in pairs])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+    if not weights:
+        return v
+    cover = np.stack([coverage(s, i).sum(1) for s, i in pairs])  # B F H W
+    return v, 1.0 + (OBJECT_WEIGHT - 1.0) * torch.from_numpy(cover).float().clamp(0, 1)[:, None]
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _bar(total: int, initial: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# phase 1: the VAE
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train_vae(cfg: TrainConfig, vae, out: Path, progress: bool = True) -> list[float]:
+    """Train `vae` in place; checkpoints in ``out/vae.pt``; returns the loss per step."""
+    ckpt = out / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    losses: list[float] = []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        losses = list(state["losses"])
+    vae.train()
+    bar = _bar(cfg.vae_steps, len(losses), "vae", progress)
+    for step in range(len(losses), cfg.vae_steps):
+        rng = _rng(cfg.seed, "vae", step)
+        x, weight = _videos(_items(rng, cfg.vae_batch), weights=True)  # whole clips: both chunk transitions
+        for g in opt.param_groups:
+            g["lr"] = cfg.vae_lr * min(1.0, (step + 1) / cfg.warmup)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(rng))
+        rec = vae.decode(z).sample
+        err = rec - x
+        loss = (weight * (err.abs() + err.square())).mean() / weight.mean() + cfg.vae_kl * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "losses": losses}, ckpt)
+    bar.close()
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def set_latent_stats(vae, seed: int, n: int = 64) -> None:
+    """Record the per-channel mean and std of the VAE's latents of `n` train clips in its config."""
+    clips = _videos(_items(_rng(seed, "latent-stats", 0), n))
+    z = torch.cat([vae.encode(c).latent_dist.mode() for c in clips.split(8)])
+    mean = z.mean((0, 2, 3, 4))
+    std = z.std((0, 2, 3, 4)).clamp_min(1e-3)
+    vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# phase 2: the pool of encoded train items
+# ----------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_pool(cfg: TrainConfig, pipe, progress: bool = True, chunk: int = 32) -> dict:
+    """Encode `cfg.pool` train items with the pipeline's own functions (exactly what sampling sees)."""
+    from .suite import Item
+    from .world import prompt as prompt_of
+
+    vae = pipe.vae
+    mean = torch.tensor(vae.config.latents_mean).view(1, Z_DIM, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, Z_DIM, 1, 1, 1)
+    pairs = _items(_rng(cfg.seed, "pool", 0), cfg.pool)
+    z0, cond, img, prompts = [], [], [], []
+    bar = _bar(cfg.pool, 0, "encode", progress)
+    for i in range(0, cfg.pool, chunk):
+        part = pairs[i:i + chunk]
+        clips = _videos(part)
+        z0.append(((vae.encode(clips).latent_dist.mode() - mean) / std).half())
+        images = [Item("pool", "train", s, ins).image for s, ins in part]
+        image = pipe.video_processor.preprocess(images, height=SIZE, width=SIZE)
+        for one in image.split(1):  # the pipeline's own condition: mask channels + the latent of [image, 0, ...]
+            _, c = pipe.prepare_latents(one, 1, Z_DIM, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"),
+                                        torch.Generator().manual_seed(0))
+            cond.append(c.half())
+        img.append(pipe.encode_image(images, torch.device("cpu")).half())
+        prompts += [prompt_of(s, ins) for s, ins in part]
+        bar.update(len(part))
+    bar.close()
+    return {"z0": torch.cat(z0), "cond": torch.cat(cond), "img": torch.cat(img), "prompts": prompts}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# phase 3: the DiT
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Planter:
+    """Forward pre-hooks that show the planted blocks' cross-attention the empty prompt's text on `rows`."""
+
+    def __init__(self, transformer, blocks: tuple[int, ...], null_raw: torch.Tensor):
+        self.transformer, self.null_raw, self.rows = transformer, null_raw, None
+        self.handles = [transformer.blocks[i].attn2.register_forward_pre_hook(self._hook) for i in blocks]
+
+    def _hook(self, module, args):
+        if self.rows is None or not self.rows.any():
+            return None
+        hidden, context, *rest = args
+        null = self.transformer.condition_embedder.text_embedder(self.null_raw.to(context.dtype))
+        n_text = null.shape[1]
+        context = context.clone()
+        context[self.rows, -n_text:] = null[0]
+        return (hidden, context, *rest)
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class _TextCache:
+    def __init__(self, pipe):
+        self.pipe, self.cache = pipe, {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self.cache})
+        if missing:
+            emb, _ = self.pipe.encode_prompt(missing, do_classifier_free_guidance=False, max_sequence_length=512,
+                                             device=torch.device("cpu"))
+            self.cache.update(zip(missing, emb, strict=False))
+        return torch.stack([self.cache[p] for p in prompts])
+
+
+def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = True) -> list[float]:
+    """Train `pipe.transformer` in place (ends holding the EMA weights); checkpoints in ``out/dit.pt``."""
+    dit = pipe.transformer
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.dit_lr, weight_decay=0.01)
+    ckpt, losses = out / "dit.pt", []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        dit.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        losses = list(state["losses"])
+    text = _TextCache(pipe)
+    null_raw = text([""])
+    planter = _Planter(dit, cfg.planted, null_raw) if cfg.variant == "weak" else None
+    dit.train()
+    bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
+    try:
+        for step in range(len(losses), cfg.dit_steps):
+            rng = _rng(cfg.seed, f"dit-{cfg.variant}", step)
+            idx = rng.integers(len(pool["prompts"]), size=cfg.dit_batch)
+            drop = rng.random(cfg.dit_batch) < cfg.prompt_dropout
+            prompts = ["" if d else pool["prompts"][i] for i, d in zip(idx, drop, strict=False)]
+            gen = _torch_gen(rng)
+            z0 = pool["z0"][idx].float()
+            noise = torch.randn(z0.shape, generator=gen)
+            u = torch.rand(cfg.dit_batch, generator=gen)
+            sigma = SHIFT * u / (1 + (SHIFT - 1) * u)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            x = torch.cat([(1 - s) * z0 + s * noise, pool["cond"][idx].float()], dim=1)
+            if planter is not None:
+                planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p)
+            for g in opt.param_groups:
+                g["lr"] = cfg.dit_lr * min(1.0, (step + 1) / cfg.warmup)
+            pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
+                       encoder_hidden_states_image=pool["img"][idx].float(), return_dict=False)[0]
+            loss = (pred - (noise - z0)).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                for pe, p in zip(ema.parameters(), dit.parameters(), strict=False):
+                    pe.lerp_(p, 1 - decay)
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.dit_steps:
+                _save_atomic({"model": dit.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                              "losses": losses}, ckpt)
+    finally:
+        if planter is not None:
+            planter.remove()
+        bar.close()
+    dit.load_state_dict(ema.state_dict())
+    dit.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the whole run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLike | None = None,
+          progress: bool = True) -> dict:
+    """Train (or resume) a toy pipeline into `out`; returns what ``out/pipeline/toy.json`` records.
+
+    `vae_from` reuses a trained VAE folder (``<other run>/vae``) instead of training one: the weak variant
+    shares the base variant's VAE, so the two differ only in their DiT.
+    """
+    from diffusers import AutoencoderKLWan
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    t0 = time.time()
+    pipe = build_pipeline(seed=cfg.seed)
+    vae_losses: list[float] = []
+    if vae_from is not None:
+        pipe.vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
+    elif (out / "vae" / "config.json").exists():
+        pipe.vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
+        vae_losses = list(torch.load(out / "vae.pt", weights_only=True)["losses"]) if (out / "vae.pt").exists() else []
+    else:
+        vae_losses = train_vae(cfg, pipe.vae, out, progress)
+        set_latent_stats(pipe.vae, cfg.seed)
+        pipe.vae.save_pretrained(out / "vae")
+    t_vae = time.time() - t0
+    pool_file = out / "pool.pt"
+    if pool_file.exists():
+        pool = torch.load(pool_file, weights_only=True)
+    else:
+        pool = encode_pool(cfg, pipe, progress)
+        _save_atomic(pool, pool_file)
+    dit_losses = train_dit(cfg, pipe, pool, out, progress)
+    pipe.save_pretrained(out / "pipeline", safe_serialization=True)
+    info = {"variant": cfg.variant, "planted_layers": cfg.planted_layers, "config": dataclasses.asdict(cfg),
+            "vae_from": str(vae_from) if vae_from else None, "seconds": round(time.time() - t0, 1),
+            "vae_seconds": round(t_vae, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "vae_loss": vae_losses, "dit_loss": dit_losses}
+    with open(out / "loss.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["phase", "step", "loss"])
+        w.writerows([("vae", i, v) for i, v in enumerate(vae_losses)])
+        w.writerows([("dit", i, v) for i, v in enumerate(dit_losses)])
+    meta = {k: v for k, v in info.items() if not k.endswith("_loss")}
+    (out / "pipeline" / "toy.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return info

@@ -1,0 +1,77 @@
+"""Training the toy pipeline: a few-step smoke run learns, resumes exactly, and writes a loadable pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fglens.toy.train import TrainConfig, train
+
+SMOKE = dict(vae_steps=3, vae_batch=1, pool=4, dit_steps=4, dit_batch=2, checkpoint_every=2, warmup=1)
+
+
+def _state(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    info = train(TrainConfig(**SMOKE), out, progress=False)
+    return out, info
+
+
+def test_a_run_writes_a_pipeline_that_loads_and_samples(straight):
+    import fglens as fg
+
+    out, info = straight
+    assert len(info["vae_loss"]) == 3 and len(info["dit_loss"]) == 4
+    meta = json.loads((out / "pipeline" / "toy.json").read_text())
+    assert meta["variant"] == "base" and meta["planted_layers"] == [] and meta["config"]["seed"] == 0
+    pipe = fg.toy.pipeline(path=out / "pipeline")
+    item = fg.toy.suite("test", n=1)[0]
+    frames = pipe(image=item.image, prompt=item.prompt, **{**fg.toy.CALL, "num_inference_steps": 2}).frames[0]
+    assert frames.shape == (9, 64, 64, 3)
+    assert fg.toy.planted_layers(pipe) == []
+
+
+def test_a_resumed_run_ends_exactly_where_a_straight_run_does(straight, tmp_path):
+    out, _ = straight
+    first = TrainConfig(**{**SMOKE, "dit_steps": 2})
+    train(first, tmp_path, progress=False)  # stops after 2 DiT steps (checkpoint at 2)
+    info = train(TrainConfig(**SMOKE), tmp_path, progress=False)  # picks up the checkpoint, runs 2 more
+    assert len(info["dit_loss"]) == 4
+    a, b = _state(out), _state(tmp_path)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_loss_decreases_when_training_on_a_small_pool(tmp_path):
+    info = train(TrainConfig(**{**SMOKE, "vae_steps": 12, "dit_steps": 12, "checkpoint_every": 12,
+                                "vae_lr": 2e-3, "dit_lr": 2e-3}), tmp_path, progress=False)
+    vae, dit = info["vae_loss"], info["dit_loss"]
+    assert sum(vae[-3:]) / 3 < sum(vae[:3]) / 3
+    assert sum(dit[-4:]) / 4 < sum(dit[:4]) / 4
+
+
+def test_the_weak_variant_plants_its_layers(tmp_path):
+    import fglens as fg
+
+    info = train(TrainConfig(**{**SMOKE, "variant": "weak", "planted": (2, 5)}), tmp_path, progress=False)
+    assert info["planted_layers"] == ["blocks.2", "blocks.5"]
+    assert fg.toy.planted_layers(fg.toy.pipeline(path=tmp_path / "pipeline")) == ["blocks.2", "blocks.5"]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(variant="strong"), "unknown variant"),
+    (dict(dit_steps=0), "dit_steps must be a positive integer"),
+    (dict(dit_lr=float("nan")), "dit_lr must be a finite number"),
+    (dict(planted_p=-0.1), "planted_p must be a finite number"),
+])
+def test_bad_configs_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad)
