@@ -37,7 +37,8 @@ class KernelCalls:
         def recording(query, key, value, *args, **kwargs):
             out = self.inner(query, key, value, *args, **kwargs)
             self.calls.append({"q": query.clone(), "k": key.clone(), "v": value.clone(), "out": out.clone(),
-                               "mask": kwargs.get("attn_mask", args[0] if args else None)})
+                               "mask": kwargs.get("attn_mask", args[0] if args else None), "args": args,
+                               "kwargs": kwargs})
             return out
 
         self.module.dispatch_attention_fn = recording
@@ -527,3 +528,125 @@ def test_in_range_scopes_still_edit(wan_i2v, ref_image):
     with fg.trace(wan_i2v, edit=fg.Scale("dog", 3.0, where=fg.Where(steps=[1], frames=[2], heads=[1]))):
         edited = _call(wan_i2v, ref_image)
     assert not np.array_equal(plain, edited)
+
+
+# -- words per CFG branch (issue 12, item 2) -----------------------------------------------------------------------
+def test_an_unscoped_anchor_never_lands_on_the_negative_prompts_pads(wan_i2v, ref_image):
+    """The uncond branch attends to the negative prompt's keys: a word absent from it has no columns there, so an
+    anchor scoped to that branch changes nothing (it raised the attention to whatever token sat at the prompt's
+    position of the word, usually a pad)."""
+    negative = "blurry, static"
+    plain = _call(wan_i2v, ref_image, negative_prompt=negative)
+    uncond_only = fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=4.0, where=fg.Where(branches=("uncond",)))
+    with fg.trace(wan_i2v, edit=uncond_only):
+        assert np.array_equal(plain, _call(wan_i2v, ref_image, negative_prompt=negative))
+    scale = fg.Scale("dog", 5.0, where=fg.Where(branches=("uncond",)))
+    with fg.trace(wan_i2v, edit=scale):
+        assert np.array_equal(plain, _call(wan_i2v, ref_image, negative_prompt=negative))
+
+
+def test_a_word_in_the_negative_prompt_is_anchored_at_its_own_positions_there(wan_i2v, ref_image):
+    """Negative prompt "a red dog sleeps": "dog" is token 2 there (token 1 in the prompt); the uncond call is biased
+    exactly at the negative prompt's column, the cond call at the prompt's."""
+    strength = 3.0
+    anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=strength, where=fg.Where(layers=[1], steps=[0]))
+    with fg.trace(wan_i2v, edit=anchor), KernelCalls() as edited:
+        _call(wan_i2v, ref_image, steps=1, negative_prompt="a red dog sleeps")
+    cond, uncond = _layer_calls(edited.text_calls(), 4)
+    for call, position in ((cond[1], 1), (uncond[1], 2)):
+        column = torch.zeros(512, dtype=torch.float64)
+        column[position] = 1.0
+        bias = strength * torch.ones(math.prod(GRID), dtype=torch.float64)[:, None] * column[None, :]
+        expected = _dense(call["q"], call["k"], call["v"], bias)
+        torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- bit-identical outside the scope (issue 12, item 5) ------------------------------------------------------------
+def _outside(call_forward: int, layer: int, where: fg.Where, n_steps: int, layers: set, shape) -> torch.Tensor:
+    """``[B, N, H]`` True where a Wan text call (sequential CFG: forward 2s is cond, 2s + 1 uncond) is outside
+    `where`."""
+    step, branch = divmod(call_forward, 2)
+    branch = ("cond", "uncond")[branch]
+    b, n, h = shape
+    inside = torch.zeros(b, n, h, dtype=torch.bool)
+    if layer in layers and where.has_step(step, n_steps) and where.has_branch(branch):
+        per_frame = GRID[1] * GRID[2]
+        for f in range(GRID[0]) if where.frames is None else where.frames:
+            for x in range(h) if where.heads is None else where.heads:
+                inside[:, f * per_frame : (f + 1) * per_frame, x] = True
+    return ~inside
+
+
+def _check_outside_untouched(after, where, n_steps):
+    """Each edited text call against the model's own kernel on the same inputs (an edit upstream changes the inputs
+    of every later call, in and out of scope; what must hold is that the call itself leaves them alone)."""
+    layers = set(range(4)) if where.layers is None else {int(x) % 4 for x in where.layers}
+    touched = False
+    for forward, calls in enumerate(after):
+        for layer, e in enumerate(calls):
+            own = tw.dispatch_attention_fn(e["q"], e["k"], e["v"], *e["args"], **e["kwargs"])
+            outside = _outside(forward, layer, where, n_steps, layers, own.shape[:3])
+            assert torch.equal(own[outside], e["out"][outside]), (where, forward, layer)
+            touched |= not torch.equal(own, e["out"])
+    return touched
+
+
+@pytest.mark.parametrize("where", [
+    fg.Where(frames=[1]), fg.Where(heads=[0]), fg.Where(frames=[0, 2], heads=[1], layers=[1, 3]),
+    fg.Where(frames=[2], branches=("cond",), steps=[1]),
+])
+@pytest.mark.parametrize("make", ["anchor", "scale", "cache"])
+def test_rows_outside_a_frame_or_head_scope_are_bit_identical(wan_i2v, ref_image, where, make):
+    """Rows outside a frame / head scope changed by up to 2.9e-6 (the biased kernel ran on every row)."""
+    edit = {"anchor": lambda: fg.AnchorMask.from_mask(torch.rand(3, 5, generator=torch.Generator().manual_seed(1)),
+                                                      "dog", strength=3.0, where=where),
+            "scale": lambda: fg.Scale("dog", 4.0, where=where),
+            "cache": lambda: fg.CacheTransfer(src=[0], dst=[1, 2, 3], alpha=0.7, where=where)}[make]()
+    with fg.trace(wan_i2v, edit=edit), KernelCalls() as edited:
+        _call(wan_i2v, ref_image)
+    if make == "cache":
+        where = where.restrict(layers=[1, 2, 3])  # a cache transfer's layers are its destinations
+    assert _check_outside_untouched(_layer_calls(edited.text_calls(), 4), where, 2)  # and it edited inside
+
+
+@pytest.mark.parametrize("edit", [
+    fg.Scale("dog", 4.0, where=fg.Where(frames=[])), fg.Scale("dog", 4.0, where=fg.Where(heads=[])),
+    fg.Scale("dog", 4.0, where=fg.Where(branches=())), fg.AnchorMask.from_mask(torch.zeros(3, 5), "dog", strength=3.0),
+], ids=["no-frame", "no-head", "no-branch", "all-zero-mask"])
+def test_an_edit_that_selects_nothing_leaves_every_output_bit_identical(wan_i2v, ref_image, edit):
+    """Every row changed when the scope selected nothing or the mask was all zeros: now the kernel is not touched."""
+    plain = _call(wan_i2v, ref_image)
+    with fg.trace(wan_i2v, edit=edit):
+        assert np.array_equal(plain, _call(wan_i2v, ref_image))
+
+
+def test_random_scopes_are_refused_or_leave_every_output_outside_them_bit_identical(wan_i2v, ref_image):
+    """Property: random scopes over layers x steps x branches x frames x heads (empty and out-of-range included)
+    are either refused before sampling, with one sentence, or leave every out-of-scope output bit-identical."""
+    rng = np.random.default_rng(12)
+
+    def pick(universe: list, p_none: float = 0.3):
+        if rng.random() < p_none:
+            return None
+        return [int(x) for x in rng.choice(universe, size=rng.integers(0, 3), replace=False)]
+
+    refused = checked = 0
+    for _ in range(14):
+        try:
+            where = fg.Where(layers=pick([0, 1, 2, 3, 5, -1]), steps=pick([0, 1, 3]),
+                             branches=None if rng.random() < 0.4 else tuple(rng.choice(["cond", "uncond"],
+                                                                                        size=rng.integers(0, 3),
+                                                                                        replace=False)),
+                             frames=pick([0, 1, 2, 4, -1]), heads=pick([0, 1, 2, -3]))
+            edit = (fg.Scale("dog", 3.0, where=where) if rng.random() < 0.5 else
+                    fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=2.0, where=where))
+            with fg.trace(wan_i2v, edit=edit), KernelCalls() as edited:
+                _call(wan_i2v, ref_image)
+        except ValueError as exc:
+            message = str(exc)
+            assert "\n" not in message and ("out of range" in message or "counted from 0" in message), message
+            refused += 1
+            continue
+        _check_outside_untouched(_layer_calls(edited.text_calls(), 4), where, 2)
+        checked += 1
+    assert refused and checked  # both outcomes were exercised

@@ -137,3 +137,31 @@ def test_cache_transfer_on_joint_attention_matches_dense_reference(hunyuan, mode
         np.testing.assert_allclose(got.image_mass.values,
                                    p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
                                    .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_frame_scoped_anchor_on_joint_attention_leaves_every_other_row_bit_identical(hunyuan):
+    """Issue 12, item 5 on joint attention: an anchor on latent frame 1 only. Every other row of the call (the other
+    frames' video rows and the text rows) is the model's own kernel output on the same inputs, bit for bit; the
+    frame-1 rows match the dense biased reference, and the recorder (which needs the row LSE) sees them."""
+    mask = torch.zeros(3, 5)
+    mask[1:, 2:] = 1.0
+    anchor = fg.AnchorMask.from_mask(mask, "dog", strength=2.5, where=fg.Where(layers=["single.0"], frames=[1]))
+    record = fg.Record(words=["dog"], stats=["word_mass", "text_mass"])
+    with fg.trace(hunyuan, edit=anchor, record=record) as run, KernelCalls() as k:
+        _call(hunyuan)
+    call = k.calls[2]
+    own = hv.dispatch_attention_fn(call["q"], call["k"], call["v"], call["mask"])
+    per_frame = GRID[1] * GRID[2]
+    inside = torch.zeros(call["q"].shape[1], dtype=torch.bool)
+    inside[per_frame : 2 * per_frame] = True
+    assert torch.equal(own[:, ~inside], call["out"][:, ~inside])
+    assert not torch.equal(own[:, inside], call["out"][:, inside])
+    s = call["k"].shape[1]
+    bias = torch.zeros(s, s, dtype=torch.float64)
+    dog = N_VIDEO + N_IMAGE + 1
+    bias[per_frame : 2 * per_frame, dog] = 2.5 * mask.double().reshape(-1)
+    expected, p = _dense(call, bias)
+    torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
+    dog_map = p[0, :, :N_VIDEO, dog].mean(0).reshape(GRID[0], -1).mean(-1)
+    got = run.dataset.word_mass.sel(branch="cond", layer="single.0", word="dog").isel(step=0).values
+    np.testing.assert_allclose(got, dog_map.numpy(), rtol=1e-5, atol=1e-6)

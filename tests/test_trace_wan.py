@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -428,3 +429,32 @@ def test_a_word_cut_off_by_the_token_limit_is_named_as_truncated(wan_i2v, ref_im
                     num_inference_steps=1, output_type="latent")
     message = str(info.value)
     assert "'zebra' is not in the prompt" in message and "(60 more)" in message and len(message) < 700
+
+
+def test_a_list_of_different_prompts_is_refused_where_words_are_located(wan_i2v, ref_image, tmp_path):
+    """Issue 12, item 1: pipe(prompt=[dog prompt, cat prompt]) with Record(words=["dog"]) stored mean(prompt 0's
+    dog, prompt 1's cat) as "dog", and only prompt 0 as the run's prompt. Words are located in batch item 0's
+    prompt only, so such a call is refused before sampling (for recording and for edits); one run per prompt is
+    the way. A list repeating one prompt, or statistics without words, still work."""
+    prompts = ["a dog jumps over the red fence", "a cat jumps over the red fence"]
+    kwargs = dict(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+                  output_type="latent")
+    store = tmp_path / "runs.zarr"
+    with pytest.raises(ValueError, match=r"recording words \['dog'\] needs one prompt per pipeline call, and this "
+                                         r"call has 2 different prompts \('a dog jumps"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=store):
+            wan_i2v(prompt=prompts, **kwargs)
+    assert not store.exists() or fg.store.list_runs(store) == []
+    anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "jumps", strength=2.0)
+    with pytest.raises(ValueError, match=r"an edit on the words \['jumps'\] needs one prompt per pipeline call"):
+        with fg.trace(wan_i2v, edit=anchor):
+            wan_i2v(prompt=prompts, **kwargs)
+    with pytest.raises(ValueError, match="2 different negative prompts"):
+        with fg.trace(wan_i2v, record=fg.Record(words=["jumps"])):
+            wan_i2v(prompt=prompts[:1] * 2, negative_prompt=["blurry", "static"], **kwargs)
+    with fg.trace(wan_i2v, record=fg.Record(words=["dog"])) as run:  # one prompt, twice: the words are the same
+        wan_i2v(prompt=prompts[:1] * 2, **kwargs)
+    assert run.dataset.attrs["prompt"] == prompts[0] and np.isfinite(run.dataset.word_mass.values).all()
+    with fg.trace(wan_i2v, record=fg.Record(stats=["entropy", "text_share"])) as run:  # no word: both prompts kept
+        wan_i2v(prompt=prompts, **kwargs)
+    assert json.loads(run.dataset.attrs["prompts"]) == prompts  # nested attributes are JSON text

@@ -73,8 +73,9 @@ class PromptTokens:
                 out[-1] = current = (current[0] + piece.lower(), current[1])
         return out
 
-    def locate(self, words: Sequence[str] | None) -> dict[str, list[int]]:
-        """Token positions of each word (a phrase matches consecutive words); every word when None."""
+    def locate(self, words: Sequence[str] | None, missing_ok: bool = False) -> dict[str, list[int]]:
+        """Token positions of each word (a phrase matches consecutive words); every word when None. A word not
+        among the tokens is an error, or left out with `missing_ok` (a negative prompt need not hold the words)."""
         found = self.words()
         if words is None:
             out: dict[str, list[int]] = {}
@@ -91,6 +92,8 @@ class PromptTokens:
                     for _, pos in found[start : start + len(parts)]:
                         positions.extend(pos)
             if not positions:
+                if missing_ok:
+                    continue
                 raise ValueError(self._missing(query, parts, vocab))
             located[query] = positions
         return located
@@ -125,6 +128,24 @@ class PipelineCall:
     encodings: list[PromptTokens] = field(default_factory=list)
     image: Any = None  # the reference image as a run keeps it: (image_y, image_x, 3) uint8, or None
     image_seen: bool = False  # the call's `image` argument was seen (even if it could not be kept)
+    #: every prompt of a call given a list of prompts (one per batch item), and of the negative prompt
+    prompt_texts: list[str] = field(default_factory=list)
+    negative_texts: list[str] = field(default_factory=list)
+
+    def check_one_prompt(self, why: str) -> None:
+        """Refuse a call whose batch holds different prompts where words are located by position (`why` says which):
+        fglens reads the positions of batch item 0's prompt, and applying them to another prompt's keys would be a
+        silently wrong result."""
+        for texts, name in ((self.prompt_texts, "prompts"), (self.negative_texts, "negative prompts")):
+            distinct = list(dict.fromkeys(texts))
+            if len(distinct) > 1:
+                shown = ", ".join(repr(t if len(t) <= 40 else t[:37] + "...") for t in distinct[:3])
+                raise ValueError(
+                    f"{why} needs one prompt per pipeline call, and this call has {len(distinct)} different {name} "
+                    f"({shown}{', ...' if len(distinct) > 3 else ''}): call the pipeline once per prompt (fglens "
+                    "sweep runs many prompts into one store), or give token positions, Record(words={label: "
+                    "[positions]}), which then hold for every batch item"
+                )
 
     @property
     def prompt(self) -> PromptTokens | None:
@@ -225,10 +246,13 @@ class PromptCapture:
     def _around_check_inputs(self, original, *args, **kwargs):
         bound = _bind(original, args, kwargs)
         first = lambda v: v[0] if isinstance(v, (list, tuple)) and v else v  # noqa: E731
+        every = lambda v: [str(t) for t in v] if isinstance(v, (list, tuple)) else []  # noqa: E731
         self.pending = PipelineCall(
             prompt_text=first(bound.get("prompt")),
             negative_text=first(bound.get("negative_prompt")),
             prompt_embeds_given=bound.get("prompt_embeds") is not None,
+            prompt_texts=every(bound.get("prompt")),
+            negative_texts=every(bound.get("negative_prompt")),
         )
         out = original(*args, **kwargs)  # the pipeline's own checks first: its error, not ours, for a bad call
         self._see_image(bound)

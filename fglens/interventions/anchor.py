@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .base import Bias, EditCall
 from .scope import Where, finite
-from .tools import _Scoped, _where_spec, word_columns
+from .tools import _Scoped, _where_spec, column_sets, word_columns
 
 
 class AnchorMask(_Scoped):
@@ -75,6 +75,7 @@ class AnchorMask(_Scoped):
         self.frames = frames
         self.where = where or Where()
         self.regions = regions  # the CLIP maps behind the masks, for plotting (from_clip)
+        self._blank = not bool(masks.any())  # all-zero masks: no bias, the model's own kernel (read once, here)
         self._tokens: dict[tuple, torch.Tensor] = {}  # token_masks per (grid, device): built once, not per call
 
     @classmethod
@@ -145,7 +146,7 @@ class AnchorMask(_Scoped):
         return (weights[None, :, None, None] * m[:, None]).reshape(len(self.words), -1)
 
     def biases(self, call: EditCall) -> list[Bias]:
-        if self.strength == 0.0:
+        if self.strength == 0.0 or self._blank or not any(column_sets(call, self.words)):
             return []
         b, nq, h, _ = call.query.shape
         r0, r1 = call.video_rows
@@ -153,5 +154,5 @@ class AnchorMask(_Scoped):
         q = call.query.new_zeros((b, nq, h, len(self.words)), dtype=torch.float32)
         q[:, r0:r1] = self.strength * tokens.T[None, :, None, :]
         q = q * call.rows_mask(self.where)[..., None]
-        k = torch.stack([word_columns(call, [w], call.key.shape[1]) for w in self.words], -1)  # [S, W]
-        return [Bias(q, k[None, :, None, :].expand(b, -1, h, -1))]
+        k = torch.stack([word_columns(call, [w], call.key.shape[1]) for w in self.words], -1)  # [B, S, W]
+        return [Bias(q, k[:, :, None, :].expand(-1, -1, h, -1))]

@@ -35,20 +35,32 @@ class _Scoped(Intervention):
 
 
 def word_columns(call: EditCall, words: Sequence[str], n_keys: int) -> torch.Tensor:
-    """``[n_keys]`` indicator of the key columns of `words` in this call's text keys (do not modify it).
+    """``[B, n_keys]`` indicator of the key columns of `words` in each batch item's text keys (do not modify it):
+    the prompt's positions for a ``cond`` item, the negative prompt's for an ``uncond`` one (`EditCall.branch_words`;
+    a word absent from the negative prompt has no column there).
 
     Built once per layout and device and then reused: building it on the host in every edited call would be a
     host -> device copy (a stream synchronisation on CUDA) per edited layer and step.
     """
+    return _columns(n_keys, column_sets(call, words), call.key.device)
+
+
+def column_sets(call: EditCall, words: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Per batch item, the key columns of `words` (host values: an edit whose words have no column anywhere in the
+    call adds no bias, so the call keeps the model's own kernel, bit for bit)."""
     t0, t1 = call.text_keys
-    columns = tuple(sorted({t0 + p for w in words for p in call.words.get(w, []) if t0 + p < t1}))
-    return _columns(n_keys, columns, call.key.device)
+    per_branch = call.branch_words or {}
+    return tuple(
+        tuple(sorted({t0 + p for w in words for p in per_branch.get(b, call.words).get(w, []) if t0 + p < t1}))
+        for b in call.forward.branches
+    )
 
 
 @functools.lru_cache(maxsize=256)
-def _columns(n_keys: int, columns: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    col = torch.zeros(n_keys)
-    col[list(columns)] = 1.0
+def _columns(n_keys: int, columns: tuple[tuple[int, ...], ...], device: torch.device) -> torch.Tensor:
+    col = torch.zeros(len(columns), n_keys)
+    for i, item in enumerate(columns):
+        col[i, list(item)] = 1.0
     return col.to(device)
 
 
@@ -78,12 +90,12 @@ class Scale(_Scoped):
         return {"type": "Scale", "words": self.words, "factor": self.factor, "where": _where_spec(self.where)}
 
     def biases(self, call: EditCall) -> list[Bias]:
-        if self.factor == 1.0:
+        if self.factor == 1.0 or not any(column_sets(call, self.words)):
             return []
         offset = math.log(self.factor) if self.factor > 0 else NEG
         rows = call.rows_mask(self.where)[..., None] * offset  # [B, Nq, H, 1]
-        cols = word_columns(call, self.words, call.key.shape[1])
-        k = cols[None, :, None, None].expand(call.key.shape[0], -1, call.key.shape[2], 1)
+        cols = word_columns(call, self.words, call.key.shape[1])  # [B, S]
+        k = cols[:, :, None, None].expand(-1, -1, call.key.shape[2], 1)
         return [Bias(rows, k)]
 
 

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..adapters.base import Segments, Site
@@ -36,6 +37,7 @@ class Editor:
             part.bind(layers, per_model, site_kinds)  # unknown layers, impossible pairings: errors here
             self._check_scope(part, heads=heads)  # heads the model does not have: an error here too
         self.words: dict[str, list[int]] = {}
+        self.branch_words: dict[str, dict[str, list[int]]] | None = None
         self.prompt_real: dict[str, int | None] = {}
 
     @staticmethod
@@ -59,10 +61,19 @@ class Editor:
         needed = self.edit.requires().get("words", [])
         known = dict(known or {})
         missing = [w for w in needed if w not in known]
+        if missing and call is not None:
+            call.check_one_prompt(f"an edit on the words {missing}")
         self.words = {w: list(known[w]) for w in needed if w in known}
         self.prompt_real = call.n_real() if call is not None else {}
         if missing:
             self.words.update(words_for(call, missing))
+        # the uncond branch attends to the negative prompt's keys: each word at its own positions there, none where
+        # the negative prompt lacks it (given positions, for a bare transformer, hold for both branches)
+        uncond = {w: list(known[w]) for w in needed if w in known}
+        negative = call.negative if call is not None else None
+        if missing and negative is not None:
+            uncond.update(negative.locate(missing, missing_ok=True))
+        self.branch_words = {"cond": self.words, "uncond": uncond}
         for part in self.parts:
             part.start_run(self.words)
 
@@ -115,26 +126,90 @@ class Editor:
             text_keys=segments.text if segments else ((0, key.shape[1]) if site.kind == "text" else (0, 0)),
             image_keys=segments.image if segments else ((0, key.shape[1]) if site.kind == "image" else None),
             kernel=lambda q, k, v, **overrides: run(q, k, v, **overrides), words=self.words,
+            branch_words=self.branch_words,
             key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
             text_real=self.text_real(site, forward, key.shape[1]),
         )
         for part in parts:
             part.observe(call)
-        biases = [b for part in parts for b in part.biases(call)]
+        biased = [(part, part.biases(call)) for part in parts]
+        biases = [b for _, bs in biased for b in bs]
+        cells = _cells(call, [part for part, bs in biased if bs]) if biases else None
+        if cells is not None and not cells.any():
+            biases = []  # the scope selects no row, head or item of this call: the model's own kernel, untouched
         need_lse = need_lse or any(getattr(part, "needs_lse", lambda c: False)(call) for part in parts)
         q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
         overrides = {"scale": scale} if biases else {}
-        fast = run_with_lse(q2, k2, v2, **overrides) if need_lse else None
-        if fast is not None:
-            out, lse = fast
+        if biases and cells is not None:  # a frame / head / branch scope: rows outside it stay the model's own
+            out, lse = _scoped_call(call, [part for part, bs in biased if bs], cells, (q2, k2, v2), run,
+                                    run_with_lse, need_lse, attn_mask)
         else:
-            out = run(q2, k2, v2, **overrides)
-            lse = row_logsumexp(q2, k2, 4096, scale, call.key_bias) if need_lse else None
+            fast = run_with_lse(q2, k2, v2, **overrides) if need_lse else None
+            if fast is not None:
+                out, lse = fast
+            else:
+                out = run(q2, k2, v2, **overrides)
+                lse = row_logsumexp(q2, k2, 4096, scale, call.key_bias) if need_lse else None
         out = out[..., : value.shape[-1]] if biases else out
         call.lse, call.biases = lse, biases
         for part in parts:
             out = part.edit_output(call, out)
         return out, lse, {"biases": biases, "mixes": call.mixes, "joint_mixes": call.joint_mixes}
+
+
+def _cells(call: EditCall, parts: Sequence[Any]) -> np.ndarray | None:
+    """Host-side cover of the biased parts' scopes over (batch item, latent frame, head): ``[B, F, H]`` bool, or None
+    when it is the whole call. Host values only (the scopes' lists and the call's shapes)."""
+    from ..interventions.scope import Where
+
+    b, _, h, _ = call.query.shape
+    frames = call.forward.grid[0]
+    cover = np.zeros((b, frames, h), dtype=bool)
+    for part in parts:
+        where = getattr(part, "where", None)
+        if not isinstance(where, Where):
+            return None
+        items = [i for i, br in enumerate(call.forward.branches) if where.has_branch(br)]
+        chosen = range(frames) if where.frames is None else [f for f in where.frames if f < frames]
+        heads = range(h) if where.heads is None else [x for x in where.heads if x < h]
+        cover[np.ix_(items, list(chosen), list(heads))] = True
+    return None if cover.all() else cover
+
+
+def _scoped_call(call: EditCall, parts: Sequence[Any], cells: np.ndarray, qkv2, run, run_with_lse, need_lse: bool,
+                 attn_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The biased call where the scope covers only some frames, heads or batch items: the model's own call for every
+    row, the biased one over the span of rows of the covered frames, and the biased values kept only in the covered
+    (item, row, head) cells, so every other output (and row LSE) is the model's own, bit for bit."""
+    query, key, value = call.query, call.key, call.value
+    q2, k2, v2 = qkv2  # with the biases as extra head dimensions (`augment`)
+    nq = query.shape[1]
+    frames = np.flatnonzero(cells.any(axis=(0, 2)))
+    per_frame = call.forward.grid[1] * call.forward.grid[2]
+    r0 = call.video_rows[0]
+    a, b = r0 + int(frames[0]) * per_frame, r0 + (int(frames[-1]) + 1) * per_frame
+    span = {"scale": call.scale}
+    if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.shape[-2] == nq and nq > 1:
+        span["attn_mask"] = attn_mask[..., a:b, :]  # a mask with a query dim follows the rows
+    plain = run_with_lse(query, key, value) if need_lse else None
+    if plain is not None:
+        out, lse = plain
+    else:
+        out = run(query, key, value)
+        lse = row_logsumexp(query, key, 4096, call.scale, call.key_bias) if need_lse else None
+    fast = run_with_lse(q2[:, a:b], k2, v2, **span) if need_lse else None
+    if fast is not None:
+        sub, sub_lse = fast
+    else:
+        sub = run(q2[:, a:b], k2, v2, **span)
+        sub_lse = row_logsumexp(q2[:, a:b], k2, 4096, call.scale, call.key_bias) if need_lse else None
+    inside = sum(call.rows_mask(part.where) for part in parts)[:, a:b] > 0  # [B, b - a, H], on the device
+    edited = out.clone()
+    edited[:, a:b] = torch.where(inside[..., None], sub[..., : value.shape[-1]], out[:, a:b])
+    if lse is not None and sub_lse is not None:
+        lse = lse.clone()
+        lse[..., a:b] = torch.where(inside.transpose(1, 2), sub_lse, lse[..., a:b])
+    return edited, lse
 
 
 def augment(

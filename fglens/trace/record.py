@@ -51,7 +51,9 @@ class Record:
 
     Args:
         words: words of the prompt to follow (located through the pipeline's own tokenizer), a mapping
-            ``{label: [token positions]}`` for a bare transformer, or None for every word of the prompt.
+            ``{label: [token positions]}`` for a bare transformer, or None for every word of the prompt. Words
+            are located in one prompt per pipeline call: a call given a list of different prompts (or negative
+            prompts) is refused before sampling; call the pipeline once per prompt, one run each.
         stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in. Statistics that
             an architecture has no site for are left out of its runs (`text_share` needs Wan's separate image
             attention, `text_mass` / `image_mass` a joint softmax).

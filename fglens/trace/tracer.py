@@ -253,6 +253,9 @@ class Trace:
             self.editor.start_run(call, known, ctx)
         if self.recorder is None:
             return
+        word_based = any(v in (*WORD_STATS, "word_map") for v in self.variables)
+        if call is not None and word_based and not isinstance(self.record.words, Mapping):
+            call.check_one_prompt("recording words" + (f" {list(self.record.words)}" if self.record.words else ""))
         words = words_for(call, self.record.words)
         self.recorder.begin_run(words, call.n_real() if call is not None else {})
         variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
@@ -316,6 +319,8 @@ class Trace:
             "record": self.record.spec(),
             "intervention": self.editor.edit.spec() if self.editor is not None else None,
             "definitions": DEFINITIONS,
+            # a call given a list of prompts: all of them, one per batch item (`prompt` is the first)
+            **({"prompts": call.prompt_texts} if call is not None and len(call.prompt_texts) > 1 else {}),
         }
 
 
