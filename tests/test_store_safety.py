@@ -368,3 +368,52 @@ def test_a_foreign_directory_as_a_store_leaks_no_directory_handle(tmp_path):
             fg.store.store_path(foreign)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+# -- issue 12, item 10: unwritable stores are refused before sampling; a full disk at creation names the store -----
+def test_an_unwritable_store_is_refused_before_sampling(wan_i2v, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    below_a_file = tmp_path / "a-file" / "runs.zarr"
+    with pytest.raises(NotADirectoryError, match=r"cannot write the store .*runs\.zarr: .*a-file is a file, not a "
+                                                 r"folder"):
+        fg.store.store_path(below_a_file)
+    with pytest.raises(NotADirectoryError):
+        fg.trace(wan_i2v, store=below_a_file)  # at construction, before any pipeline call
+    read_only = tmp_path / "mounted-ro"
+    read_only.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == read_only else real_access(p, mode))
+    with pytest.raises(PermissionError, match=r"cannot write the store .*mounted-ro/runs\.zarr: .*mounted-ro is not "
+                                              r"writable \(no permission, or a read-only file system\)"):
+        fg.trace(wan_i2v, store=read_only / "runs.zarr")
+    assert list(read_only.iterdir()) == []
+
+
+@pytest.mark.parametrize("store", ["a-file/runs.zarr", "a-file/deeper/runs.zarr"])
+def test_the_cli_refuses_an_unwritable_store_with_one_line_and_exit_2(tmp_path, capsys, store):
+    from fglens import cli
+
+    (tmp_path / "a-file").write_text("not a folder")
+    code = cli.main(["diagnose", "--pipeline", "tiny-wan", "--prompt", PROMPT, "--words", "dog",
+                     "--store", str(tmp_path / store), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("fglens diagnose: cannot write the store") and "is a file, not a folder" in err
+
+
+def test_a_full_disk_when_a_run_is_created_is_a_runtime_error_naming_the_store(wan_i2v, ref_image, tmp_path,
+                                                                              monkeypatch):
+    from zarr.storage import LocalStore
+
+    async def no_space(self, key, value, *args, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), key)
+
+    monkeypatch.setattr(LocalStore, "set", no_space)
+    store = tmp_path / "runs.zarr"
+    with pytest.raises(RuntimeError, match=r"fglens could not create run 'full' of .*runs\.zarr: .*No space left") \
+            as info:
+        with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=fg.store.store_path(store, run_id="full")):
+            wan_i2v(image=ref_image, prompt=PROMPT, height=32, width=48, num_frames=5, num_inference_steps=1,
+                    output_type="latent")
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
+    assert not store.exists() or fg.store.list_runs(store) == []

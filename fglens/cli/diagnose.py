@@ -189,7 +189,8 @@ def prepare(args: argparse.Namespace) -> Item:
         kwargs = item.call_kwargs()  # checks the image, the size and the prompt
         item.size = (kwargs.get("height"), kwargs.get("width"))
         return item
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError) as exc:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError, KeyError,
+            TypeError) as exc:
         raise UsageError(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)) from exc
 
 

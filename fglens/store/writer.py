@@ -158,7 +158,6 @@ class ZarrSink:
         self.steps_written = 0
 
     def create(self, template: xr.Dataset) -> None:
-        ensure_root(self.path)
         self.attrs = {**template.attrs, "run": self.run_id, "fglens_schema": SCHEMA_VERSION, "complete": False,
                       "steps_written": 0}
         self.template = template.assign_attrs(self.attrs)
@@ -166,12 +165,18 @@ class ZarrSink:
             name: {"chunks": tuple(1 if d == "step" else max(n, 1) for d, n in zip(v.dims, v.shape, strict=True))}
             for name, v in self.template.variables.items() if "step" in v.dims or name == REFERENCE_IMAGE
         }
-        claim_run(
-            self.path, self.run_id,
-            lambda staging: self.template.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False,
-                                                  encoding=encoding),
-            overwrite_incomplete=self.overwrite_incomplete,
-        )
+        try:
+            ensure_root(self.path)
+            claim_run(
+                self.path, self.run_id,
+                lambda staging: self.template.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False,
+                                                      encoding=encoding),
+                overwrite_incomplete=self.overwrite_incomplete,
+            )
+        except FileExistsError:
+            raise  # the run id is taken, or the path is not an fglens store: said as such
+        except OSError as exc:  # a full disk, a lost mount: the documented RuntimeError, naming the store
+            raise RuntimeError(f"fglens could not create {self}: {exc}") from exc
 
     def _check_folder(self) -> None:
         if not os.path.isdir(self.run_dir):  # else zarr reports it as a missing key, e.g. "'word'"
@@ -373,6 +378,21 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return arr
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before anything is sampled, a store path that cannot be written: `NotADirectoryError` when the nearest
+    existing folder on the way is a file, `PermissionError` when it is not writable (no permission, or a read-only
+    file system)."""
+    p = Path(path)
+    existing = p
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot write the store {p}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write the store {p}: {existing} is not writable (no permission, or a "
+                              "read-only file system)")
+
+
 def store_path(
     path: str | os.PathLike, *, run_id: str | None = None, overwrite_incomplete: bool = False
 ) -> Path | StoreTarget:
@@ -393,6 +413,7 @@ def store_path(
         path = path.path
     p = Path(path)
     root_attrs(p, missing_ok=True)  # raises for a path that is not an fglens store or is too new
+    check_writable(p)
     if run_id is not None:
         return StoreTarget(p, run_id, overwrite_incomplete)
     if overwrite_incomplete:
