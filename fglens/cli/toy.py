@@ -13,7 +13,8 @@ from pathlib import Path
 EPILOG = """\
 examples:
   fglens toy train --variant base --out toyrun/base              # about 30-60 min on 2 CPU cores; resumable
-  fglens toy train --variant weak --out toyrun/weak --vae-from toyrun/base/vae
+  fglens toy train --variant weak --out toyrun/weak --vae-from toyrun/base/vae \\
+      --dit-from toyrun/base/pipeline --dit-steps 800
   fglens toy ship --base toyrun/base --weak toyrun/weak          # copy into the package, write checksums
   fglens toy report --out toy/ --n 40                            # every number and figure of docs/toy-world.md
 
@@ -32,6 +33,7 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, help="run folder: checkpoints, vae/, pool.pt, pipeline/, loss.csv")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--vae-from", help="reuse a trained VAE folder (<base run>/vae) instead of training one")
+    t.add_argument("--dit-from", help="start the DiT from a trained pipeline folder (<base run>/pipeline)")
     for name, kind in (("vae-steps", int), ("vae-batch", int), ("pool", int), ("dit-steps", int),
                        ("dit-batch", int), ("dit-lr", float), ("planted-p", float)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
@@ -78,7 +80,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))
     cfg = TrainConfig(variant=args.variant, seed=args.seed, **fields)
-    info = train(cfg, args.out, vae_from=args.vae_from, progress=not args.quiet)
+    info = train(cfg, args.out, vae_from=args.vae_from, dit_from=args.dit_from, progress=not args.quiet)
     summary = {k: info[k] for k in ("variant", "planted_layers", "seconds")}
     summary["final_dit_loss"] = sum(info["dit_loss"][-50:]) / max(1, len(info["dit_loss"][-50:]))
     json.dump(summary, sys.stdout)

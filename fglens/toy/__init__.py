@@ -9,15 +9,16 @@ Example:
     >>> import fglens as fg
     >>> item = fg.toy.suite(split="test", n=5, seed=0)[0]
     >>> item.prompt, item.words
-    ('the white triangle moves right', ['white triangle'])
+    ('the blue square moves down', ['blue square'])
     >>> fg.toy.score(item.video(), item)["follows"]   # the ground truth follows its own instruction
     1.0
 """
 
+from .evalsuite import ToyScorer, load_eval_suite, write_eval_suite
 from .load import CALL, VARIANTS, info, pipeline, planted_layers, verify
 from .score import score
 from .suite import Item, load_items, save_items, suite
 from .world import CATEGORIES, FRAMES, SIZE
 
-__all__ = ["CALL", "CATEGORIES", "FRAMES", "SIZE", "VARIANTS", "Item", "info", "load_items", "pipeline",
-           "planted_layers", "save_items", "score", "suite", "verify"]
+__all__ = ["CALL", "CATEGORIES", "FRAMES", "SIZE", "VARIANTS", "Item", "ToyScorer", "info", "load_eval_suite",
+           "load_items", "pipeline", "planted_layers", "save_items", "score", "suite", "verify", "write_eval_suite"]

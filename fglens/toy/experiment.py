@@ -160,7 +160,8 @@ def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anc
                    strength: float = 2.0, cache: bool = True, alpha: float = 0.5,
                    steps=(0.0, 0.5)) -> Callable[[Item], Any]:
     """Item -> `fg.FocalGuidance` on `weak_layers`: ground-truth anchors (``anchor="truth"``) and/or the
-    cache transfer from `responsive` layers; `anchor=None` or `cache=False` give the ablations."""
+    cache transfer from `responsive` layers; `anchor=None` or `cache=False` give the ablations. Items that
+    name no object (camera motion) get no anchor; with `cache=False` they are sampled unedited."""
     import fglens as fg
 
     if anchor not in (None, "truth"):
@@ -169,8 +170,12 @@ def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anc
         raise ValueError("Focal Guidance needs an anchor, a cache, or both")
 
     def build(item: Item):
+        # camera instructions name no object: they get no anchor (and no edit at all without the cache)
+        use_anchor = anchor is not None and bool(item.masks())
+        if not use_anchor and not cache:
+            return None
         return fg.FocalGuidance(
-            anchor=truth_anchor(item, strength) if anchor else None,
+            anchor=truth_anchor(item, strength) if use_anchor else None,
             cache=fg.CacheTransfer(src=list(responsive), dst=list(weak_layers), alpha=alpha) if cache else None,
             layers=list(weak_layers), steps=steps)
 

@@ -320,11 +320,13 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLike | None = None,
-          progress: bool = True) -> dict:
+          dit_from: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train (or resume) a toy pipeline into `out`; returns what ``out/pipeline/toy.json`` records.
 
     `vae_from` reuses a trained VAE folder (``<other run>/vae``) instead of training one: the weak variant
-    shares the base variant's VAE, so the two differ only in their DiT.
+    shares the base variant's VAE, so the two differ only in their DiT. `dit_from` starts the DiT from a trained
+    pipeline folder's transformer (``<base run>/pipeline``) instead of its initial weights: the weak variant is
+    the base model trained on with the planting, so what differs is what the planting did.
     """
     from diffusers import AutoencoderKLWan
 
@@ -350,10 +352,16 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
     else:
         pool = encode_pool(cfg, pipe, progress)
         _save_atomic(pool, pool_file)
+    if dit_from is not None and not (out / "dit.pt").exists():
+        from diffusers import WanTransformer3DModel
+
+        start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
+        pipe.transformer.load_state_dict(start.state_dict())
     dit_losses = train_dit(cfg, pipe, pool, out, progress)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
     info = {"variant": cfg.variant, "planted_layers": cfg.planted_layers, "config": dataclasses.asdict(cfg),
-            "vae_from": str(vae_from) if vae_from else None, "seconds": round(time.time() - t0, 1),
+            "vae_from": str(vae_from) if vae_from else None, "dit_from": str(dit_from) if dit_from else None,
+            "seconds": round(time.time() - t0, 1),
             "vae_seconds": round(t_vae, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "vae_loss": vae_losses, "dit_loss": dit_losses}
     with open(out / "loss.csv", "w", newline="") as f:
