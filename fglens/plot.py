@@ -72,6 +72,16 @@ SHORT: dict[str, str] = {
     "entropy": "entropy",
     "ref_mass": "reference-frame mass",
 }
+#: statistics whose sign means something (cosine similarity, spatial autocorrelation): coloured with a diverging
+#: map centred on zero
+SIGNED = frozenset({"similarity", "morans_i"})
+
+
+def _upper_first(text: str) -> str:
+    """``"Moran's I"`` stays ``"Moran's I"`` (``str.capitalize`` would write ``"Moran's i"``)."""
+    return text[:1].upper() + text[1:]
+
+
 #: per-layer statistics (``branch, step, layer, ...``) the profile figures accept
 PROFILE_VARS = tuple(LABELS)
 DPI = 200
@@ -402,14 +412,17 @@ def layer_step_heatmap(
     path: str | os.PathLike | None = None,
     *,
     steps: Any = None,
-    cmap: str = "viridis",
+    cmap: str | None = None,
     dpi: float = DPI,
     title: str | None = None,
 ) -> Figure:
     """A statistic over layers (rows, depth order) x denoising steps (columns), averaged over everything else.
 
-    Each cell is the mean over words and frames within each run (NaN skipped), then over runs (each run
-    weighs the same). Columns are labelled with the step index and its timestep.
+    Each cell is the mean over words (for per-word statistics) and frames within each run (NaN skipped), then
+    over runs (each run weighs the same). Columns are labelled with the step index and its timestep. Signed
+    statistics (`SIGNED`: similarity, Moran's I) get a diverging map centred on zero (``vlag``), the others
+    ``viridis``; `cmap` overrides. The subtitle gives the range of the cells, so that a narrow range does not
+    read as a strong effect; cells without a value (NaN) are hatched grey and the subtitle says so.
 
     Example:
         >>> import fglens as fg
@@ -438,17 +451,30 @@ def layer_step_heatmap(
     width = min(PAGE_WIDTH, 2.4 + 0.35 * len(columns))
     width = max(width, COLUMN_WIDTH)
     every = max(1, math.ceil(len(columns) / max(4, int(2.2 * (width - 1.6)))))  # step labels that fit
+    signed = var in SIGNED
+    values = grid.values[np.isfinite(grid.values)]
+    low, high = float(values.min()), float(values.max())
     with _style("white") as sns:
         fig = _figure(width, max(height, 2.4))
         ax = fig.subplots()
-        sns.heatmap(table, ax=ax, cmap=cmap, xticklabels=every, yticklabels="auto", linewidths=0,
+        ax.set_facecolor("0.85")  # NaN cells: seaborn leaves them blank; grey with hatching says "no value"
+        ax.patch.set_hatch("//")
+        ax.patch.set_edgecolor("0.6")
+        reach = max(abs(low), abs(high)) or 1.0  # signed: a symmetric scale, so 0 is the map's middle colour
+        sns.heatmap(table, ax=ax, cmap=cmap or ("vlag" if signed else "viridis"),
+                    **({"vmin": -reach, "vmax": reach, "center": 0.0} if signed else {}), xticklabels=every,
+                    yticklabels="auto", linewidths=0,
                     cbar_kws={"label": _label(LABELS.get(var, var))})
         ax.set_xlabel("denoising step (timestep)")
         ax.set_ylabel("layer (depth order)")
         ax.tick_params(axis="x", labelrotation=0)
-        over = f"words, frames and {len(runs)} runs" if len(runs) > 1 else "words and frames"
-        _title(fig, title, f"{SHORT.get(var, var).capitalize()} per layer and step",
-               f"{branch} branch, mean over {over}")
+        parts = (["words"] if "word" in runs[0][var].dims else []) + ["frames"]
+        parts += [f"{len(runs)} runs"] if len(runs) > 1 else []
+        over = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        details = [f"{branch} branch, mean over {over}",
+                   f"cells range {low:.4g} to {high:.4g}" + (", colours centred on 0" if signed else "")
+                   + ("; hatched grey: no value (NaN)" if values.size < grid.size else "")]
+        _title(fig, title, f"{_upper_first(SHORT.get(var, var))} per layer and step", *details)
         return _finish(fig, path, dpi)
 
 
@@ -800,7 +826,7 @@ def compare(
             ax.set_xlabel("layer (depth order)" if ax is bottom else "")
             _layer_axis(ax, layers)
         over = unit_a if unit_a == unit_b else f"{unit_a} ({labels[0]}), {unit_b} ({labels[1]})"
-        _title(fig, title, f"{SHORT.get(var, var).capitalize()}: {labels[0]} vs {labels[1]}",
+        _title(fig, title, f"{_upper_first(SHORT.get(var, var))}: {labels[0]} vs {labels[1]}",
                f"{branch} branch, {_steps_text(runs_a[0], steps)}", f"mean, 95 % CI over {over}", f"Δ: {how}",
                *_weak_note(weak, runs_a[0], steps))
         return _finish(fig, path, dpi)

@@ -228,6 +228,27 @@ def test_layer_step_heatmap_cells_are_the_means_over_words_and_frames(run, var, 
     assert [t.get_text() for t in ax.get_yticklabels()] == [str(v) for v in run.layer.values]
 
 
+def test_layer_step_heatmap_says_what_it_averages_its_range_and_centres_signed_statistics(wan):
+    """Honest labels and colours (issue 13): no "words" for a variable without words, "Moran's I" spelled so,
+    the cells' range in the subtitle, a diverging map centred on 0 for signed statistics, NaN cells keyed."""
+    entropy = " ".join(_title(plot.layer_step_heatmap(wan, var="entropy")).split())
+    assert "mean over frames" in entropy and "words" not in entropy
+    grid = wan.entropy.sel(branch="cond").mean("frame")
+    assert f"cells range {float(grid.min()):.4g} to {float(grid.max()):.4g}" in entropy
+    fig = plot.layer_step_heatmap(wan, var="morans_i")
+    text = " ".join(_title(fig).split())  # titles wrap to the figure's width
+    assert text.startswith("Moran's I per layer") and "mean over words and frames" in text
+    assert "centred on 0" in text
+    mesh = next(c for c in fig.axes[0].collections if isinstance(c, QuadMesh))
+    assert np.isclose(-mesh.norm.vmin, mesh.norm.vmax) and mesh.norm.vmax > 0        # symmetric about 0
+    mesh_viridis = next(c for c in plot.layer_step_heatmap(wan, var="entropy").axes[0].collections
+                        if isinstance(c, QuadMesh))
+    assert mesh_viridis.cmap.name == "viridis"
+    holes = wan.copy(deep=True)
+    holes["similarity"].loc[{"layer": "blocks.0"}] = np.nan
+    assert "hatched grey: no value (NaN)" in " ".join(_title(plot.layer_step_heatmap(holes, var="similarity")).split())
+
+
 def test_layer_step_heatmap_of_several_runs_is_the_mean_of_the_runs(wan, wan_seed1):
     fig = plot.layer_step_heatmap([wan, wan_seed1], var="word_mass")
     mesh = next(c for c in fig.axes[0].collections if isinstance(c, QuadMesh))
