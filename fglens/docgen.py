@@ -83,6 +83,9 @@ API: dict[str, list[str]] = {
     "Pipelines": ["fglens.pipelines.load_pipeline", "fglens.pipelines.call_kwargs", "fglens.pipelines.save_video"],
     "Sweeps and evaluation": ["fglens.sweep.run_sweep", "fglens.eval"],
     "nnsight": ["fglens.nnsight.probes"],
+    "toy world": ["fglens.toy.pipeline", "fglens.toy.planted_layers", "fglens.toy.suite", "fglens.toy.Item",
+                  "fglens.toy.score", "fglens.toy.ToyScorer", "fglens.toy.write_eval_suite",
+                  "fglens.toy.train.TrainConfig", "fglens.toy.train.train"],
 }
 
 

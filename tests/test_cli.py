@@ -260,7 +260,7 @@ def test_inspect_lists_runs_and_marks_an_incomplete_one(wan_diagnosed, tmp_path,
 # -- demo -------------------------------------------------------------------------------------------------------
 
 def test_demo_writes_a_run_a_table_and_figures(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path), "--steps", "2", "--layers", "3"]) == 0
+    assert cli.main(["demo", "--out", str(tmp_path), "--steps", "2", "--layers", "3", "--toy-items", "0"]) == 0
     out = capsys.readouterr().out
     assert "blocks.2" in out and "word_mass" in out and str(tmp_path / "demo.zarr") in out
     ds = fg.open_run(tmp_path / "demo.zarr")
@@ -277,7 +277,7 @@ def test_demo_twice_then_its_printed_plot_hint_works(tmp_path, capsys):
     import re
     import shlex
 
-    argv = ["demo", "--out", str(tmp_path), "--steps", "1", "--layers", "2", "--no-figures"]
+    argv = ["demo", "--out", str(tmp_path), "--steps", "1", "--layers", "2", "--toy-items", "0", "--no-figures"]
     assert cli.main(argv) == 0
     assert cli.main([*argv[:-1]]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""``fglens demo``: record a run on the built-in tiny Wan I2V pipeline, print a per-layer table, write its figures."""
+"""``fglens demo``: record a run on the built-in tiny Wan I2V pipeline, print a per-layer table, write its figures;
+then the trained toy world: word maps of a model that follows text, the weak model's diagnosis against its planted
+layers, and its instruction following with and without Focal Guidance."""
 
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ def register(sub) -> None:
     parser.add_argument("--frames", "--num-frames", dest="frames", type=int, default=9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-figures", action="store_true", help="skip the figures (demo/figures/)")
+    parser.add_argument("--toy-items", type=int, default=10,
+                        help="held-out toy-world items for the Focal Guidance comparison (default 10; 0 skips the "
+                             "toy world)")
     parser.set_defaults(func=run)
 
 
@@ -63,4 +68,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nwrote {len(written)} figures to {figures}/ (as `{again}`):")
         for path in written:
             print(f"  {path}")
+    if args.toy_items > 0:
+        from ..toy.demo import demo as toy_demo
+
+        print("\n-- the trained toy world (fg.toy): a model that follows text, with ground truth --")
+        toy_demo(os.path.join(out, "toy"), n=args.toy_items)
     return 0

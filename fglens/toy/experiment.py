@@ -9,7 +9,7 @@ Example:
     >>> items = fg.toy.suite("test", n=10, seed=0)
     >>> levels = chance_levels(items)       # a random other instruction of the same category, from the truth
     >>> sorted(levels)[:2], 0.0 <= levels["object_motion"] <= 1.0
-    (['camera_motion', 'dynamic_attribute'], True)
+    (['all', 'camera_motion'], True)
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def chance_levels(items: Sequence[Item], *, seed: int = 0, tries: int = 200) -> 
             video = render(item.scene, other)
             hits[item.category].append(score(video, item)["follows"])
             break
-    return {c: float(np.mean(v)) for c, v in hits.items() if v}
+    out = {c: float(np.mean(v)) for c, v in hits.items() if v}
+    out["all"] = float(np.mean([x for v in hits.values() for x in v]))
+    return out
 
 
 def frozen_levels(items: Sequence[Item]) -> dict[str, float]:
@@ -86,7 +88,9 @@ def frozen_levels(items: Sequence[Item]) -> dict[str, float]:
     for item in items:
         video = np.repeat(item.video()[:1], len(item.video()), axis=0)
         out.setdefault(item.category, []).append(score(video, item)["follows"])
-    return {c: float(np.mean(v)) for c, v in out.items()}
+    levels = {c: float(np.mean(v)) for c, v in out.items()}
+    levels["all"] = float(np.mean([x for v in out.values() for x in v]))
+    return levels
 
 
 def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: float = 0.95) -> dict[str, tuple]:

@@ -80,7 +80,7 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
 
 
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
-           sweep: bool = True, n_diag: int = 10, progress: bool = True) -> dict:
+           sweep: bool = True, n_diag: int = 10, ablations_on_base: bool = False, progress: bool = True) -> dict:
     """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures."""
     import fglens as fg
 
@@ -117,8 +117,9 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         if not layers:
             continue
         src = [x for x in diag[name]["responsive"] if x not in layers]
-        conds = {"both": dict(anchor="truth", cache=True), "anchor_only": dict(anchor="truth", cache=False),
-                 "cache_only": dict(anchor=None, cache=True)}
+        conds = {"both": dict(anchor="truth", cache=True)}
+        if name == "weak" or ablations_on_base:  # the ablations where the planting is
+            conds.update(anchor_only=dict(anchor="truth", cache=False), cache_only=dict(anchor=None, cache=True))
         for cond, kw in conds.items():
             key = f"{name}+fg_{cond}"
             fg_rows[key] = evaluate(pipe, items, seed=seed, edit=focal_guidance(layers, src, **kw), progress=progress)
@@ -173,7 +174,7 @@ def _figure(res: dict, out: Path) -> None:
                label=cond.replace("_follows", "").replace("+fg_both", " + Focal Guidance"))
     chance = [res["chance"].get(c, np.nan) for c in cats[:-1]]
     ax.scatter(np.arange(len(cats) - 1), chance, marker="_", s=400, color="k", zorder=3, label="chance")
-    ax.set_xticks(np.arange(len(cats)), [c.replace("_", " ") for c in cats])
+    ax.set_xticks(np.arange(len(cats)), [c.replace("_", "\n") for c in cats])
     ax.set_ylabel("instruction followed (fraction)")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
