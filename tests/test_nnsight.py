@@ -112,7 +112,8 @@ def test_nnsight_edit_equals_fg_scale(wan_i2v, ref_image, model):
     plain = wan_i2v(**_kwargs(ref_image)).frames
     assert len(nn_out.values) == len(fg_out.values) == N_FORWARDS
     for a, b in zip(nn_out.values, fg_out.values, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        # float32: the fg path recomputes scoped rows in their own kernel call, so summation order differs
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(edited.frames, reference, rtol=1e-4, atol=1e-4)
     assert (edited.frames - plain).abs().max() > 1e-3  # the edit did something
 

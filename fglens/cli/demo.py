@@ -1,5 +1,5 @@
 """``fglens demo``: record a run on the built-in tiny Wan I2V pipeline, print a per-layer table, write its figures;
-then the trained toy world: word maps of a model that follows text, the weak model's diagnosis against its planted
+then the trained toy world: word maps of a small trained model, the weak model's diagnosis against its planted
 layers, and its instruction following with and without Focal Guidance."""
 
 from __future__ import annotations
@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
     if args.toy_items > 0:
         from ..toy.demo import demo as toy_demo
 
-        print("\n-- the trained toy world (fg.toy): a model that follows text, with ground truth --")
+        print("\n-- the trained toy world (fg.toy): a small trained I2V model, with ground truth --")
         toy_demo(os.path.join(out, "toy"), n=args.toy_items)
     return 0
