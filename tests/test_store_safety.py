@@ -144,8 +144,10 @@ def test_run_of_a_newer_schema_is_refused(tmp_path):
     zarr.open_group(str(store / "new"), mode="r+", use_consolidated=False).attrs["fglens_schema"] = 99
     with pytest.raises(ValueError, match="run 'new'.*schema 99.*Upgrade fglens"):
         fg.open_run(store, run="new")
+    with pytest.warns(RuntimeWarning, match="left out: run 'new'.*schema 99"):
+        assert list(fg.open_runs(store).run.values) == ["old"]
     with pytest.raises(ValueError, match="run 'new'.*schema 99"):
-        fg.open_runs(store)
+        fg.open_runs(store, runs=["old", "new"])
     assert fg.open_runs(store, runs=["old"]).sizes["run"] == 1
 
 

@@ -10,8 +10,9 @@ from typing import Any
 from .diagnose import UsageError, fail
 
 EPILOG = """\
-example:
+examples:
   fglens inspect runs.zarr
+  fglens inspect runs.zarr --verify     # also read every chunk: checksums, missing chunks (exit 1 if damaged)
 
 Prints the store's schema version and size, one line per run (id, prompt, seed, words, intervention,
 complete or INCOMPLETE, steps written of the total, size on disk), then the dims and variables of the
@@ -29,6 +30,8 @@ def register(sub) -> None:
     )
     parser.add_argument("store", metavar="STORE", help="an fglens store (.zarr)")
     parser.add_argument("--width", type=int, default=40, help="truncate prompts to this many characters (default: 40)")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every chunk of every run: checksums and missing chunks (exit status 1 if damaged)")
     parser.set_defaults(func=run)
 
 
@@ -67,6 +70,10 @@ def run_rows(table, width: int) -> list[dict[str, str]]:
     for r in table.itertuples(index=False):
         total = r.num_steps if r.num_steps is not None and r.num_steps == r.num_steps else "?"
         words = r.words if isinstance(r.words, (list, tuple)) else ([] if r.words is None else [r.words])
+        if isinstance(r.problem, str):
+            rows.append({"run": str(r.id), "prompt": "", "seed": "", "words": "", "intervention": "",
+                         "status": "UNREADABLE", "steps": "", "size": human_size(r.size_bytes)})
+            continue
         rows.append({
             "run": str(r.id), "prompt": _short(r.prompt, width), "seed": "" if r.seed is None else str(r.seed),
             "words": ", ".join(map(str, words)), "intervention": intervention_summary(r.intervention),
@@ -159,9 +166,32 @@ def summary(store: str, width: int = 40) -> str:
             f"{f' ({counts})' if n else ''}, {human_size(disk_size(store))} on disk")
     if not n:
         return head + "\n\n  (no runs yet)"
-    parts = [head, "", format_table(run_rows(table, width)), "", "dims and variables:"]
-    parts += [describe_group(names, info) for names, info in layout_groups(store, list(table["id"]))]
+    parts = [head, "", format_table(run_rows(table, width))]
+    bad = table[table["problem"].notna()]
+    if len(bad):
+        parts += ["", f"unreadable ({len(bad)}; listed, not opened):"] + [f"  {p}" for p in bad["problem"]]
+    good = list(table[table["problem"].isna()]["id"])
+    if good:
+        parts += ["", "dims and variables:"]
+        parts += [describe_group(names, info) for names, info in layout_groups(store, good)]
     return "\n".join(parts)
+
+
+def verification(store: str, runs: list[str]) -> tuple[str, bool]:
+    """The text of ``--verify`` (one line per run) and whether every run is whole."""
+    from ..store import verify_run
+
+    lines, whole = ["verify (every chunk read, checksums checked):"], True
+    for name in runs:
+        verdict = verify_run(store, name)
+        whole &= verdict.ok
+        if verdict.ok:
+            note = "" if verdict.checksummed else " (written without checksums: only missing chunks detectable)"
+            lines.append(f"  {name}: ok, {verdict.chunks} chunks{note}")
+        else:
+            lines.append(f"  {name}: DAMAGED")
+            lines += [f"    {p}" for p in verdict.problems]
+    return "\n".join(lines), whole
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,4 +200,10 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         return fail("inspect", exc)
     print(text)
-    return 0
+    if not args.verify:
+        return 0
+    from ..store import list_runs
+
+    report, whole = verification(args.store, list_runs(args.store))
+    print("\n" + report)
+    return 0 if whole else 1

@@ -226,7 +226,7 @@ def write_figures(
 
 def select_runs(store: str, run_ids: Sequence[str] | None, every: bool) -> dict[str, Any]:
     """The runs to draw (name -> Dataset): `run_ids`, every run, or the store's only run."""
-    from ..store import list_runs, open_run
+    from ..store import UnreadableRun, list_runs, open_run
 
     try:
         names = list_runs(store)
@@ -246,7 +246,13 @@ def select_runs(store: str, run_ids: Sequence[str] | None, every: bool) -> dict[
                          f"{', '.join(names)}")
     runs = {}
     for name in chosen:
-        ds = open_run(store, name)
+        try:
+            ds = open_run(store, name)
+        except UnreadableRun as exc:
+            if run_ids:
+                raise UsageError(str(exc)) from exc
+            print(f"note: skipped: {exc}")
+            continue
         if ds.sizes.get("step", 0) == 0:
             print(f"note: run {name} has no steps written yet: skipped")
             continue

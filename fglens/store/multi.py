@@ -15,6 +15,7 @@ with 0 to the largest image along ``image_y`` and ``image_x``, each run's own si
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +24,8 @@ import xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
-from .reader import RunMeta, intervention_text, list_runs, read_run
-from .schema import IMAGE_DIMS, REFERENCE_IMAGE, check_schema
+from .reader import RunMeta, UnreadableRun, intervention_text, list_runs, read_run
+from .schema import IMAGE_DIMS, REFERENCE_IMAGE
 
 #: dims that must be identical in every run opened together
 _SHARED_DIMS = ("branch", "layer", "frame", "y", "x")
@@ -45,6 +46,9 @@ def open_runs(
         lazy: keep the values on disk until used (dask arrays when dask is installed, otherwise xarray's
             lazily indexed arrays); ``False`` loads everything.
         complete_only: leave out runs that are not complete (cut short, or still being written).
+
+    A run that cannot be read (damaged metadata, a newer schema: `fglens.store.UnreadableRun`) is left out of
+    a whole store with a warning naming its folder and why; asked for by name in `runs`, it raises.
 
     Coordinates along ``run``: ``run`` (its name), ``prompt``, ``seed`` (None when not recorded),
     ``intervention`` (its JSON text, or ``"none"``), ``complete``, ``model_class``, ``steps_written``,
@@ -68,9 +72,14 @@ def open_runs(
         unknown = [r for r in selected if r not in names]
         if unknown:
             raise KeyError(f"no run(s) {unknown} in {path}; runs: {names}")
-    metas = [read_run(path, name) for name in selected]
-    for meta in metas:
-        check_schema(meta.attrs.get("fglens_schema", 1), f"run {meta.name!r} in {path}")
+    metas = []
+    for name in selected:
+        try:
+            metas.append(read_run(path, name))
+        except UnreadableRun as exc:
+            if runs is not None:  # asked for by name: refused, with the path and the reason
+                raise
+            warnings.warn(f"left out: {exc}", RuntimeWarning, stacklevel=2)
     if complete_only:
         metas = [m for m in metas if m.complete]
     if not metas:

@@ -59,7 +59,8 @@ class RunMeta:
         if self._arrays is None:
             self._arrays = {}
             for entry in sorted(os.scandir(self.dir), key=lambda e: e.name):
-                meta = read_meta(entry.path) if entry.is_dir() and not entry.name.startswith(".") else None
+                meta = (_meta_of(Path(entry.path), self.name, self.dir.parent)
+                        if entry.is_dir() and not entry.name.startswith(".") else None)
                 if meta is not None and meta.get("node_type") == "array":
                     self._arrays[entry.name] = meta
         return self._arrays
@@ -83,12 +84,38 @@ class RunMeta:
         return self.attrs.get("complete") is True
 
 
+class UnreadableRun(ValueError):
+    """A run this fglens cannot read: damaged metadata, or written by a newer fglens. The message names the
+    run, its folder and the reason. Listings report such a run (`run_table`'s ``problem``, `fglens inspect`),
+    `open_runs` of a whole store leaves it out with a warning, and opening it by name raises this."""
+
+
+def _meta_of(node: Path, run: str, path: str | os.PathLike) -> dict[str, Any] | None:
+    file = node / "zarr.json"
+    try:
+        meta = read_meta(node)
+    except (OSError, ValueError) as exc:  # truncated or garbled JSON, unreadable file
+        raise UnreadableRun(f"run {run!r} in {path} is unreadable: {file} is damaged "
+                            f"({type(exc).__name__}: {exc})") from exc
+    if meta is not None and not isinstance(meta, dict):
+        raise UnreadableRun(f"run {run!r} in {path} is unreadable: {file} holds {type(meta).__name__}, not a "
+                            "zarr metadata object")
+    return meta
+
+
 def read_run(path: str | os.PathLike, run: str) -> RunMeta:
-    """The metadata of run `run` of the store at `path` (one small file for a run closed cleanly)."""
+    """The metadata of run `run` of the store at `path` (one small file for a run closed cleanly).
+
+    Raises `UnreadableRun` for damaged metadata or a run written by a newer fglens, naming its folder.
+    """
     run_dir = Path(path) / run
-    meta = read_meta(run_dir)
+    meta = _meta_of(run_dir, run, path)
     if meta is None or meta.get("node_type") != "group":
         raise KeyError(f"no run {run!r} in {path}; runs: {run_dirs(path)}")
+    try:
+        check_schema(meta.get("attributes", {}).get("fglens_schema", 1), f"run {run!r} in {path} ({run_dir})")
+    except ValueError as exc:
+        raise UnreadableRun(str(exc)) from None
     consolidated = meta.get("consolidated_metadata") or None
     out = RunMeta(run, run_dir, meta.get("attributes", {}), consolidated is not None)
     if consolidated is not None:
@@ -117,7 +144,8 @@ def run_table(path: str | os.PathLike):
 
     Columns: ``id, prompt, seed, words, intervention`` (JSON text or ``"none"``), ``complete``,
     ``steps_written``, ``num_steps``, ``created``, ``model_class``, ``size_bytes`` (bytes on disk: recorded at
-    close, measured for a run still open or cut short).
+    close, measured for a run still open or cut short), ``problem`` (None, or why the run cannot be read:
+    damaged metadata or a newer schema, naming the file; such a run is listed, not opened).
 
     Example:
         >>> import fglens as fg
@@ -126,10 +154,15 @@ def run_table(path: str | os.PathLike):
     import pandas as pd
 
     columns = ["id", "prompt", "seed", "words", "intervention", "complete", "steps_written", "num_steps",
-               "created", "model_class", "size_bytes"]
+               "created", "model_class", "size_bytes", "problem"]
     rows = []
     for name in list_runs(path):
-        meta = read_run(path, name)
+        try:
+            meta = read_run(path, name)
+        except UnreadableRun as exc:  # reported, not fatal: one bad run does not hide the others
+            rows.append({"id": name, "intervention": "none", "complete": False, "steps_written": 0,
+                         "size_bytes": disk_size(Path(path) / name), "problem": str(exc)})
+            continue
         attrs = decode_attrs(meta.attrs)
         size = attrs.get("size_bytes") if meta.complete else None
         rows.append({
@@ -137,7 +170,7 @@ def run_table(path: str | os.PathLike):
             "intervention": intervention_text(meta.attrs.get("intervention")), "complete": meta.complete,
             "steps_written": meta.steps, "num_steps": attrs.get("num_steps"), "created": attrs.get("created"),
             "model_class": attrs.get("model_class"),
-            "size_bytes": size if isinstance(size, int) else disk_size(meta.dir),
+            "size_bytes": size if isinstance(size, int) else disk_size(meta.dir), "problem": None,
         })
     return pd.DataFrame(rows, columns=columns)
 
@@ -177,13 +210,16 @@ def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:
     return ds.assign_attrs({**meta.attrs, "run": meta.name, "complete": meta.complete, "steps_written": steps})
 
 
-def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = True) -> xr.Dataset:
+def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = True,
+             verify: bool = False) -> xr.Dataset:
     """Open one run of a store as an `xarray.Dataset`.
 
     Args:
         path: the store (a ``.zarr`` directory written by `fg.trace(..., store=path)`).
         run: the run's name; may be omitted when the store holds exactly one run.
         load: read the values into memory (default) rather than lazily.
+        verify: first read every chunk and check it against its checksum, and that none is missing
+            (`fglens.store.verify_run`); a damaged run raises `fglens.store.DamagedRun` naming the files.
 
     A run cut short (``complete`` False) holds the steps that were fully written (``steps_written``).
 
@@ -199,6 +235,12 @@ def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = Tr
         run = runs[0]
     elif run not in runs:
         raise KeyError(f"no run {run!r} in {path}; runs: {runs}")
+    if verify:
+        from .verify import verify_run
+
+        verdict = verify_run(path, run)
+        if not verdict.ok:
+            raise verdict.error(path)
     ds = open_run_dataset(read_run(path, run), chunks=None)
     return ds.load() if load else ds
 

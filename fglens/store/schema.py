@@ -5,6 +5,15 @@ from __future__ import annotations
 #: version of the on-disk layout; stored in the root group and in every run group (`fglens_schema`)
 SCHEMA_VERSION = 1
 
+
+def chunk_codecs() -> tuple:
+    """The bytes-to-bytes codecs of every array of a run: zstd, then a crc32c checksum of each chunk, so a
+    reader detects flipped bytes (`fglens.store.verify_run`). A function, so zarr is imported when used."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return (ZstdCodec(level=0), Crc32cCodec())
+
+
 #: dims of every variable a run can hold (after the leading `branch, step`)
 VARIABLE_DIMS: dict[str, tuple[str, ...]] = {
     "word_mass": ("word", "frame"),

@@ -30,7 +30,7 @@ import xarray as xr
 
 from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
 from .reader import ordinary_strings
-from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS
+from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS, chunk_codecs
 
 _STOP = object()
 
@@ -161,16 +161,17 @@ class ZarrSink:
         self.attrs = {**template.attrs, "run": self.run_id, "fglens_schema": SCHEMA_VERSION, "complete": False,
                       "steps_written": 0}
         self.template = template.assign_attrs(self.attrs)
-        encoding = {  # one chunk per step; the reference image in one chunk
-            name: {"chunks": tuple(1 if d == "step" else max(n, 1) for d, n in zip(v.dims, v.shape, strict=True))}
-            for name, v in self.template.variables.items() if "step" in v.dims or name == REFERENCE_IMAGE
-        }
+        encoding = {name: {"compressors": chunk_codecs()} for name in self.template.variables}  # checksummed chunks
+        for name, v in self.template.variables.items():  # one chunk per step; the reference image in one chunk
+            if "step" in v.dims or name == REFERENCE_IMAGE:
+                encoding[name]["chunks"] = tuple(1 if d == "step" else max(n, 1)
+                                                 for d, n in zip(v.dims, v.shape, strict=True))
         try:
             ensure_root(self.path)
             claim_run(
                 self.path, self.run_id,
                 lambda staging: self.template.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False,
-                                                      encoding=encoding),
+                                                      encoding=encoding, write_empty_chunks=True),
                 overwrite_incomplete=self.overwrite_incomplete,
             )
         except FileExistsError:
@@ -186,7 +187,8 @@ class ZarrSink:
     def append(self, ds: xr.Dataset) -> None:
         self._check_folder()
         # xarray rewrites the group's attributes before appending: hand it the run's own (steps not yet raised)
-        ds.assign_attrs(self.attrs).to_zarr(self.run_dir, append_dim="step", consolidated=False, zarr_format=3)
+        ds.assign_attrs(self.attrs).to_zarr(self.run_dir, append_dim="step", consolidated=False, zarr_format=3,
+                                            write_empty_chunks=True)  # every committed chunk exists: verifiable
         self.steps_written += ds.sizes["step"]
         self._set_attrs({"steps_written": self.steps_written})  # the commit: readers trust this many steps
 
