@@ -69,7 +69,8 @@ def site_table(family: str) -> str:
 API: dict[str, list[str]] = {
     "Tracing": ["fglens.trace", "fglens.Trace", "fglens.Record"],
     "Reading runs": ["fglens.open_run", "fglens.open_runs", "fglens.store.list_runs", "fglens.store.run_table",
-                     "fglens.store.decode_attrs"],
+                     "fglens.store.decode_attrs", "fglens.store.verify_run", "fglens.store.Verdict",
+                     "fglens.store.UnreadableRun", "fglens.store.DamagedRun"],
     "Diagnosis": ["fglens.find_weak_layers", "fglens.WeakLayers"],
     "Interventions": ["fglens.Where", "fglens.AnchorMask", "fglens.CacheTransfer", "fglens.FocalGuidance",
                       "fglens.Scale", "fglens.Ablate", "fglens.compose", "fglens.Intervention",
@@ -85,7 +86,7 @@ API: dict[str, list[str]] = {
     "nnsight": ["fglens.nnsight.probes"],
     "toy world": ["fglens.toy.pipeline", "fglens.toy.planted_layers", "fglens.toy.suite", "fglens.toy.Item",
                   "fglens.toy.score", "fglens.toy.ToyScorer", "fglens.toy.write_eval_suite",
-                  "fglens.toy.train.TrainConfig", "fglens.toy.train.train"],
+                  "fglens.toy.train.TrainConfig", "fglens.toy.train.train", "fglens.toy.clip"],
 }
 
 

@@ -75,3 +75,16 @@ def test_the_weak_variant_plants_its_layers(tmp_path):
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
+
+
+def test_the_learning_rate_warms_up_holds_then_cools_down_to_zero():
+    from fglens.toy.train import TrainConfig, dit_lr
+
+    cfg = TrainConfig(dit_steps=1000, warmup=100, cooldown=200, dit_lr=1e-3)
+    assert dit_lr(cfg, 0) == pytest.approx(1e-5) and dit_lr(cfg, 99) == pytest.approx(1e-3)
+    assert dit_lr(cfg, 799) == pytest.approx(1e-3)  # the last step before the cool-down
+    assert dit_lr(cfg, 900) == pytest.approx(0.5e-3) and dit_lr(cfg, 999) == pytest.approx(1e-3 / 200)
+    longer = TrainConfig(dit_steps=5000, warmup=100, cooldown=200, dit_lr=1e-3)  # resumed with more steps:
+    assert [dit_lr(longer, s) for s in range(800)] == [dit_lr(cfg, s) for s in range(800)]  # same history
+    with pytest.raises(ValueError, match="cooldown must be an integer in 0..dit_steps"):
+        TrainConfig(dit_steps=10, cooldown=11)

@@ -17,6 +17,9 @@ examples:
       --dit-from toyrun/base/pipeline --dit-steps 800
   fglens toy ship --base toyrun/base --weak toyrun/weak          # copy into the package, write checksums
   fglens toy report --out toy/ --n 40                            # every number and figure of docs/toy-world.md
+  fglens toy losses base=toyrun/base weak=toyrun/weak --out toy/loss.png   # the training curves
+  fglens toy train-clip --out toyrun/clip                        # the tiny CLIP of the toy world (CLIP anchors)
+  fglens toy ship --clip toyrun/clip                             # ship it (the pipelines' files stay as they are)
 
 `fglens toy train` resumes from the checkpoints in --out; its pipeline/ folder works as --pipeline in every
 command. `fglens toy report` uses the shipped weights unless --base/--weak name train outputs.
@@ -35,7 +38,7 @@ def register(sub) -> None:
     t.add_argument("--vae-from", help="reuse a trained VAE folder (<base run>/vae) instead of training one")
     t.add_argument("--dit-from", help="start the DiT from a trained pipeline folder (<base run>/pipeline)")
     for name, kind in (("vae-steps", int), ("vae-batch", int), ("pool", int), ("dit-steps", int),
-                       ("dit-batch", int), ("dit-lr", float), ("planted-p", float)):
+                       ("dit-batch", int), ("dit-lr", float), ("cooldown", int), ("planted-p", float)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -46,9 +49,29 @@ def register(sub) -> None:
     r.add_argument("--n", type=int, default=40, help="test items (default 40)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quick", action="store_true", help="skip the strength/alpha sweep")
+    r.add_argument("--n-sweep", type=int, help="items of the strength/alpha sweep (default: all --n)")
+    c = toy.add_parser("train-clip", help="train the toy world's tiny CLIP (resumable) and measure it")
+    c.add_argument("--out", required=True, help="run folder: pool.pt, clip.pt, open_clip_config.json, weights")
+    c.add_argument("--steps", type=int, default=450)
+    c.add_argument("--batch", type=int, default=48)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--pool", type=int, help="rendered train frames (default: as fglens.toy.clip.ClipTrainConfig)")
+    c.add_argument("--lr", type=float, help="default: as fglens.toy.clip.ClipTrainConfig")
+    c.add_argument("--cooldown", type=int, help="default: as fglens.toy.clip.ClipTrainConfig")
+    c.add_argument("--pool-type", choices=("avg", "tok"),
+                   help="image embedding: the class token (default) or the mean of the patches")
+    c.add_argument("--global-weight", type=float, help="weight of the pooled embedding's loss (default 1)")
+    c.add_argument("--patch-weight", type=float, help="weight of the patches' (multiple-instance) loss (default 1)")
+    c.add_argument("--measure", type=int, default=100, metavar="N",
+                   help="measure localisation on N test items after training, into clip.json (0: skip)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    lo = toy.add_parser("losses", help="draw the training losses of train runs (loss.csv) into one figure")
+    lo.add_argument("runs", nargs="+", metavar="NAME=RUN", help="e.g. base=toyrun/base weak=toyrun/weak")
+    lo.add_argument("--out", required=True, help="the figure file (e.g. docs/toy/loss.png)")
     s = toy.add_parser("ship", help="copy trained runs into the package and write manifest.json")
-    s.add_argument("--base", required=True)
-    s.add_argument("--weak", required=True)
+    s.add_argument("--base", help="base variant run (with --weak)")
+    s.add_argument("--weak", help="weak variant run (with --base)")
+    s.add_argument("--clip", help="a `fglens toy train-clip` output folder: ship the tiny CLIP")
     p.set_defaults(func=run)
 
 
@@ -58,15 +81,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.toy_command == "train":
             return _train(args)
+        if args.toy_command == "train-clip":
+            return _train_clip(args)
         if args.toy_command == "ship":
-            from ..toy.load import ship
-
-            digests = ship({"base": args.base, "weak": args.weak})
-            print(f"shipped {len(digests)} files into fglens/toy/weights; manifest.json written")
-            return 0
+            return _ship(args)
+        if args.toy_command == "losses":
+            return _losses(args)
         from ..toy.report import report
 
-        report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick)
+        report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick,
+               n_sweep=args.n_sweep)
         return 0
     except (ValueError, FileNotFoundError) as exc:
         return fail("toy", exc)
@@ -76,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..toy.train import TrainConfig, train
 
     fields = {k: getattr(args, k) for k in ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr",
-                                            "planted_p") if getattr(args, k) is not None}
+                                            "cooldown", "planted_p") if getattr(args, k) is not None}
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))
     cfg = TrainConfig(variant=args.variant, seed=args.seed, **fields)
@@ -85,4 +109,55 @@ def _train(args: argparse.Namespace) -> int:
     summary["final_dit_loss"] = sum(info["dit_loss"][-50:]) / max(1, len(info["dit_loss"][-50:]))
     json.dump(summary, sys.stdout)
     print(f"\npipeline: {Path(args.out) / 'pipeline'}")
+    return 0
+
+
+def _ship(args: argparse.Namespace) -> int:
+    from ..toy.load import ship, ship_clip
+
+    if (args.base is None) != (args.weak is None) or (args.base is None and args.clip is None):
+        raise ValueError("fglens toy ship needs --base and --weak (the pipelines), --clip (the tiny CLIP), or all")
+    if args.base is not None:
+        digests = ship({"base": args.base, "weak": args.weak})
+        print(f"shipped {len(digests)} files into fglens/toy/weights; manifest.json written")
+    if args.clip is not None:
+        digests = ship_clip(args.clip)
+        print(f"shipped the tiny CLIP into fglens/toy/weights/clip; manifest.json lists {len(digests)} files")
+    return 0
+
+
+def _train_clip(args: argparse.Namespace) -> int:
+    from ..toy.clip import clip, measure, train_clip
+
+    options = {k: getattr(args, k) for k in ("pool", "lr", "cooldown", "pool_type", "global_weight", "patch_weight")
+               if getattr(args, k) is not None}
+    if args.measure < 0:
+        raise ValueError(f"--measure must be >= 0, got {args.measure}")
+    info = train_clip(args.out, steps=args.steps, batch=args.batch, seed=args.seed, progress=not args.quiet,
+                      **options)
+    summary = {k: info[k] for k in ("seconds", "cpu_seconds", "final_loss")}
+    if args.measure:
+        result = measure(clip(path=args.out), n=args.measure, seed=0)
+        info_file = Path(args.out) / "clip.json"
+        meta = json.loads(info_file.read_text())
+        meta["measured"] = result
+        info_file.write_text(json.dumps(meta, indent=1) + "\n")
+        summary["measured"] = result
+    json.dump(summary, sys.stdout, indent=1)
+    print(f"\nmodel: {args.out} (fg.toy.clip(path=...), or fg.anchors.Clip('local-dir:{args.out}'))")
+    return 0
+
+
+def _losses(args: argparse.Namespace) -> int:
+    from ..toy.report import loss_figure
+
+    runs = {}
+    for spec in args.runs:
+        name, sep, run = spec.partition("=")
+        if not sep or not name or not run:
+            raise ValueError(f"{spec!r} is not NAME=RUN (e.g. base=toyrun/base)")
+        if not (Path(run) / "loss.csv").is_file():
+            raise FileNotFoundError(f"{run} has no loss.csv: not a finished `fglens toy train` run")
+        runs[name] = run
+    print(f"wrote {loss_figure(runs, args.out)}")
     return 0

@@ -50,6 +50,8 @@ def demo(out: str | os.PathLike, *, n: int = 10, n_diag: int = 6, seed: int = 0,
     say(f"weak model: fg.find_weak_layers names {list(found.weak)} (planted: {planted}); "
         f"responsive {list(found.responsive)}")
     layers = list(found.weak) or planted
+    if not found.weak:
+        say(f"no weak layer found: Focal Guidance below acts on the planted layers {planted} instead")
     src = [x for x in found.responsive if x not in layers]
     plain = evaluate(weak, items, seed=seed)
     edited = evaluate(weak, items, seed=seed, edit=focal_guidance(layers, src))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from .load import CALL
 from .score import score
 from .suite import Item, _instruction, _valid
 from .world import CATEGORIES, render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..anchors import Clip
 
 
 def item_seed(item: Item, seed: int) -> int:
@@ -160,18 +163,60 @@ def truth_anchor(item: Item, strength: float):
                          strength=strength)
 
 
-def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anchor: str | None = "truth",
-                   strength: float = 2.0, cache: bool = True, alpha: float = 0.5,
-                   steps=(0.0, 0.5)) -> Callable[[Item], Any]:
-    """Item -> `fg.FocalGuidance` on `weak_layers`: ground-truth anchors (``anchor="truth"``) and/or the
-    cache transfer from `responsive` layers; `anchor=None` or `cache=False` give the ablations. Items that
-    name no object (camera motion) get no anchor; with `cache=False` they are sampled unedited."""
+def clip_anchor(item: Item, strength: float, clip: Clip | None = None, *, threshold: str | None = "otsu"):
+    """An `fg.AnchorMask` from CLIP word maps of the item's named objects, on the toy DiT's 8×8 token grid.
+
+    `clip` defaults to the shipped tiny CLIP (`fg.toy.clip()`). The masks are made directly on the DiT's grid
+    (`fglens.toy.clip.TOKEN_GRID`): the toy VAE compresses 4× and the DiT's patches are 2×2, 8 px per token,
+    where `fg.AnchorMask.from_clip` assumes Wan's 16 px (a 4×4 grid for 64×64, upsampled again by the
+    AnchorMask). `anchor.regions` keeps the similarity maps for plotting.
+
+    Example:
+        >>> import fglens as fg
+        >>> item = fg.toy.suite("test", n=1, seed=0)[0]
+        >>> anchor = clip_anchor(item, strength=2.0)
+        >>> anchor.words, tuple(anchor.masks.shape)
+        (['blue square'], (1, 8, 8))
+    """
     import fglens as fg
 
-    if anchor not in (None, "truth"):
-        raise ValueError(f"anchor must be 'truth' or None; got {anchor!r}")
+    from ..anchors import region_masks
+    from .clip import TOKEN_GRID
+    from .clip import clip as shipped_clip
+
+    words = list(item.masks())
+    if not words:
+        raise ValueError(f"{item.prompt!r} names no object (a camera instruction): there is nothing to anchor")
+    model = clip if clip is not None else shipped_clip()
+    regions = region_masks(model, item.image, words, TOKEN_GRID, prompt=item.prompt, threshold=threshold)
+    return fg.AnchorMask(regions.mask, words, strength, regions=regions)
+
+
+ANCHORS = (None, "truth", "clip")  #: the anchors `focal_guidance` knows
+
+
+def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anchor: str | None = "truth",
+                   strength: float = 2.0, cache: bool = True, alpha: float = 0.5,
+                   steps=(0.0, 0.5), clip: Clip | None = None) -> Callable[[Item], Any]:
+    """Item -> `fg.FocalGuidance` on `weak_layers`: anchors from the ground truth (``anchor="truth"``) or from
+    CLIP (``anchor="clip"``: `clip_anchor` with `clip`, by default the shipped tiny CLIP) and/or the cache
+    transfer from `responsive` layers; `anchor=None` or `cache=False` give the ablations. Items that name no
+    object (camera motion) get no anchor; with `cache=False` they are sampled unedited."""
+    import fglens as fg
+
+    if anchor not in ANCHORS:
+        raise ValueError(f"anchor must be 'truth', 'clip' or None; got {anchor!r}")
     if anchor is None and not cache:
         raise ValueError("Focal Guidance needs an anchor, a cache, or both")
+    if clip is not None and anchor != "clip":
+        raise ValueError(f"clip= is used by anchor='clip' only; got anchor={anchor!r}")
+    if anchor == "clip" and clip is None:
+        from .clip import clip as shipped_clip
+
+        clip = shipped_clip()
+
+    def make_anchor(item: Item):
+        return truth_anchor(item, strength) if anchor == "truth" else clip_anchor(item, strength, clip)
 
     def build(item: Item):
         # camera instructions name no object: they get no anchor (and no edit at all without the cache)
@@ -179,12 +224,12 @@ def focal_guidance(weak_layers: Sequence[str], responsive: Sequence[str], *, anc
         if not use_anchor and not cache:
             return None
         return fg.FocalGuidance(
-            anchor=truth_anchor(item, strength) if use_anchor else None,
+            anchor=make_anchor(item) if use_anchor else None,
             cache=fg.CacheTransfer(src=list(responsive), dst=list(weak_layers), alpha=alpha) if cache else None,
             layers=list(weak_layers), steps=steps)
 
     return build
 
 
-__all__ = ["chance_levels", "evaluate", "focal_guidance", "frozen_levels", "item_seed", "paired",
-           "precision_recall", "record_runs", "word_map_focus_items", "sample", "summarize", "truth_anchor"]
+__all__ = ["ANCHORS", "chance_levels", "clip_anchor", "evaluate", "focal_guidance", "frozen_levels", "item_seed",
+           "paired", "precision_recall", "record_runs", "word_map_focus_items", "sample", "summarize", "truth_anchor"]

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 WEIGHTS = Path(__file__).parent / "weights"
 VARIANTS = ("base", "weak")
+CLIP_DIR = "clip"  #: the tiny CLIP's folder under the weights (`fglens.toy.clip`, shipped by `ship_clip`)
 
 #: the call every toy item is made with: the world's size and frame count, steps, guidance and output
 CALL: dict[str, Any] = dict(height=64, width=64, num_frames=9, num_inference_steps=20, guidance_scale=4.0,
@@ -45,9 +46,12 @@ def manifest(root: Path = WEIGHTS) -> dict[str, str]:
 
 
 def verify(root: Path = WEIGHTS, only: str | None = None) -> None:
-    """Check every shipped file (or those under `only`) against the manifest; a clear error names the file."""
+    """Check every shipped file (or those under `only`) against the manifest; a clear error names the file.
+
+    `only` is a variant (its transformer and the shared parts) or ``"clip"`` (the tiny CLIP's files).
+    """
     for rel, digest in manifest(root).items():
-        if only is not None and not (rel.startswith(only + "/") or rel.startswith("shared/")):
+        if only is not None and not (rel.startswith(only + "/") or (only != "clip" and rel.startswith("shared/"))):
             continue
         path = root / rel
         if not path.is_file():
@@ -139,16 +143,62 @@ def ship(runs: dict[str, str | os.PathLike], root: Path = WEIGHTS) -> dict[str, 
                 other = src / part / f.name
                 if not other.is_file() or sha256(other) != sha256(f):
                     raise ValueError(f"{other} differs from {f}: the variants must share every part but the DiT")
+    keep = None
+    if (root / CLIP_DIR).is_dir():  # the tiny CLIP is shipped on its own (`ship_clip`): keep it, checked
+        import tempfile
+
+        verify(root, only=CLIP_DIR)
+        keep = Path(tempfile.mkdtemp()) / CLIP_DIR
+        shutil.copytree(root / CLIP_DIR, keep)
     if root.exists():
         shutil.rmtree(root)
     (root / "shared").mkdir(parents=True)
+    if keep is not None:
+        shutil.copytree(keep, root / CLIP_DIR)
+        shutil.rmtree(keep.parent)
     for part in shared_parts:
         shutil.copytree(first / part, root / "shared" / part)
     for variant, run in runs.items():
         src = Path(run) / "pipeline"
         shutil.copytree(src / "transformer", root / variant / "transformer")
         shutil.copy(src / "toy.json", root / f"{variant}.json")
+    return _write_manifest(root)
+
+
+def _write_manifest(root: Path) -> dict[str, str]:
     digests = {p.relative_to(root).as_posix(): sha256(p) for p in sorted(root.rglob("*"))
                if p.is_file() and p.name != "manifest.json"}
+    (root / "manifest.json").write_text(json.dumps(digests, indent=1) + "\n")
+    return digests
+
+
+def ship_clip(run: str | os.PathLike, root: Path = WEIGHTS) -> dict[str, str]:
+    """Copy a `fglens toy train-clip` output into ``<root>/clip`` and add its files to the manifest.
+
+    The files already shipped are checked against the manifest first (a damaged file is never re-blessed), and
+    their entries are kept as they were; only the ``clip/`` entries are replaced. Returns the new manifest.
+    """
+    import shutil
+
+    from .clip import SHIPPED_FILES
+
+    src = Path(run)
+    missing = [f for f in SHIPPED_FILES if not (src / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{src} is not a finished `fglens toy train-clip` run: {', '.join(missing)} missing")
+    old = manifest(root) if (root / "manifest.json").is_file() else {}
+    for rel, digest in old.items():
+        if rel.startswith(CLIP_DIR + "/"):
+            continue
+        if not (root / rel).is_file() or sha256(root / rel) != digest:
+            raise ValueError(f"{root / rel} does not match the manifest: repair the shipped weights first")
+    if (root / CLIP_DIR).exists():
+        shutil.rmtree(root / CLIP_DIR)
+    (root / CLIP_DIR).mkdir(parents=True)
+    for f in SHIPPED_FILES:
+        shutil.copyfile(src / f, root / CLIP_DIR / f)
+    digests = {rel: d for rel, d in old.items() if not rel.startswith(CLIP_DIR + "/")}
+    digests.update({f"{CLIP_DIR}/{f}": sha256(root / CLIP_DIR / f) for f in SHIPPED_FILES})
+    digests = dict(sorted(digests.items(), key=lambda kv: PurePosixPath(kv[0])))
     (root / "manifest.json").write_text(json.dumps(digests, indent=1) + "\n")
     return digests

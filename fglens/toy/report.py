@@ -26,6 +26,7 @@ from .experiment import (
     summarize,
 )
 from .load import pipeline, planted_layers
+from .model import build_pipeline
 from .suite import suite
 from .world import CATEGORIES
 
@@ -80,8 +81,12 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
 
 
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
-           sweep: bool = True, n_diag: int = 10, ablations_on_base: bool = False, progress: bool = True) -> dict:
-    """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures."""
+           sweep: bool = True, n_diag: int = 10, n_sweep: int | None = None, ablations_on_base: bool = False,
+           progress: bool = True) -> dict:
+    """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures.
+
+    The sweep of strength × alpha runs on the first `n_sweep` items (default: all `n`), paired with the same
+    items unedited."""
     import fglens as fg
 
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +103,10 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         res[f"{name}_follows"] = summarize(rows[name])
         res[f"{name}_fidelity"] = summarize(rows[name], "fidelity")
     res["word_map_focus"] = word_map_focus(pipes["base"], items[:n_diag], seed=seed)
+    control = pipeline("base", path=base)  # the control: the same pipeline with its DiT at initial weights
+    control.transformer = build_pipeline(seed=seed).transformer.eval()
+    res["word_map_focus_control"] = word_map_focus(control, items[:n_diag], seed=seed)
+    del control
     diag = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
@@ -118,8 +127,9 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
             continue
         src = [x for x in diag[name]["responsive"] if x not in layers]
         conds = {"both": dict(anchor="truth", cache=True)}
-        if name == "weak" or ablations_on_base:  # the ablations where the planting is
-            conds.update(anchor_only=dict(anchor="truth", cache=False), cache_only=dict(anchor=None, cache=True))
+        if name == "weak" or ablations_on_base:  # the ablations where the planting is; CLIP anchors (realistic)
+            conds.update(anchor_only=dict(anchor="truth", cache=False), cache_only=dict(anchor=None, cache=True),
+                         clip=dict(anchor="clip", cache=True))
         for cond, kw in conds.items():
             key = f"{name}+fg_{cond}"
             fg_rows[key] = evaluate(pipe, items, seed=seed, edit=focal_guidance(layers, src, **kw), progress=progress)
@@ -128,12 +138,13 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
                         "delta_fidelity": paired(rows[name], fg_rows[key], "fidelity")}
     if sweep and "weak+fg_both" in res:
         layers, src = res["weak+fg_both"]["layers"], res["weak+fg_both"]["src"]
-        grid = []
+        grid, k = [], min(n_sweep or n, n)
+        res["n_sweep"] = k
         for strength in (1.0, 2.0, 4.0):
             for alpha in (0.25, 0.5, 0.75):
-                r = evaluate(pipes["weak"], items, seed=seed,
+                r = evaluate(pipes["weak"], items[:k], seed=seed,
                              edit=focal_guidance(layers, src, strength=strength, alpha=alpha))
-                d = paired(rows["weak"], r)["all"]
+                d = paired(rows["weak"][:k], r)["all"]
                 grid.append({"strength": strength, "alpha": alpha, "follows": float(np.mean([x["follows"] for x in r])),
                              "delta": d[:3], "fidelity": float(np.mean([x["fidelity"] for x in r]))})
         res["sweep"] = grid
@@ -192,12 +203,16 @@ def _markdown(res: dict) -> str:
         lines.append(f"| {c} | {res['chance'].get(c, float('nan')):.2f} | {res['frozen'].get(c, float('nan')):.2f} | "
                      f"{_fmt(res['base_follows'][c])} | {_fmt(res['weak_follows'][c])} | "
                      f"{_fmt(res['base_fidelity'][c])} | {_fmt(res['weak_fidelity'][c])} |")
-    f = res["word_map_focus"]
+    f, c = res["word_map_focus"], res.get("word_map_focus_control")
     lines += ["", "## Word maps (base)", "",
-              f"Mean word-map mass inside the named object / outside, first latent frame, cond branch, {f['n']} items:",
+              f"Mean word-map mass inside the named object / outside, first latent frame, cond branch, {f['n']} items "
+              "(control: the same pipeline with an untrained DiT):",
               "", "| layer | " + " | ".join(f["layers"] or []) + " |", "|---|" + "---|" * len(f["layers"] or []),
-              "| ratio | " + " | ".join(f"{v:.2f}" for v in f["ratio_per_layer"]) + " |",
-              "", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}", "",
+              "| trained | " + " | ".join(f"{v:.2f}" for v in f["ratio_per_layer"]) + " |"]
+    if c:
+        lines.append("| untrained (control) | " + " | ".join(f"{v:.2f}" for v in c["ratio_per_layer"]) + " |")
+    lines += ["", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}"
+              + (f" (control {c['items_above_1']:.2f})" if c else ""), "",
               "## Diagnosis (fg.find_weak_layers, default rule)", ""]
     for name, d in res["diagnosis"].items():
         lines.append(f"- {name}: weak {d['weak']}, responsive {d['responsive']}, planted {res['planted'][name]}; "
@@ -210,7 +225,7 @@ def _markdown(res: dict) -> str:
             lines.append(f"| {key} | {v['layers']} | {v['src']} | {_fmt(v['follows']['all'])} | "
                          f"{_fmt_diff(v['delta_follows']['all'])} | {_fmt_diff(v['delta_fidelity']['all'])} |")
     if "sweep" in res:
-        lines += ["", "## Sweep on the weak model (both operators)", "",
+        lines += ["", f"## Sweep on the weak model (both operators, first {res.get('n_sweep', res['n'])} items)", "",
                   "| strength | alpha | follows | Δ [95 % CI] | fidelity |",
                   "|---|---|---|---|---|"]
         for g in res["sweep"]:
@@ -218,3 +233,37 @@ def _markdown(res: dict) -> str:
             lines.append(f"| {g['strength']} | {g['alpha']} | {g['follows']:.2f} | {m:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
                          f"{g['fidelity']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def loss_figure(runs: dict[str, str | Path], path: str | Path) -> Path:
+    """Draw the training losses of `fglens toy train` runs (name -> run folder, read from its ``loss.csv``):
+    the VAE's and each DiT's loss per step, a 100-step running mean over the raw values. Returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
+    for name, run in runs.items():
+        with open(Path(run) / "loss.csv", newline="") as f:
+            table = list(csv.DictReader(f))
+        for ax, phase in zip(axes, ("vae", "dit"), strict=True):
+            loss = np.array([float(r["loss"]) for r in table if r["phase"] == phase])
+            if len(loss) == 0:
+                continue
+            k = min(100, len(loss))
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            ax.plot(np.arange(len(loss)), loss, lw=0.4, alpha=0.25)
+            ax.plot(np.arange(k - 1, len(loss)), smooth, lw=1.2, label=f"{name} ({len(loss)} steps)",
+                    color=ax.lines[-1].get_color())
+    for ax, title in zip(axes, ("VAE (reconstruction)", "DiT (flow matching)"), strict=True):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("loss (100-step running mean over the raw values)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return Path(path)

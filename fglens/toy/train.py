@@ -60,6 +60,7 @@ class TrainConfig:
     dit_batch: int = 8
     dit_lr: float = 5e-4
     warmup: int = 100
+    cooldown: int = 0
     ema: float = 0.995
     prompt_dropout: float = 0.1
     planted: tuple[int, ...] = field(default=(3, 4))
@@ -77,6 +78,8 @@ class TrainConfig:
 
         if self.variant == "weak" and (not self.planted or not all(0 <= i < NUM_LAYERS for i in self.planted)):
             raise ValueError(f"planted must name blocks in 0..{NUM_LAYERS - 1}; got {self.planted!r}")
+        if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
+            raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
         for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
@@ -254,6 +257,17 @@ class _TextCache:
         return torch.stack([self.cache[p] for p in prompts])
 
 
+def dit_lr(cfg: TrainConfig, step: int) -> float:
+    """Warm-up, constant, then a linear cool-down to 0 over the last `cfg.cooldown` steps (warmup-stable-decay).
+
+    The rate of a step depends only on the step and the config, so a run resumed with a larger `dit_steps`
+    retraces the steps it had already taken as long as they lay before the cool-down.
+    """
+    rate = cfg.dit_lr * min(1.0, (step + 1) / cfg.warmup)
+    left = cfg.dit_steps - step
+    return rate * min(1.0, left / cfg.cooldown) if cfg.cooldown else rate
+
+
 def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = True) -> list[float]:
     """Train `pipe.transformer` in place (ends holding the EMA weights); checkpoints in ``out/dit.pt``."""
     dit = pipe.transformer
@@ -287,7 +301,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
             if planter is not None:
                 planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p)
             for g in opt.param_groups:
-                g["lr"] = cfg.dit_lr * min(1.0, (step + 1) / cfg.warmup)
+                g["lr"] = dit_lr(cfg, step)
             pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
                        encoder_hidden_states_image=pool["img"][idx].float(), return_dict=False)[0]
             loss = (pred - (noise - z0)).square().mean()
