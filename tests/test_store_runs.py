@@ -189,7 +189,7 @@ def test_open_runs_refuses_runs_with_different_layers(store, tmp_path, wan_i2v, 
 def test_run_table_lists_runs_from_attributes(store):
     table = fg.store.run_table(store)
     assert list(table.columns) == ["id", "prompt", "seed", "words", "intervention", "complete", "steps_written",
-                                   "num_steps", "created", "model_class", "size_bytes"]
+                                   "num_steps", "created", "model_class", "size_bytes", "problem"]
     assert table.id.tolist() == sorted(RUNS)
     assert table.complete.tolist() == [True, True, False]
     assert table.steps_written.tolist() == [3, 2, 2]
