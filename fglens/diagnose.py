@@ -21,7 +21,9 @@ The rule, every part of which is a parameter recorded in `WeakLayers.params`:
 3. **Weak** layers: z < `z`, except the first and the last ⌈`exclude_edges` · L⌉ layers of each stack of L
    layers (the same half-open fractions as ``fg.Where`` steps), in depth order.
 4. **Responsive** layers: the `top_k` layers with the highest z over all stacks, best first (ties: higher raw
-   score first), weak layers excluded.
+   score first), weak layers excluded, and so are layers whose z is below `z` (an edge layer can be far below
+   the threshold and escape the weak list only by the edge rule: it is never called responsive, nor offered as
+   a cache source).
 
 Example:
     >>> import fglens as fg
@@ -113,7 +115,8 @@ class WeakLayers:
         for i, layer in enumerate(self.layers):
             role = "weak" if layer in self.weak else "responsive" if layer in self.responsive else ""
             if bool(self.scores.edge.values[i]):
-                role = f"{role} (edge)".lstrip()
+                below = not role and bool(self.scores.values[i] < self.params["z"])  # NaN: False
+                role = "below threshold (edge)" if below else f"{role} (edge)".lstrip()
             values = [_fmt(raw.sel(score=s).values[i]) for s in names]
             rows.append([layer, str(transformer[i]), *values, _fmt(self.scores.values[i]), role])
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
@@ -175,8 +178,9 @@ def find_weak_layers(
             else from the steps recorded), step indices as ints (``[0, 1, 2]``, ``range(10)``), or None (all).
         z: the threshold (≤ 0): a layer is weak when its robust z-score is below it.
         exclude_edges: the fraction of each stack's first and last layers that are never weak, in [0, 0.5).
-        top_k: how many responsive layers to name: the highest z among the layers that are not weak (fewer if
-            fewer such layers have a score; a weak layer is never a cache source).
+        top_k: how many responsive layers to name: the highest z among the layers that are not weak and not
+            below `z` (fewer if fewer such layers have a score; a weak layer, or an edge layer below the threshold,
+            is never a cache source).
         branch: the CFG branch to score, ``"cond"`` or ``"uncond"``.
 
     Returns:
@@ -235,7 +239,7 @@ def find_weak_layers(
     is_weak = np.isfinite(combined) & (combined < z) & ~edge
     weak = [layers[i] for i in np.flatnonzero(is_weak)]
     tie = raw.mean(axis=0)
-    candidates = [i for i in range(len(layers)) if np.isfinite(combined[i]) and not is_weak[i]]
+    candidates = [i for i in range(len(layers)) if np.isfinite(combined[i]) and not is_weak[i] and combined[i] >= z]
     candidates.sort(key=lambda i: (-combined[i], -tie[i] if np.isfinite(tie[i]) else math.inf, i))
     responsive = [layers[i] for i in candidates[:top_k]]
 

@@ -19,6 +19,10 @@ first when a layer would otherwise get more than ``max_samples`` rows. Samples w
 (neighbouring frames and steps), so the band is a measure of spread across what was recorded, narrower than
 a band over independent prompts would be; record several prompts and seeds for a band over prompts.
 
+Layout (checked by ``tests/test_plot_layout.py`` on Wan2.1, Wan2.2 and HunyuanVideo runs): legends sit above
+the top panel, never over the data; titles and labels wrap between words; a figure grows until each vertical
+label fits its panel. On a heatmap of an edited run the cells its intervention acts on are outlined.
+
 Example:
     >>> import fglens as fg
     >>> ds = fg.testing.tiny_run("wan", words=("dog", "fence"))
@@ -32,7 +36,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +92,11 @@ MAX_SAMPLES = 4000  # rows per layer handed to seaborn's bootstrap
 WEAK_COLOR = "0.55"  # neutral grey: never one of the data colours
 RESPONSIVE_COLOR = "0.1"  # near-black triangles
 PAGE_WIDTH, COLUMN_WIDTH = 7.0, 3.5  # inches
+MAX_HEIGHT = 9.5  # inches: figures grow up to this to fit their labels, then labels wrap
+CI = "95\u00a0%\u00a0CI"  # no-break spaces: a title never breaks inside it
+GLUED = ("−", "-", "×", "/", "+", "=")  # operators wrapped with the word before them
+UNDERLAYS = ("grey", "contours")  # how word_maps draws the reference image under its maps
+FSG = "Fine-grained Semantic Guidance (FSG)"  # the anchors' operator, spelled out (docs/concepts.md)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -184,7 +192,7 @@ def _samples(
     for dim in ("step", "word", "frame"):
         if dim in arrays[0].dims:
             counts.append(f"{arrays[0].sizes[dim]}\u00a0{dim}s" if arrays[0].sizes[dim] != 1 else f"1\u00a0{dim}")
-    unit = " × ".join(counts) or "1 sample"
+    unit = "\u00a0× ".join(counts) or "1 sample"
     if averaged:
         unit += " (" + ", ".join(f"{d}-averaged" for d in averaged) + ")"
     return table, unit
@@ -238,6 +246,100 @@ def _positions(names: Sequence[Any], layers: list[str]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# the run's intervention: where it acts
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _intervention(run: xr.Dataset) -> dict[str, Any] | None:
+    """The run's intervention spec (its ``intervention`` attribute, or the coordinate of `fg.open_runs`), or
+    None for a run without one."""
+    import json
+
+    for source in (run.coords, run.attrs):
+        value = source.get("intervention")
+        if isinstance(value, xr.DataArray):
+            value = value.values.item() if value.ndim == 0 else None
+        if isinstance(value, str):
+            if value in ("", "none", "null"):
+                return None
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        if isinstance(value, Mapping):
+            return dict(value)
+    return None
+
+
+def _edit_scopes(run: xr.Dataset, branch: str) -> list[tuple[str, list[str], list[int]]]:
+    """(kind, layers, steps) for each part of the run's intervention that acts on `branch`: the recorded layers
+    and steps it edits, read from its stored spec (``where`` as `fg.Where` takes it; a `CacheTransfer` without
+    ``where.layers`` edits its ``dst``; a layer index names that block of each transformer, as when tracing)."""
+    from .interventions.scope import Where
+    from .store.select import schedule_length
+
+    spec = _intervention(run)
+    if spec is None:
+        return []
+    layers = _layers(run)
+    stacks: dict[str, list[str]] = {}
+    for name in layers:
+        parts = name.split(".")
+        stacks.setdefault(".".join(parts[:-2]), []).append(name)
+    recorded = [int(v) for v in run["step"].values]
+    total = schedule_length(run)
+    out = []
+    for part in spec.get("parts") or [spec]:
+        where = part.get("where") or {}
+        branches = where.get("branches")
+        if branches is not None and branch not in branches:
+            continue
+        wanted = where.get("layers")
+        if wanted is None:
+            wanted = part.get("dst") if part.get("type") == "CacheTransfer" else None
+        if wanted is None:
+            chosen = list(layers)
+        else:
+            chosen = []
+            for item in wanted:
+                if isinstance(item, int) and not isinstance(item, bool):
+                    chosen += [stack[item] for stack in stacks.values() if -len(stack) <= item < len(stack)]
+                elif str(item) in layers:
+                    chosen.append(str(item))
+        raw = where.get("steps")
+        if isinstance(raw, list) and len(raw) == 2 and any(isinstance(v, float) for v in raw):
+            raw = (float(raw[0]), float(raw[1]))
+        try:
+            scope = Where(steps=raw)
+            steps = [s for s in recorded if scope.has_step(s, total)]
+        except (TypeError, ValueError):
+            steps = list(recorded)
+        chosen = [name for name in layers if name in chosen]
+        if chosen and steps:
+            out.append((str(part.get("type", "intervention")), chosen, steps))
+    return out
+
+
+def _span(items: Sequence[Any], every: Sequence[Any]) -> str:
+    """``blocks.1–blocks.3`` for a run of neighbours in `every`, else the items listed."""
+    if len(items) > 2 and [every.index(i) for i in items] == list(range(every.index(items[0]),
+                                                                       every.index(items[-1]) + 1)):
+        return f"{items[0]}–{items[-1]}"
+    return ", ".join(map(str, items))
+
+
+def _edit_note(run: xr.Dataset, branch: str) -> str | None:
+    """A title line saying where the run's intervention acts (kinds, layers, steps), or None."""
+    scopes = _edit_scopes(run, branch)
+    if not scopes:
+        return None
+    layers, steps = _layers(run), [int(v) for v in run["step"].values]
+    parts = [f"{kind} on {_span(chosen, layers)} at step{'s' if len(at) > 1 else ''} {_span(at, steps)}"
+             for kind, chosen, at in scopes]
+    return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # figure plumbing
 # ----------------------------------------------------------------------------------------------------------
 
@@ -258,7 +360,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _finish(fig: Figure, path: str | os.PathLike | None, dpi: float) -> Figure:
-    """Save `fig` to `path` (format from the suffix, parent folders created) when given; return it."""
+    """Fit its labels (`_fit_labels`); save `fig` to `path` (format from the suffix, parent folders created) when
+    given; return it."""
+    _fit_labels(fig)
     if path is None:
         return fig
     path = Path(path).expanduser()
@@ -271,23 +375,113 @@ def _finish(fig: Figure, path: str | os.PathLike | None, dpi: float) -> Figure:
     return fig
 
 
+def _text_width(text: str, size: Any) -> float:
+    """Width in points of one line of `text` at font size `size` (points or a name like ``"medium"``), as
+    matplotlib lays it out in the current style's font."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    return float(text_to_path.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)[0])
+
+
+def _wrap(text: str, width: float, size: Any) -> str:
+    """`text` wrapped on plain spaces so that each line is at most `width` points wide at font size `size`.
+
+    Lines break only between words (a word longer than the width gets a line of its own), never at a no-break
+    space (so "95 % CI" and counts like "2 steps" stay whole) and never before an operator of `GLUED`; the
+    text's own line breaks are kept.
+    """
+    lines = []
+    for paragraph in text.split("\n"):
+        line = ""
+        words: list[str] = []
+        for word in paragraph.split(" "):
+            if word in GLUED and words:
+                words[-1] += " " + word  # a line may end with "−" or "×", never start with it
+            elif word:
+                words.append(word)
+        for word in words:
+            trial = f"{line} {word}" if line else word
+            if line and _text_width(trial, size) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def _title(fig: Figure, title: str | None, headline: str, *details: str) -> None:
-    """The figure's title: `title` when given, else a headline (what is shown) above smaller detail lines
-    (branch, steps, what the mean and band are over), each line wrapped to the figure's width."""
-    chars = max(30, int(fig.get_figwidth() * 13))
-    wrap = "\n".join
-    if title is not None:
-        fig.suptitle(wrap(textwrap.fill(line, chars) for line in title.split("\n")), fontsize="medium")
-        return
-    text = textwrap.fill(headline, chars)
-    if details:
-        text += "\n" + wrap(textwrap.fill(line, int(chars * 1.15)) for line in details)
-    fig.suptitle(text, fontsize="medium")
+    """The figure's title: `title` when given, else a headline (what is shown) above detail lines (branch, steps,
+    what the mean and band are over), each wrapped on word boundaries to the figure's width."""
+    width = fig.get_figwidth() * 72 - 16  # points, less a margin
+    lines = title.split("\n") if title is not None else [headline, *details]
+    fig.suptitle("\n".join(_wrap(line, width, "medium") for line in lines), fontsize="medium")
 
 
 def _label(text: str, chars: int = 32) -> str:
-    """An axis label wrapped onto two lines when long (panels of a paper figure are short)."""
-    return textwrap.fill(text, chars, break_long_words=False)
+    """An axis label wrapped on word boundaries when longer than about `chars` characters (panels of a paper
+    figure are short); `_fit_labels` wraps it further where its panel is shorter still."""
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    size = rcParams["axes.labelsize"]
+    return _wrap(text, chars * 0.55 * FontProperties(size=size).get_size_in_points(), size)
+
+
+def _vertical_labels(fig: Figure) -> list[tuple[Axes, Any, float]]:
+    """(axes, label, room) for every vertical axis label (y labels, colour bar labels): room is the height of its
+    axes in points, as the layout placed it."""
+    out = []
+    height = fig.get_figheight() * 72
+    for ax in fig.axes:
+        label = ax.yaxis.label
+        if ax.get_visible() and label.get_visible() and label.get_text().strip() and label.get_rotation() % 180 == 90:
+            out.append((ax, label, ax.get_position().height * height))
+    return out
+
+
+def _needed(label: Any) -> float:
+    return max(_text_width(line, label.get_fontsize()) for line in label.get_text().split("\n")) + 6.0
+
+
+def _fit_labels(fig: Figure) -> None:
+    """Make every vertical axis label fit the length of its axes, so that the labels of stacked panels cannot run
+    together: the figure grows (up to `MAX_HEIGHT` inches), then labels still longer than their axes are wrapped
+    on word boundaries."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return
+    for _ in range(4):
+        engine.execute(fig)
+        labels = _vertical_labels(fig)
+        short = max((_needed(label) - room for _, label, room in labels), default=0.0)
+        if short <= 0 or fig.get_figheight() >= MAX_HEIGHT:
+            break
+        rows = len({round(ax.get_position().y0, 3) for ax, _, _ in labels}) or 1
+        fig.set_figheight(min(MAX_HEIGHT, fig.get_figheight() + rows * short / 72 + 0.05))
+    for _, label, room in _vertical_labels(fig):
+        if _needed(label) > room:
+            label.set_text(_wrap(" ".join(label.get_text().split("\n")), max(room - 6.0, 36.0), label.get_fontsize()))
+    engine.execute(fig)
+
+
+def _legend_above(ax: Axes, **kwargs: Any) -> None:
+    """The axes' legend outside it, just above its top edge (never over the data), in as many columns as fit
+    the axes' width (measured: the layout is run, the legend laid out, and redone with fewer columns while it
+    is wider; a legend wider than its axes would make the constrained layout give up)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    fig = ax.figure
+    renderer = fig._get_renderer()
+    fig.get_layout_engine().execute(fig)
+    room = 0.95 * ax.get_position().width * fig.get_figwidth() * fig.dpi  # pixels, a margin for later labels
+    for ncol in range(len(labels), 0, -1):
+        legend = ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=ncol, frameon=False,
+                           borderaxespad=0.0, handlelength=1.5, columnspacing=1.2, **kwargs)
+        if legend.get_window_extent(renderer).width <= room:
+            break
 
 
 def _layer_axis(ax: Axes, layers: list[str], max_ticks: int = 24) -> None:
@@ -394,14 +588,15 @@ def layer_profile(
             ax.set_xlabel("layer (depth order)" if ax is axes[-1] else "")
             _layer_axis(ax, layers)
             if i == 0 and (weak_pos or responsive_pos):
-                ax.legend(loc="best", frameon=False)
+                _legend_above(ax)
         names = " and ".join(SHORT.get(v, v) for v in vars)
         units = [unit for _, unit in tables]
-        over = units[0] if len(set(units)) == 1 else "; ".join(
-            f"{SHORT.get(v, v)}: {u}" for v, u in zip(vars, units, strict=True)
-        )
+        groups: dict[str, list[str]] = {}
+        for v, u in zip(vars, units, strict=True):
+            groups.setdefault(u, []).append(SHORT.get(v, v))
+        over = units[0] if len(groups) == 1 else "; ".join(f"{', '.join(g)}: {u}" for u, g in groups.items())
         _title(fig, title, f"Per-layer {names}", f"{branch} branch, {_steps_text(runs[0], steps)}",
-               f"mean, 95 % CI over {over}", *_weak_note(weak, runs[0], steps))
+               f"mean, {CI} over {over}", *_weak_note(weak, runs[0], steps))
         return _finish(fig, path, dpi)
 
 
@@ -422,7 +617,9 @@ def layer_step_heatmap(
     over runs (each run weighs the same). Columns are labelled with the step index and its timestep. Signed
     statistics (`SIGNED`: similarity, Moran's I) get a diverging map centred on zero (``vlag``), the others
     ``viridis``; `cmap` overrides. The subtitle gives the range of the cells, so that a narrow range does not
-    read as a strong effect; cells without a value (NaN) are hatched grey and the subtitle says so.
+    read as a strong effect; cells without a value (NaN) are hatched grey and the subtitle says so. For an
+    edited run (its ``intervention`` attribute), the cells the edit acts on (its layers x steps in this branch)
+    are outlined in black and the subtitle names them.
 
     Example:
         >>> import fglens as fg
@@ -469,13 +666,47 @@ def layer_step_heatmap(
         ax.set_ylabel("layer (depth order)")
         ax.tick_params(axis="x", labelrotation=0)
         parts = (["words"] if "word" in runs[0][var].dims else []) + ["frames"]
-        parts += [f"{len(runs)} runs"] if len(runs) > 1 else []
+        parts += [f"{len(runs)}\u00a0runs"] if len(runs) > 1 else []
         over = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
         details = [f"{branch} branch, mean over {over}",
                    f"cells range {low:.4g} to {high:.4g}" + (", colours centred on 0" if signed else "")
                    + ("; hatched grey: no value (NaN)" if values.size < grid.size else "")]
+        details += _mark_edits(ax, runs, branch, layers, [int(v) for v in grid["step"].values])
         _title(fig, title, f"{_upper_first(SHORT.get(var, var))} per layer and step", *details)
         return _finish(fig, path, dpi)
+
+
+def _runs_of(items: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of sorted positions as (first, last) pairs."""
+    out: list[tuple[int, int]] = []
+    for i in sorted(items):
+        if out and i == out[-1][1] + 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
+def _mark_edits(ax: Axes, runs: list[xr.Dataset], branch: str, layers: list[str], steps: list[int]) -> list[str]:
+    """Outline the heatmap cells (layer x step) the runs' intervention edited; the title lines that say so."""
+    from matplotlib.patches import Rectangle
+
+    specs = {repr(_intervention(run)) for run in runs}
+    if len(specs) > 1:
+        return ["the runs have different interventions: edited cells not outlined"]
+    scopes = _edit_scopes(runs[0], branch)
+    first = True
+    for _, chosen, at in scopes:
+        rows = [layers.index(name) for name in chosen]
+        cols = [steps.index(s) for s in at if s in steps]
+        for r0, r1 in _runs_of(rows):
+            for c0, c1 in _runs_of(cols):
+                ax.add_patch(Rectangle((c0, r0), c1 - c0 + 1, r1 - r0 + 1, fill=False, edgecolor="black",
+                                       linewidth=1.6, clip_on=False, gid="edited", zorder=5,
+                                       label="edited" if first else None))
+                first = False
+    note = _edit_note(runs[0], branch)
+    return [f"outlined: the cells edited ({note})"] if note and not first else []
 
 
 def _spread(n: int, limit: int = 8) -> list[int]:
@@ -501,6 +732,11 @@ def _as_rgb(image: Any) -> np.ndarray:
     if arr.max() > 1.0:
         arr = arr / 255.0
     return np.clip(np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr, 0.0, 1.0)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """An HxWx3 image in [0, 1] as its HxW brightness (ITU-R BT.601 weights, as PIL's ``convert("L")``)."""
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _stored_image(run: xr.Dataset) -> np.ndarray | None:
@@ -531,6 +767,8 @@ def word_maps(
     *,
     step: Any = None,
     run: int | str | None = None,
+    underlay: str = "grey",
+    shared_scale: bool = False,
     alpha: float = 0.6,
     cmap: str = "magma",
     interpolation: str = "nearest",
@@ -540,8 +778,12 @@ def word_maps(
     """A grid of one word's attention maps: rows = layers, columns = latent frames, mean over the chosen steps.
 
     Needs the ``word_map`` variable (``fg.Record(maps=True)``). The maps are on the latent token grid
-    (H' x W'); over a reference image each map is drawn at opacity `alpha`, the image stretched to the grid's
-    extent as the pipeline resizes it. One colour bar is shared by all panels.
+    (H' x W'), the reference image stretched to the grid's extent as the pipeline resizes it. The image is an
+    underlay that cannot be mistaken for attention: in grey under the map drawn at opacity `alpha`
+    (``underlay="grey"``), or as white contour lines of its brightness over the map drawn opaque
+    (``underlay="contours"``: the colours are exactly the colour bar's). One colour bar is shared by all panels;
+    with ``shared_scale=True`` its range spans every recorded word's maps (same layers, frames and steps), so
+    that the figures of different words can be compared colour for colour.
 
     Args:
         word: a recorded word.
@@ -554,16 +796,23 @@ def word_maps(
         steps: None (all steps), a ``(start, stop)`` fraction pair, or step indices: the maps are averaged
             over these steps (the same ``steps=`` as the other figures; ``step=`` is accepted as an alias).
         run: which run when several are given (index or run id); required then.
+        underlay: ``"grey"`` (the image in greyscale under the map) or ``"contours"`` (its outlines over it).
+        shared_scale: one colour range for all words (default: the range of this word's panels).
 
     Example:
         >>> import fglens as fg
-        >>> ds = fg.testing.tiny_run("wan", words=("dog",), maps=True)
-        >>> fig = fg.plot.word_maps(ds, "dog")   # over the run's own reference image
+        >>> ds = fg.testing.tiny_run("wan", words=("dog", "fence"), maps=True)
+        >>> fig = fg.plot.word_maps(ds, "dog")   # over the run's own reference image, in grey
         >>> len([ax for ax in fig.axes if ax.images]), len(fig.axes[0].images)   # 4 layers x 2 frames; image + map
         (8, 2)
         >>> len(fg.plot.word_maps(ds, "dog", image=False).axes[0].images)   # the maps alone
         1
+        >>> a, b = (fg.plot.word_maps(ds, w, shared_scale=True) for w in ("dog", "fence"))
+        >>> a.axes[0].images[-1].norm.vmax == b.axes[0].images[-1].norm.vmax   # one scale for both words
+        True
     """
+    if underlay not in UNDERLAYS:
+        raise ValueError(f"underlay must be one of {UNDERLAYS}; got {underlay!r}")
     if step is not None:
         if steps is not None:
             raise TypeError("word_maps() got both steps= and its alias step=; pass steps= only")
@@ -603,12 +852,14 @@ def word_maps(
         if missing:
             raise ValueError(f"unknown frame(s) {missing}; the run has latent frames {frame_ids}")
         cols = [frame_ids.index(int(f)) for f in wanted]
-    da = _select(one, "word_map", branch, steps).isel(word=words.index(word))
-    maps = da.mean("step", skipna=True).isel(layer=rows, frame=cols).transpose("layer", "frame", "y", "x").values
+    every = _select(one, "word_map", branch, steps).mean("step", skipna=True).isel(layer=rows, frame=cols)
+    every = every.transpose("word", "layer", "frame", "y", "x").values
+    maps = every[words.index(word)]
     if np.isnan(maps).all():
         raise ValueError(f"the word_map of {word!r} holds no values in branch {branch!r} at the chosen steps")
+    scaled = every[[i for i, w in enumerate(words) if w]] if shared_scale else maps
     ny, nx = maps.shape[-2:]
-    background = None
+    background = contours = None
     if image is None or image is True:
         rgb = _stored_image(one)
         if rgb is None and image is True:
@@ -623,35 +874,54 @@ def word_maps(
         scale = max(1, min(16, 512 // max(ny, nx)))  # the pipeline's resize: the whole image to the grid's aspect
         pil = Image.fromarray(np.round(rgb * 255).astype(np.uint8))
         pil = pil.resize((nx * scale, ny * scale), Image.Resampling.LANCZOS)
-        background = np.asarray(pil, dtype=np.float32) / 255.0
-    vmax = float(np.nanmax(maps))
-    vmin = 0.0 if float(np.nanmin(maps)) >= 0.0 else float(np.nanmin(maps))
+        grey = _luminance(np.asarray(pil, dtype=np.float32) / 255.0)
+        if underlay == "grey":
+            background = grey
+        else:
+            ys = -0.5 + (np.arange(grey.shape[0]) + 0.5) / scale
+            xs = -0.5 + (np.arange(grey.shape[1]) + 0.5) / scale
+            contours = (xs, ys, grey)
+    vmax = float(np.nanmax(scaled))
+    vmin = 0.0 if float(np.nanmin(scaled)) >= 0.0 else float(np.nanmin(scaled))
     cell = min(1.6, PAGE_WIDTH / (len(cols) + 0.8)) * max(0.35, min(1.6, ny / nx))
-    width = min(PAGE_WIDTH, 1.1 + min(1.6, PAGE_WIDTH / (len(cols) + 0.8)) * len(cols))
-    extent = (-0.5, nx - 0.5, ny - 0.5, -0.5)
+    from matplotlib import rcParams
+
     with _style("white"):
-        fig = _figure(max(width, 2.4), 0.9 + cell * len(rows))
+        names = [layer_names[pos] for pos in rows]
+        labels = max(_text_width(name, rcParams["axes.labelsize"]) for name in names) / 72  # row labels, inches
+        width = min(PAGE_WIDTH, 0.8 + labels + min(1.6, PAGE_WIDTH / (len(cols) + 0.8)) * len(cols))
+        extent = (-0.5, nx - 0.5, ny - 0.5, -0.5)
+        fig = _figure(max(width, 2.4), 1.0 + cell * len(rows))
         axes = fig.subplots(len(rows), len(cols), squeeze=False)
         im = None
-        for r, layer_pos in enumerate(rows):
+        for r, name in enumerate(names):
             for c, frame_pos in enumerate(cols):
                 ax = axes[r, c]
                 if background is not None:
-                    ax.imshow(background, extent=extent, interpolation="bilinear")
+                    ax.imshow(background, cmap="gray", vmin=0.0, vmax=1.0, extent=extent, interpolation="bilinear")
                 im = ax.imshow(maps[r, c], cmap=cmap, vmin=vmin, vmax=vmax, extent=extent,
                                alpha=alpha if background is not None else 1.0, interpolation=interpolation)
+                if contours is not None:
+                    ax.contour(*contours, levels=4, colors="white", linewidths=0.6, alpha=0.9)
+                    ax.set_xlim(extent[0], extent[1])
+                    ax.set_ylim(extent[2], extent[3])
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(f"frame {frame_ids[frame_pos]}")
-                if c == 0:
-                    ax.set_ylabel(layer_names[layer_pos])
+                if c == 0:  # row labels read horizontally: long layer names never run into the next row's
+                    ax.set_ylabel(name, rotation=0, ha="right", va="center")
         from matplotlib.cm import ScalarMappable
 
+        scale_text = ("one colour scale for all words" if shared_scale and len(scaled) > 1
+                      else "colour scale of this word")
         fig.colorbar(ScalarMappable(norm=im.norm, cmap=im.cmap), ax=axes.ravel().tolist(), shrink=0.9,
                      label=f"attention to “{word}” (head mean)")  # the colours at full opacity
+        under = ("" if background is None and contours is None else
+                 "; under the maps: the reference image in grey" if background is not None else
+                 "; white lines: contours of the reference image")
         _title(fig, title, f"Attention map of “{word}”", f"{branch} branch, mean over {_steps_text(one, steps)}",
-               f"rows: layers; columns: latent frames ({ny}×{nx} tokens)")
+               f"rows: layers; columns: latent frames ({ny}×{nx} tokens){under}; {scale_text}")
         return _finish(fig, path, dpi)
 
 
@@ -714,9 +984,9 @@ def condition_balance(
             ax.set_ylabel(_label(LABELS["text_share"], 24))
             ax.set_xlabel("layer (depth order)")
             _layer_axis(ax, layers)
-            ax.legend(frameon=False, loc="best")
+            _legend_above(ax)
             _title(fig, title, "Text vs image condition per layer", f"{branch} branch, {steps_text}",
-                   f"mean, 95 % CI over {unit}")
+                   f"mean, {CI} over {unit}")
             return _finish(fig, path, dpi)
 
         text, unit = _samples(runs, "text_mass", branch, steps, max_samples)
@@ -745,7 +1015,7 @@ def condition_balance(
             ax.set_xlabel("layer (depth order)" if ax is bottom else "")
             _layer_axis(ax, layers)
         _title(fig, title, "Attention on text / image / video tokens", f"{branch} branch, {steps_text}",
-               f"means over {unit}; below: text mass, 95 % CI")
+               f"means over {unit}; below: text mass, {CI}")
         return _finish(fig, path, dpi)
 
 
@@ -774,7 +1044,10 @@ def compare(
     Top: the per-layer mean of `var` for `ds_a` and `ds_b` with 95 % CIs (as in `layer_profile`). Bottom:
     b − a per layer. When the two inputs hold the same samples (same runs, steps, words, frames: an A/B with
     the same seeds), the difference is paired sample by sample and gets its own 95 % CI; otherwise it is the
-    difference of the two means, without a band (the title says which).
+    difference of the two means, without a band (the title says which). When an input is an edited run, the
+    title says where its edit acts (from its ``intervention`` attribute) and, when those are not the steps
+    drawn, that the means are over the figure's steps: pass ``steps=`` the edit's steps (e.g. ``(0.0, 0.5)``)
+    to average only where it acts.
 
     Example:
         >>> import fglens as fg
@@ -810,13 +1083,13 @@ def compare(
         _profile_line(sns, top, table_a, palette[0], labels[0], n_boot)
         _profile_line(sns, top, table_b, palette[1], labels[1], n_boot, linestyle="--")
         top.set_ylabel(_label(LABELS.get(var, var), 28))
-        top.legend(frameon=False, loc="best")
+        _legend_above(top)
         bottom.axhline(0.0, color="0.3", linewidth=0.8)
         if paired:
             diff = table_a[keys].copy()
             diff["value"] = table_b["value"].to_numpy() - table_a["value"].to_numpy()
             _profile_line(sns, bottom, diff, "0.15", None, n_boot)
-            how = "paired sample by sample, 95 % CI"
+            how = f"paired sample by sample, {CI}"
         else:
             delta = _layer_means(table_b, len(layers)) - _layer_means(table_a, len(layers))
             bottom.plot(np.arange(len(layers)), delta, color="0.15", marker="o", markersize=4, linewidth=1.5)
@@ -826,10 +1099,31 @@ def compare(
             ax.set_xlabel("layer (depth order)" if ax is bottom else "")
             _layer_axis(ax, layers)
         over = unit_a if unit_a == unit_b else f"{unit_a} ({labels[0]}), {unit_b} ({labels[1]})"
+        steps_text = _steps_text(runs_a[0], steps)
         _title(fig, title, f"{_upper_first(SHORT.get(var, var))}: {labels[0]} vs {labels[1]}",
-               f"{branch} branch, {_steps_text(runs_a[0], steps)}", f"mean, 95 % CI over {over}", f"Δ: {how}",
+               f"{branch} branch, {steps_text}", f"mean, {CI} over {over}", f"Δ: {how}",
+               *_compare_edit_note(runs_a, runs_b, labels, branch, steps, steps_text),
                *_weak_note(weak, runs_a[0], steps))
         return _finish(fig, path, dpi)
+
+
+def _compare_edit_note(runs_a: list[xr.Dataset], runs_b: list[xr.Dataset], labels: Sequence[str], branch: str,
+                       steps: Any, steps_text: str) -> list[str]:
+    """Title lines saying where each input's intervention acts and, when that is not every step drawn, that the
+    means are over the figure's steps (the steps after an edit differ too, through the latents)."""
+    lines = []
+    drawn = select_steps(runs_a[0], steps)
+    for label, runs in zip(labels, (runs_a, runs_b), strict=True):
+        scopes = _edit_scopes(runs[0], branch)
+        note = _edit_note(runs[0], branch)
+        if note is None:
+            continue
+        acted = sorted({s for _, _, at in scopes for s in at})
+        line = f"edit of “{label}”: {note}"
+        if acted != drawn:
+            line += f"; means over {steps_text}"
+        lines.append(line)
+    return lines
 
 
 def _anchor_parts(anchor: Any) -> tuple[list[str], np.ndarray | None, Any]:
@@ -935,7 +1229,8 @@ def anchor(
                 if c == 0:
                     ax.set_ylabel(f"“{w}”")
         if regions is not None:
-            _title(fig, title, "FSG anchors: CLIP regions and masks", f"threshold: {regions.threshold or 'soft'}")
+            _title(fig, title, f"{FSG} anchors: CLIP regions and masks",
+                   f"threshold: {regions.threshold or 'soft'}")
         else:
-            _title(fig, title, "FSG anchors: masks", "no CLIP regions (built from masks)")
+            _title(fig, title, f"{FSG} anchors: masks", "no CLIP regions (built from masks)")
         return _finish(fig, path, dpi)

@@ -134,7 +134,7 @@ def test_plot_draws_the_word_maps_over_the_runs_reference_image(wan_diagnosed, t
     code, _, err = call(["plot", store, "--var", "similarity", "--word", "dog", "--dpi", "50", "--out", tmp_path])
     assert code == 0, err
     drawn = _pixels(tmp_path / "word_maps_dog.png")
-    over = fg.plot.word_maps(ds, "dog", dpi=50, path=tmp_path / "over.png")
+    over = fg.plot.word_maps(ds, "dog", dpi=50, shared_scale=True, path=tmp_path / "over.png")  # as fglens plot
     assert all(len(ax.images) == 2 for ax in over.axes if ax.images)  # the stored image, then the map
     bare = fg.plot.word_maps(ds, "dog", dpi=50, image=False, path=tmp_path / "bare.png")
     assert all(len(ax.images) == 1 for ax in bare.axes if ax.images)
@@ -157,7 +157,7 @@ def test_plot_of_a_store_written_before_runs_kept_their_image(wan_diagnosed, tmp
     code, _, err = call(["plot", old, "--var", "similarity", "--dpi", "50", "--out", out_dir])
     assert code == 0, err
     assert {"word_maps_dog.png", "word_maps_jumps.png", "layer_profile.png"} <= {p.name for p in out_dir.iterdir()}
-    fg.plot.word_maps(only_run(old), "dog", dpi=50, path=tmp_path / "bare.png")  # no image: the maps alone
+    fg.plot.word_maps(only_run(old), "dog", dpi=50, shared_scale=True, path=tmp_path / "bare.png")  # the maps alone
     np.testing.assert_array_equal(_pixels(out_dir / "word_maps_dog.png"), _pixels(tmp_path / "bare.png"))
 
 

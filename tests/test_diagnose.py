@@ -383,6 +383,22 @@ def test_hunyuan_double_then_single_blocks_are_one_stack():
     assert weak.weak == ["single.0"]
 
 
+def test_an_edge_layer_below_the_threshold_is_neither_weak_nor_responsive():
+    """Issue 13, item 7: a Wan2.2 expert's last layer at z = -25 was listed as "responsive (edge)" because the edge
+    rule kept it out of the weak layers and top_k=3 took every layer left. A layer below the threshold is never a
+    cache source; the summary says why it is not weak."""
+    sim = base_profile(6)
+    sim[5] -= 0.3  # the last layer: far below the others, but an edge layer
+    ds, _ = synth_run(sim)
+    weak = find_weak_layers(ds, top_k=10)
+    assert float(weak.scores.sel(layer="blocks.5")) < -10 and bool(weak.scores.edge.sel(layer="blocks.5"))
+    assert "blocks.5" not in weak.weak and "blocks.5" not in weak.responsive
+    assert sorted(weak.responsive) == names([0, 1, 2, 3, 4])  # every other layer: all at z >= -1
+    row = next(line for line in weak.summary().splitlines() if line.startswith("blocks.5"))
+    assert row.endswith("below threshold (edge)")
+    assert "blocks.5" in find_weak_layers(ds, exclude_edges=0.0).weak  # without the edge rule it is weak
+
+
 def test_equal_scores_warn_and_mark_no_weak_layers():
     ds, _ = synth_run(np.full(L, 0.4), noise=0.0)
     with pytest.warns(UserWarning, match="MAD of similarity .* is 0"):

@@ -1,6 +1,7 @@
 """fglens.plot: every figure renders headless to a PNG, with labelled axes, for Wan and HunyuanVideo runs; the
 plotted numbers are the Dataset's own means, computed here independently with xarray; clear errors."""
 
+import json
 from types import SimpleNamespace
 
 import matplotlib
@@ -37,6 +38,11 @@ def wan_seed1(wan_pipe):
 @pytest.fixture(scope="module")
 def hunyuan():
     return testing.tiny_run("hunyuan", words=WORDS, maps=True, pipe=testing.tiny_hunyuan_i2v_pipeline())
+
+
+@pytest.fixture(scope="module")
+def wan22_run(wan22):
+    return testing.tiny_run("wan", words=("dog",), maps=True, pipe=wan22)
 
 
 @pytest.fixture(params=["wan", "hunyuan"])
@@ -255,7 +261,62 @@ def test_layer_step_heatmap_of_several_runs_is_the_mean_of_the_runs(wan, wan_see
     per_run = [d.word_mass.sel(branch="cond").mean(("word", "frame")) for d in (wan, wan_seed1)]
     expected = ((per_run[0] + per_run[1]) / 2).transpose("layer", "step").values
     np.testing.assert_allclose(np.asarray(mesh.get_array()).reshape(expected.shape), expected, rtol=1e-5)
-    assert "2 runs" in _title(fig)
+    assert "2\u00a0runs" in _title(fig)
+
+
+def _outlined(fig) -> set[tuple[str, int]]:
+    """The (layer, step) cells outlined as edited on a heatmap."""
+    ax = fig.axes[0]
+    layers = [t.get_text() for t in ax.get_yticklabels()]
+    steps = [int(t.get_text().split("\n")[0]) for t in ax.get_xticklabels()]
+    cells = set()
+    for box in (p for p in ax.patches if p.get_gid() == "edited"):
+        x0, y0 = round(box.get_x()), round(box.get_y())
+        for dy in range(round(box.get_height())):
+            for dx in range(round(box.get_width())):
+                cells.add((layers[y0 + dy], steps[x0 + dx]))
+    return cells
+
+
+def test_layer_step_heatmap_outlines_the_cells_an_edit_acts_on(wan_pipe):
+    """Issue 13, item 6: a recorded edit on layers 1 and 2 in the first half of 4 steps: exactly those 2 x 2
+    cells are outlined and the subtitle names them; other branches and plain runs get no outline."""
+    where = fg.Where(layers=[1, 2], steps=(0.0, 0.5), branches=("cond",))
+    edited = testing.tiny_run("wan", words=("dog",), maps=False, pipe=wan_pipe, steps=4,
+                              edit=fg.Scale(["dog"], 3.0, where=where))
+    fig = plot.layer_step_heatmap(edited, var="word_mass")
+    assert _outlined(fig) == {(layer, step) for layer in ("blocks.1", "blocks.2") for step in (0, 1)}
+    text = " ".join(_title(fig).split())
+    assert "outlined: the cells edited (Scale on blocks.1, blocks.2 at steps 0, 1)" in text
+    assert _outlined(plot.layer_step_heatmap(edited, var="word_mass", steps=[1, 2, 3])) == {
+        ("blocks.1", 1), ("blocks.2", 1)}
+    plain = plot.layer_step_heatmap(edited.assign_attrs(intervention="null"), var="word_mass")
+    assert _outlined(plain) == set() and "outlined" not in _title(plain)
+
+
+def _with_edit(ds: xr.Dataset, spec: dict) -> xr.Dataset:
+    return ds.assign_attrs(intervention=json.dumps(spec))
+
+
+def test_edited_cells_follow_the_stored_scope_of_each_part(wan, wan22_run):
+    """Read from the stored spec as fg.Where reads it: a layer index names that block of each transformer
+    (Wan2.2's two experts), a CacheTransfer without where.layers edits its dst, parts are unioned, a part for
+    another branch edits nothing here, step indices are steps."""
+    fig = plot.layer_step_heatmap(_with_edit(wan22_run, {"type": "Scale", "where": {"layers": [1], "steps": [1]}}),
+                                  var="word_mass")
+    assert _outlined(fig) == {("blocks.1", 1), ("transformer_2.blocks.1", 1)}
+    focal = {"type": "FocalGuidance", "parts": [
+        {"type": "AnchorMask", "where": {"layers": ["blocks.1"], "steps": [0.0, 0.5], "branches": ["cond"]}},
+        {"type": "CacheTransfer", "src": ["blocks.3"], "dst": ["blocks.2"], "where": {"steps": None}},
+        {"type": "Ablate", "where": {"layers": [0], "branches": ["uncond"]}},
+    ]}
+    fig = plot.layer_step_heatmap(_with_edit(wan, focal), var="word_mass")
+    assert _outlined(fig) == {("blocks.1", 0), ("blocks.2", 0), ("blocks.2", 1)}
+    text = " ".join(_title(fig).split())
+    assert "AnchorMask on blocks.1 at step 0; CacheTransfer on blocks.2 at steps 0, 1" in text
+    assert "Ablate" not in text
+    runs = [_with_edit(wan, focal), wan.assign_attrs(intervention="null")]
+    assert "different interventions" in " ".join(_title(plot.layer_step_heatmap(runs, var="word_mass")).split())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -274,8 +335,8 @@ def test_word_maps_grid_is_the_step_mean_map_over_the_image(run, tmp_path):
     expected = run.word_map.sel(branch="cond", word="dog").mean("step").values  # (layer, frame, y, x)
     for i, ax in enumerate(panels):
         r, c = divmod(i, n_frames)
-        background, overlay = ax.images  # the reference image, then the map at alpha < 1
-        assert background.get_array().shape[-1] == 3 and overlay.get_alpha() < 1
+        background, overlay = ax.images  # the reference image in grey, then the map at alpha < 1
+        assert background.get_array().ndim == 2 and background.get_cmap().name == "gray" and overlay.get_alpha() < 1
         np.testing.assert_allclose(np.asarray(overlay.get_array()), expected[r, c], rtol=1e-6)
         if c == 0:
             assert ax.get_ylabel() == layers[r]
@@ -288,10 +349,12 @@ def test_word_maps_grid_is_the_step_mean_map_over_the_image(run, tmp_path):
 
 def _background(stored: np.ndarray, ny: int, nx: int) -> np.ndarray:
     """Independent expectation of the drawn background: the stored uint8 image, resized by PIL to the latent grid
-    (``scale`` pixels per token, as the pipeline stretches the whole image to the grid's aspect)."""
+    (``scale`` pixels per token, as the pipeline stretches the whole image to the grid's aspect), in grey (its
+    brightness with the ITU-R BT.601 weights: an underlay that does not read as attention)."""
     scale = max(1, min(16, 512 // max(ny, nx)))
     resized = Image.fromarray(stored).resize((nx * scale, ny * scale), Image.Resampling.LANCZOS)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+    rgb = np.asarray(resized, dtype=np.float64) / 255.0
+    return 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan"])
@@ -305,18 +368,18 @@ def test_word_maps_overlays_the_runs_own_reference_image(family, wan, hunyuan):
     assert len(panels) == 2
     for ax in panels:
         background, overlay = ax.images
-        np.testing.assert_allclose(np.asarray(background.get_array()), _background(given, ny, nx), atol=1e-7)
+        np.testing.assert_allclose(np.asarray(background.get_array()), _background(given, ny, nx), atol=1e-6)
         assert overlay.get_alpha() < 1
     # drawn from the stored variable: another stored image gives another background
     other = (255 - run.reference_image).astype(np.uint8)
     fig = plot.word_maps(run.assign(reference_image=other), "dog", layers=[0], frames=[0])
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()), _background(other.values, ny, nx),
-                               atol=1e-7)
+                               atol=1e-6)
     assert len(plot.word_maps(run, "dog", layers=[0], frames=[0], image=False).axes[0].images) == 1
     explicit = testing.reference_image(96, 64)  # an image passed in wins over the stored one
     fig = plot.word_maps(run, "dog", layers=[0], frames=[0], image=explicit)
     np.testing.assert_allclose(np.asarray(fig.axes[0].images[0].get_array()),
-                               _background(np.asarray(explicit), ny, nx), atol=1e-7)
+                               _background(np.asarray(explicit), ny, nx), atol=1e-6)
 
 
 def test_word_maps_of_stacked_runs_cut_each_image_and_runs_without_one_plot_bare(wan_pipe, tmp_path):
@@ -334,7 +397,7 @@ def test_word_maps_of_stacked_runs_cut_each_image_and_runs_without_one_plot_bare
         stored = np.asarray(image.resize((256, 160), Image.Resampling.LANCZOS)) if run_id == "b" else np.asarray(image)
         fig = plot.word_maps(stacked, "dog", run=run_id, layers=[0], frames=[0])
         background, _ = fig.axes[0].images
-        np.testing.assert_allclose(np.asarray(background.get_array()), _background(stored, ny, nx), atol=1e-7)
+        np.testing.assert_allclose(np.asarray(background.get_array()), _background(stored, ny, nx), atol=1e-6)
     for data in (stacked, fg.open_run(store, run="c")):  # no image kept: the maps alone
         fig = plot.word_maps(data, "dog", run="c" if data is stacked else None, layers=[0], frames=[0])
         (only,) = fig.axes[0].images
@@ -373,6 +436,45 @@ def test_word_maps_errors_say_what_exists(wan, wan_seed1):
     first = next(ax for ax in fig.axes if ax.images)
     expected = wan_seed1.word_map.sel(branch="cond", word="dog", layer="blocks.0", frame=0).mean("step").values
     np.testing.assert_allclose(np.asarray(first.images[-1].get_array()), expected, rtol=1e-6)  # the map: on top
+
+
+def test_word_maps_contour_underlay_draws_the_map_opaque_under_the_images_outlines(wan):
+    """Issue 13, item 6: an underlay that cannot read as attention: the map at full opacity (its colours are the
+    colour bar's), the reference image as white contour lines over it."""
+    fig = plot.word_maps(wan, "dog", layers=[0], frames=[0], underlay="contours")
+    ax = fig.axes[0]
+    (only,) = ax.images
+    assert only.get_alpha() in (None, 1.0)
+    expected = wan.word_map.sel(branch="cond", word="dog", layer="blocks.0", frame=0).mean("step").values
+    np.testing.assert_allclose(np.asarray(only.get_array()), expected, rtol=1e-6)
+    assert ax.collections, "no contour lines of the image"
+    assert [*ax.get_xlim(), *ax.get_ylim()] == list(only.get_extent())  # the contours do not widen the panel
+    assert "contours of the reference image" in " ".join(_title(fig).split())
+    assert "in grey" in " ".join(_title(plot.word_maps(wan, "dog", layers=[0], frames=[0])).split())
+    with pytest.raises(ValueError, match=r"underlay must be one of \('grey', 'contours'\); got 'colour'"):
+        plot.word_maps(wan, "dog", underlay="colour")
+
+
+def test_word_maps_shared_scale_spans_every_words_maps(wan):
+    """One colour scale across words (issue 13, item 6): the range of all recorded words' maps at the same
+    layers, frames and steps; by default the word's own range."""
+    maps = wan.word_map.sel(branch="cond", layer=["blocks.0", "blocks.2"], frame=[1]).mean("step")
+    own = {w: plot.word_maps(wan, w, layers=[0, 2], frames=[1], image=False) for w in WORDS}
+    shared = {w: plot.word_maps(wan, w, layers=[0, 2], frames=[1], image=False, shared_scale=True) for w in WORDS}
+    for word in WORDS:
+        assert own[word].axes[0].images[-1].norm.vmax == pytest.approx(float(maps.sel(word=word).max()))
+        assert shared[word].axes[0].images[-1].norm.vmax == pytest.approx(float(maps.max()))
+        assert "one colour scale for all words" in " ".join(_title(shared[word]).split())
+        assert "colour scale of this word" in " ".join(_title(own[word]).split())
+    assert len({own[w].axes[0].images[-1].norm.vmax for w in WORDS}) > 1  # the words' own ranges differ here
+
+
+def test_word_maps_row_labels_read_horizontally(wan22_run):
+    """Wan2.2's long layer names ("transformer_2.blocks.0") as vertical row labels ran into each other."""
+    fig = plot.word_maps(wan22_run, "dog", frames=[0])
+    rows = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_ylabel() for ax in rows] == [str(v) for v in wan22_run.layer.values]
+    assert all(ax.yaxis.label.get_rotation() == 0 for ax in rows)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -464,6 +566,36 @@ def test_compare_unpaired_inputs_and_mismatched_layers(wan, hunyuan, wan_seed1):
         plot.compare(wan, wan.isel(layer=slice(0, 3)))
 
 
+def test_compare_says_where_the_edit_acts_and_what_is_averaged(wan):
+    """Issue 13, item 7: the edit acts on step 0 of 2; the figure averages all steps unless told otherwise, and
+    says so; with steps= the edit's steps the means are where it acts, and nothing more is said."""
+    spec = {"type": "Scale", "words": ["dog"], "where": {"layers": ["blocks.1"], "steps": [0.0, 0.5]}}
+    edited = _with_edit(wan, spec)
+    text = " ".join(_title(plot.compare(wan, edited, labels=("without", "with Scale"), n_boot=50)).split())
+    assert "edit of “with Scale”: Scale on blocks.1 at step 0; means over all steps (0–1)" in text
+    text = " ".join(_title(plot.compare(wan, edited, labels=("without", "with Scale"), steps=(0.0, 0.5),
+                                        n_boot=50)).split())
+    assert "edit of “with Scale”: Scale on blocks.1 at step 0" in text and "means over" not in text
+    assert "edit of" not in _title(plot.compare(wan, wan, n_boot=50))
+
+
+def test_legends_sit_above_the_axes_and_titles_break_between_words(wan):
+    """Legends outside the data (above the top panel); "95 % CI" never split over two lines; operators never
+    start a line."""
+    weak = SimpleNamespace(weak=["blocks.1"], responsive=["blocks.3"])
+    for fig in (plot.layer_profile(wan, weak=weak, n_boot=50), plot.compare(wan, wan, weak=weak, n_boot=50),
+                plot.condition_balance(wan, n_boot=50)):
+        renderer = fig._get_renderer()
+        legend = fig.axes[0].get_legend()
+        assert legend.get_window_extent(renderer).y0 >= fig.axes[0].get_window_extent(renderer).y1
+        assert "95\u00a0%\u00a0CI" in _title(fig)
+    assert "95\u00a0%\u00a0CI" in plot._wrap("a mean, 95\u00a0%\u00a0CI over runs", 40, 9.6).split("\n")
+    for width in range(20, 200, 5):
+        lines = plot._wrap("Δ similarity (with Scale − without) × 2", width, 9.6).split("\n")
+        assert not any(line.startswith(("−", "×")) for line in lines)
+        assert " ".join(lines) == "Δ similarity (with Scale − without) × 2"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # anchor
 # ----------------------------------------------------------------------------------------------------------
@@ -494,6 +626,7 @@ def test_anchor_from_clip_draws_region_map_and_mask(clip, tmp_path):
     labels = [ax.get_ylabel() for ax in fig.axes if not ax.images]
     assert labels == ["cosine similarity", "mask M_w"] * 2
     assert "otsu" in _title(fig)
+    assert "Fine-grained Semantic Guidance (FSG) anchors" in " ".join(_title(fig).split())  # FSG spelled out
     # one word only, and the anchor inside a FocalGuidance
     edit = fg.FocalGuidance(anchor=anchor, layers=[1])
     one = plot.anchor(image, edit, word="fence")
@@ -570,3 +703,43 @@ def test_figures_leave_pyplot_and_the_backend_alone(wan):
     assert dict(matplotlib.rcParams) == rc  # seaborn's paper style was scoped to the figure
     assert fig not in [plt.figure(n) for n in plt.get_fignums()]
     plt.close(mine)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the evaluation's category figure (fglens.eval.report)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_eval_figure_draws_the_items_says_n_and_no_interval_from_two_items():
+    """Issue 13, item 6: no 95 % interval drawn from one or two items (the items as dots, n under each metric);
+    a missing scorer is said on its axis and in the title, not drawn as text into the panels."""
+    from matplotlib.container import ErrorbarContainer
+
+    from fglens.eval.report import MIN_ITEMS_FOR_CI, category_figure
+    from fglens.eval.stats import summarize
+
+    rng = np.random.default_rng(0)
+    score = rng.uniform(size=(4, 2, 2, 2))
+    score[..., 1] = np.nan  # the judge is missing
+    results = xr.Dataset(
+        {"score": (("item", "seed", "condition", "scorer"), score)},
+        coords={"item": list("abcd"), "condition": ["baseline", "intervention"], "scorer": ["motion", "judge"],
+                "category": ("item", ["small", "small", "other", "other"])})
+    results["total"] = results["score"].mean("scorer", skipna=True)
+    summary = summarize(results, n_resamples=200)
+    assert MIN_ITEMS_FOR_CI == 3
+    small = category_figure(summary, "small", results=results)
+    top, bottom = small.axes
+    assert not [c for ax in (top, bottom) for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    dots = [line for line in top.lines if line.get_gid() == "items"]
+    assert sum(len(line.get_xdata()) for line in dots) == 2 * 2 * 2  # 2 items x 2 conditions x (motion, total)
+    item_means = results["score"].sel(scorer="motion", condition="baseline").mean("seed").values[:2]
+    np.testing.assert_allclose(sorted(dots[0].get_ydata()), sorted(item_means))
+    ticks = [t.get_text() for t in bottom.get_xticklabels()]
+    assert ticks == ["motion\nn\u00a0=\u00a02", "judge\n(no scores)", "total\nn\u00a0=\u00a02"]
+    assert not top.texts and not bottom.texts
+    assert "no scores (scorer missing): judge" in " ".join(small.get_suptitle().split())
+    pooled = category_figure(summary, "all", results=results)  # 4 items: intervals drawn, for motion and total
+    bars = [c for c in pooled.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and all(len(c.lines[2][0].get_segments()) == 2 for c in bars)
+    assert [ax.get_ylabel() for ax in pooled.axes] == ["mean score", "intervention − baseline"]

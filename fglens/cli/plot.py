@@ -2,7 +2,8 @@
 
 Per run: ``layer_profile`` (with the weak and responsive layers of fg.find_weak_layers), one
 ``layer_step_heatmap`` per recorded statistic, ``condition_balance``, and ``word_maps`` per word when the run
-holds word maps, drawn over the run's reference image when it kept one (image-to-video runs do). Across runs:
+holds word maps (one colour scale for all words), drawn over the run's reference image in grey when it kept
+one (image-to-video runs do); heatmaps of an edited run outline the cells its edit acts on. Across runs:
 ``compare`` for each run with an intervention against the run of the same prompt and seed without one.
 `write_figures` is what ``fglens demo`` calls too.
 """
@@ -167,10 +168,12 @@ def figure_jobs(
             jobs.append((folder / f"condition_balance.{fmt}",
                          lambda p, ds=ds: plot.condition_balance(ds, path=p, **extra)))
         if "word_map" in ds.data_vars:
-            # over the run's own reference image when it kept one (word_maps' default, image=None)
+            # over the run's own reference image when it kept one (word_maps' default, image=None), in grey; one
+            # colour scale for all words, so that the figures of the words compare colour for colour
             for word in words or _words(ds):
                 jobs.append((folder / f"word_maps_{_safe(word)}.{fmt}",
-                             lambda p, ds=ds, word=word: plot.word_maps(ds, word=word, path=p, **extra)))
+                             lambda p, ds=ds, word=word: plot.word_maps(ds, word=word, path=p, shared_scale=True,
+                                                                        **extra)))
         elif words:
             notes.append(f"{name}: no word maps recorded (record them with --maps / fg.Record(maps=True))")
     for base, edited in comparisons(runs):

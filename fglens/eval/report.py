@@ -15,9 +15,9 @@ Example:
     ...     coords={"item": list("abcd"), "condition": ["baseline", "intervention"], "scorer": ["motion"],
     ...             "category": ("item", ["object_motion"] * 4)})
     >>> results["total"] = results["score"].mean("scorer")
-    >>> fig = category_figure(summarize(results, n_resamples=500), "object_motion")
-    >>> [ax.get_title() for ax in fig.axes]
-    ['object_motion: mean score (95 % CI)', 'paired difference intervention - baseline']
+    >>> fig = category_figure(summarize(results, n_resamples=500), "object_motion", results=results)
+    >>> [ax.get_ylabel() for ax in fig.axes]
+    ['mean score', 'intervention − baseline']
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,64 @@ def _fmt(mean: float, low: float, high: float, signed: bool = False) -> str:
         f"{value} [{low:.4f}, {high:.4f}]"
 
 
-def category_figure(summary: xr.Dataset, category: str):
-    """A figure for one category: each metric's mean with its interval per condition (bars), and, with both
-    conditions, the paired differences with their intervals. Returns a `matplotlib.figure.Figure`."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
+#: fewer items than this get no interval on the figure (their points are drawn and n is said instead): a
+#: bootstrap over one or two items is no interval
+MIN_ITEMS_FOR_CI = 3
+
+
+def _item_values(results: xr.Dataset | None, category: str, metric: str) -> dict[str, np.ndarray]:
+    """Per condition, each item's mean over seeds of `metric` (NaN items dropped), from the results Dataset."""
+    if results is None:
+        return {}
+    data = results["total"] if metric == "total" else results["score"].sel(scorer=metric)
+    if category != "all":
+        data = data.isel(item=np.asarray([str(c) == category for c in results["category"].values]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an item without any score: its mean is NaN, dropped
+        means = data.mean("seed", skipna=True)
+    out = {str(c): means.sel(condition=c).values.astype(float) for c in means["condition"].values}
+    if "baseline" in out and "intervention" in out:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            diff = (data.sel(condition="intervention") - data.sel(condition="baseline")).mean("seed", skipna=True)
+        out["diff"] = diff.values.astype(float)
+    return {k: v[np.isfinite(v)] for k, v in out.items()}
+
+
+def _dots(ax, x: float, values: np.ndarray, colour) -> None:
+    """The items as dots around `x`, spread sideways (deterministically) so that equal values stay visible."""
+    if values.size == 0:
+        return
+    spread = np.linspace(-0.12, 0.12, values.size) if values.size > 1 else np.zeros(1)
+    ax.plot(x + spread, values, linestyle="none", marker="o", markersize=3, markerfacecolor="white",
+            markeredgecolor=colour, markeredgewidth=0.8, zorder=4, gid="items")
+
+
+def category_figure(summary: xr.Dataset, category: str, results: xr.Dataset | None = None):
+    """A figure for one category, in the style of `fglens.plot`: per metric and condition the mean score over
+    items (bars), and, with both conditions, the paired difference intervention − baseline below.
+
+    Each item is its mean over seeds; the error bars are the summary's bootstrap intervals over items, drawn only
+    where at least `MIN_ITEMS_FOR_CI` items were scored (a bootstrap over one or two items is no interval); the
+    number of items n stands under each metric, and with `results` (the results Dataset) every item is drawn as
+    a dot, so that few items are seen as few. Metrics without any score are named in the title and marked
+    "(no scores)" on the axis. Returns a `matplotlib.figure.Figure`.
+
+    Example:
+        >>> import numpy as np, xarray as xr
+        >>> from fglens.eval.report import category_figure
+        >>> from fglens.eval.stats import summarize
+        >>> rng = np.random.default_rng(0)
+        >>> results = xr.Dataset(
+        ...     {"score": (("item", "seed", "condition", "scorer"), rng.uniform(size=(4, 2, 2, 1)))},
+        ...     coords={"item": list("abcd"), "condition": ["baseline", "intervention"], "scorer": ["motion"],
+        ...             "category": ("item", ["object_motion"] * 4)})
+        >>> results["total"] = results["score"].mean("scorer")
+        >>> fig = category_figure(summarize(results, n_resamples=500), "object_motion", results=results)
+        >>> [ax.get_ylabel() for ax in fig.axes]
+        ['mean score', 'intervention − baseline']
+    """
+    from .. import plot
 
     cats = [str(c) for c in summary["category"].values]
     if category not in cats:
@@ -54,39 +108,72 @@ def category_figure(summary: xr.Dataset, category: str):
     metrics = [str(m) for m in summary["metric"].values]
     conditions = [str(c) for c in summary["condition"].values]
     paired = "diff" in summary
-    colours = sns.color_palette("colorblind", max(3, len(conditions)))
-    fig = Figure(figsize=(max(6.0, 2.0 + 1.0 * len(metrics)), 7.5 if paired else 4.2), layout="constrained")
-    axes = fig.subplots(2 if paired else 1, 1, squeeze=False)[:, 0]
-    x = np.arange(len(metrics))
-    width = 0.8 / len(conditions)
-    ax = axes[0]
-    for k, cond in enumerate(conditions):
-        cell = sub.sel(condition=cond)
-        mean, low, high = (cell[v].values.astype(float) for v in ("mean", "low", "high"))
-        err = np.vstack([mean - low, high - mean])
-        err = np.where(np.isnan(err), 0.0, err)
-        pos = x - 0.4 + width * (k + 0.5)
-        ax.bar(pos, np.nan_to_num(mean), width, color=colours[k], label=cond)
-        ax.errorbar(pos, np.nan_to_num(mean), yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
-        for p, m in zip(pos, mean, strict=True):
-            if np.isnan(m):
-                ax.text(p, 0.02, "missing", rotation=90, ha="center", va="bottom", fontsize=8, color="grey")
     level = round(100 * float(summary.attrs.get("confidence", 0.95)))
-    ax.set(xticks=x, ylim=(0, 1.05), ylabel="score", title=f"{category}: mean score ({level} % CI)")
-    ax.set_xticklabels(metrics, rotation=30, ha="right")
-    ax.legend(loc="upper right", fontsize=8)
-    if paired:
-        ax = axes[1]
-        diff, low, high = (sub[v].values.astype(float) for v in ("diff", "diff_low", "diff_high"))
-        err = np.where(np.isnan(np.vstack([diff - low, high - diff])), 0.0, np.vstack([diff - low, high - diff]))
-        ax.bar(x, np.nan_to_num(diff), 0.6, color=colours[2])
-        ax.errorbar(x, np.nan_to_num(diff), yerr=err, fmt="none", ecolor="black", capsize=3, lw=1)
-        for p, d in zip(x, diff, strict=True):
-            if np.isnan(d):
-                ax.text(p, 0.0, "missing", rotation=90, ha="center", va="bottom", fontsize=8, color="grey")
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.set(xticks=x, ylabel="difference", title="paired difference intervention - baseline")
-        ax.set_xticklabels(metrics, rotation=30, ha="right")
+    method = summary.attrs.get("method", "")
+    items = {m: _item_values(results, category, m) for m in metrics}
+    counts = sub["n_items"].values.astype(float)  # [condition, metric]
+    missing = [m for j, m in enumerate(metrics) if not np.nansum(counts[:, j])]
+
+    def tick(j: int, n: np.ndarray) -> str:
+        if metrics[j] in missing:
+            return f"{metrics[j]}\n(no scores)"
+        found = sorted({int(v) for v in n if np.isfinite(v)})
+        return f"{metrics[j]}\nn\u00a0=\u00a0{'/'.join(map(str, found))}"
+
+    with plot._style() as sns:
+        colours = sns.color_palette("colorblind", max(3, len(conditions)))
+        width = min(plot.PAGE_WIDTH, max(plot.COLUMN_WIDTH, 1.4 + 0.55 * len(metrics) * max(2, len(conditions))))
+        fig = plot._figure(width, 6.0 if paired else 3.6)
+        axes = fig.subplots(2 if paired else 1, 1, squeeze=False, sharex=True)[:, 0]
+        x = np.arange(len(metrics))
+        bar = 0.8 / len(conditions)
+        ax = axes[0]
+        high_value = 1.0
+        for k, cond in enumerate(conditions):
+            cell = sub.sel(condition=cond)
+            mean, low, high = (cell[v].values.astype(float) for v in ("mean", "low", "high"))
+            pos = x - 0.4 + bar * (k + 0.5)
+            ax.bar(pos, np.where(np.isnan(mean), 0.0, mean), bar * 0.9, color=colours[k], label=cond, alpha=0.85,
+                   gid=f"mean:{cond}")
+            shown = (counts[k] >= MIN_ITEMS_FOR_CI) & np.isfinite(low) & np.isfinite(high)
+            if shown.any():
+                ax.errorbar(pos[shown], mean[shown], yerr=np.vstack([mean - low, high - mean])[:, shown], fmt="none",
+                            ecolor="0.15", capsize=3, lw=1, gid=f"ci:{cond}")
+            for j, m in enumerate(metrics):
+                values = items[m].get(cond, np.empty(0))
+                _dots(ax, pos[j], values, "0.15")
+                high_value = max([high_value, *values, *high[shown]])
+        ax.set_ylim(0, 1.05 * high_value)
+        ax.set_ylabel("mean score")
+        ax.set_xticks(x)
+        ax.set_xticklabels([tick(j, counts[:, j]) for j in range(len(metrics))])
+        plot._legend_above(ax)
+        if paired:
+            ax = axes[1]
+            diff, low, high = (sub[v].values.astype(float) for v in ("diff", "diff_low", "diff_high"))
+            pairs = sub["n_pairs"].values.astype(float)
+            ax.axhline(0.0, color="0.3", lw=0.8)
+            ax.bar(x, np.where(np.isnan(diff), 0.0, diff), 0.5, color=colours[2], alpha=0.85, gid="diff")
+            shown = (pairs >= MIN_ITEMS_FOR_CI) & np.isfinite(low) & np.isfinite(high)
+            if shown.any():
+                ax.errorbar(x[shown], diff[shown], yerr=np.vstack([diff - low, high - diff])[:, shown], fmt="none",
+                            ecolor="0.15", capsize=3, lw=1, gid="ci:diff")
+            for j, m in enumerate(metrics):
+                _dots(ax, x[j], items[m].get("diff", np.empty(0)), "0.15")
+            ax.set_ylabel("intervention − baseline")
+            ax.set_xticks(x)
+            ax.set_xticklabels([tick(j, pairs[None, j]) for j in range(len(metrics))])
+            axes[0].tick_params(labelbottom=True)  # n per condition above, n of pairs below
+        details = ["bars: mean over items (each item's mean over seeds)"
+                   + ("; dots: the items" if results is not None else ""),
+                   f"error bars: {level}\u00a0% {method} bootstrap interval over items, only where "
+                   f"n\u00a0≥\u00a0{MIN_ITEMS_FOR_CI} items"]
+        if paired:
+            details.append("below: paired difference intervention − baseline per item and seed")
+        if missing:
+            details.append(f"no scores (scorer missing): {', '.join(missing)}")
+        plot._title(fig, None, f"{category}: scores per metric", *details)
+        plot._fit_labels(fig)
     return fig
 
 
@@ -160,7 +247,7 @@ def write_report(results: xr.Dataset, summary: xr.Dataset, folder: str | os.Path
     paired = "diff" in summary
     lines = ["# fglens evaluation", "", *_notes(results, summary), ""]
     for category in (str(c) for c in summary["category"].values):
-        fig = category_figure(summary, category)
+        fig = category_figure(summary, category, results=results)
         FigureCanvasAgg(fig)
         fig.savefig(folder / "figures" / f"{category}.png", dpi=120)
         lines += [f"## {category}", "", f"![{category}](figures/{category}.png)", ""]
