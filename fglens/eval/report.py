@@ -5,19 +5,7 @@ how the intervals were made, then per category a table: each metric's mean and i
 paired difference with its interval and the relative gain), ``summary.csv`` (the same numbers, one row per
 category and metric) and ``figures/<category>.png`` (`category_figure`).
 
-Example:
-    >>> import numpy as np, xarray as xr
-    >>> from fglens.eval.report import category_figure
-    >>> from fglens.eval.stats import summarize
-    >>> rng = np.random.default_rng(0)
-    >>> results = xr.Dataset(
-    ...     {"score": (("item", "seed", "condition", "scorer"), rng.uniform(size=(4, 2, 2, 1)))},
-    ...     coords={"item": list("abcd"), "condition": ["baseline", "intervention"], "scorer": ["motion"],
-    ...             "category": ("item", ["object_motion"] * 4)})
-    >>> results["total"] = results["score"].mean("scorer")
-    >>> fig = category_figure(summarize(results, n_resamples=500), "object_motion", results=results)
-    >>> [ax.get_ylabel() for ax in fig.axes]
-    ['mean score', 'intervention − baseline']
+Example: `category_figure` (the figure of one category from the summary and the per-item results).
 """
 
 from __future__ import annotations
