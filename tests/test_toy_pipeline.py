@@ -92,16 +92,11 @@ def test_base_word_maps_land_on_the_named_object_more_than_an_untrained_dit(base
     word maps put more mass inside the named object than outside on every item, and more than the same
     pipeline with its DiT at initial weights (the control: objects are salient content, so attention differs
     there whatever the text says; the trained model must beat that, not 1)."""
-    import copy
-
-    from fglens.toy.model import build_pipeline
-    from fglens.toy.report import word_map_focus
+    from fglens.toy.report import untrained_control, word_map_focus
 
     items = fg.toy.suite("test", n=10, seed=0)
     trained = word_map_focus(base, items, seed=0)
-    control_pipe = copy.copy(base)
-    control_pipe.transformer = build_pipeline(seed=0).transformer.eval()
-    control = word_map_focus(control_pipe, items, seed=0)
+    control = word_map_focus(untrained_control(base, seed=0), items, seed=0)
     assert trained["n"] == control["n"] >= 5
     detail = f"trained {trained['ratio_per_layer']}, control {control['ratio_per_layer']}"
     assert trained["items_above_1"] == 1.0, detail

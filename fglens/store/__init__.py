@@ -2,9 +2,9 @@
 
 from .layout import check_run_id
 from .multi import open_runs
-from .reader import RunMeta, UnreadableRun, decode_attrs, list_runs, open_run, read_run, run_info, run_table
+from .reader import RunMeta, UnreadableRun, decode_attrs, list_runs, open_run, read_run, run_info, run_table, verify_run
 from .schema import DEFINITIONS, SCHEMA_VERSION, VARIABLE_DIMS
-from .verify import DamagedRun, Verdict, verify_run
+from .verify import DamagedRun, Verdict
 from .writer import MemorySink, RunWriter, StoreTarget, ZarrSink, new_run_id, store_path
 
 __all__ = [

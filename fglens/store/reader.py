@@ -13,6 +13,7 @@ import xarray as xr
 
 from .layout import disk_size, read_meta, root_attrs, run_dirs
 from .schema import check_schema
+from .verify import Verdict, check_chunks
 
 JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "grid", "intervention", "seed", "words")
 
@@ -186,9 +187,9 @@ def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:
     """A run as a lazy Dataset holding its fully written steps (`chunks` as for `xarray.open_zarr`).
 
     A run whose writer was killed in the middle of a step can have arrays of different lengths along
-    ``step``; each array is then cut to the committed steps.
+    ``step``; each array is then cut to the committed steps. `meta` comes from `read_run`, which has already
+    refused a newer schema.
     """
-    check_schema(meta.attrs.get("fglens_schema", 1), f"run {meta.name!r} in {meta.dir.parent}")
     kw = {"chunks": chunks, "zarr_format": 3, "consolidated": meta.consolidated}
     lengths, steps = meta.step_lengths, meta.steps
     ds = None
@@ -208,6 +209,20 @@ def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:
         ds = ds.set_coords([c for c in coords if c in ds.data_vars])
     ds = ordinary_strings(ds)
     return ds.assign_attrs({**meta.attrs, "run": meta.name, "complete": meta.complete, "steps_written": steps})
+
+
+def verify_run(path: str | os.PathLike, run: str) -> Verdict:
+    """Read every committed chunk of `run` (its checksum is checked as it decodes) and look for missing ones.
+
+    Never raises for damage: an unreadable run's metadata is a problem too. `fg.open_run(..., verify=True)`
+    raises `DamagedRun` from this; `fglens inspect --verify` prints it.
+    """
+    try:
+        meta = read_run(path, run)
+        arrays = meta.arrays
+    except UnreadableRun as exc:
+        return Verdict(run, (str(exc),), False, 0)
+    return check_chunks(run, meta.dir, arrays, meta.steps)
 
 
 def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = True,
@@ -236,8 +251,6 @@ def open_run(path: str | os.PathLike, run: str | None = None, *, load: bool = Tr
     elif run not in runs:
         raise KeyError(f"no run {run!r} in {path}; runs: {runs}")
     if verify:
-        from .verify import verify_run
-
         verdict = verify_run(path, run)
         if not verdict.ok:
             raise verdict.error(path)

@@ -10,7 +10,7 @@ Example:
     >>> import fglens as fg, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "runs.zarr")
     >>> ds = fg.testing.tiny_run("wan", words=("dog",), maps=False, store=path)
-    >>> verdict = verify_run(path, ds.attrs["run"])
+    >>> verdict = fg.store.verify_run(path, ds.attrs["run"])
     >>> verdict.ok, verdict.checksummed, verdict.chunks > 0
     (True, True, True)
 """
@@ -23,8 +23,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from .reader import UnreadableRun, read_run
 
 
 class DamagedRun(ValueError):
@@ -71,30 +69,23 @@ def _chunk_keys(meta: dict[str, Any], steps: int):
             yield index, "c" + "".join(sep + str(i) for i in index)
 
 
-def verify_run(path: str | os.PathLike, run: str) -> Verdict:
-    """Read every committed chunk of `run` (its checksum is checked as it decodes) and look for missing ones.
-
-    Never raises for damage: an unreadable run's metadata is a problem too. `fg.open_run(..., verify=True)`
-    raises `DamagedRun` from this; `fglens inspect --verify` prints it.
-    """
+def check_chunks(run: str, run_dir: str | os.PathLike, arrays: dict[str, dict[str, Any]], steps: int) -> Verdict:
+    """Read every committed chunk of the run's `arrays` (name -> zarr metadata; its checksum is checked as it
+    decodes) and look for missing ones; `steps` is the run's committed ``steps_written``. Never raises for
+    damage. `fglens.store.verify_run` calls this with what the run's metadata says."""
     import zarr
 
-    try:
-        meta = read_run(path, run)
-        arrays = meta.arrays
-    except UnreadableRun as exc:
-        return Verdict(run, (str(exc),), False, 0)
     problems: list[str] = []
     checked, checksummed = 0, True
     for name, array_meta in arrays.items():
         checksummed &= any(c.get("name") == "crc32c" for c in array_meta.get("codecs", []))
-        folder = Path(meta.dir) / name
+        folder = Path(run_dir) / name
         try:
             array = zarr.open_array(str(folder), mode="r", zarr_format=3)
         except Exception as exc:  # noqa: BLE001 - whatever zarr raises, the run is damaged there
             problems.append(f"array {name!r} cannot be opened ({folder}: {exc})")
             continue
-        for index, key in _chunk_keys(array_meta, meta.steps):
+        for index, key in _chunk_keys(array_meta, steps):
             file = folder / key
             if not file.is_file():
                 problems.append(f"chunk {key} of {name!r} is missing ({file})")

@@ -91,7 +91,7 @@ import torch
 import torch.nn.functional as F
 
 from ..anchors.clip import _OPENAI_MEAN, _OPENAI_STD, DEFAULT_TEMPLATES, DENSE_METHODS, Clip, DenseSpec
-from .load import WEIGHTS, verify
+from .load import CLIP_DIR, CLIP_FILES, WEIGHTS, verify
 from .world import COLOURS, SHAPES, SIZE
 
 #: the 15 object names of the world, the classes of the sigmoid loss
@@ -101,14 +101,12 @@ TEMPLATES: tuple[str, ...] = ("{}",) + DEFAULT_TEMPLATES
 #: the toy DiT's token grid of a 64×64 frame: the VAE compresses 4×, the DiT's patches are 2×2
 TOKEN_GRID: tuple[int, int] = (SIZE // 8, SIZE // 8)
 #: where the shipped weights live
-CLIP_WEIGHTS = WEIGHTS / "clip"
+CLIP_WEIGHTS = WEIGHTS / CLIP_DIR
 #: the dense method `clip()` uses by default: the path the loss trains, and the best one measured
 DEFAULT_DENSE = "raw"
 
-CONFIG_FILE = "open_clip_config.json"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-INFO_FILE = "clip.json"
-SHIPPED_FILES = (CONFIG_FILE, WEIGHTS_FILE, INFO_FILE)
+CONFIG_FILE, WEIGHTS_FILE, INFO_FILE = CLIP_FILES
+SHIPPED_FILES = CLIP_FILES
 
 
 def config(pool_type: str = "tok") -> dict[str, Any]:

@@ -23,6 +23,8 @@ from typing import Any
 WEIGHTS = Path(__file__).parent / "weights"
 VARIANTS = ("base", "weak")
 CLIP_DIR = "clip"  #: the tiny CLIP's folder under the weights (`fglens.toy.clip`, shipped by `ship_clip`)
+#: the files of a `fglens toy train-clip` run that ship: its open_clip config, weights and measurements
+CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "clip.json")
 
 #: the call every toy item is made with: the world's size and frame count, steps, guidance and output
 CALL: dict[str, Any] = dict(height=64, width=64, num_frames=9, num_inference_steps=20, guidance_scale=4.0,
@@ -180,10 +182,8 @@ def ship_clip(run: str | os.PathLike, root: Path = WEIGHTS) -> dict[str, str]:
     """
     import shutil
 
-    from .clip import SHIPPED_FILES
-
     src = Path(run)
-    missing = [f for f in SHIPPED_FILES if not (src / f).is_file()]
+    missing = [f for f in CLIP_FILES if not (src / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{src} is not a finished `fglens toy train-clip` run: {', '.join(missing)} missing")
     old = manifest(root) if (root / "manifest.json").is_file() else {}
@@ -195,10 +195,10 @@ def ship_clip(run: str | os.PathLike, root: Path = WEIGHTS) -> dict[str, str]:
     if (root / CLIP_DIR).exists():
         shutil.rmtree(root / CLIP_DIR)
     (root / CLIP_DIR).mkdir(parents=True)
-    for f in SHIPPED_FILES:
+    for f in CLIP_FILES:
         shutil.copyfile(src / f, root / CLIP_DIR / f)
     digests = {rel: d for rel, d in old.items() if not rel.startswith(CLIP_DIR + "/")}
-    digests.update({f"{CLIP_DIR}/{f}": sha256(root / CLIP_DIR / f) for f in SHIPPED_FILES})
+    digests.update({f"{CLIP_DIR}/{f}": sha256(root / CLIP_DIR / f) for f in CLIP_FILES})
     digests = dict(sorted(digests.items(), key=lambda kv: PurePosixPath(kv[0])))
     (root / "manifest.json").write_text(json.dumps(digests, indent=1) + "\n")
     return digests

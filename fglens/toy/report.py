@@ -43,6 +43,15 @@ def _fmt_diff(t: tuple) -> str:
     return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
 
+def untrained_control(pipe, seed: int = 0):
+    """The control of a trained toy pipeline: the same parts (a shallow copy) with its DiT at initial weights."""
+    import copy
+
+    control = copy.copy(pipe)
+    control.transformer = build_pipeline(seed=seed).transformer.eval()
+    return control
+
+
 def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
     """How much more word-map mass lands on the named object's pixels than elsewhere, per layer.
 
@@ -103,10 +112,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         res[f"{name}_follows"] = summarize(rows[name])
         res[f"{name}_fidelity"] = summarize(rows[name], "fidelity")
     res["word_map_focus"] = word_map_focus(pipes["base"], items[:n_diag], seed=seed)
-    control = pipeline("base", path=base)  # the control: the same pipeline with its DiT at initial weights
-    control.transformer = build_pipeline(seed=seed).transformer.eval()
-    res["word_map_focus_control"] = word_map_focus(control, items[:n_diag], seed=seed)
-    del control
+    res["word_map_focus_control"] = word_map_focus(untrained_control(pipes["base"], seed), items[:n_diag], seed=seed)
     diag = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
