@@ -88,3 +88,17 @@ def test_the_learning_rate_warms_up_holds_then_cools_down_to_zero():
     assert [dit_lr(longer, s) for s in range(800)] == [dit_lr(cfg, s) for s in range(800)]  # same history
     with pytest.raises(ValueError, match="cooldown must be an integer in 0..dit_steps"):
         TrainConfig(dit_steps=10, cooldown=11)
+
+
+def test_toy_losses_draws_runs_and_refuses_bad_arguments(tmp_path, capsys):
+    from fglens.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "loss.csv").write_text("phase,step,loss\nvae,0,1.0\nvae,1,0.5\ndit,0,2.0\ndit,1,1.0\n")
+    assert main(["toy", "losses", f"base={run}", "--out", str(tmp_path / "loss.png")]) == 0
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    assert main(["toy", "losses", str(run), "--out", str(tmp_path / "x.png")]) == 2
+    assert "is not NAME=RUN" in capsys.readouterr().err
+    assert main(["toy", "losses", f"base={tmp_path}", "--out", str(tmp_path / "x.png")]) == 2
+    assert "has no loss.csv" in capsys.readouterr().err
