@@ -75,7 +75,8 @@ def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    """``run-<UTC time to the microsecond>-<8 random hex>``: ids sort by creation, also within one second."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
     return f"run-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
