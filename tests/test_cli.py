@@ -232,6 +232,33 @@ def test_plot_compares_runs_with_and_without_the_intervention(generated, tmp_pat
             "layer_profile.png", "heatmap_similarity.png", "condition_balance.png"}
 
 
+def test_plot_pools_a_sweeps_runs(tmp_path):
+    """Several prompts and seeds with and without an intervention: one pooled profile over the plain runs and
+    one pooled comparison per intervention, paired over the (prompt, seed) pairs."""
+    from fglens.sweep import run_sweep
+
+    fg.testing.reference_image().save(tmp_path / "ref.png")
+    scale = {"type": "scale", "words": ["dog"], "factor": 3.0}
+    lines = [{"image": "ref.png", "prompt": PROMPT, "words": ["dog"], "seed": s, "intervention": edit}
+             for s in (0, 1) for edit in (None, scale)]
+    spec = tmp_path / "spec.jsonl"
+    spec.write_text("\n".join(json.dumps(line) for line in lines))
+    store = tmp_path / "sweep.zarr"
+    assert run_sweep(spec, "tiny-wan", store, steps=2, progress=False).failed == {}
+    code, out, err = call(["plot", store, "--all", "--var", "word_mass", "--out", tmp_path / "fig"])
+    assert code == 0, err
+    assert is_png(tmp_path / "fig" / "pooled_layer_profile.png")
+    pooled = tmp_path / "fig" / "pooled_compare_word_mass_Scale.png"
+    assert is_png(pooled)
+    assert len(list((tmp_path / "fig").glob("compare_word_mass_*.png"))) == 2   # and the per-pair ones
+    from fglens.cli.plot import pooled_jobs, select_runs
+
+    notes: list[str] = []
+    jobs = dict(pooled_jobs(select_runs(str(store), None, True), tmp_path / "again", "png", ["word_mass"], {}, notes))
+    fig = jobs[tmp_path / "again" / "pooled_compare_word_mass_Scale.png"](tmp_path / "again.png")
+    assert "2\u00a0runs" in fig.get_suptitle() and "paired" in fig.get_suptitle(), fig.get_suptitle()
+
+
 def test_inspect_lists_runs_and_marks_an_incomplete_one(wan_diagnosed, tmp_path, capsys):
     _, store, *_ = wan_diagnosed
     copy = tmp_path / "runs.zarr"

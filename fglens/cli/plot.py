@@ -4,7 +4,8 @@ Per run: ``layer_profile`` (with the weak and responsive layers of fg.find_weak_
 ``layer_step_heatmap`` per recorded statistic, ``condition_balance``, and ``word_maps`` per word when the run
 holds word maps (one colour scale for all words), drawn over the run's reference image in grey when it kept
 one (image-to-video runs do); heatmaps of an edited run outline the cells its edit acts on. Across runs:
-``compare`` for each run with an intervention against the run of the same prompt and seed without one.
+``compare`` for each run with an intervention against the run of the same prompt and seed without one, and
+pooled figures over all runs (a sweep's prompts and seeds: `pooled_jobs`).
 `write_figures` is what ``fglens demo`` calls too.
 """
 
@@ -28,7 +29,9 @@ examples:
 Writes, per run: layer_profile, heatmap_<statistic> (one per statistic), condition_balance,
 word_maps_<word> (when the run holds word maps: `fglens diagnose --maps`; over the run's reference image when
 it kept one); and compare_<statistic>_<a>_vs_<b>
-for each run with an intervention against the run without one of the same prompt and seed.
+for each run with an intervention against the run without one of the same prompt and seed. With several
+runs, also pooled_layer_profile (all runs without an intervention, with the weak layers found over them) and
+pooled_compare_<statistic>_<intervention> (each intervention's runs against their baselines, paired).
 """
 
 #: the statistics of the profile and comparison figures, when recorded (`--var` overrides)
@@ -176,6 +179,7 @@ def figure_jobs(
                                                                         **extra)))
         elif words:
             notes.append(f"{name}: no word maps recorded (record them with --maps / fg.Record(maps=True))")
+    jobs += pooled_jobs(runs, out, fmt, variables, extra, notes)
     for base, edited in comparisons(runs):
         a, b = runs[base], runs[edited]
         shared = [v for v in statistics(a) if v in statistics(b)]
@@ -186,6 +190,71 @@ def figure_jobs(
                          lambda p, a=a, b=b, var=var, weak=weak_of[base]: plot.compare(
                              a, b, var=var, labels=("without", _intervention_label(b)), weak=weak, path=p,
                              **extra)))
+    return jobs
+
+
+def pooled_jobs(
+    runs: Mapping[str, Any],
+    out: Path,
+    fmt: str,
+    variables: Sequence[str] | None,
+    extra: Mapping[str, Any],
+    notes: list[str],
+) -> list[tuple[Path, Callable[[Path], Any]]]:
+    """Figures over several runs at once (a sweep's prompts and seeds), when more than one run is drawn.
+
+    ``pooled_layer_profile``: every run without an intervention in one profile (their samples pooled, the
+    band a bootstrap over all of them), with the weak layers `find_weak_layers` finds over those runs; and per
+    intervention (runs with the same recipe) ``pooled_compare_<statistic>_<kind>``: its runs against their
+    baselines (same prompt, seed, model and layers), paired sample by sample.
+    """
+    import json
+    import warnings
+
+    from .. import plot
+    from ..diagnose import find_weak_layers
+    from ..store import decode_attrs
+
+    if len(runs) < 2:
+        return []
+    jobs: list[tuple[Path, Callable[[Path], Any]]] = []
+    pairs = comparisons(runs)
+    edited = {b for _, b in pairs} | {n for n, ds in runs.items()
+                                      if decode_attrs(dict(ds.attrs)).get("intervention") not in (None, "null", "none")}
+    plain = [runs[n] for n in runs if n not in edited]
+    shared = set.intersection(*(set(statistics(ds)) for ds in runs.values()))
+    profile = list(variables) if variables else [v for v in PROFILE_VARS if v in shared]
+    if len({tuple(map(str, ds.layer.values)) for ds in plain}) > 1:
+        notes.append("pooled figures: the runs without an intervention have different layers (several models?): "
+                     "no pooled profile")
+    elif len(plain) >= 2 and profile:
+        weak = None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                weak = find_weak_layers(plain)
+            notes.extend(f"pooled: {w.message}" for w in caught)
+        except ValueError as exc:
+            notes.append(f"pooled: no weak layers marked ({exc})")
+        jobs.append((out / f"pooled_layer_profile.{fmt}",
+                     lambda p, r=plain, w=weak, v=tuple(profile): plot.layer_profile(
+                         r, weak=w, vars=v, path=p, **extra)))
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for base, edit in pairs:
+        spec = decode_attrs(dict(runs[edit].attrs)).get("intervention")
+        groups.setdefault(json.dumps(spec, sort_keys=True, default=str), []).append((base, edit))
+    for i, members in enumerate(groups.values()):
+        if len(members) < 2:
+            continue
+        a = [runs[base] for base, _ in members]
+        b = [runs[edit] for _, edit in members]
+        label = _intervention_label(b[0])
+        kind = _safe(label.removeprefix("with ").replace(" ", "_"))
+        suffix = f"{kind}_{i}" if len(groups) > 1 else kind
+        for var in profile:
+            jobs.append((out / f"pooled_compare_{var}_{suffix}.{fmt}",
+                         lambda p, a=a, b=b, var=var, label=label: plot.compare(
+                             a, b, var=var, labels=("without", label), path=p, **extra)))
     return jobs
 
 
