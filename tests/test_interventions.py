@@ -343,6 +343,56 @@ def test_focal_guidance_and_recording_over_collapsed_pads_match_the_dense_refere
         np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("pads", ["collapsed", "all keys"])
+def test_cache_transfer_mixes_in_the_map_the_source_used_with_its_own_edits(wan_i2v, ref_image, pads):
+    """An anchor and a Scale on the source layer: the destination mixes in the source's biased map (the one the
+    model used there, as on joint attention), with the pads collapsed or not; at alpha 1 the destination's
+    recorded word mass is the source's."""
+    mask = torch.zeros(3, 5)
+    mask[:2, 1:4] = 1.0
+    strength, factor, src, dst = 3.0, 0.25, 0, 2
+    on_src = fg.Where(layers=[src])
+    edit = (fg.AnchorMask.from_mask(mask, "dog", strength=strength, frames="all", where=on_src)
+            + fg.Scale("fence", factor, where=on_src))
+    tokens = wan_i2v.tokenizer.convert_ids_to_tokens(wan_i2v.tokenizer(PROMPT).input_ids)
+    words = {w: [tokens.index("\u2581" + w)] for w in ("dog", "fence")}
+    if pads == "collapsed":
+        kwargs = {"prompt": PROMPT}
+    else:  # embeddings passed in: fglens cannot vouch for the pads, nor read the words (given as positions)
+        embeds = wan_i2v.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512)[0]
+        kwargs = {"prompt": None, "prompt_embeds": embeds}
+    record = fg.Record(words=words if pads != "collapsed" else list(words), stats=["word_mass"])
+    outs = {}
+    for alpha in (0.6, 1.0):
+        cache = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step")
+        with KernelCalls() as inner, fg.trace(wan_i2v, record=record, edit=edit + cache) as run, \
+                KernelCalls() as outer:
+            wan_i2v(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+                    generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)
+        outs[alpha] = run.dataset
+        (extra,) = _blocks(inner.calls, math.prod(GRID))[dst]["extra"]  # cond
+        assert extra["k"].shape[1] == (_real_length(wan_i2v, PROMPT) + 1 if pads == "collapsed" else 512)
+        own, source = _layer_calls(outer.text_calls(), 4)[0][dst], _layer_calls(outer.text_calls(), 4)[0][src]
+        positions = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
+        assert positions == words
+        bias = torch.zeros(math.prod(GRID), 512, dtype=torch.float64)
+        bias[:, positions["dog"]] += strength * mask.double().expand(GRID[0], -1, -1).reshape(-1)[:, None]
+        bias[:, positions["fence"]] += math.log(factor)
+        logits_own = torch.einsum("bnhd,bthd->bhnt", own["q"].double(), own["k"].double())
+        logits_src = torch.einsum("bnhd,bthd->bhnt", source["q"].double(), source["k"].double())
+        scale = 1 / math.sqrt(own["q"].shape[-1])
+        p = (1 - alpha) * torch.softmax(logits_own * scale, -1) + alpha * torch.softmax(logits_src * scale + bias, -1)
+        torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
+                                   rtol=1e-5, atol=1e-5)
+        for word in ("dog", "fence"):
+            mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
+            got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
+            np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+    full = outs[1.0].word_mass.sel(branch="cond", step=0)
+    np.testing.assert_allclose(full.sel(layer=f"blocks.{dst}").values, full.sel(layer=f"blocks.{src}").values,
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_cache_transfer_keeps_every_key_where_the_pads_are_unknown(wan_i2v, ref_image):
     """No collapse where fglens cannot vouch for the pads: embeddings passed in by the user (that branch only),
     or a batch of several prompts (the encoding's count is item 0's; a longer prompt's real keys lie after it).

@@ -15,10 +15,13 @@ precision; no attention mask is needed, so every backend keeps its fused kernel.
 queries (widened by those dimensions once, when the source runs) and its L + 1 distinct keys. Where the pads are not
 known, the extra call runs over all the keys, as before.
 
-An anchor (`AnchorMask`) on the same call biases the destination's own map, which the model's call computes over
-all the keys; the extra call carries the source's unbiased map, so no biased column is ever collapsed here (and
-where a recorder collapses the destination's columns, an anchor's bias on the pad column is 0: its columns are
-word positions, all before the pads).
+The source's map is the one the model used there: where interventions bias the source's logits (an anchor, a
+`Scale`, an `Ablate` scoped to it), the cache keeps its queries and keys widened by those biases as extra head
+dimensions, ``[q | b_q] · [k | b_k / s]``, exactly as the source's own edited call computed them (on joint
+attention, the source's biases and row LSE are cached for the same reason). An anchor on the destination biases
+the destination's own map, which the model's call computes over all the keys. Collapsing the pads stays exact
+with biases: every bias's columns are either word positions (all before the pads) or a whole segment (every pad
+alike), so the pad keys stay identical, bias dimensions included.
 """
 
 from __future__ import annotations
@@ -139,21 +142,20 @@ class CacheTransfer(_Scoped):
             return True  # observed (cached) whatever the scope
         return super().applies(site, forward)
 
-    def observe(self, call: EditCall) -> None:
-        """Cache a source layer's text queries and keys: ``(step, query, key, real, total)``. With the pads known
-        (`EditCall.text_real` = L), `key` is a copy of its first L + 1 rows (the real keys and one pad key, the
-        others being identical to it) and ``real = L``, and where a destination will mix this map in, `query` is
-        already widened by the bias dimensions (made here, while the previous map is freed and the model's own
-        query is alive anyway, so the edited call allocates no second query); otherwise the model's query, the
-        whole key and ``real = None``."""
-        if call.site.kind != "text" or call.site.layer not in self._sources:
-            return
+    def _cache_text_source(self, call: EditCall) -> None:
+        """Cache a source layer's text queries and keys, after its call: ``(step, query, key, real, total)``, both
+        widened by the call's logit biases (`EditCall.biases`, see the module docstring) when it had any, so the
+        cached map is the one the model used. With the pads known (`EditCall.text_real` = L), `key` is a copy of
+        its first L + 1 rows (the real keys and one pad key, the others being identical to it) and ``real = L``,
+        and where a destination will mix this map in, `query` is already widened by the pad count's unit
+        dimensions (once, here, rather than per destination); otherwise the whole key and ``real = None``."""
         slot = self._retire(call)
-        total, real, query = call.key.shape[1], call.text_real, call.query
+        total, real = call.key.shape[1], call.text_real
+        query, key = _with_biases(call.query, call.key, call.biases, call.scale)
         if real is None or real >= total - 1:
-            key, real = call.key, None
+            real = None
         else:
-            key = call.key[:, : real + 1].clone()  # a copy: the 512-row key is not kept alive
+            key = key[:, : real + 1].clone()  # a copy: the 512-row key is not kept alive
             if self._will_mix(call.site.layer, call.forward):
                 query = _with_unit_dims(query)
         self._cache[slot] = (call.forward.step, query, key, real, total)
@@ -212,11 +214,13 @@ class CacheTransfer(_Scoped):
     def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
         if call.site.kind == "joint":
             return self._edit_joint(call, out)
+        if call.site.kind == "text" and call.site.layer in self._sources:
+            self._cache_text_source(call)
         found = self._slot(call)
         if found is None:
             return out
         _, query, key, real, total = found[0][found[1]]
-        width = call.value.shape[-1]
+        width, dims = call.value.shape[-1], key.shape[-1]  # dims: the head's, plus the source's bias dimensions
         if total != call.key.shape[1]:
             raise ValueError(
                 f"CacheTransfer {self._source_of[call.site.layer][0]} -> {call.site.layer}: the source has {total} "
@@ -224,14 +228,20 @@ class CacheTransfer(_Scoped):
             )
         rows = None if real is None or call.text_real is None else max(real, call.text_real)
         if rows is None or rows >= total - 1:
-            mixed = call.kernel(query[..., :width], _leading_keys(key, real, total), call.value)
+            keys = _leading_keys(key, real, total)
+            if dims == width:
+                mixed = call.kernel(query[..., :width], keys, call.value)
+            else:
+                q, k, v = _padded(query[..., :dims], keys, call.value)
+                mixed = call.kernel(q, k, v, scale=call.scale)[..., :width]
         else:
             mixed = self._collapsed(call, *found, rows)
         weight = self.alpha * call.rows_mask(self.where)
         # what recorders need to see the mixed map: the source's queries, and its first n text keys in the
         # destination's layout on demand (a recorder asks for its own count of real keys plus one pad, which may
-        # cover more words than the edit's; nothing is copied when no recorder reads this call)
-        call.mixes.append((weight, query[..., :width], functools.partial(_leading_keys, key, real)))
+        # cover more words than the edit's; nothing is copied when no recorder reads this call); both with the
+        # source's bias dimensions, whose dot product times the scale is the source's bias
+        call.mixes.append((weight, query[..., :dims], functools.partial(_leading_keys, key, real)))
         return out + weight[..., None].to(out.dtype) * (mixed - out)
 
     def _collapsed(self, call: EditCall, table: dict, slot: Hashable, rows: int) -> torch.Tensor:
@@ -239,17 +249,16 @@ class CacheTransfer(_Scoped):
         (its logit raised by their log count), in one call of the model's kernel with the bias as extra head
         dimensions. Keys and values from `rows` on must be identical (`EditCall.text_real`)."""
         step, query, key, real, total = table[slot]
-        width = call.value.shape[-1]
-        if query.shape[-1] == width:  # not widened by `observe` (it expected no use): once, shared by destinations
+        width, dims = call.value.shape[-1], key.shape[-1]
+        if query.shape[-1] == dims:  # not widened when cached (no use expected then): once, shared by destinations
             query = _with_unit_dims(query)
             table[slot] = (step, query, key, real, total)
-        extra = query.shape[-1] - width
         keys = _leading_keys(key, real, rows + 1)
-        k = keys.new_zeros((*keys.shape[:-1], width + extra))
-        k[..., :width] = keys
+        k = keys.new_zeros((*keys.shape[:-1], query.shape[-1]))
+        k[..., :dims] = keys
         for i, part in enumerate(_split(math.log(total - rows) / call.scale, k.dtype, _BIAS_DIMS)):
-            k[:, rows, :, width + i] = part
-        v = call.value.new_zeros((call.value.shape[0], rows + 1, call.value.shape[2], width + extra))
+            k[:, rows, :, dims + i] = part
+        v = call.value.new_zeros((call.value.shape[0], rows + 1, call.value.shape[2], query.shape[-1]))
         v[..., :width] = call.value[:, : rows + 1]
         return call.kernel(query, k, v, scale=call.scale)[..., :width]
 
@@ -300,6 +309,28 @@ class CacheTransfer(_Scoped):
 
 #: unit query dimensions that carry the pad key's log-count bias (in three parts: ~24 bits even in a bfloat16 key)
 _BIAS_DIMS = 3
+
+
+def _with_biases(query: torch.Tensor, key: torch.Tensor, biases, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[q | b_q]`` and ``[k | b_k / scale]`` of a call's logit biases (in the call's dtype, as the edited call
+    used them), or the call's own query and key when it had none."""
+    if not biases:
+        return query, key
+    bq = torch.cat([b.q for b in biases], -1).to(query.dtype)
+    bk = (torch.cat([b.k for b in biases], -1) / scale).to(key.dtype)
+    return torch.cat([query, bq], -1), torch.cat([key, bk], -1)
+
+
+def _padded(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
+    """Query and key zero-padded to a multiple of 8 wide, and the value zero-padded to the same width."""
+    dims = query.shape[-1]
+    pad = (-dims) % 8
+    if pad:
+        query = torch.cat([query, query.new_zeros((*query.shape[:-1], pad))], -1)
+        key = torch.cat([key, key.new_zeros((*key.shape[:-1], pad))], -1)
+    v = value.new_zeros((*value.shape[:-1], dims + pad))
+    v[..., : value.shape[-1]] = value
+    return query, key, v
 
 
 def _with_unit_dims(query: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ layer. Nothing is read on the host: results stay device tensors until the forwar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -277,6 +278,8 @@ class Recorder:
 
             scale = call.extras.get("scale")
             biases = call.extras.get("biases") or []
+            # a mixed-in source map may carry its own bias dimensions: its scale is the head's, not its width's
+            src_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
             items = fwd.index
             cols = slice(0, k_eff.shape[1])
             mixes = [(self._select(w, fwd), self._select(qs, fwd), self._select(keys(k_eff.shape[1]), fwd))
@@ -286,7 +289,7 @@ class Recorder:
                 # post-edit probabilities: the interventions' logit biases, then the cache transfer's mix
                 p = chunk_probs(q[:, a:z], k_eff, mult, scale, bias_logits(biases, slice(a, z), cols, items))
                 for weight, q_src, k_src in mixes:
-                    p_src = chunk_probs(q_src[:, a:z], k_src, mult, scale)
+                    p_src = chunk_probs(q_src[:, a:z], k_src, mult, src_scale)
                     p = p + weight[:, a:z].transpose(1, 2)[..., None] * (p_src - p)
                 return p.mean(1), {}
 
