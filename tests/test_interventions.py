@@ -543,6 +543,16 @@ def test_cache_transfer_from_a_layer_to_itself_is_refused(wan_i2v):
     assert edit._source_of == {"blocks.2": ("blocks.0", True), "blocks.3": ("blocks.2", True)}
 
 
+def test_cache_transfer_layers_given_in_where_are_refused_not_ignored():
+    with pytest.raises(ValueError, match=r"give its layers as dst= \(here \[2\]\), not as where=Where\(layers=\[5\]\)"):
+        fg.CacheTransfer(src=[0], dst=[2], where=fg.Where(layers=[5]))
+    assert fg.CacheTransfer(src=[0], dst=[2], where=fg.Where(layers=[2], steps=[1])).where.steps == (1,)
+    # FocalGuidance's layers replace the cache's destinations (and so its scope's layers)
+    edit = fg.FocalGuidance(cache=fg.CacheTransfer(src=[0], dst=[1]), layers=[2, 3])
+    (cache,) = edit.parts()
+    assert cache.dst == [2, 3] and tuple(cache.where.layers) == (2, 3)
+
+
 @pytest.mark.parametrize("where, message", [
     (fg.Where(steps=[99]), r"Scale: step 99 out of range: this run's schedule has 2 steps \(indices 0\.\.1\)"),
     (fg.Where(steps=[0, 5, 7]), r"Scale: steps 5, 7 out of range"),
@@ -651,7 +661,8 @@ def test_rows_outside_a_frame_or_head_scope_are_bit_identical(wan_i2v, ref_image
     edit = {"anchor": lambda: fg.AnchorMask.from_mask(torch.rand(3, 5, generator=torch.Generator().manual_seed(1)),
                                                       "dog", strength=3.0, where=where),
             "scale": lambda: fg.Scale("dog", 4.0, where=where),
-            "cache": lambda: fg.CacheTransfer(src=[0], dst=[1, 2, 3], alpha=0.7, where=where)}[make]()
+            "cache": lambda: fg.CacheTransfer(src=[0], dst=[1, 2, 3], alpha=0.7,
+                                              where=where.restrict(layers=None))}[make]()
     with fg.trace(wan_i2v, edit=edit), KernelCalls() as edited:
         _call(wan_i2v, ref_image)
     if make == "cache":

@@ -51,7 +51,8 @@ class CacheTransfer(_Scoped):
         alpha: weight of the source map (0 leaves the model untouched, 1 replaces the map).
         mode: ``"auto"`` (same step if the source comes first, else previous step), ``"same_step"``,
             ``"prev_step"``.
-        where: further scope (steps, branches, frames, heads); its layers default to `dst`.
+        where: further scope (steps, branches, frames, heads); its layers are `dst` (other layers given here
+            are an error).
         pairing: ``"auto"`` (one source: every destination; as many sources as destinations: in order;
             otherwise ``"nearest"``), ``"zip"`` (in order), ``"nearest"`` (each destination takes the source
             closest to it in depth, the earlier on a tie, never itself), so ``CacheTransfer(src=weak.responsive,
@@ -91,6 +92,10 @@ class CacheTransfer(_Scoped):
             raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
         self.alpha = alpha
         self.mode = mode
+        if where is not None and where.layers is not None and tuple(where.layers) != tuple(self.dst):
+            raise ValueError(f"CacheTransfer acts on its destinations: give its layers as dst= (here {self.dst}), "
+                             f"not as where=Where(layers={list(where.layers)}); where scopes steps, branches, "
+                             "frames and heads")
         self.where = (where or Where()).restrict(layers=self.dst)
         # (branches, source layer) -> (step, tensors...): Wan (step, query, key, real, total), see `observe`; joint
         # attention (step, query, text keys, key bias, edit bias, row LSE), see `_cache_joint_source`

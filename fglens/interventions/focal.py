@@ -48,7 +48,9 @@ class FocalGuidance(Compose):
                                     where=_merge(anchor.where, scope), regions=anchor.regions))
         if cache is not None:
             dst = cache.dst if layers is None else list(layers)
-            parts.append(CacheTransfer(cache.src, dst, cache.alpha, cache.mode, where=_merge(cache.where, scope),
+            # the cache's own layers are its old destinations: the preset's `layers` replace them
+            where = _merge(cache.where.restrict(layers=None), scope)
+            parts.append(CacheTransfer(cache.src, dst, cache.alpha, cache.mode, where=where,
                                        pairing=cache.pairing))
         super().__init__(*parts)
 
