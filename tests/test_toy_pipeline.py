@@ -87,17 +87,43 @@ def test_base_follows_held_out_instructions_clearly_above_chance(base):
     assert hits / len(items) > do_nothing, detail
 
 
-def test_base_word_maps_land_on_the_named_object_more_than_an_untrained_dit(base):
-    """The report's word-map measurement (first 10 test items, the 7 that name an object): the trained model's
-    word maps put more mass inside the named object than outside on every item, and more than the same
-    pipeline with its DiT at initial weights (the control: objects are salient content, so attention differs
-    there whatever the text says; the trained model must beat that, not 1)."""
+@pytest.fixture(scope="module")
+def base_focus(base):
+    """The report's word-map measurement on the base model (first 10 test items, the 7 that name an object)."""
+    from fglens.toy.report import word_map_focus
+
+    return word_map_focus(base, fg.toy.suite("test", n=10, seed=0), seed=0)
+
+
+def test_base_word_maps_land_on_the_named_object_more_than_an_untrained_dit(base, base_focus):
+    """The trained model's word maps put more mass inside the named object than outside on every item, and more
+    than the same pipeline with its DiT at initial weights (the control: objects are salient content, so
+    attention differs there whatever the text says; the trained model must beat that, not 1)."""
     from fglens.toy.report import untrained_control, word_map_focus
 
     items = fg.toy.suite("test", n=10, seed=0)
-    trained = word_map_focus(base, items, seed=0)
+    trained = base_focus
     control = word_map_focus(untrained_control(base, seed=0), items, seed=0)
     assert trained["n"] == control["n"] >= 5
     detail = f"trained {trained['ratio_per_layer']}, control {control['ratio_per_layer']}"
     assert trained["items_above_1"] == 1.0, detail
     assert np.mean(trained["ratio_per_layer"]) > np.mean(control["ratio_per_layer"]) + 0.3, detail
+
+
+def test_the_weak_models_planted_layers_no_longer_find_the_named_object(base_focus):
+    """The planting's ground truth, measured: in the weak model the planted layers' word maps lose the focus on
+    the named object that the base model's same layers have (their text keys were re-initialised and never saw
+    a word again), while the other layers keep theirs."""
+    from fglens.toy.report import word_map_focus
+
+    weak = fg.toy.pipeline("weak")
+    planted = fg.toy.planted_layers(weak)
+    focus = word_map_focus(weak, fg.toy.suite("test", n=10, seed=0), seed=0)
+    ratio = dict(zip(focus["layers"], focus["ratio_per_layer"], strict=True))
+    before = dict(zip(base_focus["layers"], base_focus["ratio_per_layer"], strict=True))
+    detail = f"weak {ratio}, base {before}"
+    assert planted == ["blocks.3", "blocks.4"]
+    for layer in planted:
+        assert ratio[layer] < before[layer] - 0.3 and ratio[layer] < 1.2, detail
+    others = [x for x in ratio if x not in planted]
+    assert np.mean([ratio[x] for x in others]) > np.mean([ratio[x] for x in planted]) + 0.8, detail

@@ -66,11 +66,32 @@ def test_the_weak_variant_plants_its_layers(tmp_path):
     assert fg.toy.planted_layers(fg.toy.pipeline(path=tmp_path / "pipeline")) == ["blocks.2", "blocks.5"]
 
 
+def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
+    from fglens.toy.model import build_pipeline
+    from fglens.toy.train import reinit_planted_keys
+
+    dit = build_pipeline(seed=0).transformer
+    with torch.no_grad():  # as if trained: no parameter at its initial value
+        for p in dit.parameters():
+            p.add_(torch.randn_like(p))
+    before = {k: v.clone() for k, v in dit.state_dict().items()}
+    cfg = TrainConfig(variant="weak", planted=(2, 5))
+    reinit_planted_keys(dit, cfg)
+    changed = {k for k, v in dit.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {f"blocks.{i}.attn2.{name}" for i in (2, 5)
+                       for name in ("to_k.weight", "to_k.bias", "norm_k.weight")}
+    again, rng = {k: v.clone() for k, v in dit.state_dict().items()}, torch.random.get_rng_state()
+    reinit_planted_keys(dit, cfg)  # seeded: the same keys again, and the global RNG is left alone
+    assert all(torch.equal(v, again[k]) for k, v in dit.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(variant="strong"), "unknown variant"),
     (dict(dit_steps=0), "dit_steps must be a positive integer"),
     (dict(dit_lr=float("nan")), "dit_lr must be a finite number"),
     (dict(planted_p=-0.1), "planted_p must be a finite number"),
+    (dict(planted_p=1.5), r"planted_p is a fraction in \[0, 1\]"),
 ])
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):

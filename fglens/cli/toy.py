@@ -41,6 +41,8 @@ def register(sub) -> None:
                        ("dit-batch", int), ("dit-lr", float), ("cooldown", int), ("planted-p", float)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
+    t.add_argument("--no-reinit", action="store_true",
+                   help="weak variant: keep the planted blocks' text keys instead of re-initialising them")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     r = toy.add_parser("report", help="measure the toy pipelines and write docs/toy-world.md's numbers")
     r.add_argument("--out", required=True, help="folder for report.md, results.json, rows.csv and figures")
@@ -103,6 +105,8 @@ def _train(args: argparse.Namespace) -> int:
                                             "cooldown", "planted_p") if getattr(args, k) is not None}
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))
+    if args.no_reinit:
+        fields["planted_reinit"] = False
     cfg = TrainConfig(variant=args.variant, seed=args.seed, **fields)
     info = train(cfg, args.out, vae_from=args.vae_from, dit_from=args.dit_from, progress=not args.quiet)
     summary = {k: info[k] for k in ("variant", "planted_layers", "seconds")}

@@ -112,19 +112,26 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         res[f"{name}_follows"] = summarize(rows[name])
         res[f"{name}_fidelity"] = summarize(rows[name], "fidelity")
     res["word_map_focus"] = word_map_focus(pipes["base"], items[:n_diag], seed=seed)
+    res["word_map_focus_weak"] = word_map_focus(pipes["weak"], items[:n_diag], seed=seed)
     res["word_map_focus_control"] = word_map_focus(untrained_control(pipes["base"], seed), items[:n_diag], seed=seed)
-    diag = {}
+    diag: dict = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
-        weak_layers = fg.find_weak_layers(runs)
-        p, r = precision_recall(weak_layers.weak, planted[name])
-        diag[name] = {"weak": list(weak_layers.weak), "responsive": list(weak_layers.responsive),
-                      "z": {str(k): float(v) for k, v in zip(weak_layers.scores.layer.values,
-                                                              weak_layers.scores.values, strict=False)},
-                      "precision": p, "recall": r, "summary": weak_layers.summary()}
-        if name == "weak":
-            fig = fg.plot.layer_profile(runs, weak=weak_layers)
-            fig.savefig(out / "weak_layer_profile.png", dpi=120)
+        for score in ("similarity", "morans_i", "both"):
+            weak_layers = fg.find_weak_layers(runs, score=score)
+            p, r = precision_recall(weak_layers.weak, planted[name])
+            entry = {"weak": list(weak_layers.weak), "responsive": list(weak_layers.responsive),
+                     "z": {str(k): float(v) for k, v in zip(weak_layers.scores.layer.values,
+                                                             weak_layers.scores.values, strict=False)},
+                     "raw": weak_layers.to_dict()["raw"],
+                     "precision": p, "recall": r, "summary": weak_layers.summary()}
+            if score == "similarity":  # the default rule: its layers drive Focal Guidance below
+                diag[name] = entry
+                if name == "weak":
+                    fig = fg.plot.layer_profile(runs, weak=weak_layers)
+                    fig.savefig(out / "weak_layer_profile.png", dpi=120)
+            else:
+                diag[f"{name} ({score})"] = entry
     res["diagnosis"] = diag
     fg_rows: dict[str, list[dict]] = {}
     for name, pipe in pipes.items():
@@ -217,12 +224,18 @@ def _markdown(res: dict) -> str:
               "| trained | " + " | ".join(f"{v:.2f}" for v in f["ratio_per_layer"]) + " |"]
     if c:
         lines.append("| untrained (control) | " + " | ".join(f"{v:.2f}" for v in c["ratio_per_layer"]) + " |")
+    if res.get("word_map_focus_weak"):
+        lines.append(f"| weak (planted {', '.join(res['planted']['weak'])}) | "
+                     + " | ".join(f"{v:.2f}" for v in res["word_map_focus_weak"]["ratio_per_layer"]) + " |")
     lines += ["", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}"
               + (f" (control {c['items_above_1']:.2f})" if c else ""), "",
-              "## Diagnosis (fg.find_weak_layers, default rule)", ""]
+              "## Diagnosis (fg.find_weak_layers; default rule: score similarity)", "",
+              "| model (score) | weak | responsive | planted | precision | recall | robust z per layer |",
+              "|---|---|---|---|---|---|---|"]
     for name, d in res["diagnosis"].items():
-        lines.append(f"- {name}: weak {d['weak']}, responsive {d['responsive']}, planted {res['planted'][name]}; "
-                     f"precision {d['precision']:.2f}, recall {d['recall']:.2f}")
+        raw = " ".join(f"{v:+.2f}" for v in d["z"].values())
+        lines.append(f"| {name} | {d['weak']} | {d['responsive']} | {res['planted'][name.split(' ')[0]]} | "
+                     f"{d['precision']:.2f} | {d['recall']:.2f} | {raw} |")
     lines += ["", "## Focal Guidance (paired seeds; difference to the same model without it)", "",
               "| condition | layers | sources | follows | Δ follows (all) | Δ fidelity (all) |",
               "|---|---|---|---|---|---|"]

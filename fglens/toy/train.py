@@ -12,7 +12,13 @@ checkpoint continues exactly as if it had never stopped. Phases, each written un
    of the DiT, plus ``toy.json`` (variant, planted layers, config, seed, time) and ``loss.csv``.
 
 The ``weak`` variant plants Condition Isolation: in the `planted` blocks, the cross-attention sees the empty
-prompt's text instead of the real one for a fraction `planted_p` of the training samples.
+prompt's text instead of the real one for a fraction `planted_p` of the training samples (all of them by
+default). With `planted_reinit` (the default) those blocks' text keys (``attn2.to_k``, ``attn2.norm_k``) are
+re-initialised first, so a weak model trained on from the base model does not keep the base's alignment of
+queries with words: its planted layers have never learned where a word is, while their values, output
+projection and image path keep what they learned. (Showing only the empty prompt leaves the keys of real words
+almost untouched, since a constant context gives the keys next to no gradient: a planting from the base model
+without re-initialisation did not change the word maps nor the following rate.)
 
 Example (a smoke run; real runs use `fglens toy train`):
     >>> import tempfile
@@ -64,7 +70,8 @@ class TrainConfig:
     ema: float = 0.995
     prompt_dropout: float = 0.1
     planted: tuple[int, ...] = field(default=(3, 4))
-    planted_p: float = 0.9
+    planted_p: float = 1.0
+    planted_reinit: bool = True
     checkpoint_every: int = 100
 
     def __post_init__(self):
@@ -84,10 +91,23 @@ class TrainConfig:
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            if name in ("ema", "prompt_dropout", "planted_p") and value > 1:
+                raise ValueError(f"{name} is a fraction in [0, 1], got {value!r}")
 
     @property
     def planted_layers(self) -> list[str]:
         return [f"blocks.{i}" for i in self.planted] if self.variant == "weak" else []
+
+
+def reinit_planted_keys(transformer, cfg: TrainConfig) -> None:
+    """Re-initialise the text keys (``attn2.to_k``, ``attn2.norm_k``) of `cfg.planted` blocks, seeded by `cfg.seed`."""
+    gen_seed = int.from_bytes(hashlib.sha256(f"fglens-toy-train/{cfg.seed}/reinit".encode()).digest()[:8], "little")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(gen_seed)
+        for i in cfg.planted:
+            attn = transformer.blocks[i].attn2
+            attn.to_k.reset_parameters()
+            attn.norm_k.reset_parameters()
 
 
 def _rng(seed: int, phase: str, step: int) -> np.random.Generator:
@@ -371,6 +391,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
 
         start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
         pipe.transformer.load_state_dict(start.state_dict())
+    if cfg.variant == "weak" and cfg.planted_reinit and not (out / "dit.pt").exists():
+        reinit_planted_keys(pipe.transformer, cfg)
     dit_losses = train_dit(cfg, pipe, pool, out, progress)
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
     info = {"variant": cfg.variant, "planted_layers": cfg.planted_layers, "config": dataclasses.asdict(cfg),
