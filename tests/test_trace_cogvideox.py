@@ -113,6 +113,9 @@ def test_joint_statistics_equal_dense_float64_reference(cog):
     assert words == {"dog": [1], "red fence": [5, 6]}  # T5 token positions = text key columns (text first)
     tokens = cog.tokenizer.convert_ids_to_tokens(cog.tokenizer(PROMPT).input_ids)
     assert [tokens[p] for p in (1, 5, 6)] == ["▁dog", "▁red", "▁fence"]
+    uncond = attrs["word_positions_uncond"]
+    negative = cog.tokenizer.convert_ids_to_tokens(cog.tokenizer(NEGATIVE).input_ids)
+    assert uncond["dog"] == [] and [negative[p] for p in uncond["red fence"]] == ["▁red", "▁fence"]
     assert tuple(attrs["grid"]) == GRID
     assert attrs["complete"] and list(ds.step.values) == [0, 1, 2]  # DDIM scheduler: steps from its step calls
     np.testing.assert_array_equal(ds.timestep.values, cog.scheduler.timesteps.numpy())
@@ -124,11 +127,16 @@ def test_joint_statistics_equal_dense_float64_reference(cog):
         step, layer_index = divmod(index, N_LAYERS)
         assert call["mask"] is None and call["q"].shape[:3] == (2, 2, N_TEXT + n_video)
         for item, branch in enumerate(("uncond", "cond")):  # diffusers' batched CFG: [uncond | cond]
-            ref = dense_joint_reference(call, item, GRID, words)
+            # each half reads the words of its own prompt: the negative prompt has "red fence" elsewhere, no "dog"
+            here = words if branch == "cond" else {"red fence": uncond["red fence"]}
+            ref = dense_joint_reference(call, item, GRID, here)
             got = ds.sel(step=step, branch=branch).isel(layer=layer_index)
             for var in JOINT_STATS:
-                np.testing.assert_allclose(got[var].values, ref[var], rtol=1e-5, atol=1e-5,
+                value = got[var].sel(word=list(here)) if "word" in got[var].dims else got[var]
+                np.testing.assert_allclose(value.values, ref[var], rtol=1e-5, atol=1e-5,
                                            err_msg=f"{var} step {step} layer {layer_index} {branch}")
+                if branch == "uncond" and "word" in got[var].dims:
+                    assert np.isnan(got[var].sel(word="dog").values).all(), var
                 checked += 1
             assert (got.image_mass.values == 0).all()  # no image keys: the reference enters by channels
             np.testing.assert_allclose(got.text_mass.values + ref["video_mass"], 1.0, atol=1e-5)

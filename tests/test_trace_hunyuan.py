@@ -106,6 +106,7 @@ def test_joint_statistics_equal_dense_float64_reference(hunyuan, hunyuan_concat,
     attrs = fg.store.decode_attrs(ds.attrs)
     words = attrs["word_positions"]
     assert words == {"dog": [1], "red fence": [5, 6]}
+    assert attrs["word_positions_uncond"]["dog"] != [1] and len(attrs["word_positions_uncond"]["red fence"]) == 2
     grid = tuple(attrs["grid"])
     n_layers = len(pipe.transformer.transformer_blocks) + len(pipe.transformer.single_transformer_blocks)
     assert len(kernel.calls) == 2 * 2 * n_layers  # 2 steps x (cond, uncond) x layers
@@ -118,7 +119,8 @@ def test_joint_statistics_equal_dense_float64_reference(hunyuan, hunyuan_concat,
         context = call["k"].shape[1] - n_video
         n_image = 144 if (condition == "token_replace" and branch == "cond") else 288  # the pipeline's interleave
         assert context == n_image + 252
-        ref = dense_joint_reference(call, grid, n_image, words)
+        # the uncond branch reads each word where the negative prompt has it
+        ref = dense_joint_reference(call, grid, n_image, words if branch == "cond" else attrs["word_positions_uncond"])
         got = ds.sel(step=step, branch=branch).isel(layer=layer_index)
         for var in JOINT_STATS:
             np.testing.assert_allclose(got[var].values, ref[var], rtol=1e-5, atol=1e-5, err_msg=f"{var} {index}")

@@ -146,6 +146,36 @@ def test_recorded_statistics_equal_float64_dense_reference(wan_i2v, ref_image):
     assert checked == 4 * 3 * 7
 
 
+def test_the_uncond_branch_reads_each_word_where_the_negative_prompt_has_it(wan_i2v, ref_image):
+    """The uncond branch attends to the negative prompt's keys: its statistics of a word are those of the word's
+    positions there (float64 reference), and NaN for a word the negative prompt lacks (it read whatever token sat
+    at the prompt's position, mostly a pad)."""
+    negative = "a red fence, blurry"
+    tokens = wan_i2v.tokenizer.convert_ids_to_tokens(wan_i2v.tokenizer(negative).input_ids)
+    assert tokens[1:3] == ["\u2581red", "\u2581fence"]
+    record = fg.Record(words=["dog", "red fence"], stats=["word_mass", "similarity", "morans_i"], maps=True,
+                       layers=[0, 2], branches=("cond", "uncond"))
+    cap = Capture(wan_i2v.transformer)
+    try:
+        with fg.trace(wan_i2v, record=record) as run:
+            _call(wan_i2v, ref_image, steps=1, negative_prompt=negative)
+    finally:
+        cap.remove()
+    ds, attrs = run.dataset, fg.store.decode_attrs(run.dataset.attrs)
+    assert attrs["word_positions"] == {"dog": [1], "red fence": [5, 6]}
+    assert attrs["word_positions_uncond"] == {"dog": [], "red fence": [1, 2]}
+    heads, grid = wan_i2v.transformer.config.num_attention_heads, tuple(attrs["grid"])
+    for layer in (0, 2):
+        got = ds.sel(step=0, layer=f"blocks.{layer}")
+        for branch, forward, words in (("cond", 0, attrs["word_positions"]), ("uncond", 1, {"red fence": [1, 2]})):
+            ref = dense_reference(cap.forwards[forward][layer], heads, words, grid)
+            for var in ("word_mass", "similarity", "morans_i", "word_map"):
+                np.testing.assert_allclose(got[var].sel(branch=branch, word=list(words)).values, ref[var],
+                                           rtol=1e-5, atol=1e-5, err_msg=f"{branch} {var}")
+        for var in ("word_mass", "similarity", "morans_i", "word_map"):
+            assert np.isnan(got[var].sel(branch="uncond", word="dog").values).all(), var
+
+
 def test_word_positions_follow_the_tokens_the_encoder_saw(wan_i2v, ref_image):
     tok = wan_i2v.tokenizer
     pieces = tok.convert_ids_to_tokens(tok(PROMPT).input_ids)

@@ -15,7 +15,8 @@ from .layout import disk_size, read_meta, root_attrs, run_dirs
 from .schema import check_schema
 from .verify import Verdict, check_chunks
 
-JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "grid", "intervention", "seed", "words")
+JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "word_positions_uncond", "grid",
+              "intervention", "seed", "words")
 
 
 def list_runs(path: str | os.PathLike) -> list[str]:

@@ -201,15 +201,23 @@ class Recorder:
         self._layer_pos = {name: i for i, name in enumerate(self.layers)}
         self.kinds = set().union(*(STATS[s] for s in record.stats)) | ({"text", "joint"} if record.maps else set())
         self.words: dict[str, list[int]] = {}
+        self.branch_words: dict[str, dict[str, list[int]]] = {}
         self.n_real: dict[str, int | None] = {}
         self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
         self._fwd: _ForwardState | None = None
 
     # -- run and forward boundaries -----------------------------------------------------------------------
-    def begin_run(self, words: Mapping[str, Sequence[int]], n_real: Mapping[str, int | None]) -> None:
+    def begin_run(self, words: Mapping[str, Sequence[int]], n_real: Mapping[str, int | None],
+                  uncond_words: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Start a run: `words` are the labels and their token positions in the prompt; `uncond_words` their
+        positions in the negative prompt, which the uncond branch attends to (a word it lacks has no columns there,
+        and its statistics are NaN in that branch), or None where the positions hold for both branches (given by
+        the user for a bare transformer)."""
         self.words = {w: list(p) for w, p in words.items()}
+        uncond = self.words if uncond_words is None else {w: list(uncond_words.get(w, ())) for w in self.words}
+        self.branch_words = {"cond": self.words, "uncond": uncond}
         self.n_real = dict(n_real)
-        self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._index_cache: dict[tuple, torch.Tensor] = {}
 
     def begin_forward(self, ctx: ForwardContext) -> None:
         self._fwd = None
@@ -376,27 +384,41 @@ class Recorder:
         b, n, heads, _ = q.shape
         want = set(self.record.stats)
         word_stats = bool(self.words) and bool(want & set(WORD_STATS) or self.record.maps)
-        word_index = self._word_index(k_text.shape[1], q.device)
+        # each row's branch attends to its own prompt's keys: the word columns of that prompt (one index for all rows
+        # when the branches agree, the common case; otherwise one per row, python-int slices only)
+        branch_of = {i: br for br, idx in fwd.items.items() for i in idx}
+        rows = [self._word_index(k_text.shape[1], q.device, branch_of[i]) for i in fwd.index]
+        word_index = rows[0] if all(r is rows[0] for r in rows) else None
         kbar = None
         if "similarity" in want and word_stats:
-            counts = word_index.sum(0).clamp_min(1)
-            kbar = torch.einsum("tw,btc->bwc", word_index, k_text.flatten(2).to(torch.float32)) / counts[:, None]
-        maps = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+            k_flat = k_text.flatten(2).to(torch.float32)
+            kbar = torch.cat([torch.einsum("tw,btc->bwc", idx, k_flat[i : i + 1]) / idx.sum(0).clamp_min(1)[:, None]
+                              for i, idx in enumerate(rows)]) if word_index is None else (
+                torch.einsum("tw,btc->bwc", word_index, k_flat) / word_index.sum(0).clamp_min(1)[:, None])
+        maps = q.new_zeros((b, n, rows[0].shape[1]), dtype=torch.float32)
         ent = q.new_zeros((b, n), dtype=torch.float32)
-        sim = q.new_zeros((b, n, word_index.shape[1]), dtype=torch.float32)
+        sim = q.new_zeros((b, n, rows[0].shape[1]), dtype=torch.float32)
         extras: dict[str, torch.Tensor] = {}
         columns = max(k_text.shape[1], scale_rows and (k_text.shape[1] + 64))
         per_chunk = frames_per_chunk(grid, b * heads * max(1, columns) * 4 * 3, self.record.chunk_bytes)
         for a, z in frame_chunks(grid, per_chunk):
             pbar, extra = chunk(a, z)
-            if word_stats:
+            if word_stats and word_index is not None:
                 maps[:, a:z] = stats.word_maps(pbar, word_index)
+            elif word_stats:
+                for i, idx in enumerate(rows):
+                    maps[i : i + 1, a:z] = stats.word_maps(pbar[i : i + 1], idx)
             if "entropy" in want:
                 ent[:, a:z] = entropy(pbar)
             if kbar is not None:
                 sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
             for name, value in extra.items():
                 extras.setdefault(name, q.new_zeros((b, n), dtype=torch.float32))[:, a:z] = value
+        for i, row in enumerate(fwd.index):  # a word the row's prompt lacks: no columns, no statistic (not 0)
+            for w, positions in enumerate(self.branch_words[branch_of[row]].values()):
+                if not positions:
+                    maps[i, :, w] = float("nan")
+                    sim[i, :, w] = float("nan")
         maps_t = maps.transpose(1, 2)  # [b, W, N]
         if word_stats and "word_mass" in want:
             self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
@@ -434,15 +456,17 @@ class Recorder:
             known = [self.n_real.get(b) for b in fwd.items]
         if any(v is None for v in known) or not known:
             return total
-        last_word = max((max(p) for p in self.words.values() if p), default=-1)
+        last_word = max((max(p) for words in self.branch_words.values() for p in words.values() if p), default=-1)
         return min(total, max(*known, last_word + 1))
 
-    def _word_index(self, columns: int, device: torch.device) -> torch.Tensor:
-        """Indicator ``[columns, W]`` of the words' token positions, built on the host once per shape."""
-        key = (columns, str(device))
+    def _word_index(self, columns: int, device: torch.device, branch: str = "cond") -> torch.Tensor:
+        """Indicator ``[columns, W]`` of the words' token positions in `branch`'s prompt, built on the host once per
+        shape and positions (branches whose positions agree share one tensor)."""
+        words = self.branch_words.get(branch, self.words)
+        key = (columns, str(device), tuple(tuple(p) for p in words.values()))
         if key not in self._index_cache:
-            index = torch.zeros(columns, max(1, len(self.words)))
-            for w, positions in enumerate(self.words.values()):
+            index = torch.zeros(columns, max(1, len(words)))
+            for w, positions in enumerate(words.values()):
                 for p in positions:
                     if p < columns:
                         index[p, w] = 1.0

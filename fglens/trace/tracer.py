@@ -257,7 +257,12 @@ class Trace:
         if call is not None and word_based and not isinstance(self.record.words, Mapping):
             call.check_one_prompt("recording words" + (f" {list(self.record.words)}" if self.record.words else ""))
         words = words_for(call, self.record.words)
-        self.recorder.begin_run(words, call.n_real() if call is not None else {})
+        # the uncond branch attends to the negative prompt: each word at its positions there, none where it lacks it
+        # (positions given by the user hold for both branches)
+        uncond = None
+        if call is not None and not isinstance(self.record.words, Mapping):
+            uncond = call.negative.locate(list(words), missing_ok=True) if call.negative is not None else {}
+        self.recorder.begin_run(words, call.n_real() if call is not None else {}, uncond)
         variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
         run_id, target = new_run_id(), self.store
         fixed = getattr(self.store, "run_id", None)  # store_path(..., run_id=...) or fg.trace(..., run_id=...)
@@ -314,6 +319,8 @@ class Trace:
             "seed": call.seed if call else None,
             "words": list(words),
             "word_positions": words,
+            # where the uncond branch's statistics read each word: in the negative prompt ([] where it lacks it)
+            "word_positions_uncond": self.recorder.branch_words["uncond"] if self.recorder is not None else None,
             "grid": list(ctx.grid),
             "num_steps": ctx.num_steps,
             "record": self.record.spec(),
