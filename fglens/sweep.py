@@ -621,7 +621,7 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
     import fglens as fg
 
     from .interventions.recipe import from_recipe, load_clip
-    from .pipelines import call_kwargs
+    from .pipelines import call_kwargs, spatial_multiple
 
     kwargs = call_kwargs(pipe, prompt=line.prompt, image=_image(line, pipe), seed=line.seed, output_type="latent",
                          **line.options)
@@ -635,7 +635,8 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
         edit = from_recipe(effective_recipe(line.intervention, clip), image=kwargs.get("image"), prompt=line.prompt,
                            words=line.words,
                            clip=clip if clip is not None else clips.get(json.dumps(spec, sort_keys=True)),
-                           size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None)
+                           size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None,
+                           token_px=spatial_multiple(pipe))
     if kill is not None:
         kwargs["callback_on_step_end"] = _killer(store, run_id)
     target = fg.store.store_path(store, run_id=run_id, overwrite_incomplete=replace)

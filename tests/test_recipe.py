@@ -50,6 +50,23 @@ def test_recipes_build_the_interventions_they_name():
                     words=["dog"])
 
 
+def test_clip_anchors_land_on_the_pipelines_own_token_grid(ref_image):
+    """16 px per token by default (Wan, HunyuanVideo, CogVideoX); the toy world's 8 px make a 4x finer grid; the
+    CLI, sweeps and eval pass the pipeline's own value (spatial_multiple)."""
+    from fglens.pipelines import spatial_multiple
+
+    clip = fg.anchors.Clip(fg.anchors.tiny_config())
+    image = fg.testing.reference_image(64, 64)
+    assert tuple(fg.AnchorMask.from_clip(image, "a dog", ["dog"], clip).masks.shape) == (1, 4, 4)
+    assert tuple(fg.AnchorMask.from_clip(image, "a dog", ["dog"], clip, token_px=8).masks.shape) == (1, 8, 8)
+    recipe = {"type": "anchor_mask", "words": ["dog"], "clip": "tiny"}
+    assert tuple(from_recipe(recipe, image=image, prompt="a dog", token_px=8).masks.shape) == (1, 8, 8)
+    assert spatial_multiple(fg.toy.pipeline("base")) == 8 and spatial_multiple(fg.testing.tiny_wan_i2v_pipeline()) == 16
+    for bad in (0, -8, 2.5):
+        with pytest.raises(ValueError, match="pixels per latent token"):
+            fg.AnchorMask.from_clip(image, "a dog", ["dog"], clip, token_px=bad)
+
+
 def test_focal_guidance_recipe_equals_the_hand_built_edit(wan_i2v, ref_image):
     prompt = "a dog jumps over a fence"
     recipe = {"type": "focal-guidance", "layers": [1, 2], "src": [3], "alpha": 0.5, "strength": 2.0, "clip": "tiny"}

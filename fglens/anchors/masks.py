@@ -54,6 +54,9 @@ def latent_grid(height: int, width: int, factor: int = 16) -> tuple[int, int]:
         >>> latent_grid(480, 832)
         (30, 52)
     """
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"the pixels per latent token side must be a positive integer (16 for Wan, 8 for the toy "
+                         f"world); got {factor!r}")
     if height < factor or width < factor:
         raise ValueError(f"{height}x{width} is smaller than one latent token ({factor} px)")
     return (int(height) // factor, int(width) // factor)

@@ -135,10 +135,12 @@ def recipe(layers: list, src: list | None, args: argparse.Namespace, clip: Any) 
 def build(item: Any, store: Any, args: argparse.Namespace, spec: dict[str, Any]):
     """The intervention of `spec` for `item`, and the trace that records it (errors: `UsageError`)."""
     from ..interventions.recipe import from_recipe
+    from ..pipelines import spatial_multiple
     from .diagnose import tracer
 
     try:
-        edit = from_recipe(spec, image=item.image, prompt=item.prompt, words=item.words, size=item.size)
+        edit = from_recipe(spec, image=item.image, prompt=item.prompt, words=item.words, size=item.size,
+                           token_px=spatial_multiple(item.pipe))
         return edit, tracer(item, store, args.maps, edit)
     except (FileNotFoundError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise UsageError(f"cannot build Focal Guidance {json.dumps(spec)}: {exc}") from exc

@@ -202,7 +202,7 @@ def generate(
 
     from ..interventions.base import Intervention
     from ..interventions.recipe import from_recipe, parse_recipe
-    from ..pipelines import call_kwargs, frames_of, save_video
+    from ..pipelines import call_kwargs, frames_of, save_video, spatial_multiple
 
     out = Path(out)
     call = dict(call or {})
@@ -223,7 +223,8 @@ def generate(
         if isinstance(edit, Intervention):
             return edit
         return from_recipe(edit, image=kwargs["image"], prompt=item.prompt, words=list(item.words),
-                           clip=anchor_clip, size=(kwargs.get("height"), kwargs.get("width")))
+                           clip=anchor_clip, size=(kwargs.get("height"), kwargs.get("width")),
+                           token_px=spatial_multiple(pipe))
 
     if edit is not None:  # unknown layers and other binding errors, before any sampling
         first = suite.items[0]

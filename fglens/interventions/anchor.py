@@ -95,12 +95,16 @@ class AnchorMask(_Scoped):
         height: int | None = None,
         width: int | None = None,
         threshold: str | None = "otsu",
+        token_px: int = 16,
         **kwargs: Any,
     ) -> AnchorMask:
         """Anchors from CLIP: where each word sits in the reference image (see `fglens.anchors`).
 
-        The latent grid is height/16 x width/16 of the pipeline call (the image's size by default); a word
-        not in the prompt is an error. `anchor.regions` keeps the similarity map and the masks for plotting.
+        The masks are made on the latent token grid of the pipeline call, height/`token_px` x width/`token_px`
+        (the image's size by default). `token_px` is the pixels per token side, the VAE's spatial stride times the
+        patch size: 16 for Wan 2.1/2.2 A14B, HunyuanVideo and CogVideoX, 8 for the toy world;
+        `fglens.pipelines.spatial_multiple(pipe)` gives a pipeline's. A word not in the prompt is an error.
+        `anchor.regions` keeps the similarity map and the masks for plotting.
 
         Example:
             >>> import fglens as fg
@@ -112,7 +116,7 @@ class AnchorMask(_Scoped):
         from ..anchors import latent_grid, region_masks
 
         w_px, h_px = image.size
-        grid = latent_grid(height or h_px, width or w_px)
+        grid = latent_grid(height or h_px, width or w_px, token_px)
         regions = region_masks(clip, image, list(words), grid, prompt=prompt, threshold=threshold)
         return cls(regions.mask, list(words), strength, regions=regions, **kwargs)
 

@@ -150,6 +150,7 @@ def from_recipe(
     words: Sequence[str] | None = None,
     clip: Any = None,
     size: tuple[int, int] | None = None,
+    token_px: int = 16,
 ) -> Intervention | None:
     """Build the intervention a recipe describes for one item (None for no intervention).
 
@@ -158,6 +159,7 @@ def from_recipe(
         image, prompt, words: the item (anchors need the reference image, the prompt and the words).
         clip: an `fg.anchors.Clip` to use instead of the recipe's ``clip`` entry (load it once for many items).
         size: the video's (height, width), so the anchor lands on the right latent grid (default: the image's).
+        token_px: pixels per latent token side (`fglens.pipelines.spatial_multiple(pipe)`; 16 for Wan).
     """
     parsed = parse_recipe(recipe)
     if parsed is None:
@@ -181,6 +183,7 @@ def from_recipe(
         where = _where(parsed) if kind == "anchor_mask" else None
         anchor = AnchorMask.from_clip(image, prompt, words=item_words, clip=load_clip(parsed.get("clip"), clip),
                                       strength=float(parsed.get("strength", 2.0)), height=height, width=width,
+                                      token_px=token_px,
                                       **({"where": where} if where is not None else {}))
     if kind == "anchor_mask":
         return anchor

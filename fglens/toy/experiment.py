@@ -166,10 +166,9 @@ def truth_anchor(item: Item, strength: float):
 def clip_anchor(item: Item, strength: float, clip: Clip | None = None, *, threshold: str | None = "otsu"):
     """An `fg.AnchorMask` from CLIP word maps of the item's named objects, on the toy DiT's 8×8 token grid.
 
-    `clip` defaults to the shipped tiny CLIP (`fg.toy.clip()`). The masks are made directly on the DiT's grid
-    (`fglens.toy.clip.TOKEN_GRID`): the toy VAE compresses 4× and the DiT's patches are 2×2, 8 px per token,
-    where `fg.AnchorMask.from_clip` assumes Wan's 16 px (a 4×4 grid for 64×64, upsampled again by the
-    AnchorMask). `anchor.regions` keeps the similarity maps for plotting.
+    `clip` defaults to the shipped tiny CLIP (`fg.toy.clip()`). This is `fg.AnchorMask.from_clip` with the toy
+    world's 8 px per token (the toy VAE compresses 4× and the DiT's patches are 2×2), which gives the DiT's own
+    grid (`fglens.toy.clip.TOKEN_GRID`). `anchor.regions` keeps the similarity maps for plotting.
 
     Example:
         >>> import fglens as fg
@@ -180,16 +179,16 @@ def clip_anchor(item: Item, strength: float, clip: Clip | None = None, *, thresh
     """
     import fglens as fg
 
-    from ..anchors import region_masks
     from .clip import TOKEN_GRID
     from .clip import clip as shipped_clip
+    from .world import SIZE
 
     words = list(item.masks())
     if not words:
         raise ValueError(f"{item.prompt!r} names no object (a camera instruction): there is nothing to anchor")
     model = clip if clip is not None else shipped_clip()
-    regions = region_masks(model, item.image, words, TOKEN_GRID, prompt=item.prompt, threshold=threshold)
-    return fg.AnchorMask(regions.mask, words, strength, regions=regions)
+    return fg.AnchorMask.from_clip(item.image, item.prompt, words, model, strength, threshold=threshold,
+                                   token_px=SIZE // TOKEN_GRID[0])
 
 
 ANCHORS = (None, "truth", "clip")  #: the anchors `focal_guidance` knows
