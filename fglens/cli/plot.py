@@ -135,10 +135,8 @@ def figure_jobs(
     Things that cannot be drawn (no words recorded, too few layers for the weak-layer rule) are appended to
     `notes` and skipped.
     """
-    import warnings
 
     from .. import plot
-    from ..diagnose import find_weak_layers
 
     notes = notes if notes is not None else []
     extra = {} if dpi is None else {"dpi": dpi}
@@ -149,14 +147,7 @@ def figure_jobs(
         folder = out if len(runs) == 1 else out / name
         stats = statistics(ds)
         profile = list(variables) if variables else [v for v in PROFILE_VARS if v in stats]
-        weak = None
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                weak = find_weak_layers(ds)
-            notes.extend(f"{name}: {w.message}" for w in caught)
-        except ValueError as exc:
-            notes.append(f"{name}: no weak layers marked ({exc})")
+        weak = weak_or_note(ds, name, notes)
         weak_of[name] = weak
         if profile:
             jobs.append((folder / f"layer_profile.{fmt}",
@@ -193,6 +184,24 @@ def figure_jobs(
     return jobs
 
 
+def weak_or_note(runs: Any, name: str, notes: list[str]) -> Any:
+    """`find_weak_layers(runs)`, its warnings appended to `notes` as ``name: ...``; None (and a note) where the
+    rule cannot run (too few layers, no statistic)."""
+    import warnings
+
+    from ..diagnose import find_weak_layers
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            weak = find_weak_layers(runs)
+    except ValueError as exc:
+        notes.append(f"{name}: no weak layers marked ({exc})")
+        return None
+    notes.extend(f"{name}: {w.message}" for w in caught)
+    return weak
+
+
 def pooled_jobs(
     runs: Mapping[str, Any],
     out: Path,
@@ -209,10 +218,8 @@ def pooled_jobs(
     baselines (same prompt, seed, model and layers), paired sample by sample.
     """
     import json
-    import warnings
 
     from .. import plot
-    from ..diagnose import find_weak_layers
     from ..store import decode_attrs
 
     if len(runs) < 2:
@@ -228,14 +235,7 @@ def pooled_jobs(
         notes.append("pooled figures: the runs without an intervention have different layers (several models?): "
                      "no pooled profile")
     elif len(plain) >= 2 and profile:
-        weak = None
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                weak = find_weak_layers(plain)
-            notes.extend(f"pooled: {w.message}" for w in caught)
-        except ValueError as exc:
-            notes.append(f"pooled: no weak layers marked ({exc})")
+        weak = weak_or_note(plain, "pooled", notes)
         jobs.append((out / f"pooled_layer_profile.{fmt}",
                      lambda p, r=plain, w=weak, v=tuple(profile): plot.layer_profile(
                          r, weak=w, vars=v, path=p, **extra)))
