@@ -474,13 +474,12 @@ def _legend_above(ax: Axes, **kwargs: Any) -> None:
     if not handles:
         return
     fig = ax.figure
-    renderer = fig._get_renderer()
     fig.get_layout_engine().execute(fig)
     room = 0.95 * ax.get_position().width * fig.get_figwidth() * fig.dpi  # pixels, a margin for later labels
     for ncol in range(len(labels), 0, -1):
         legend = ax.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=ncol, frameon=False,
                            borderaxespad=0.0, handlelength=1.5, columnspacing=1.2, **kwargs)
-        if legend.get_window_extent(renderer).width <= room:
+        if legend.get_window_extent().width <= room:  # the figure's own renderer
             break
 
 

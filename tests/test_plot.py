@@ -585,9 +585,8 @@ def test_legends_sit_above_the_axes_and_titles_break_between_words(wan):
     weak = SimpleNamespace(weak=["blocks.1"], responsive=["blocks.3"])
     for fig in (plot.layer_profile(wan, weak=weak, n_boot=50), plot.compare(wan, wan, weak=weak, n_boot=50),
                 plot.condition_balance(wan, n_boot=50)):
-        renderer = fig._get_renderer()
         legend = fig.axes[0].get_legend()
-        assert legend.get_window_extent(renderer).y0 >= fig.axes[0].get_window_extent(renderer).y1
+        assert legend.get_window_extent().y0 >= fig.axes[0].get_window_extent().y1
         assert "95\u00a0%\u00a0CI" in _title(fig)
     assert "95\u00a0%\u00a0CI" in plot._wrap("a mean, 95\u00a0%\u00a0CI over runs", 40, 9.6).split("\n")
     for width in range(20, 200, 5):
