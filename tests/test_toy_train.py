@@ -123,3 +123,19 @@ def test_toy_losses_draws_runs_and_refuses_bad_arguments(tmp_path, capsys):
     assert "is not NAME=RUN" in capsys.readouterr().err
     assert main(["toy", "losses", f"base={tmp_path}", "--out", str(tmp_path / "x.png")]) == 2
     assert "has no loss.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strengths", "nan"], r"strengths must be one or more finite numbers >= 0; got \[nan\]"),
+    (["--strengths=-1,2"], r"strengths must be one or more finite numbers >= 0"),
+    (["--alphas", "0.5,2"], r"alphas must be one or more finite numbers \[0, 1\]; got \[0.5, 2.0\]"),
+])
+def test_toy_report_refuses_a_bad_sweep_grid_before_any_work(tmp_path, capsys, argv, message):
+    import re
+
+    from fglens.cli import main
+
+    out = tmp_path / "report"
+    assert main(["toy", "report", "--out", str(out), *argv]) != 0
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()  # refused before anything was written or sampled

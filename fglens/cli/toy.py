@@ -52,6 +52,10 @@ def register(sub) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quick", action="store_true", help="skip the strength/alpha sweep")
     r.add_argument("--n-sweep", type=int, help="items of the strength/alpha sweep (default: all --n)")
+    r.add_argument("--strengths", type=_floats, default=(1.0, 2.0, 4.0),
+                   help="anchor strengths of the sweep, comma-separated (default 1,2,4)")
+    r.add_argument("--alphas", type=_floats, default=(0.25, 0.5, 0.75),
+                   help="cache weights of the sweep, comma-separated, in [0, 1] (default 0.25,0.5,0.75)")
     c = toy.add_parser("train-clip", help="train the toy world's tiny CLIP (resumable) and measure it")
     c.add_argument("--out", required=True, help="run folder: pool.pt, clip.pt, open_clip_config.json, weights")
     c.add_argument("--steps", type=int, default=450)
@@ -92,10 +96,17 @@ def run(args: argparse.Namespace) -> int:
         from ..toy.report import report
 
         report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick,
-               n_sweep=args.n_sweep)
+               n_sweep=args.n_sweep, strengths=args.strengths, alphas=args.alphas)
         return 0
     except (ValueError, FileNotFoundError) as exc:
         return fail("toy", exc)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 8,16,32; got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:

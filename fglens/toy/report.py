@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ from .suite import suite
 from .world import CATEGORIES
 
 
-def _fmt(t: tuple) -> str:
+def _fmt(t: tuple | None) -> str:
+    if t is None:
+        return "— (no item)"  # a category the (small) item set does not hold
     mean, low, high, n = t
     if np.isnan(low):
         return f"{mean:.2f} (n={n})"
@@ -91,12 +94,15 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
 
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
            sweep: bool = True, n_diag: int = 10, n_sweep: int | None = None, ablations_on_base: bool = False,
-           progress: bool = True) -> dict:
+           progress: bool = True, strengths: Sequence[float] = (1.0, 2.0, 4.0),
+           alphas: Sequence[float] = (0.25, 0.5, 0.75)) -> dict:
     """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures.
 
-    The sweep of strength × alpha runs on the first `n_sweep` items (default: all `n`), paired with the same
-    items unedited."""
+    The sweep of `strengths` × `alphas` (both operators on the weak model) runs on the first `n_sweep` items
+    (default: all `n`), paired with the same items unedited."""
     import fglens as fg
+
+    strengths, alphas = _grid(strengths, "strengths", 0.0, None), _grid(alphas, "alphas", 0.0, 1.0)
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -153,8 +159,8 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         layers, src = res["weak+fg_both"]["layers"], res["weak+fg_both"]["src"]
         grid, k = [], min(n_sweep or n, n)
         res["n_sweep"] = k
-        for strength in (1.0, 2.0, 4.0):
-            for alpha in (0.25, 0.5, 0.75):
+        for strength in strengths:
+            for alpha in alphas:
                 r = evaluate(pipes["weak"], items[:k], seed=seed,
                              edit=focal_guidance(layers, src, strength=strength, alpha=alpha))
                 d = paired(rows["weak"][:k], r)["all"]
@@ -174,6 +180,16 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     (out / "report.md").write_text(_markdown(res))
     print(_markdown(res))
     return res
+
+
+def _grid(values: Sequence[float], name: str, low: float, high: float | None) -> list[float]:
+    """`values` as floats, each finite and in [low, high]; a ValueError that says what was wrong otherwise."""
+    out = [float(v) for v in values]
+    bad = [v for v in out if not np.isfinite(v) or v < low or (high is not None and v > high)]
+    if not out or bad:
+        span = f"[{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"{name} must be one or more finite numbers {span}; got {list(values)!r}")
+    return out
 
 
 def _figure(res: dict, out: Path) -> None:
@@ -214,8 +230,8 @@ def _markdown(res: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for c in cats:
         lines.append(f"| {c} | {res['chance'].get(c, float('nan')):.2f} | {res['frozen'].get(c, float('nan')):.2f} | "
-                     f"{_fmt(res['base_follows'][c])} | {_fmt(res['weak_follows'][c])} | "
-                     f"{_fmt(res['base_fidelity'][c])} | {_fmt(res['weak_fidelity'][c])} |")
+                     f"{_fmt(res['base_follows'].get(c))} | {_fmt(res['weak_follows'].get(c))} | "
+                     f"{_fmt(res['base_fidelity'].get(c))} | {_fmt(res['weak_fidelity'].get(c))} |")
     f, c = res["word_map_focus"], res.get("word_map_focus_control")
     lines += ["", "## Word maps (base)", "",
               f"Mean word-map mass inside the named object / outside, first latent frame, cond branch, {f['n']} items "
