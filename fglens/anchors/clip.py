@@ -67,6 +67,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .grid import minmax, to_grid
+
 __all__ = [
     "DEFAULT_TEMPLATES",
     "DENSE_METHODS",
@@ -528,8 +530,6 @@ class WordMaps:
 
     def normalized(self) -> torch.Tensor:
         """Each map min-max scaled to [0, 1] (a constant map gives zeros)."""
-        from .masks import minmax
-
         return minmax(self.maps)
 
     def relative(self, temperature: float = 0.01) -> torch.Tensor:
@@ -538,8 +538,6 @@ class WordMaps:
 
     def to_grid(self, grid_hw: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
         """The maps resized to a latent grid ``(H', W')``: ``[W, H', W']``."""
-        from .masks import to_grid
-
         return to_grid(self.maps, grid_hw, mode=mode)
 
 
