@@ -203,7 +203,9 @@ class Recorder:
         self.words: dict[str, list[int]] = {}
         self.branch_words: dict[str, dict[str, list[int]]] = {}
         self.n_real: dict[str, int | None] = {}
-        self._index_cache: dict[tuple[int, str], torch.Tensor] = {}
+        self._index_cache: dict[tuple[int, str, str], torch.Tensor] = {}
+        self._index_of: dict[str, str] = {}
+        self._absent: dict[str, list[int]] = {}
         self._fwd: _ForwardState | None = None
 
     # -- run and forward boundaries -----------------------------------------------------------------------
@@ -216,8 +218,12 @@ class Recorder:
         self.words = {w: list(p) for w, p in words.items()}
         uncond = self.words if uncond_words is None else {w: list(uncond_words.get(w, ())) for w in self.words}
         self.branch_words = {"cond": self.words, "uncond": uncond}
+        # per run, on the host: which branch's word index each branch uses (one shared tensor when they agree), and
+        # the words each branch's prompt lacks (NaN statistics there)
+        self._index_of = {"cond": "cond", "uncond": "cond" if uncond == self.words else "uncond"}
+        self._absent = {b: [i for i, p in enumerate(ws.values()) if not p] for b, ws in self.branch_words.items()}
         self.n_real = dict(n_real)
-        self._index_cache: dict[tuple, torch.Tensor] = {}
+        self._index_cache: dict[tuple[int, str, str], torch.Tensor] = {}
 
     def begin_forward(self, ctx: ForwardContext) -> None:
         self._fwd = None
@@ -415,10 +421,9 @@ class Recorder:
             for name, value in extra.items():
                 extras.setdefault(name, q.new_zeros((b, n), dtype=torch.float32))[:, a:z] = value
         for i, row in enumerate(fwd.index):  # a word the row's prompt lacks: no columns, no statistic (not 0)
-            for w, positions in enumerate(self.branch_words[branch_of[row]].values()):
-                if not positions:
-                    maps[i, :, w] = float("nan")
-                    sim[i, :, w] = float("nan")
+            for w in self._absent.get(branch_of[row], ()):
+                maps[i, :, w] = float("nan")
+                sim[i, :, w] = float("nan")
         maps_t = maps.transpose(1, 2)  # [b, W, N]
         if word_stats and "word_mass" in want:
             self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
@@ -461,9 +466,10 @@ class Recorder:
 
     def _word_index(self, columns: int, device: torch.device, branch: str = "cond") -> torch.Tensor:
         """Indicator ``[columns, W]`` of the words' token positions in `branch`'s prompt, built on the host once per
-        shape and positions (branches whose positions agree share one tensor)."""
+        shape and run (branches whose positions agree share one tensor)."""
+        branch = self._index_of.get(branch, "cond")
         words = self.branch_words.get(branch, self.words)
-        key = (columns, str(device), tuple(tuple(p) for p in words.values()))
+        key = (columns, str(device), branch)
         if key not in self._index_cache:
             index = torch.zeros(columns, max(1, len(words)))
             for w, positions in enumerate(words.values()):
