@@ -50,8 +50,9 @@ import xarray as xr
 from .store.select import same_layers, select_steps, split_runs
 from .trace.context import BRANCHES
 
-#: the statistics a layer can be scored by, and the name that combines them
-SCORES = ("similarity", "morans_i")
+#: the statistics a layer can be scored by, the two that ``"both"`` combines, and every accepted name
+SCORES = ("similarity", "morans_i", "similarity_morans_i")
+BOTH = ("similarity", "morans_i")
 SCORE_CHOICES = (*SCORES, "both")
 #: 1 / Φ⁻¹(3/4): scales the MAD to a consistent estimate of the standard deviation under normality
 MAD_SCALE = 1.4826
@@ -171,8 +172,10 @@ def find_weak_layers(
             ``run`` dim (``fg.open_runs``; NaN-padded word slots are skipped); a list of run Datasets (prompts,
             seeds; their words may differ); or the path of a store (every run in it). All runs must have the
             same layers.
-        score: ``"similarity"`` (text-visual similarity S), ``"morans_i"`` (Moran's I of the word maps) or
-            ``"both"`` (the mean of their robust z-scores).
+        score: ``"similarity"`` (text-visual similarity S), ``"morans_i"`` (Moran's I of the word maps),
+            ``"similarity_morans_i"`` (Moran's I of the similarity maps; recorded on request:
+            ``Record(stats=[..., "similarity_morans_i"])``) or ``"both"`` (the mean of the robust z-scores of
+            similarity and Moran's I).
         steps: a half-open fraction of the schedule ``(start, stop)`` given as floats (``(0.0, 0.5)``: the
             first half, from the run's ``num_steps`` — a coordinate along ``run`` or the run's attribute —
             else from the steps recorded), step indices as ints (``[0, 1, 2]``, ``range(10)``), or None (all).
@@ -283,7 +286,7 @@ def _check_params(score, steps, z, exclude_edges, top_k, branch) -> tuple[str, .
         raise ValueError(f"top_k must be an integer >= 0; got {top_k!r}")
     if branch not in BRANCHES:
         raise ValueError(f"unknown branch {branch!r}; accepted: {', '.join(map(repr, BRANCHES))}")
-    return SCORES if score == "both" else (score,)
+    return BOTH if score == "both" else (score,)
 
 
 def _steps_spec(steps) -> list | None:

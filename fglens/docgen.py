@@ -157,11 +157,27 @@ def api_reference() -> str:
 
 
 #: generated blocks: file in docs/ -> {block name: producer}
+def statistics_table() -> str:
+    """The markdown table of every variable a run can hold, from `fglens.stats.table` (what the runs store)."""
+    from .stats.table import STATISTICS
+
+    sites = {"text": "Wan text", "image": "Wan image", "self": "Wan self", "joint": "joint"}
+    rows = ["| variable | dims after `branch, step, layer` | sites | definition | recorded |", "|---|---|---|---|---|"]
+    for s in STATISTICS.values():
+        how = ("by default" if s.default else "opt-in: `Record(stats=[...])`") if s.recordable else (
+            f"`Record(maps=[{s.name!r}])`" + (" or `maps=True`" if s.name == "word_map" else ""))
+        where = ", ".join(sites[k] for k in sorted(s.kinds))
+        definition = s.definition.replace("|", "\\|")  # a bar inside a table cell
+        rows.append(f"| `{s.name}` | {', '.join(s.dims)} | {where} | {definition} | {how} |")
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     "sites-wan.md": {"sites": lambda: site_table("wan")},
     "sites-hunyuan.md": {"sites": lambda: site_table("hunyuan")},
     "sites-cogvideox.md": {"sites": lambda: site_table("cogvideox")},
     "api.md": {"api": api_reference},
+    "concepts.md": {"statistics": statistics_table},
 }
 
 

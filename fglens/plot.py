@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .stats.table import STATISTICS, recordable
 from .store.select import same_layers, select_steps, split_runs
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,31 +54,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["anchor", "compare", "condition_balance", "layer_profile", "layer_step_heatmap", "word_maps"]
 
-#: axis labels of the recorded statistics (what the number means)
-LABELS: dict[str, str] = {
-    "similarity": "text–visual similarity S",
-    "morans_i": "Moran's I of the word map",
-    "word_mass": "word attention mass",
-    "text_share": "text share ‖O_text‖ / (‖O_text‖ + ‖O_image‖)",
-    "text_mass": "attention mass on text tokens",
-    "image_mass": "attention mass on image-derived tokens",
-    "entropy": "text-attention entropy / log|T|",
-    "ref_mass": "attention mass on the reference frame",
-}
+#: axis labels of the recorded statistics (what the number means; declared in `fglens.stats.table`)
+LABELS: dict[str, str] = {name: s.long_name for name, s in recordable().items()}
 #: short names for titles
-SHORT: dict[str, str] = {
-    "similarity": "similarity",
-    "morans_i": "Moran's I",
-    "word_mass": "word mass",
-    "text_share": "text share",
-    "text_mass": "text mass",
-    "image_mass": "image mass",
-    "entropy": "entropy",
-    "ref_mass": "reference-frame mass",
-}
+SHORT: dict[str, str] = {name: s.short for name, s in recordable().items()}
 #: statistics whose sign means something (cosine similarity, spatial autocorrelation): coloured with a diverging
 #: map centred on zero
-SIGNED = frozenset({"similarity", "morans_i"})
+SIGNED = frozenset(name for name, s in STATISTICS.items() if s.signed)
 
 
 def _upper_first(text: str) -> str:

@@ -439,3 +439,21 @@ def test_frames_is_one_option_with_num_frames_as_its_alias(command):
         values.add(args.frames if hasattr(args, "frames") else args.num_frames)
     assert values == {9}
     assert "--frames" in parser._subparsers._group_actions[0].choices[command].format_help()
+
+
+def test_diagnose_by_the_similarity_maps_morans_i_records_it(tmp_path):
+    """`--score similarity_morans_i` records the statistic it rests on (not a default one) and names the layers the
+    rule names on the stored run."""
+    from fglens.cli.diagnose import SCORE_CHOICES
+    from fglens.diagnose import SCORE_CHOICES as RULE_SCORES
+
+    assert SCORE_CHOICES == RULE_SCORES  # the CLI spells them out so that --help imports no torch
+    store = tmp_path / "runs.zarr"
+    code, out, err = call(diagnose_argv("tiny-wan", store, "--score", "similarity_morans_i", "--z", "-0.5",
+                                        "--exclude-edges", "0"))
+    assert code == 0, err
+    ds = only_run(store)
+    assert "similarity_morans_i" in ds.data_vars and "similarity_map" not in ds.data_vars
+    weak = fg.find_weak_layers(ds, score="similarity_morans_i", z=-0.5, exclude_edges=0.0)
+    assert weak_line(out).endswith(", ".join(weak.weak) or "none")
+    assert "score='similarity_morans_i'" in out

@@ -16,7 +16,8 @@ import fglens as fg
 from fglens.trace.record import STATS
 
 PROMPT = "a dog jumps over the red fence"
-JOINT_STATS = ["word_mass", "morans_i", "similarity", "entropy", "text_mass", "image_mass", "ref_mass"]
+JOINT_STATS = ["word_mass", "morans_i", "similarity", "similarity_morans_i", "entropy", "text_mass", "image_mass",
+               "ref_mass"]
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +79,18 @@ def dense_joint_reference(call, grid, n_image, words):
     within = text / text.sum(-1, keepdim=True)
     out["entropy"] = -(torch.special.xlogy(within, within)).sum(-1) / math.log(valid)
     per_frame = {name: v.reshape(f, -1).mean(-1).numpy() for name, v in out.items()}
-    wm, mi, sim = [], [], []
+    wm, mi, sim, sim_mi = [], [], [], []
     qv = q[0, :n].flatten(1)
     for positions in words.values():
         m = text[:, positions].sum(-1).reshape(f, ny, nx)
         wm.append(m.reshape(f, -1).mean(-1).numpy())
         mi.append([morans_i(m[i].numpy()) for i in range(f)])
         kbar = k[0, [n + n_image + p_ for p_ in positions]].flatten(1).mean(0)
-        sim.append(torch.nn.functional.cosine_similarity(qv, kbar[None], dim=-1).reshape(f, -1).mean(-1).numpy())
-    per_frame.update(word_mass=np.array(wm), morans_i=np.array(mi), similarity=np.array(sim))
+        s = torch.nn.functional.cosine_similarity(qv, kbar[None], dim=-1).reshape(f, ny, nx)
+        sim.append(s.reshape(f, -1).mean(-1).numpy())
+        sim_mi.append([morans_i(s[i].numpy()) for i in range(f)])
+    per_frame.update(word_mass=np.array(wm), morans_i=np.array(mi), similarity=np.array(sim),
+                     similarity_morans_i=np.array(sim_mi))
     return per_frame
 
 

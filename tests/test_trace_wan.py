@@ -84,7 +84,7 @@ def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, l
     p = _softmax64(q, k)  # [B, H, N, 512]: the full text softmax
     pbar = p.mean(1)
     out = {}
-    wm, mi, sim = [], [], []
+    wm, mi, sim, sim_map, sim_mi = [], [], [], [], []
     for positions in words.values():
         m = pbar[0][:, positions].sum(-1)  # [N]
         frames = m.reshape(f, ny * nx)
@@ -93,7 +93,10 @@ def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, l
         kbar = k[0][positions].flatten(1).mean(0)
         s = torch.nn.functional.cosine_similarity(q[0].flatten(1), kbar[None], dim=-1)
         sim.append(s.reshape(f, -1).mean(-1).numpy())
+        sim_map.append(s.reshape(f, ny, nx).numpy())
+        sim_mi.append([morans_i(sim_map[-1][i]) for i in range(f)])
     out["word_mass"], out["morans_i"], out["similarity"] = np.array(wm), np.array(mi), np.array(sim)
+    out["similarity_map"], out["similarity_morans_i"] = np.array(sim_map), np.array(sim_mi)
     ent = -(pbar[0] * torch.log(pbar[0])).sum(-1) / math.log(k.shape[1])
     out["entropy"] = ent.reshape(f, -1).mean(-1).numpy()
     o_text = torch.einsum("bhnt,bthd->bnhd", p, v).flatten(2)[0]
@@ -115,8 +118,8 @@ def dense_reference(cap: dict[str, torch.Tensor], heads: int, words: dict[str, l
 def test_recorded_statistics_equal_float64_dense_reference(wan_i2v, ref_image):
     pipe = wan_i2v
     cap = Capture(pipe.transformer)
-    record = fg.Record(words=["dog", "red fence"], stats=list(STATS), maps=True, layers=[0, 2, 3],
-                       branches=("cond", "uncond"))
+    record = fg.Record(words=["dog", "red fence"], stats=list(STATS), maps=("word_map", "similarity_map"),
+                       layers=[0, 2, 3], branches=("cond", "uncond"))
     try:
         with fg.trace(pipe, record=record) as run:
             # a negative prompt with the same words, so that the uncond word maps are not of pad keys
@@ -143,7 +146,7 @@ def test_recorded_statistics_equal_float64_dense_reference(wan_i2v, ref_image):
                 checked += 1
         # layers not recorded stay absent from the dataset
         assert "blocks.1" not in ds.layer.values
-    assert checked == 4 * 3 * 7
+    assert checked == 4 * 3 * 9
 
 
 def test_the_uncond_branch_reads_each_word_where_the_negative_prompt_has_it(wan_i2v, ref_image):

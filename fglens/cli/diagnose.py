@@ -82,11 +82,17 @@ def add_item_options(parser: argparse.ArgumentParser) -> None:
                         help="also store the word attention maps (word_map: larger stores; `fglens plot` draws them)")
 
 
+#: `fg.find_weak_layers`' scores (fglens.diagnose.SCORE_CHOICES, written out so that `--help` imports no torch;
+#: tests/test_cli.py checks that the two agree) and the statistics each one needs recorded
+SCORE_CHOICES = ("similarity", "morans_i", "similarity_morans_i", "both")
+SCORE_STATS = {"similarity_morans_i": ("similarity_morans_i",)}
+
+
 def add_weak_options(parser: argparse.ArgumentParser) -> None:
     """The parameters of fg.find_weak_layers."""
     group = parser.add_argument_group("semantic-weak layer rule (fg.find_weak_layers)")
-    group.add_argument("--score", choices=("similarity", "morans_i", "both"), default="similarity",
-                       help="per-layer score (default: similarity)")
+    group.add_argument("--score", choices=SCORE_CHOICES, default="similarity",
+                       help="per-layer score (default: similarity; similarity_morans_i is then recorded too)")
     group.add_argument("--z", type=finite_float, default=-1.0, help="weak when the robust z-score is below this (<= 0; "
                        "default: -1.0)")
     group.add_argument("--exclude-edges", type=finite_float, default=0.1,
@@ -196,11 +202,14 @@ def prepare(args: argparse.Namespace) -> Item:
 
 # -- recording and reporting ------------------------------------------------------------------------------------
 
-def tracer(item: Item, store: Any, maps: bool, edit: Any = None):
-    """The `fg.trace` of one recorded call of `item` (built, not entered: a bad edit raises here, before sampling)."""
+def tracer(item: Item, store: Any, maps: bool, edit: Any = None, score: str | None = None):
+    """The `fg.trace` of one recorded call of `item` (built, not entered: a bad edit raises here, before sampling);
+    the default statistics, and the one `score` rests on when it is not among them."""
     import fglens as fg
+    from fglens.trace import DEFAULT_STATS
 
-    return fg.trace(item.pipe, record=fg.Record(words=item.words, maps=maps), edit=edit, store=store)
+    stats = (*DEFAULT_STATS, *SCORE_STATS.get(score or "", ()))
+    return fg.trace(item.pipe, record=fg.Record(words=item.words, maps=maps, stats=stats), edit=edit, store=store)
 
 
 def sample(trace: Any, item: Item, output_type: str = "latent"):
@@ -275,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         item = prepare(args)
     except UsageError as exc:
         return fail("diagnose", exc)
-    ds, _ = sample(tracer(item, args.store, args.maps), item)
+    ds, _ = sample(tracer(item, args.store, args.maps, score=args.score), item)
     print(describe(ds, "diagnose"))
     print()
     print(layer_table(ds))

@@ -235,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     if fg_edit and clip is None:
         print(f"note: {anchor_note}")
     if fg_edit and not explicit:
-        diag, _ = sample(tracer(item, store, args.maps), item, output_type="latent")
+        diag, _ = sample(tracer(item, store, args.maps, score=args.score), item, output_type="latent")
         print(f"diagnosis pass (same seed, no edit): run {diag.attrs['run']} in {store}")
         try:
             weak = find_weak(diag, args)

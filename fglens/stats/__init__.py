@@ -90,4 +90,23 @@ def morans_i(maps: torch.Tensor) -> torch.Tensor:
     return out.reshape(lead)
 
 
-__all__ = ["cosine_similarity", "frame_mean", "morans_i", "normalized_entropy", "text_share", "word_maps"]
+def reduce_frames(how: str, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Reduce a per-token quantity ``[..., N]`` (tokens frame-major on `grid` = (frames, y, x)) per latent frame, as
+    a statistic of `fglens.stats.table` says: ``frame_mean`` and ``morans_i`` give ``[..., F]`` (Moran's I in
+    float32), ``map`` keeps the tokens as ``[..., F, Y, X]``.
+
+    Example:
+        >>> reduce_frames("frame_mean", torch.arange(8.).reshape(1, 8), (2, 2, 2))
+        tensor([[1.5000, 5.5000]])
+    """
+    if how == "frame_mean":
+        return frame_mean(x, grid[0])
+    if how == "morans_i":
+        return morans_i(x.unflatten(-1, tuple(grid))).to(torch.float32)
+    if how == "map":
+        return x.unflatten(-1, tuple(grid))
+    raise ValueError(f"unknown reduction {how!r}; known: frame_mean, morans_i, map")
+
+
+__all__ = ["cosine_similarity", "frame_mean", "morans_i", "normalized_entropy", "reduce_frames", "text_share",
+           "word_maps"]

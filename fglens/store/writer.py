@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from ..stats.table import variable_attrs
 from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
 from .reader import ordinary_strings
 from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS, chunk_codecs
@@ -357,7 +358,8 @@ class RunWriter:
         return (self.sizes["branch"], steps, self.sizes["layer"], *tail)
 
     def _dataset(self, arrays: Mapping[str, np.ndarray], steps: list[int], timesteps: list[float]) -> xr.Dataset:
-        data_vars = {v: (LEADING_DIMS + VARIABLE_DIMS[v], arrays[v]) for v in self.variables}
+        # each variable says what it is, as xarray users expect (`long_name`, `description`: fglens.stats.table)
+        data_vars = {v: (LEADING_DIMS + VARIABLE_DIMS[v], arrays[v], variable_attrs(v)) for v in self.variables}
         used = {d for v in self.variables for d in VARIABLE_DIMS[v]} | set(LEADING_DIMS)
         coords: dict[str, Any] = {k: v for k, v in self.coords.items() if k in used}
         coords["step"] = np.asarray(steps, dtype=np.int64)

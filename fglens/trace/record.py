@@ -17,6 +17,8 @@ import torch
 
 from .. import stats
 from ..adapters.base import Site
+from ..stats.table import STATISTICS, recordable
+from ..stats.table import maps as map_variables
 from .context import BRANCHES, AttentionCall, ForwardContext
 from .editing import bias_logits
 from .probs import (
@@ -31,19 +33,11 @@ from .probs import (
     row_logsumexp,
 )
 
-#: every statistic a Record can ask for, and the kinds of site that provide it
-STATS: dict[str, frozenset[str]] = {
-    "word_mass": frozenset({"text", "joint"}),
-    "morans_i": frozenset({"text", "joint"}),
-    "similarity": frozenset({"text", "joint"}),
-    "entropy": frozenset({"text", "joint"}),
-    "text_share": frozenset({"image"}),
-    "text_mass": frozenset({"joint"}),
-    "image_mass": frozenset({"joint"}),
-    "ref_mass": frozenset({"self", "joint"}),
-}
-DEFAULT_STATS = ("word_mass", "morans_i", "similarity", "text_share", "text_mass", "image_mass", "entropy")
-WORD_STATS = ("word_mass", "morans_i", "similarity")
+#: every statistic a Record can ask for, and the kinds of site that provide it (declared in `fglens.stats.table`)
+STATS: dict[str, frozenset[str]] = {name: s.kinds for name, s in recordable().items()}
+DEFAULT_STATS = tuple(name for name, s in recordable().items() if s.default)
+#: the variables that need the words' token positions (per-word statistics and the maps)
+WORD_STATS = tuple(name for name, s in STATISTICS.items() if s.per_word)
 
 
 @dataclass
@@ -58,7 +52,9 @@ class Record:
         stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in. Statistics that
             an architecture has no site for are left out of its runs (`text_share` needs Wan's separate image
             attention, `text_mass` / `image_mass` a joint softmax).
-        maps: also store the word attention maps ``word_map (branch, step, layer, word, frame, y, x)``.
+        maps: also store per-token maps ``(branch, step, layer, word, frame, y, x)``: True for the word attention
+            maps ``word_map``, or the names of the maps to keep, from ``("word_map", "similarity_map")`` (the
+            similarity map S_w of each video token).
         layers: block indices (``3``) or canonical names (``"blocks.3"``); None for all.
         steps: step indices to record; None for all.
         branches: CFG branches to record, from ``("cond", "uncond")``.
@@ -75,7 +71,7 @@ class Record:
 
     words: Sequence[str] | Mapping[str, Sequence[int]] | None = None
     stats: Sequence[str] = DEFAULT_STATS
-    maps: bool = False
+    maps: bool | Sequence[str] = False
     layers: Sequence[int | str] | None = None
     steps: Sequence[int] | None = None
     branches: Sequence[str] = ("cond",)
@@ -98,6 +94,7 @@ class Record:
         if isinstance(self.words, str):
             self.words = [self.words]
         self._check_words()
+        self._check_maps()
         if isinstance(self.steps, int):
             self.steps = (self.steps,)
         if self.steps is not None:
@@ -129,6 +126,28 @@ class Record:
             raise ValueError(f"Record words takes words of the prompt as non-empty strings (or a mapping label -> "
                              f"token positions); got {bad[0]!r}")
 
+    def _check_maps(self) -> None:
+        if isinstance(self.maps, str):
+            self.maps = (self.maps,)
+        if isinstance(self.maps, bool):
+            return
+        try:
+            self.maps = tuple(self.maps)
+        except TypeError:
+            raise TypeError(f"maps takes True/False or names of maps from {tuple(map_variables())}; "
+                            f"got {self.maps!r}") from None
+        bad = [m for m in self.maps if m not in map_variables()]
+        if bad:
+            raise ValueError(f"unknown map(s) {bad}; Record(maps=...) takes True/False or names from "
+                             f"{tuple(map_variables())}")
+
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        """The maps this Record keeps (``maps=True`` is the word attention maps)."""
+        if isinstance(self.maps, bool):
+            return ("word_map",) if self.maps else ()
+        return tuple(dict.fromkeys(self.maps))
+
     def check_steps(self, num_steps: int | None) -> None:
         """Refuse, before the first step of a run, steps its schedule does not have (a run of 0 steps would follow)."""
         if num_steps is None or self.steps is None:
@@ -142,7 +161,8 @@ class Record:
         """A JSON-serialisable description, stored with each run."""
         words = dict(self.words) if isinstance(self.words, Mapping) else self.words
         return {
-            "words": words, "stats": list(self.stats), "maps": self.maps,
+            "words": words, "stats": list(self.stats),
+            "maps": self.maps if isinstance(self.maps, bool) else list(self.maps),
             "layers": None if self.layers is None else list(self.layers),
             "steps": None if self.steps is None else list(self.steps),
             "branches": list(self.branches), "chunk_bytes": self.chunk_bytes, "image": self.image,
@@ -199,7 +219,10 @@ class Recorder:
         self.record = record
         self.layers = list(layers)
         self._layer_pos = {name: i for i, name in enumerate(self.layers)}
-        self.kinds = set().union(*(STATS[s] for s in record.stats)) | ({"text", "joint"} if record.maps else set())
+        # the variables this recorder produces, and the per-token quantities they are reduced from
+        self.wanted = [STATISTICS[s] for s in (*record.stats, *record.map_names)]
+        self.kinds = set().union(*(s.kinds for s in self.wanted))
+        self.sources = {s.source for s in self.wanted}
         self.words: dict[str, list[int]] = {}
         self.branch_words: dict[str, dict[str, list[int]]] = {}
         self.n_real: dict[str, int | None] = {}
@@ -284,7 +307,7 @@ class Recorder:
         """Wan's text call: a softmax over the text keys alone, identical pad keys collapsed exactly."""
         q = self._select(call.query, fwd)
         k = self._select(call.key, fwd)
-        if set(self.record.stats) & {*WORD_STATS, "entropy"} or self.record.maps:
+        if self.sources & {"word_map", "similarity", "entropy"}:
             n_real = self._n_real(fwd, k.shape[1])
             k_eff, mult = collapse_padding(k, n_real)
             ok = padding_is_uniform(k, n_real)
@@ -315,7 +338,8 @@ class Recorder:
         image_out = fwd.image_out.pop(call.site.layer, None)
         if "text_share" in self.record.stats and image_out is not None:
             share = stats.text_share(self._select(call.output, fwd).flatten(2), image_out.flatten(2))
-            self._put(fwd, "text_share", layer, stats.frame_mean(share, fwd.ctx.grid[0]))
+            self._put(fwd, "text_share", layer, stats.reduce_frames(STATISTICS["text_share"].reduce, share,
+                                                                    fwd.ctx.grid))
 
     def _joint(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
         """One softmax over [video | image | text] keys: text probabilities normalised over all keys, from the
@@ -386,17 +410,16 @@ class Recorder:
         """Chunk over whole frames; per chunk `chunk(a, z)` gives head-mean text probabilities ``[b, n, T]`` and
         per-token extras; reduce inside the chunk to word maps, entropy, similarity, then per frame."""
         grid = fwd.ctx.grid
-        frames = grid[0]
         b, n, heads, _ = q.shape
-        want = set(self.record.stats)
-        word_stats = bool(self.words) and bool(want & set(WORD_STATS) or self.record.maps)
+        need_maps = bool(self.words) and "word_map" in self.sources
+        need_ent = "entropy" in self.sources
         # each row's branch attends to its own prompt's keys: the word columns of that prompt (one index for all rows
         # when the branches agree, the common case; otherwise one per row, python-int slices only)
         branch_of = {i: br for br, idx in fwd.items.items() for i in idx}
         rows = [self._word_index(k_text.shape[1], q.device, branch_of[i]) for i in fwd.index]
         word_index = rows[0] if all(r is rows[0] for r in rows) else None
         kbar = None
-        if "similarity" in want and word_stats:
+        if bool(self.words) and "similarity" in self.sources:
             k_flat = k_text.flatten(2).to(torch.float32)
             kbar = torch.cat([torch.einsum("tw,btc->bwc", idx, k_flat[i : i + 1]) / idx.sum(0).clamp_min(1)[:, None]
                               for i, idx in enumerate(rows)]) if word_index is None else (
@@ -409,12 +432,12 @@ class Recorder:
         per_chunk = frames_per_chunk(grid, b * heads * max(1, columns) * 4 * 3, self.record.chunk_bytes)
         for a, z in frame_chunks(grid, per_chunk):
             pbar, extra = chunk(a, z)
-            if word_stats and word_index is not None:
+            if need_maps and word_index is not None:
                 maps[:, a:z] = stats.word_maps(pbar, word_index)
-            elif word_stats:
+            elif need_maps:
                 for i, idx in enumerate(rows):
                     maps[i : i + 1, a:z] = stats.word_maps(pbar[i : i + 1], idx)
-            if "entropy" in want:
+            if need_ent:
                 ent[:, a:z] = entropy(pbar)
             if kbar is not None:
                 sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
@@ -424,19 +447,14 @@ class Recorder:
             for w in self._absent.get(branch_of[row], ()):
                 maps[i, :, w] = float("nan")
                 sim[i, :, w] = float("nan")
-        maps_t = maps.transpose(1, 2)  # [b, W, N]
-        if word_stats and "word_mass" in want:
-            self._put(fwd, "word_mass", layer, stats.frame_mean(maps_t, frames))
-        if word_stats and "morans_i" in want:
-            self._put(fwd, "morans_i", layer, stats.morans_i(maps_t.unflatten(-1, grid)).to(torch.float32))
-        if kbar is not None:
-            self._put(fwd, "similarity", layer, stats.frame_mean(sim.transpose(1, 2), frames))
-        if "entropy" in want:
-            self._put(fwd, "entropy", layer, stats.frame_mean(ent, frames))
-        if word_stats and self.record.maps:
-            self._put(fwd, "word_map", layer, maps_t.unflatten(-1, grid))
-        for name, value in extras.items():
-            self._put(fwd, name, layer, stats.frame_mean(value, frames))
+        # the per-token quantities computed here ([b, W, N] per word, [b, N] otherwise), each statistic reduced from
+        # its own (`fglens.stats.table`)
+        per_token = {**extras, "word_map": maps.transpose(1, 2) if need_maps else None,
+                     "similarity": sim.transpose(1, 2) if kbar is not None else None,
+                     "entropy": ent if need_ent else None}
+        for stat in self.wanted:
+            if per_token.get(stat.source) is not None:
+                self._put(fwd, stat.name, layer, stats.reduce_frames(stat.reduce, per_token[stat.source], grid))
 
     def _ref_mass(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
         grid = fwd.ctx.grid
@@ -451,7 +469,7 @@ class Recorder:
         for a, z in frame_chunks(grid, per_chunk):
             lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first, call.extras.get("scale"))
             mass[:, a:z] = torch.exp(lse_ref - lse_all[..., a:z]).mean(1)
-        self._put(fwd, "ref_mass", layer, stats.frame_mean(mass, grid[0]))
+        self._put(fwd, "ref_mass", layer, stats.reduce_frames(STATISTICS["ref_mass"].reduce, mass, grid))
 
     # -- helpers --------------------------------------------------------------------------------------
     def _n_real(self, fwd: _ForwardState, total: int) -> int:

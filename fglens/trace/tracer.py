@@ -19,15 +19,15 @@ import torch
 
 from ..adapters import Adapter, Site, adapter_for
 from ..adapters.prompt import PipelineCall, PromptCapture, words_for
+from ..stats.table import STATISTICS
 from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
 from .clock import ClockHook, StepSource, install_clock
 from .context import AttentionCall, ForwardContext
 from .editing import Editor
 from .intercept import TracedProcessor, patch, unpatch
-from .record import STATS, Record, Recorder, resolve_layers
+from .record import WORD_STATS, Record, Recorder, resolve_layers
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
-WORD_STATS = ("word_mass", "morans_i", "similarity")
 
 
 def _transformers(target: Any) -> tuple[Any | None, list[tuple[str, torch.nn.Module]]]:
@@ -237,10 +237,7 @@ class Trace:
     # -- runs ------------------------------------------------------------------------------------------------
     def _variables(self) -> list[str]:
         kinds = {site.kind for a in self.adapters for site in a.sites()}
-        out = [s for s in self.record.stats if STATS[s] & kinds]
-        if self.record.maps:
-            out.append("word_map")
-        return out
+        return [s for s in (*self.record.stats, *self.record.map_names) if STATISTICS[s].kinds & kinds]
 
     def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
         self._in_run = True
@@ -253,7 +250,7 @@ class Trace:
             self.editor.start_run(call, known, ctx)
         if self.recorder is None:
             return
-        word_based = any(v in (*WORD_STATS, "word_map") for v in self.variables)
+        word_based = any(v in WORD_STATS for v in self.variables)
         if call is not None and word_based and not isinstance(self.record.words, Mapping):
             call.check_one_prompt("recording words" + (f" {list(self.record.words)}" if self.record.words else ""))
         words = words_for(call, self.record.words)
@@ -263,7 +260,7 @@ class Trace:
         if call is not None and not isinstance(self.record.words, Mapping):
             uncond = call.negative.locate(list(words), missing_ok=True) if call.negative is not None else {}
         self.recorder.begin_run(words, call.n_real() if call is not None else {}, uncond)
-        variables = [v for v in self.variables if words or v not in (*WORD_STATS, "word_map")]
+        variables = [v for v in self.variables if words or v not in WORD_STATS]
         run_id, target = new_run_id(), self.store
         fixed = getattr(self.store, "run_id", None)  # store_path(..., run_id=...) or fg.trace(..., run_id=...)
         if fixed is not None:  # the first call of the block gets the id itself, later ones "-1", "-2", ...
