@@ -58,6 +58,34 @@ def test_the_loss_decreases_when_training_on_a_small_pool(tmp_path):
     assert sum(dit[-4:]) / 4 < sum(dit[:4]) / 4
 
 
+def test_the_dits_object_weight_covers_each_latent_cell_an_object_touches():
+    """Latent cell (f, y, x) encodes frames {0} (f = 0) or {2f-1, 2f} and pixels [4y, 4y+4) x [4x, 4x+4): it is weighted
+    where an object covers any of them or a neighbouring cell's, and only there."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from fglens.toy.train import _items, _rng, latent_object_weight
+    from fglens.toy.world import coverage
+
+    pairs = _items(_rng(0, "pool", 0), 3)
+    w = latent_object_weight(pairs, 10.0).float()
+    assert w.shape == (3, 1, 5, 16, 16) and set(w.unique().tolist()) == {1.0, 10.0}
+    for b, (scene, ins) in enumerate(pairs):
+        cover = coverage(scene, ins).sum(1) > 0  # [9, 64, 64]
+        for f in range(5):
+            frames = [0] if f == 0 else [2 * f - 1, 2 * f]
+            touched = cover[frames].any(0).reshape(16, 4, 16, 4).any((1, 3))
+            near = F.max_pool2d(torch.from_numpy(touched).float()[None], 3, 1, 1)[0].numpy() > 0
+            np.testing.assert_array_equal(w[b, 0, f].numpy() == 10.0, near)
+    assert 0.05 < float((w > 1).float().mean()) < 0.5  # objects are a small part of a frame
+
+
+def test_an_object_weighted_run_trains(tmp_path):
+    info = train(TrainConfig(**{**SMOKE, "dit_object_weight": 10.0}), tmp_path, progress=False)
+    assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
+    assert json.loads((tmp_path / "pipeline" / "toy.json").read_text())["config"]["dit_object_weight"] == 10.0
+
+
 def test_the_weak_variant_plants_its_layers(tmp_path):
     import fglens as fg
 
@@ -92,6 +120,8 @@ def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     (dict(dit_lr=float("nan")), "dit_lr must be a finite number"),
     (dict(planted_p=-0.1), "planted_p must be a finite number"),
     (dict(planted_p=1.5), r"planted_p is a fraction in \[0, 1\]"),
+    (dict(dit_object_weight=0.5), r"dit_object_weight is a weight >= 1"),
+    (dict(dit_object_weight=float("inf")), "dit_object_weight must be a finite number"),
 ])
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):

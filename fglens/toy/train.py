@@ -49,6 +49,7 @@ from .world import CATEGORIES, FRAMES, SIZE
 
 VARIANTS = ("base", "weak")
 OBJECT_WEIGHT = 10.0  #: VAE loss weight of object pixels relative to background pixels
+SPACE, TIME = 4, 2  #: the toy VAE's compression (pixels per latent cell, frames per latent frame after the first)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TrainConfig:
     cooldown: int = 0
     ema: float = 0.995
     prompt_dropout: float = 0.1
+    dit_object_weight: float = 1.0
     planted: tuple[int, ...] = field(default=(3, 4))
     planted_p: float = 1.0
     planted_reinit: bool = True
@@ -87,12 +89,14 @@ class TrainConfig:
             raise ValueError(f"planted must name blocks in 0..{NUM_LAYERS - 1}; got {self.planted!r}")
         if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
             raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
-        for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p"):
+        for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
             if name in ("ema", "prompt_dropout", "planted_p") and value > 1:
                 raise ValueError(f"{name} is a fraction in [0, 1], got {value!r}")
+        if self.dit_object_weight < 1:
+            raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")
 
     @property
     def planted_layers(self) -> list[str]:
@@ -137,6 +141,23 @@ def _videos(pairs, *, weights: bool = False):
         return v
     cover = np.stack([coverage(s, i).sum(1) for s, i in pairs])  # B F H W
     return v, 1.0 + (OBJECT_WEIGHT - 1.0) * torch.from_numpy(cover).float().clamp(0, 1)[:, None]
+
+
+def latent_object_weight(pairs, weight: float) -> torch.Tensor:
+    """The DiT's loss weight per latent cell, float16 [B, 1, F', H/4, W/4]: `weight` where an object covers any
+    pixel of the cell in any frame the latent frame encodes (frame 0 for the first latent frame, then `TIME`
+    frames each) or in a neighbouring cell, 1 elsewhere. Objects are a small part of a frame: under a plain mean
+    the DiT can lower its loss most by getting the background right and letting the objects blur or fade."""
+    import torch.nn.functional as F
+
+    from .world import coverage
+
+    cover = torch.from_numpy(np.stack([coverage(s, i).sum(1) for s, i in pairs])).float().clamp(0, 1)  # B F H W
+    first, rest = cover[:, :1], cover[:, 1:]
+    rest = rest.reshape(rest.shape[0], rest.shape[1] // TIME, TIME, *rest.shape[2:]).amax(2)
+    cells = F.max_pool2d(torch.cat([first, rest], 1), SPACE)  # B F' h w
+    near = F.max_pool2d(cells, 3, stride=1, padding=1)
+    return (1.0 + (weight - 1.0) * (near > 0).float())[:, None].half()
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -303,6 +324,9 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     text = _TextCache(pipe)
     null_raw = text([""])
     planter = _Planter(dit, cfg.planted, null_raw) if cfg.variant == "weak" else None
+    weights = None
+    if cfg.dit_object_weight != 1.0:  # the pool's items again, for their object pixels (the pool holds latents only)
+        weights = latent_object_weight(_items(_rng(cfg.seed, "pool", 0), len(pool["prompts"])), cfg.dit_object_weight)
     dit.train()
     bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
     try:
@@ -324,7 +348,12 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
                 g["lr"] = dit_lr(cfg, step)
             pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
                        encoder_hidden_states_image=pool["img"][idx].float(), return_dict=False)[0]
-            loss = (pred - (noise - z0)).square().mean()
+            err = (pred - (noise - z0)).square()
+            if weights is None:
+                loss = err.mean()
+            else:
+                w = weights[idx].float()
+                loss = (w * err).mean() / w.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
