@@ -58,6 +58,8 @@ SCORE_CHOICES = (*SCORES, "both")
 MAD_SCALE = 1.4826
 #: a stack needs at least this many layers with a score for a median and a MAD to mean anything
 MIN_LAYERS = 3
+#: the rules: the robust z alone, or the robust z confirmed in resamples of the runs (prompts x seeds)
+RULES = ("robust_z", "bootstrap")
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -111,7 +113,8 @@ class WeakLayers:
         """A short text table: one row per layer with its transformer, raw score(s), z and role."""
         raw = self.raw if "score" in self.raw.dims else self.raw.expand_dims(score=[self.params["score"]])
         names = [str(s) for s in raw.score.values]
-        header = ["layer", "transformer", *names, "z", "role"]
+        conf = self.scores.coords["confidence"].values if "confidence" in self.scores.coords else None
+        header = ["layer", "transformer", *names, "z", *(["confidence"] if conf is not None else []), "role"]
         rows, transformer = [], self.scores.coords["transformer"].values
         for i, layer in enumerate(self.layers):
             role = "weak" if layer in self.weak else "responsive" if layer in self.responsive else ""
@@ -119,13 +122,22 @@ class WeakLayers:
                 below = not role and bool(self.scores.values[i] < self.params["z"])  # NaN: False
                 role = "below threshold (edge)" if below else f"{role} (edge)".lstrip()
             values = [_fmt(raw.sel(score=s).values[i]) for s in names]
-            rows.append([layer, str(transformer[i]), *values, _fmt(self.scores.values[i]), role])
+            sure = [f"{conf[i]:.2f}"] if conf is not None else []
+            rows.append([layer, str(transformer[i]), *values, _fmt(self.scores.values[i]), *sure, role])
         widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                  for row in [header, *rows]]
         p = self.params
+        rule = p.get("rule", "robust_z")
+        boot = (f" rule='bootstrap' confidence>={p['confidence']} n_boot={p['n_boot']} seed={p['seed']}"
+                if rule == "bootstrap" else "")
         lines.append(f"score={p['score']!r} z<{p['z']} exclude_edges={p['exclude_edges']} top_k={p['top_k']} "
-                     f"steps={p['steps']} branch={p['branch']!r} runs={p['n_runs']}")
+                     f"steps={p['steps']} branch={p['branch']!r} runs={p['n_runs']}{boot}")
+        if not self.weak:
+            why = (f"no layer away from the edges is below z<{p['z']} in at least {p['confidence']:.0%} of "
+                   f"{p['n_boot']} resamples of the runs" if rule == "bootstrap"
+                   else f"no layer away from the edges has z below {p['z']}")
+            lines.append(f"no weak layer: {why}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +176,10 @@ def find_weak_layers(
     exclude_edges: float = 0.1,
     top_k: int = 3,
     branch: str = "cond",
+    rule: str = "robust_z",
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> WeakLayers:
     """Find the semantic-weak and the responsive layers of recorded runs (the rule of the module docstring).
 
@@ -185,6 +201,15 @@ def find_weak_layers(
             below `z` (fewer if fewer such layers have a score; a weak layer, or an edge layer below the threshold,
             is never a cache source).
         branch: the CFG branch to score, ``"cond"`` or ``"uncond"``.
+        rule: ``"robust_z"`` (weak: z below `z`, away from the edges) or ``"bootstrap"``: also weak in at least a
+            fraction `confidence` of `n_boot` resamples of the runs with replacement (prompts x seeds; the z-scores
+            recomputed in each), so that a layer is weak only when its dip is larger than the run-to-run noise.
+            The robust z alone always names the lowest layers of a noisy but flat profile; a resample moves
+            which layers those are, a real dip stays. Each layer's fraction is ``scores.confidence``. Needs at
+            least 2 runs (10 or more for a confidence that means something).
+        confidence: the fraction of resamples in which a layer must be weak (``rule="bootstrap"``), in (0, 1].
+        n_boot: the number of resamples (``rule="bootstrap"``).
+        seed: the resamples' seed (``rule="bootstrap"``): the same runs and seed give the same layers.
 
     Returns:
         A `WeakLayers` with ``.weak``, ``.responsive``, ``.scores`` (z over ``layer``), ``.raw``,
@@ -208,7 +233,12 @@ def find_weak_layers(
         (('layer',), ('score', 'layer'), 2)
     """
     names = _check_params(score, steps, z, exclude_edges, top_k, branch)
+    _check_rule(rule, confidence, n_boot, seed)
     runs = split_runs(ds_or_runs, what="find_weak_layers")
+    if rule == "bootstrap" and len(runs) < 2:
+        raise ValueError("rule='bootstrap' resamples the runs (prompts x seeds) and needs at least 2 of them, ideally "
+                         f"10 or more; got {len(runs)}. Record more prompts or seeds (fglens sweep), or use "
+                         "rule='robust_z'")
     layers = same_layers(runs)
 
     # 1. per run, per statistic: the mean over words, frames and the chosen steps of the branch; then over runs
@@ -225,11 +255,7 @@ def find_weak_layers(
     stacks = [_stack_of(layer) for layer in layers]
     order = list(dict.fromkeys(stacks))
     _check_scored(raw, names, layers, stacks, order)
-    components = np.full_like(raw, np.nan)
-    for stack in order:
-        idx = np.array([i for i, s in enumerate(stacks) if s == stack])
-        for s, name in enumerate(names):
-            components[s, idx] = _robust_z(raw[s, idx], f"{name} in stack {_stack_name(stack)!r}")
+    components = _components(raw, names, stacks, order)
     combined = components.mean(axis=0)
 
     # 3. weak: below the threshold, away from the stack's edges; 4. responsive: the highest z, best first
@@ -240,6 +266,10 @@ def find_weak_layers(
         for i in idx[:n_edge] + idx[len(idx) - n_edge:]:
             edge[i] = True
     is_weak = np.isfinite(combined) & (combined < z) & ~edge
+    conf = None
+    if rule == "bootstrap":  # weak in at least `confidence` of the resamples of the runs as well
+        conf = _resampled_weak(per_run, names, stacks, order, z, edge, n_boot, seed)
+        is_weak &= conf >= confidence
     weak = [layers[i] for i in np.flatnonzero(is_weak)]
     tie = raw.mean(axis=0)
     candidates = [i for i in range(len(layers)) if np.isfinite(combined[i]) and not is_weak[i] and combined[i] >= z]
@@ -247,7 +277,8 @@ def find_weak_layers(
     responsive = [layers[i] for i in candidates[:top_k]]
 
     coords = {"layer": layers, "transformer": ("layer", [_stack_name(s) for s in stacks])}
-    scores = xr.DataArray(combined, dims=("layer",), coords={**coords, "edge": ("layer", edge)}, name="z",
+    extra = {} if conf is None else {"confidence": ("layer", conf)}
+    scores = xr.DataArray(combined, dims=("layer",), coords={**coords, "edge": ("layer", edge), **extra}, name="z",
                           attrs={"score": score, "threshold": z})
     comp = xr.DataArray(components, dims=("score", "layer"), coords={"score": list(names), **coords},
                         name="z", attrs={"mad_scale": MAD_SCALE})
@@ -262,6 +293,8 @@ def find_weak_layers(
         "exclude_edges": float(exclude_edges),
         "top_k": int(top_k),
         "branch": branch,
+        "rule": rule,
+        **({"confidence": float(confidence), "n_boot": int(n_boot), "seed": int(seed)} if rule == "bootstrap" else {}),
         "mad_scale": MAD_SCALE,
         "stacks": {_stack_name(s): [x for x, t in zip(layers, stacks, strict=True) if t == s] for s in order},
         "edges": [layers[i] for i in np.flatnonzero(edge)],
@@ -287,6 +320,18 @@ def _check_params(score, steps, z, exclude_edges, top_k, branch) -> tuple[str, .
     if branch not in BRANCHES:
         raise ValueError(f"unknown branch {branch!r}; accepted: {', '.join(map(repr, BRANCHES))}")
     return BOTH if score == "both" else (score,)
+
+
+def _check_rule(rule, confidence, n_boot, seed) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; accepted: {', '.join(map(repr, RULES))}")
+    if (isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not math.isfinite(confidence)
+            or not 0.0 < confidence <= 1.0):
+        raise ValueError(f"confidence must be a fraction in (0, 1]; got {confidence!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be an integer >= 1; got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer; got {seed!r}")
 
 
 def _steps_spec(steps) -> list | None:
@@ -351,6 +396,32 @@ def _check_scored(raw: np.ndarray, names, layers, stacks, order) -> None:
                                  f"{len(idx) - len(absent)} with a score, at least {MIN_LAYERS} needed")
 
 
+def _components(raw: np.ndarray, names, stacks, order) -> np.ndarray:
+    """The robust z of each statistic ``[score, layer]``, within each stack."""
+    components = np.full_like(raw, np.nan)
+    for stack in order:
+        idx = np.array([i for i, s in enumerate(stacks) if s == stack])
+        for s, name in enumerate(names):
+            components[s, idx] = _robust_z(raw[s, idx], f"{name} in stack {_stack_name(stack)!r}")
+    return components
+
+
+def _resampled_weak(per_run: np.ndarray, names, stacks, order, z: float, edge: np.ndarray, n_boot: int,
+                    seed: int) -> np.ndarray:
+    """Per layer, the fraction of `n_boot` resamples of the runs (with replacement) in which the robust-z rule
+    names it weak. `per_run` is ``[score, run, layer]``."""
+    rng = np.random.default_rng(seed)
+    n_runs = per_run.shape[1]
+    hits = np.zeros(per_run.shape[2])
+    with warnings.catch_warnings():  # a resample whose MAD is 0 marks nothing: counted, not reported each time
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(n_boot):
+            raw = _nanmean(per_run[:, rng.integers(n_runs, size=n_runs)], axis=1)
+            combined = _components(raw, names, stacks, order).mean(axis=0)
+            hits += np.isfinite(combined) & (combined < z) & ~edge
+    return hits / n_boot
+
+
 def _robust_z(x: np.ndarray, what: str) -> np.ndarray:
     """(x − median) / (1.4826 · MAD) over the finite entries; 0 (with a warning) where the MAD is 0."""
     finite = x[np.isfinite(x)]
@@ -360,7 +431,7 @@ def _robust_z(x: np.ndarray, what: str) -> np.ndarray:
     mad = np.median(np.abs(finite - median))
     if not mad > 0:
         warnings.warn(f"the MAD of {what} over layers is 0 (at least half the layers score the same): its z-scores "
-                      f"are set to 0, so it marks no weak layers", UserWarning, stacklevel=3)
+                      f"are set to 0, so it marks no weak layers", UserWarning, stacklevel=4)
         return np.where(np.isfinite(x), 0.0, np.nan)
     return (x - median) / (MAD_SCALE * mad)
 
@@ -389,4 +460,4 @@ def _short(items: Sequence, n: int = 8) -> str:
     return str(items) if len(items) <= n else f"[{', '.join(map(repr, items[:n]))}, ... ({len(items)} in all)]"
 
 
-__all__ = ["MAD_SCALE", "SCORES", "WeakLayers", "find_weak_layers"]
+__all__ = ["MAD_SCALE", "RULES", "SCORES", "WeakLayers", "find_weak_layers"]

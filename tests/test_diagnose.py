@@ -445,7 +445,8 @@ def plain_run():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(score="entropy"), r"unknown score 'entropy'; accepted: 'similarity', 'morans_i', 'similarity_morans_i', 'both'"),
+    (dict(score="entropy"),
+     r"unknown score 'entropy'; accepted: 'similarity', 'morans_i', 'similarity_morans_i', 'both'"),
     (dict(z=0.5), "z must be a finite number <= 0"),
     (dict(z=float("nan")), "z must be a finite number <= 0"),
     (dict(z="low"), "z must be a finite number <= 0"),
@@ -459,6 +460,12 @@ def plain_run():
     (dict(steps=[-1]), "step indices must be >= 0"),
     (dict(steps=[0, 7]), r"steps \[7\] were not recorded in run run-a; recorded steps: \[0, 1, 2, 3\]"),
     (dict(steps=(0.5, 0.5)), "selects none of the recorded steps"),
+    (dict(rule="permutation"), "unknown rule 'permutation'; accepted: 'robust_z', 'bootstrap'"),
+    (dict(rule="bootstrap"), "rule='bootstrap' resamples the runs .* needs at least 2 of them.* got 1"),
+    (dict(confidence=0.0), r"confidence must be a fraction in \(0, 1\]"),
+    (dict(confidence=float("nan")), r"confidence must be a fraction in \(0, 1\]"),
+    (dict(n_boot=0), "n_boot must be an integer >= 1"),
+    (dict(seed=1.5), "seed must be an integer"),
 ])
 def test_bad_parameters_are_clear_errors(plain_run, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -529,3 +536,51 @@ def test_a_real_tiny_run_gives_layers_that_plug_into_focal_guidance(tiny_pipes, 
         assert result.params["n_runs"] == 2
         np.testing.assert_allclose(result.scores.values, from_list.scores.values, rtol=1e-6)
         assert result.weak == from_list.weak and result.responsive == from_list.responsive
+
+
+# -- the bootstrap rule: a dip larger than the run-to-run noise ----------------------------------------------------
+
+
+def _noisy_runs(profile, n_runs: int, noise: float, seed: int) -> list[xr.Dataset]:
+    """`n_runs` one-step runs whose per-layer similarity is `profile` plus independent Gaussian noise per run."""
+    rng = np.random.default_rng(seed)
+    layers = [f"blocks.{i}" for i in range(len(profile))]
+    return [xr.Dataset({"similarity": xr.DataArray(
+        (np.asarray(profile) + rng.normal(0.0, noise, len(profile))).reshape(1, 1, -1, 1, 1),
+        dims=("branch", "step", "layer", "word", "frame"), coords={"branch": ["cond"], "layer": layers})})
+        for _ in range(n_runs)]
+
+
+def test_bootstrap_names_no_layer_of_a_flat_profile_that_the_robust_z_rule_flags():
+    """A flat profile plus noise (12 runs, 20 data sets): the robust z names a weak layer in most data sets (its
+    lowest layers are always below -1 somewhere), the bootstrap rule in none, and says so."""
+    named_z = named_boot = 0
+    for data_seed in range(20):
+        runs = _noisy_runs([0.3] * 12, 12, 0.05, data_seed)
+        named_z += bool(find_weak_layers(runs, steps=None).weak)
+        boot = find_weak_layers(runs, steps=None, rule="bootstrap", n_boot=200)
+        named_boot += bool(boot.weak)
+        conf = boot.scores.confidence
+        assert ((conf >= 0) & (conf <= 1)).all() and (conf.where(boot.scores.edge, drop=True) == 0).all()  # edges
+    assert named_z >= 10 and named_boot == 0
+    assert boot.summary().splitlines()[-1].startswith("no weak layer: no layer away from the edges is below z<-1.0 "
+                                                      "in at least 95% of 200 resamples")
+
+
+def test_bootstrap_keeps_a_real_dip_with_full_confidence():
+    for data_seed in range(10):
+        runs = _noisy_runs([0.3] * 5 + [0.2] + [0.3] * 6, 12, 0.05, data_seed)
+        boot = find_weak_layers(runs, steps=None, rule="bootstrap", n_boot=200, seed=3)
+        assert boot.weak == ["blocks.5"], (data_seed, boot.summary())
+        assert float(boot.scores.confidence.sel(layer="blocks.5")) >= 0.95
+        assert boot.params["rule"] == "bootstrap" and boot.params["n_boot"] == 200 and boot.params["seed"] == 3
+        again = find_weak_layers(runs, steps=None, rule="bootstrap", n_boot=200, seed=3)
+        np.testing.assert_array_equal(again.scores.confidence.values, boot.scores.confidence.values)
+    assert "confidence" in boot.summary().splitlines()[0]
+    assert json.loads(json.dumps(boot.to_dict()))["params"]["confidence"] == 0.95
+
+
+def test_the_robust_z_rule_says_when_it_names_no_layer(plain_run):
+    weak = find_weak_layers(plain_run, z=-50.0)
+    assert weak.weak == [] and weak.summary().splitlines()[-1] == (
+        "no weak layer: no layer away from the edges has z below -50.0")
