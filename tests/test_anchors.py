@@ -26,7 +26,7 @@ from fglens.anchors import (  # noqa: E402
     tiny_config,
     to_grid,
 )
-from fglens.anchors.clip import _dense_block  # noqa: E402
+from fglens.anchors.dense import _dense_block  # noqa: E402
 
 YELLOW, BLUE = (250, 200, 20), (30, 60, 200)
 

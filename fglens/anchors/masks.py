@@ -120,7 +120,7 @@ def check_words(words: Sequence[str], prompt: str) -> tuple[str, ...]:
         >>> check_words(["dog", "red fence"], "A dog jumps over a red fence.")
         ('dog', 'red fence')
     """
-    from .clip import _check_word_list
+    from .wordmaps import _check_word_list
 
     words = _check_word_list(words)
     missing = [w for w in words if not re.search(r"(?<!\w)" + re.escape(w.strip()) + r"(?!\w)", prompt, re.IGNORECASE)]
@@ -219,7 +219,8 @@ def region_masks(
         >>> tuple(regions.mask.shape), tuple(regions.similarity.maps.shape)
         ((1, 30, 52), (1, 8, 14))
     """
-    from .clip import DEFAULT_TEMPLATES, _check_word_list
+    from .clip import DEFAULT_TEMPLATES
+    from .wordmaps import _check_word_list
 
     words = check_words(words, prompt) if prompt is not None else _check_word_list(words)
     grid = _check_grid(grid_hw)

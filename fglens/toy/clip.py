@@ -90,7 +90,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..anchors.clip import _OPENAI_MEAN, _OPENAI_STD, DEFAULT_TEMPLATES, DENSE_METHODS, Clip, DenseSpec
+from ..anchors.clip import DEFAULT_TEMPLATES, Clip
+from ..anchors.dense import DENSE_METHODS, DenseSpec
+from ..anchors.weights import _OPENAI_MEAN, _OPENAI_STD
 from .load import CLIP_DIR, CLIP_FILES, WEIGHTS, verify
 from .world import COLOURS, SHAPES, SIZE
 
@@ -236,7 +238,7 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
 
 
 def _build(cfg: ClipTrainConfig) -> torch.nn.Module:
-    from ..anchors.clip import _build_model
+    from ..anchors.weights import _build_model
 
     full = config(cfg.pool_type)
     with torch.random.fork_rng(devices=[]):
@@ -592,7 +594,7 @@ def classification(model: Clip, items: Sequence[Any]) -> dict[str, float]:
         >>> r["images"], r["accuracy"] > r["base_rate"]
         (5.0, True)
     """
-    from ..anchors.clip import _image_tensor
+    from ..anchors.dense import _image_tensor
 
     net = model.model
     text = model.text_features(list(NAMES), templates=("{}",)).to(model.device)
