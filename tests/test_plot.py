@@ -15,6 +15,7 @@ from PIL import Image
 
 import fglens as fg
 from fglens import plot, testing
+from fglens.plot import layout
 
 DPI = 50  # small files: the tests check content, not looks
 WORDS = ("dog", "jumps", "fence")
@@ -588,9 +589,9 @@ def test_legends_sit_above_the_axes_and_titles_break_between_words(wan):
         legend = fig.axes[0].get_legend()
         assert legend.get_window_extent().y0 >= fig.axes[0].get_window_extent().y1
         assert "95\u00a0%\u00a0CI" in _title(fig)
-    assert "95\u00a0%\u00a0CI" in plot._wrap("a mean, 95\u00a0%\u00a0CI over runs", 40, 9.6).split("\n")
+    assert "95\u00a0%\u00a0CI" in layout._wrap("a mean, 95\u00a0%\u00a0CI over runs", 40, 9.6).split("\n")
     for width in range(20, 200, 5):
-        lines = plot._wrap("Δ similarity (with Scale − without) × 2", width, 9.6).split("\n")
+        lines = layout._wrap("Δ similarity (with Scale − without) × 2", width, 9.6).split("\n")
         assert not any(line.startswith(("−", "×")) for line in lines)
         assert " ".join(lines) == "Δ similarity (with Scale − without) × 2"
 

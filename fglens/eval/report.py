@@ -87,7 +87,7 @@ def category_figure(summary: xr.Dataset, category: str, results: xr.Dataset | No
         >>> [ax.get_ylabel() for ax in fig.axes]
         ['mean score', 'intervention − baseline']
     """
-    from .. import plot
+    from ..plot import layout as plot  # the figure plumbing every fglens figure shares
 
     cats = [str(c) for c in summary["category"].values]
     if category not in cats:
