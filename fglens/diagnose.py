@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .core.scope import BRANCHES
 from .store.select import same_layers, select_steps, split_runs
-from .trace.context import BRANCHES
 
 #: the statistics a layer can be scored by, the two that ``"both"`` combines, and every accepted name
 SCORES = ("similarity", "morans_i", "similarity_morans_i")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from .adapters.base import Site
-from .interventions.base import EditCall, Intervention
+from .core.protocol import EditCall, Intervention
 from .trace.tracer import Trace, _transformers
 
 __all__ = ["PROBES_ATTR", "Probe", "Probes", "probe_key", "probes", "renormalise", "scale_columns"]

@@ -266,8 +266,9 @@ def check_spec(
     other than ``words``; its layers must exist).
     """
     from .adapters import adapter_for
+    from .core.scope import resolve_layers
     from .pipelines import call_kwargs, takes_image
-    from .trace.record import Record, resolve_layers
+    from .trace.record import Record
     from .trace.tracer import TRANSFORMER_ATTRS
 
     adapters = [adapter_for(getattr(pipe, a), "" if a == "transformer" else f"{a}.")
@@ -336,9 +337,9 @@ def _image(line: SweepLine, pipe: Any) -> Any:
 
 
 def _check_recipe(line: SweepLine, tokens, per_model, kinds, clip) -> None:
+    from .core.scope import resolve_layers
     from .interventions.recipe import from_recipe, recipe_layers
     from .trace.editing import Editor
-    from .trace.record import resolve_layers
 
     recipe = effective_recipe(line.intervention, clip)
     try:

@@ -539,8 +539,9 @@ def test_cache_transfer_from_a_layer_to_itself_is_refused(wan_i2v):
         fg.trace(wan_i2v, edit=fg.CacheTransfer(src=[0, "blocks.3"], dst=[1, -1], pairing="zip"))
     # in a pool, a destination that is also a source takes the nearest *other* source
     edit = fg.CacheTransfer(src=[0, 2], dst=[2, 3], pairing="nearest")
-    fg.trace(wan_i2v, edit=edit)
-    assert edit._source_of == {"blocks.2": ("blocks.0", True), "blocks.3": ("blocks.2", True)}
+    (bound,) = fg.trace(wan_i2v, edit=edit).editor.parts
+    assert bound.pairs == {"blocks.2": ("blocks.0", True), "blocks.3": ("blocks.2", True)}
+    assert edit.pairs == {} and bound is not edit  # the trace binds its own copy; the user's object is unchanged
 
 
 def test_cache_transfer_layers_given_in_where_are_refused_not_ignored():
@@ -711,3 +712,35 @@ def test_random_scopes_are_refused_or_leave_every_output_outside_them_bit_identi
         _check_outside_untouched(_layer_calls(edited.text_calls(), 4), where, 2)
         checked += 1
     assert refused and checked  # both outcomes were exercised
+
+
+def test_one_intervention_serves_two_traces_in_threads_at_once(ref_image):
+    """Binding makes a per-trace copy: the same CacheTransfer + anchor object used by two traces running in two
+    threads gives each call the output it gives alone, and the object itself is never bound."""
+    import threading
+
+    pipes = [fg.testing.tiny_wan_i2v_pipeline(), fg.testing.tiny_wan_i2v_pipeline()]
+    edit = fg.FocalGuidance(anchor=fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=3.0),
+                            cache=fg.CacheTransfer(src=[0], dst=[2], alpha=0.7), layers=[2])
+    prompts = [PROMPT, "a dog runs under the red fence"]
+
+    def one(pipe, prompt):
+        with fg.trace(pipe, edit=edit):
+            return pipe(image=ref_image, prompt=prompt, height=HEIGHT, width=WIDTH, num_frames=FRAMES,
+                        num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+
+    alone = [one(pipe, prompt) for pipe, prompt in zip(pipes, prompts, strict=True)]
+    together: dict[int, list] = {0: [], 1: []}
+
+    def worker(i):
+        for _ in range(3):
+            together[i].append(one(pipes[i], prompts[i]))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in (0, 1):
+        assert len(together[i]) == 3 and all(np.array_equal(out, alone[i]) for out in together[i]), i
+    assert all(not hasattr(part, "_source_of") and not hasattr(part, "_layers") for part in edit.parts())

@@ -1,4 +1,4 @@
-"""Tests of fglens.trace.probs against dense float64 references."""
+"""Tests of fglens.core.probs against dense float64 references."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fglens.trace.probs import (
+from fglens.core.probs import (
     chunk_probs,
     collapse_padding,
     frame_chunks,
@@ -250,7 +250,7 @@ def test_logsumexp_over_keys_gives_exact_key_subset_mass():
 
 
 def test_row_logsumexp_matches_dense_float64():
-    from fglens.trace.probs import row_logsumexp
+    from fglens.core.probs import row_logsumexp
 
     torch.manual_seed(3)
     q = torch.randn(2, 37, 3, 16)

@@ -184,11 +184,12 @@ class PromptCapture:
     """Captures the prompt tokens and the seed of each pipeline call.
 
     `take()` hands over the call seen since the last `take()` (None if no new pipeline call started), so the
-    tracer starts a new run at the first transformer forward of each pipeline call. With `keep_image`, the
-    call's reference image is kept too (`PipelineCall.image`).
+    tracer starts a new run at the first transformer forward of each pipeline call. With `keep_image`, a function
+    of the call's `image` argument (the tracer gives `fglens.store.image.reference_thumbnail`), the reference image
+    is kept too, as that function returns it (`PipelineCall.image`).
     """
 
-    def __init__(self, pipe: Any, adapter: Any, keep_image: bool = False):
+    def __init__(self, pipe: Any, adapter: Any, keep_image: Callable[[Any], Any] | None = None):
         self.pipe = pipe
         self.adapter = adapter
         self.keep_image = keep_image
@@ -271,10 +272,8 @@ class PromptCapture:
         if not self.keep_image or call is None or call.image_seen or bound.get("image") is None:
             return
         call.image_seen = True
-        from ..store.image import reference_thumbnail
-
         try:
-            call.image = reference_thumbnail(bound["image"])
+            call.image = self.keep_image(bound["image"])
         except (TypeError, ValueError) as exc:
             warnings.warn(f"the run keeps no reference image: {exc}", RuntimeWarning, stacklevel=4)
 

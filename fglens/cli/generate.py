@@ -176,13 +176,14 @@ def random_weight_notes(pipeline: str, clip: Any) -> list[str]:
     return notes
 
 
-def cache_pairs(edit: Any) -> list[tuple[str, str]]:
-    """The (source, destination) layer pairs the cache transfer of a bound `edit` uses: each destination's one
-    source after the pairing rule (with several sources, the nearest), not every source offered."""
+def cache_pairs(trace: Any) -> list[tuple[str, str]]:
+    """The (source, destination) layer pairs the cache transfer of `trace`'s edit uses, as bound to its models:
+    each destination's one source after the pairing rule (with several sources, the nearest), not every source
+    offered."""
     from ..interventions.cache import CacheTransfer
 
-    return [(source, dst) for part in edit.parts() if isinstance(part, CacheTransfer)
-            for dst, (source, _) in getattr(part, "_source_of", {}).items()]
+    return [(source, dst) for part in trace.editor.parts if isinstance(part, CacheTransfer)
+            for dst, (source, _) in part.pairs.items()]
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         except UsageError as exc:
             return fail("generate", exc)
     if fg_edit:
-        pairs = cache_pairs(edit)
+        pairs = cache_pairs(trace)
         used = ", ".join(f"{d} <- {s}" for s, d in pairs) or "none"
         offered = "" if len({s for s, _ in pairs}) == len(spec["src"] or []) else (
             f" (nearest of {_names(spec['src'])}{', responsive' if args.src == 'auto' else ''})")

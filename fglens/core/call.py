@@ -1,4 +1,4 @@
-"""The values the tracer hands to recorders (and, later, interventions): one forward, one attention call."""
+"""The values the tracer hands to recorders and interventions: one forward, one attention call, a logit bias."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import torch
 from ..adapters.base import Site
 
 if TYPE_CHECKING:
-    from ..interventions.scope import Where
-
-BRANCHES = ("cond", "uncond")
+    from .scope import Where
 
 
 @dataclass

@@ -7,9 +7,13 @@ recorders need, with a float32 softmax, one chunk of query frames at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .call import Bias
 
 
 def frame_chunks(grid: tuple[int, int, int], frames_per_chunk: int) -> Iterator[tuple[int, int]]:
@@ -143,3 +147,18 @@ def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
     if m.dtype == torch.bool:
         return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
     return m.to(torch.float32)
+
+def bias_logits(
+    biases: Sequence[Bias], rows: slice, cols: slice, items: list[int] | None = None
+) -> torch.Tensor | None:
+    """The summed bias ``[B, H, n, T]`` of `biases` on query rows `rows` and key columns `cols` (for recorders)."""
+    if not biases:
+        return None
+    total = None
+    for b in biases:
+        q, k = b.q[:, rows], b.k[:, cols]
+        if items is not None and len(items) != q.shape[0]:
+            q, k = q[items], k[items]
+        part = torch.einsum("bnhr,bthr->bhnt", q.to(torch.float32), k.to(torch.float32))
+        total = part if total is None else total + part
+    return total

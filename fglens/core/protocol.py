@@ -14,13 +14,14 @@ of each run, so a missing requirement is a clear error before sampling, never a 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..adapters.base import Site
-from ..trace.context import Bias, EditCall, ForwardContext
+from .call import Bias, EditCall, ForwardContext
 from .scope import Where
 
 __all__ = ["Bias", "Compose", "EditCall", "Intervention", "compose"]
@@ -51,8 +52,18 @@ class Intervention:
         return compose(self, other)
 
     # -- life cycle ----------------------------------------------------------------------------------------
+    def bound(self, layers: Sequence[str], per_model: Sequence[Sequence[str]], site_kinds: set[str]) -> Intervention:
+        """A copy of this intervention bound to one trace's models (`bind` runs on the copy): what binding resolves
+        and what a run caches belong to that trace, and this object is never changed, so one intervention can be
+        used by several traces at once, in threads too. Its parameters (tensors included) are shared, not copied:
+        `bind` and the run must assign new state rather than mutate what ``__init__`` made."""
+        twin = copy.copy(self)
+        twin.bind(layers, per_model, site_kinds)
+        return twin
+
     def bind(self, layers: Sequence[str], per_model: Sequence[Sequence[str]], site_kinds: set[str]) -> None:
-        """Resolve layer names against the traced models; raise a clear error for anything missing."""
+        """Resolve layer names against the traced models; raise a clear error for anything missing (on the copy
+        `bound` makes: the user's object is left as it is)."""
 
     def start_run(self, words: dict[str, list[int]]) -> None:
         """Called at the first forward of each run with the prompt's word positions."""
@@ -62,6 +73,10 @@ class Intervention:
 
     def observe(self, call: EditCall) -> None:
         """See a call (before editing), e.g. to cache a source layer's queries and keys."""
+
+    def needs_lse(self, call: EditCall) -> bool:
+        """Whether this call's edit needs the row log-sum-exp of the model's own kernel call (`EditCall.lse`)."""
+        return False
 
     def biases(self, call: EditCall) -> list[Bias]:
         return []

@@ -1,4 +1,5 @@
-"""`fg.Where`: where an intervention applies — layers, steps, CFG branches, latent frames, heads."""
+"""`fg.Where`: where an intervention applies — layers, steps, CFG branches, latent frames, heads; the CFG branches
+and the resolution of layer requests that recorders and interventions share."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..trace.context import BRANCHES
+#: the CFG branches of a forward, as `ForwardContext.branches` names them
+BRANCHES = ("cond", "uncond")
 
 Steps = Sequence[int] | tuple[float, float] | range | None
 
@@ -140,3 +142,24 @@ def finite(value: Any, what: str) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{what} must be a finite number; got {value!r}")
     return out
+
+def resolve_layers(requested: Sequence[int | str] | None, per_model: Sequence[Sequence[str]]) -> list[str]:
+    """Canonical layer names for a request of indices / names, checked against the models' layers."""
+    every = [name for layers in per_model for name in layers]
+    if requested is None:
+        return every
+    out: list[str] = []
+    for item in requested:
+        if isinstance(item, (int,)) and not isinstance(item, bool):
+            for layers in per_model:
+                if not -len(layers) <= item < len(layers):
+                    raise ValueError(
+                        f"layer index {item} is out of range: the model has {len(layers)} blocks "
+                        f"(indices 0..{len(layers) - 1})"
+                    )
+                out.append(layers[item])
+        elif isinstance(item, str) and item in every:
+            out.append(item)
+        else:
+            raise ValueError(f"unknown layer {item!r}; layers are indices or names such as {every[:3]}")
+    return list(dict.fromkeys(out))

@@ -128,7 +128,7 @@ def _file_hash(path: Path) -> str:
 
 
 def _edit_id(edit: Any, anchor_clip: Any) -> Any:
-    from ..interventions.base import Intervention
+    from ..core.protocol import Intervention
 
     if isinstance(edit, Intervention):
         return {"object": edit.spec()}
@@ -200,7 +200,7 @@ def generate(
     guidance_scale, negative_prompt). Every item is checked before the first video is made."""
     import fglens as fg
 
-    from ..interventions.base import Intervention
+    from ..core.protocol import Intervention
     from ..interventions.recipe import from_recipe, parse_recipe
     from ..pipelines import call_kwargs, frames_of, save_video, spatial_multiple
 
@@ -499,7 +499,7 @@ def run_eval(
         _free_accelerator_memory()
     results = score_videos(videos, suite, scorers, out=out, progress=progress)
     from .. import __version__
-    from ..interventions.base import Intervention
+    from ..core.protocol import Intervention
     from ..interventions.recipe import parse_recipe
 
     edit_spec = edit.spec() if isinstance(edit, Intervention) else parse_recipe(edit)

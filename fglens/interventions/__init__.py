@@ -1,10 +1,10 @@
 """Interventions: composable, scoped edits of attention applied while sampling (`fg.trace(pipe, edit=...)`)."""
 
+from ..core.protocol import Bias, Compose, EditCall, Intervention, compose
+from ..core.scope import Where
 from .anchor import AnchorMask
-from .base import Bias, Compose, EditCall, Intervention, compose
 from .cache import CacheTransfer
 from .focal import FocalGuidance
-from .scope import Where
 from .tools import Ablate, Scale
 
 __all__ = [

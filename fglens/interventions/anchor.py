@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import Bias, EditCall
-from .scope import Where, finite
+from ..core.protocol import Bias, EditCall
+from ..core.scope import Where, finite
 from .tools import _Scoped, _where_spec, column_sets, word_columns
 
 

@@ -33,11 +33,9 @@ from typing import Any
 
 import torch
 
-from ..trace.editing import bias_logits
-from ..trace.probs import key_logits
-from ..trace.record import resolve_layers
-from .base import EditCall
-from .scope import Where, finite
+from ..core.probs import bias_logits, key_logits
+from ..core.protocol import EditCall
+from ..core.scope import Where, finite, resolve_layers
 from .tools import _Scoped, _where_spec
 
 
@@ -133,8 +131,13 @@ class CacheTransfer(_Scoped):
             self._lags.setdefault(s, set()).add(0 if same else 1)
         #: sources whose previous map must outlive their next call: a previous-step destination comes after them
         self._keep_previous = {s for d, (s, same) in self._source_of.items() if not same and order[s] < order[d]}
-        self._cache.clear()
-        self._previous.clear()
+        self._cache, self._previous = {}, {}  # new dicts: this trace's own (`bound` copies share what __init__ made)
+
+    @property
+    def pairs(self) -> dict[str, tuple[str, bool]]:
+        """Of a bound copy (`Trace.editor.parts`): each destination's source and whether it is taken in the same step
+        (else the previous one); ``{}`` before binding."""
+        return dict(getattr(self, "_source_of", {}))
 
     def start_run(self, words) -> None:
         self._cache.clear()

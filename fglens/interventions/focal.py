@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.protocol import Compose
+from ..core.scope import Steps, Where
 from .anchor import AnchorMask
-from .base import Compose
 from .cache import CacheTransfer
-from .scope import Steps, Where
 
 
 class FocalGuidance(Compose):

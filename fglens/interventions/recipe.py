@@ -39,11 +39,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.protocol import Intervention
+from ..core.scope import Where
 from .anchor import AnchorMask
-from .base import Intervention
 from .cache import CacheTransfer
 from .focal import FocalGuidance
-from .scope import Where
 from .tools import Ablate, Scale
 
 #: recipe types and the keys each accepts

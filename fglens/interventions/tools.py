@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from ..trace.record import resolve_layers
-from .base import Bias, EditCall, Intervention
-from .scope import Where, finite
+from ..core.protocol import Bias, EditCall, Intervention
+from ..core.scope import Where, finite, resolve_layers
 
 #: a logit offset that makes a key's probability exactly 0 in float32 (exp(-1e4) underflows)
 NEG = -1.0e4

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..interventions.scope import Where
+from ..core.scope import Where
 
 
 def split_runs(data: Any, *, what: str = "this function") -> list[tuple[str, xr.Dataset]]:

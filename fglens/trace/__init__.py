@@ -1,6 +1,6 @@
 """The tracing layer: the context manager, the step/branch clock, attention interception, exact probabilities."""
 
-from .context import AttentionCall, ForwardContext
+from ..core.call import AttentionCall, ForwardContext
 from .record import DEFAULT_STATS, STATS, Record
 from .tracer import Trace, trace
 

@@ -20,7 +20,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
 
 from ..adapters.base import Adapter
-from .context import ForwardContext
+from ..core.call import ForwardContext
 
 HOOK_NAME = "fglens.clock"
 

@@ -17,24 +17,24 @@ import torch
 
 from ..adapters.base import Segments, Site
 from ..adapters.prompt import PipelineCall, words_for
-from .context import Bias, EditCall, ForwardContext
-from .probs import key_bias, row_logsumexp
+from ..core.call import Bias, EditCall, ForwardContext
+from ..core.probs import key_bias, row_logsumexp
+from ..core.protocol import Intervention
+from ..core.scope import Where
 
 
 class Editor:
     """Binds an intervention to the traced models and applies it call by call."""
 
     def __init__(self, edit: Any, per_model: Sequence[Sequence[str]], site_kinds: set[str], heads: int | None = None):
-        from ..interventions.base import Intervention
-
         if not isinstance(edit, Intervention):
             raise TypeError(f"edit must be an fg intervention (fg.AnchorMask, fg.CacheTransfer, ...), got "
                             f"{type(edit).__name__}")
         self.edit = edit
-        self.parts = edit.parts()
         layers = [name for model in per_model for name in model]
+        # this trace's own bound copies (unknown layers, impossible pairings: errors here); `edit` is not changed
+        self.parts = [part.bound(layers, per_model, site_kinds) for part in edit.parts()]
         for part in self.parts:
-            part.bind(layers, per_model, site_kinds)  # unknown layers, impossible pairings: errors here
             self._check_scope(part, heads=heads)  # heads the model does not have: an error here too
         self.words: dict[str, list[int]] = {}
         self.branch_words: dict[str, dict[str, list[int]]] | None = None
@@ -42,8 +42,6 @@ class Editor:
 
     @staticmethod
     def _check_scope(part: Any, **bounds: Any) -> None:
-        from ..interventions.scope import Where
-
         where = getattr(part, "where", None)
         if isinstance(where, Where):
             where.check(owner=type(part).__name__, **bounds)
@@ -137,7 +135,7 @@ class Editor:
         cells = _cells(call, [part for part, bs in biased if bs]) if biases else None
         if cells is not None and not cells.any():
             biases = []  # the scope selects no row, head or item of this call: the model's own kernel, untouched
-        need_lse = need_lse or any(getattr(part, "needs_lse", lambda c: False)(call) for part in parts)
+        need_lse = need_lse or any(part.needs_lse(call) for part in parts)
         q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
         overrides = {"scale": scale} if biases else {}
         if biases and cells is not None:  # a frame / head / branch scope: rows outside it stay the model's own
@@ -160,8 +158,6 @@ class Editor:
 def _cells(call: EditCall, parts: Sequence[Any]) -> np.ndarray | None:
     """Host-side cover of the biased parts' scopes over (batch item, latent frame, head): ``[B, F, H]`` bool, or None
     when it is the whole call. Host values only (the scopes' lists and the call's shapes)."""
-    from ..interventions.scope import Where
-
     b, _, h, _ = call.query.shape
     frames = call.forward.grid[0]
     cover = np.zeros((b, frames, h), dtype=bool)
@@ -227,19 +223,3 @@ def augment(
     k2 = torch.cat([key, bk.to(key.dtype)], -1)
     v2 = torch.cat([value, value.new_zeros((*value.shape[:-1], extra + pad))], -1)
     return q2, k2, v2
-
-
-def bias_logits(
-    biases: Sequence[Bias], rows: slice, cols: slice, items: list[int] | None = None
-) -> torch.Tensor | None:
-    """The summed bias ``[B, H, n, T]`` of `biases` on query rows `rows` and key columns `cols` (for recorders)."""
-    if not biases:
-        return None
-    total = None
-    for b in biases:
-        q, k = b.q[:, rows], b.k[:, cols]
-        if items is not None and len(items) != q.shape[0]:
-            q, k = q[items], k[items]
-        part = torch.einsum("bnhr,bthr->bhnt", q.to(torch.float32), k.to(torch.float32))
-        total = part if total is None else total + part
-    return total

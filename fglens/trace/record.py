@@ -17,11 +17,9 @@ import torch
 
 from .. import stats
 from ..adapters.base import Site
-from ..stats.table import STATISTICS, recordable
-from ..stats.table import maps as map_variables
-from .context import BRANCHES, AttentionCall, ForwardContext
-from .editing import bias_logits
-from .probs import (
+from ..core.call import AttentionCall, ForwardContext
+from ..core.probs import (
+    bias_logits,
     chunk_probs,
     collapse_padding,
     frame_chunks,
@@ -32,6 +30,9 @@ from .probs import (
     padding_is_uniform,
     row_logsumexp,
 )
+from ..core.scope import BRANCHES
+from ..stats.table import STATISTICS, recordable
+from ..stats.table import maps as map_variables
 
 #: every statistic a Record can ask for, and the kinds of site that provide it (declared in `fglens.stats.table`)
 STATS: dict[str, frozenset[str]] = {name: s.kinds for name, s in recordable().items()}
@@ -98,7 +99,7 @@ class Record:
         if isinstance(self.steps, int):
             self.steps = (self.steps,)
         if self.steps is not None:
-            from ..interventions.scope import indices
+            from ..core.scope import indices
 
             self.steps = indices(self.steps, "Record steps", "step")
         if self.chunk_bytes <= 0:
@@ -168,27 +169,6 @@ class Record:
             "branches": list(self.branches), "chunk_bytes": self.chunk_bytes, "image": self.image,
         }
 
-
-def resolve_layers(requested: Sequence[int | str] | None, per_model: Sequence[Sequence[str]]) -> list[str]:
-    """Canonical layer names for a request of indices / names, checked against the models' layers."""
-    every = [name for layers in per_model for name in layers]
-    if requested is None:
-        return every
-    out: list[str] = []
-    for item in requested:
-        if isinstance(item, (int,)) and not isinstance(item, bool):
-            for layers in per_model:
-                if not -len(layers) <= item < len(layers):
-                    raise ValueError(
-                        f"layer index {item} is out of range: the model has {len(layers)} blocks "
-                        f"(indices 0..{len(layers) - 1})"
-                    )
-                out.append(layers[item])
-        elif isinstance(item, str) and item in every:
-            out.append(item)
-        else:
-            raise ValueError(f"unknown layer {item!r}; layers are indices or names such as {every[:3]}")
-    return list(dict.fromkeys(out))
 
 
 @dataclass

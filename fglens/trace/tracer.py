@@ -19,13 +19,15 @@ import torch
 
 from ..adapters import Adapter, Site, adapter_for
 from ..adapters.prompt import PipelineCall, PromptCapture, words_for
+from ..core.call import AttentionCall, ForwardContext
+from ..core.scope import resolve_layers
 from ..stats.table import STATISTICS
 from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
+from ..store.image import reference_thumbnail
 from .clock import ClockHook, StepSource, install_clock
-from .context import AttentionCall, ForwardContext
 from .editing import Editor
 from .intercept import TracedProcessor, patch, unpatch
-from .record import WORD_STATS, Record, Recorder, resolve_layers
+from .record import WORD_STATS, Record, Recorder
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 
@@ -158,7 +160,7 @@ class Trace:
                              lambda a=adapter: a.batched_cfg(self.pipe))
             self._undo.append(install_clock(adapter.transformer, hook))
         if self.pipe is not None:
-            keep_image = self.record is not None and self.record.image
+            keep_image = reference_thumbnail if self.record is not None and self.record.image else None
             self._capture = PromptCapture(self.pipe, self.adapters[0], keep_image=keep_image)
             self._capture.install()
             self._undo.append(self._capture.remove)
