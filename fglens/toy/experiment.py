@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -130,12 +131,15 @@ def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follow
 
 
 def record_runs(pipe, items: Sequence[Item], *, seed: int = 0, store=None, **call: Any) -> list:
-    """Record each item's cond and uncond attention statistics (its words) and return the run Datasets."""
+    """Record each item's cond-branch attention statistics (its words; the default ones and the Moran's I of the
+    similarity map, every score `fg.find_weak_layers` takes) and return the run Datasets."""
     import fglens as fg
+    from fglens.trace import DEFAULT_STATS
 
     runs = []
+    record = fg.Record(words=None, stats=(*DEFAULT_STATS, "similarity_morans_i"))
     for item in items:
-        with fg.trace(pipe, record=fg.Record(words=item.words), store=store) as run:
+        with fg.trace(pipe, record=replace(record, words=item.words), store=store) as run:
             pipe(image=item.image, prompt=item.prompt,
                  generator=torch.Generator().manual_seed(item_seed(item, seed)), **{**CALL, **call})
         runs.append(run.dataset)

@@ -123,21 +123,22 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     diag: dict = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
-        for score in ("similarity", "morans_i", "both"):
-            weak_layers = fg.find_weak_layers(runs, score=score)
+        rules = [(s, "robust_z") for s in ("similarity", "morans_i", "similarity_morans_i", "both")]
+        for score, rule in [*rules, ("similarity", "bootstrap"), ("similarity_morans_i", "bootstrap")]:
+            weak_layers = fg.find_weak_layers(runs, score=score, rule=rule)
             p, r = precision_recall(weak_layers.weak, planted[name])
             entry = {"weak": list(weak_layers.weak), "responsive": list(weak_layers.responsive),
                      "z": {str(k): float(v) for k, v in zip(weak_layers.scores.layer.values,
                                                              weak_layers.scores.values, strict=False)},
                      "raw": weak_layers.to_dict()["raw"],
                      "precision": p, "recall": r, "summary": weak_layers.summary()}
-            if score == "similarity":  # the default rule: its layers drive Focal Guidance below
+            if (score, rule) == ("similarity", "robust_z"):  # the default rule: its layers drive Focal Guidance below
                 diag[name] = entry
                 if name == "weak":
                     fig = fg.plot.layer_profile(runs, weak=weak_layers)
                     fig.savefig(out / "weak_layer_profile.png", dpi=120)
             else:
-                diag[f"{name} ({score})"] = entry
+                diag[f"{name} ({score}{', bootstrap' if rule == 'bootstrap' else ''})"] = entry
     res["diagnosis"] = diag
     fg_rows: dict[str, list[dict]] = {}
     for name, pipe in pipes.items():
