@@ -552,24 +552,26 @@ def _noisy_runs(profile, n_runs: int, noise: float, seed: int) -> list[xr.Datase
 
 
 def test_bootstrap_names_no_layer_of_a_flat_profile_that_the_robust_z_rule_flags():
-    """A flat profile plus noise (12 runs, 20 data sets): the robust z names a weak layer in most data sets (its
-    lowest layers are always below -1 somewhere), the bootstrap rule in none, and says so."""
+    """A flat profile plus noise (12 runs x 12 layers, 100 data sets): the robust z names a weak layer in most data
+    sets (some layer is always below -1), the bootstrap rule in at most 5 % (docs/concepts.md: 2 of 100 measured),
+    and says so."""
     named_z = named_boot = 0
-    for data_seed in range(20):
+    for data_seed in range(100):
         runs = _noisy_runs([0.3] * 12, 12, 0.05, data_seed)
         named_z += bool(find_weak_layers(runs, steps=None).weak)
         boot = find_weak_layers(runs, steps=None, rule="bootstrap", n_boot=200)
         named_boot += bool(boot.weak)
         conf = boot.scores.confidence
         assert ((conf >= 0) & (conf <= 1)).all() and (conf.where(boot.scores.edge, drop=True) == 0).all()  # edges
-    assert named_z >= 10 and named_boot == 0
-    assert boot.summary().splitlines()[-1].startswith("no weak layer: no layer away from the edges is below z<-1.0 "
-                                                      "in at least 95% of 200 resamples")
+        if not boot.weak:
+            assert boot.summary().splitlines()[-1].startswith(
+                "no weak layer: no layer away from the edges is below z<-1.0 in at least 95% of 200 resamples")
+    assert named_z >= 50 and named_boot <= 5, (named_z, named_boot)
 
 
 def test_bootstrap_keeps_a_real_dip_with_full_confidence():
-    for data_seed in range(10):
-        runs = _noisy_runs([0.3] * 5 + [0.2] + [0.3] * 6, 12, 0.05, data_seed)
+    for data_seed in range(20):
+        runs = _noisy_runs([0.3] * 5 + [0.2] + [0.3] * 6, 12, 0.05, 1000 + data_seed)
         boot = find_weak_layers(runs, steps=None, rule="bootstrap", n_boot=200, seed=3)
         assert boot.weak == ["blocks.5"], (data_seed, boot.summary())
         assert float(boot.scores.confidence.sel(layer="blocks.5")) >= 0.95

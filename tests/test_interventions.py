@@ -178,7 +178,7 @@ def test_ablate_image_zeroes_the_image_call(wan_i2v, ref_image):
 
 def test_focal_guidance_preset_scopes_its_parts(wan_i2v, ref_image):
     anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=2.0)
-    edit = fg.FocalGuidance(anchor=anchor, cache=fg.CacheTransfer(src=[0], dst=[3]), layers=[2, 3],
+    edit = fg.FocalGuidance(anchor=anchor, cache=fg.CacheTransfer(src=[0], dst=[2, 3]), layers=[2, 3],
                             steps=(0.0, 0.5))
     anchor_part, cache_part = edit.parts()
     assert anchor_part.where.layers == (2, 3) and anchor_part.where.steps == (0.0, 0.5)
@@ -548,10 +548,15 @@ def test_cache_transfer_layers_given_in_where_are_refused_not_ignored():
     with pytest.raises(ValueError, match=r"give its layers as dst= \(here \[2\]\), not as where=Where\(layers=\[5\]\)"):
         fg.CacheTransfer(src=[0], dst=[2], where=fg.Where(layers=[5]))
     assert fg.CacheTransfer(src=[0], dst=[2], where=fg.Where(layers=[2], steps=[1])).where.steps == (1,)
-    # FocalGuidance's layers replace the cache's destinations (and so its scope's layers)
-    edit = fg.FocalGuidance(cache=fg.CacheTransfer(src=[0], dst=[1]), layers=[2, 3])
+    # FocalGuidance's layers and the cache's destinations must agree: never silently replaced
+    with pytest.raises(ValueError, match=r"FocalGuidance\(layers=\[2, 3\]\) and its cache's dst=\[1\] name "
+                                         r"different layers.*CacheTransfer\(src=\.\.\., dst=\[2, 3\]\)"):
+        fg.FocalGuidance(cache=fg.CacheTransfer(src=[0], dst=[1]), layers=[2, 3])
+    edit = fg.FocalGuidance(cache=fg.CacheTransfer(src=[0], dst=[2, 3]), layers=[2, 3])
     (cache,) = edit.parts()
     assert cache.dst == [2, 3] and tuple(cache.where.layers) == (2, 3)
+    (cache,) = fg.FocalGuidance(cache=fg.CacheTransfer(src=[0], dst=[1])).parts()  # layers=None: the cache's own
+    assert cache.dst == [1]
 
 
 @pytest.mark.parametrize("where, message", [

@@ -16,8 +16,12 @@ class FocalGuidance(Compose):
 
     Args:
         anchor: an `fg.AnchorMask` (or None).
-        cache: an `fg.CacheTransfer` (or None); its destinations default to `layers`.
-        layers: the semantic-weak layers to repair.
+        cache: an `fg.CacheTransfer` (or None). With `layers` given, its `dst` must name the same layers (in the
+            same form: indices or names), or the preset refuses: it repairs `layers` with both operators and never
+            silently replaces what the cache was given. To transfer into other layers, compose the parts yourself
+            (`fg.compose`).
+        layers: the semantic-weak layers to repair (the anchor's layers and the cache's destinations); None: the
+            cache's `dst`, and the anchor's own scope.
         steps: steps to edit, indices or a fraction range (default: the first half, ``(0.0, 0.5)``).
         branches: CFG branches to edit (default: ``("cond",)``, so guidance amplifies the repair).
 
@@ -47,8 +51,13 @@ class FocalGuidance(Compose):
             parts.append(AnchorMask(anchor.masks, anchor.words, anchor.strength, anchor.frames,
                                     where=_merge(anchor.where, scope), regions=anchor.regions))
         if cache is not None:
-            dst = cache.dst if layers is None else list(layers)
-            # the cache's own layers are its old destinations: the preset's `layers` replace them
+            if layers is not None and list(cache.dst) != list(layers):
+                raise ValueError(
+                    f"FocalGuidance(layers={list(layers)}) and its cache's dst={list(cache.dst)} name different "
+                    f"layers: the preset repairs `layers` with both operators, so give the cache the same destinations "
+                    f"(CacheTransfer(src=..., dst={list(layers)})), or compose the parts yourself (fg.compose)")
+            dst = list(cache.dst)
+            # the cache's scope holds its destinations as its layers: the preset's scope takes their place
             where = _merge(cache.where.restrict(layers=None), scope)
             parts.append(CacheTransfer(cache.src, dst, cache.alpha, cache.mode, where=where,
                                        pairing=cache.pairing))
