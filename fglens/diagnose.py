@@ -51,7 +51,7 @@ from .core.scope import BRANCHES
 from .store.select import same_layers, select_steps, split_runs
 
 #: the statistics a layer can be scored by, the two that ``"both"`` combines, and every accepted name
-SCORES = ("similarity", "morans_i", "similarity_morans_i")
+SCORES = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i")
 BOTH = ("similarity", "morans_i")
 SCORE_CHOICES = (*SCORES, "both")
 #: 1 / Φ⁻¹(3/4): scales the MAD to a consistent estimate of the standard deviation under normality
@@ -189,9 +189,10 @@ def find_weak_layers(
             seeds; their words may differ); or the path of a store (every run in it). All runs must have the
             same layers.
         score: ``"similarity"`` (text-visual similarity S), ``"morans_i"`` (Moran's I of the word maps),
-            ``"similarity_morans_i"`` (Moran's I of the similarity maps; recorded on request:
-            ``Record(stats=[..., "similarity_morans_i"])``) or ``"both"`` (the mean of the robust z-scores of
-            similarity and Moran's I).
+            ``"similarity_morans_i"`` (Moran's I of the similarity maps), ``"response"`` (the representation
+            response R: the text attention's output against each word's value) or ``"response_morans_i"`` (Moran's
+            I of R's maps) — these three recorded on request, ``Record(stats=[..., name])``, R on Wan only — or
+            ``"both"`` (the mean of the robust z-scores of similarity and Moran's I).
         steps: a half-open fraction of the schedule ``(start, stop)`` given as floats (``(0.0, 0.5)``: the
             first half, from the run's ``num_steps`` — a coordinate along ``run`` or the run's attribute —
             else from the steps recorded), step indices as ints (``[0, 1, 2]``, ``range(10)``), or None (all).

@@ -446,7 +446,8 @@ def plain_run():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(score="entropy"),
-     r"unknown score 'entropy'; accepted: 'similarity', 'morans_i', 'similarity_morans_i', 'both'"),
+     r"unknown score 'entropy'; accepted: 'similarity', 'morans_i', 'similarity_morans_i', 'response', "
+     r"'response_morans_i', 'both'"),
     (dict(z=0.5), "z must be a finite number <= 0"),
     (dict(z=float("nan")), "z must be a finite number <= 0"),
     (dict(z="low"), "z must be a finite number <= 0"),

@@ -17,9 +17,10 @@ def test_every_reader_of_the_table_agrees_with_it():
     assert STATS == {n: s.kinds for n, s in STATISTICS.items() if s.recordable}
     assert set(WORD_STATS) == {n for n, s in STATISTICS.items() if "word" in s.dims}
     assert DEFAULT_STATS == ("word_mass", "morans_i", "similarity", "text_share", "text_mass", "image_mass", "entropy")
-    assert set(plot.LABELS) == set(recordable()) and plot.SIGNED == {"morans_i", "similarity", "similarity_morans_i",
-                                                                     "similarity_map"}
-    assert set(maps()) == {"word_map", "similarity_map"}
+    assert set(plot.LABELS) == set(recordable())
+    assert plot.SIGNED == {"morans_i", "similarity", "similarity_morans_i", "similarity_map", "response",
+                           "response_morans_i", "response_map"}
+    assert set(maps()) == {"word_map", "similarity_map", "response_map"}
 
 
 def test_a_statistic_needs_a_known_source_and_reduction():

@@ -84,15 +84,16 @@ def add_item_options(parser: argparse.ArgumentParser) -> None:
 
 #: `fg.find_weak_layers`' scores (fglens.diagnose.SCORE_CHOICES, written out so that `--help` imports no torch;
 #: tests/test_cli.py checks that the two agree) and the statistics each one needs recorded
-SCORE_CHOICES = ("similarity", "morans_i", "similarity_morans_i", "both")
-SCORE_STATS = {"similarity_morans_i": ("similarity_morans_i",)}
+SCORE_CHOICES = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both")
+SCORE_STATS = {s: (s,) for s in ("similarity_morans_i", "response", "response_morans_i")}
 
 
 def add_weak_options(parser: argparse.ArgumentParser) -> None:
     """The parameters of fg.find_weak_layers."""
     group = parser.add_argument_group("semantic-weak layer rule (fg.find_weak_layers)")
     group.add_argument("--score", choices=SCORE_CHOICES, default="similarity",
-                       help="per-layer score (default: similarity; similarity_morans_i is then recorded too)")
+                       help="per-layer score (default: similarity; a score that is not a default statistic is "
+                       "then recorded too; response: Wan only)")
     group.add_argument("--z", type=finite_float, default=-1.0, help="weak when the robust z-score is below this (<= 0; "
                        "default: -1.0)")
     group.add_argument("--exclude-edges", type=finite_float, default=0.1,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: per-token quantities the recorder can compute at a site (what a statistic reduces)
-SOURCES = ("word_map", "similarity", "entropy", "text_mass", "image_mass", "ref_mass", "text_share")
+SOURCES = ("word_map", "similarity", "response", "entropy", "text_mass", "image_mass", "ref_mass", "text_share")
 #: reductions of a per-token quantity over the tokens of each latent frame
 REDUCTIONS = ("frame_mean", "morans_i", "map")
 
@@ -101,12 +101,23 @@ STATISTICS: dict[str, Statistic] = {s.name: s for s in (
               "per frame and word on the y-x grid of S_w (the similarity map), binary rook weights, as morans_i; "
               "NaN for a constant map",
               "Moran's I of the similarity map", "Moran's I of S", signed=True, default=False),
+    Statistic("response", ("word", "frame"), frozenset({"text"}), "response", "frame_mean",
+              "R_w[n] = cos(o[n], mean_{j in K_w} v[j]): o[n] the text attention's output at video token n (sum_j "
+              "P[n,h,j] v[j,h], heads concatenated, before to_out), v the text values; mean over each frame",
+              "representation response R", "response", signed=True, default=False),
+    Statistic("response_morans_i", ("word", "frame"), frozenset({"text"}), "response", "morans_i",
+              "per frame and word on the y-x grid of R_w (the response map), binary rook weights, as morans_i; "
+              "NaN for a constant map",
+              "Moran's I of the response map", "Moran's I of R", signed=True, default=False),
     Statistic("word_map", ("word", "frame", "y", "x"), _WORD_SITES, "word_map", "map",
               "m_w[n] = (1/H) sum_h sum_{j in K_w} P[n,h,j], on the (frame, y, x) latent grid",
               "word attention map", "word map", default=False, recordable=False),
     Statistic("similarity_map", ("word", "frame", "y", "x"), _WORD_SITES, "similarity", "map",
               "S_w[n] = cos(q[n], mean_{j in K_w} k[j]), heads concatenated, on the (frame, y, x) latent grid",
               "text–visual similarity map S", "similarity map", signed=True, default=False, recordable=False),
+    Statistic("response_map", ("word", "frame", "y", "x"), frozenset({"text"}), "response", "map",
+              "R_w[n] = cos(o[n], mean_{j in K_w} v[j]) on the (frame, y, x) latent grid",
+              "representation response map R", "response map", signed=True, default=False, recordable=False),
 )}
 
 

@@ -131,13 +131,14 @@ def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follow
 
 
 def record_runs(pipe, items: Sequence[Item], *, seed: int = 0, store=None, **call: Any) -> list:
-    """Record each item's cond-branch attention statistics (its words; the default ones and the Moran's I of the
-    similarity map, every score `fg.find_weak_layers` takes) and return the run Datasets."""
+    """Record each item's cond-branch attention statistics (its words; the default ones, the Moran's I of the
+    similarity map and the representation response: every score `fg.find_weak_layers` takes) and return the run
+    Datasets."""
     import fglens as fg
     from fglens.trace import DEFAULT_STATS
 
     runs = []
-    record = fg.Record(words=None, stats=(*DEFAULT_STATS, "similarity_morans_i"))
+    record = fg.Record(words=None, stats=(*DEFAULT_STATS, "similarity_morans_i", "response", "response_morans_i"))
     for item in items:
         with fg.trace(pipe, record=replace(record, words=item.words), store=store) as run:
             pipe(image=item.image, prompt=item.prompt,

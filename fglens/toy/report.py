@@ -123,8 +123,9 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     diag: dict = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
-        rules = [(s, "robust_z") for s in ("similarity", "morans_i", "similarity_morans_i", "both")]
-        for score, rule in [*rules, ("similarity", "bootstrap"), ("similarity_morans_i", "bootstrap")]:
+        scores = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both")
+        rules = [*[(s, "robust_z") for s in scores], ("similarity", "bootstrap"), ("response", "bootstrap")]
+        for score, rule in rules:
             weak_layers = fg.find_weak_layers(runs, score=score, rule=rule)
             p, r = precision_recall(weak_layers.weak, planted[name])
             entry = {"weak": list(weak_layers.weak), "responsive": list(weak_layers.responsive),

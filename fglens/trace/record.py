@@ -314,6 +314,8 @@ class Recorder:
                 return stats.normalized_entropy(pbar, mult, k.shape[1])
 
             self._reduce_text(fwd, layer, q, k_eff, chunk, entropy)
+        if self.words and "response" in self.sources:
+            self._emit(fwd, layer, {"response": self._response(call, fwd)})
 
         image_out = fwd.image_out.pop(call.site.layer, None)
         if "text_share" in self.record.stats and image_out is not None:
@@ -432,9 +434,31 @@ class Recorder:
         per_token = {**extras, "word_map": maps.transpose(1, 2) if need_maps else None,
                      "similarity": sim.transpose(1, 2) if kbar is not None else None,
                      "entropy": ent if need_ent else None}
+        self._emit(fwd, layer, per_token)
+
+    def _emit(self, fwd: _ForwardState, layer: int, per_token: dict[str, torch.Tensor | None]) -> None:
+        """Each wanted statistic whose per-token source is in `per_token` (``[b, W, N]`` per word, ``[b, N]``
+        otherwise), reduced per latent frame as `fglens.stats.table` says."""
         for stat in self.wanted:
             if per_token.get(stat.source) is not None:
-                self._put(fwd, stat.name, layer, stats.reduce_frames(stat.reduce, per_token[stat.source], grid))
+                value = stats.reduce_frames(stat.reduce, per_token[stat.source], fwd.ctx.grid)
+                self._put(fwd, stat.name, layer, value)
+
+    def _response(self, call: AttentionCall, fwd: _ForwardState) -> torch.Tensor:
+        """R_w[n] = cos(o[n], v̄_w) ``[b, W, N]``: Wan's text-call output at each video token (heads concatenated,
+        before `to_out`; the post-edit output the model used) against the mean value of each word's tokens in the
+        row's own prompt; NaN for a word that prompt lacks."""
+        out = self._select(call.output, fwd).flatten(2)
+        v = self._select(call.value, fwd).flatten(2).to(torch.float32)
+        branch_of = {i: br for br, idx in fwd.items.items() for i in idx}
+        rows = [self._word_index(v.shape[1], v.device, branch_of[i]) for i in fwd.index]
+        vbar = torch.cat([torch.einsum("tw,btc->bwc", idx, v[i : i + 1]) / idx.sum(0).clamp_min(1)[:, None]
+                          for i, idx in enumerate(rows)])
+        r = stats.cosine_similarity(out, vbar)
+        for i, row in enumerate(fwd.index):
+            for w in self._absent.get(branch_of[row], ()):
+                r[i, :, w] = float("nan")
+        return r.transpose(1, 2)
 
     def _ref_mass(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
         grid = fwd.ctx.grid
