@@ -118,7 +118,7 @@ class EditRun:
         """Bytes of the storages the cache transfer holds between steps: the source's Q and K (for joint attention
         also its text-key bias and row log-sum-exp, where present)."""
         seen: dict[int, int] = {}
-        for part in self.edit.parts():
+        for part in self.trace.editor.parts:  # the trace's bound copies hold the cache, not `edit` itself
             for entry in getattr(part, "_cache", {}).values():  # CacheTransfer: (step, query, key, ...)
                 for t in entry[1:]:
                     if isinstance(t, torch.Tensor) and (key := storage_key(t)) is not None:
