@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import sys
@@ -367,29 +366,11 @@ def _check_recipe(line: SweepLine, tokens, per_model, kinds, clip) -> None:
 
 
 def prompt_tokens(pipe: Any, prompt: str):
-    """The prompt as the pipeline's own tokenizer splits it for the transformer's text keys (`PromptTokens`).
+    """The prompt as the pipeline's own tokenizer splits it for the transformer's text keys (`PromptTokens`): the
+    adapter of its transformer says how (`Adapter.prompt_tokens`)."""
+    from .adapters import adapter_for
 
-    T5-style pipelines (Wan, CogVideoX): the pipeline's cleaning (when it has one) and ``max_sequence_length``;
-    HunyuanVideo: its Llama chat template and crop, as `fglens.adapters.hunyuan` reads them while tracing.
-    """
-    from .adapters.prompt import PromptTokens
-
-    module = sys.modules.get(type(pipe).__module__)
-    params = inspect.signature(type(pipe).__call__).parameters
-    max_len = params["max_sequence_length"].default if "max_sequence_length" in params else None
-    tokenizer = pipe.tokenizer
-    if hasattr(pipe, "_get_llama_prompt_embeds"):
-        from .adapters.hunyuan import _text_ids
-
-        template = params["prompt_template"].default if "prompt_template" in params else None
-        template = template or module.DEFAULT_PROMPT_TEMPLATE
-        ids, mask = _text_ids(tokenizer, template, prompt, max_len or 256)
-        return PromptTokens(prompt, tokenizer.convert_ids_to_tokens(ids), int(sum(mask)))
-    clean = getattr(module, "prompt_clean", None)
-    enc = tokenizer(clean(prompt) if callable(clean) else prompt, padding="max_length",
-                    max_length=max_len or tokenizer.model_max_length, truncation=True, add_special_tokens=True,
-                    return_attention_mask=True)
-    return PromptTokens(prompt, tokenizer.convert_ids_to_tokens(enc.input_ids), int(sum(enc.attention_mask)))
+    return adapter_for(pipe.transformer).prompt_tokens(pipe, prompt)
 
 
 # -- fingerprint and the store's sweep record -----------------------------------------------------------------

@@ -14,6 +14,8 @@ An adapter answers these questions for a transformer class:
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -105,6 +107,20 @@ class Adapter:
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """Report each prompt encoding to `capture.add_encoding`; return removers. Default: T5-style encoder."""
         return text_encoder_hook(capture)
+
+    def prompt_tokens(self, pipe: Any, prompt: str) -> PromptTokens:
+        """`prompt` as `pipe`'s own tokenizer splits it into the transformer's text keys, without running the
+        pipeline (a sweep checks its words before sampling). Default, T5-style (Wan, CogVideoX): the pipeline
+        module's `prompt_clean` when it has one, and its call's default ``max_sequence_length``."""
+        module = sys.modules.get(type(pipe).__module__)
+        params = inspect.signature(type(pipe).__call__).parameters
+        max_len = params["max_sequence_length"].default if "max_sequence_length" in params else None
+        tokenizer = pipe.tokenizer
+        clean = getattr(module, "prompt_clean", None)
+        enc = tokenizer(clean(prompt) if callable(clean) else prompt, padding="max_length",
+                        max_length=max_len or tokenizer.model_max_length, truncation=True, add_special_tokens=True,
+                        return_attention_mask=True)
+        return PromptTokens(prompt, tokenizer.convert_ids_to_tokens(enc.input_ids), int(sum(enc.attention_mask)))
 
     def batched_cfg(self, pipe: Any) -> bool:
         """Does an even batch outside a ``"cond"``/``"uncond"`` cache context hold ``[uncond | cond]`` halves

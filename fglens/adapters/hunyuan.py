@@ -18,6 +18,8 @@ are ``double.{i}`` then ``single.{i}``, in network order.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,6 +82,18 @@ class HunyuanVideoAdapter(Adapter):
         # `wrap` registered its own remover on the capture; nothing more to return
         assert len(capture._removers) == before + 1
         return []
+
+    def prompt_tokens(self, pipe: Any, prompt: str) -> PromptTokens:
+        """The Llama chat template and crop of `_get_llama_prompt_embeds` (its call's default template and
+        ``max_sequence_length``), as `install_prompt_hooks` reads them while tracing; T5-style otherwise."""
+        if not hasattr(pipe, "_get_llama_prompt_embeds"):
+            return super().prompt_tokens(pipe, prompt)
+        params = inspect.signature(type(pipe).__call__).parameters
+        max_len = params["max_sequence_length"].default if "max_sequence_length" in params else None
+        template = params["prompt_template"].default if "prompt_template" in params else None
+        template = template or sys.modules[type(pipe).__module__].DEFAULT_PROMPT_TEMPLATE
+        ids, mask = _text_ids(pipe.tokenizer, template, prompt, max_len or 256)
+        return PromptTokens(prompt, pipe.tokenizer.convert_ids_to_tokens(ids), int(sum(mask)))
 
 
 def _around_llama(pipe: Any, capture: Any, original: Callable, args: tuple, kwargs: dict):
