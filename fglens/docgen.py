@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .adapters import ADAPTERS
+
 KEYS = {
     "self": "video tokens (3-D self-attention)",
     "text": "text tokens",
@@ -33,13 +35,11 @@ KEYS = {
 
 
 def _tiny_transformers() -> dict[str, Callable[[], Any]]:
+    """Each adapter's small transformer for its site table, by the adapter's short name (`Adapter.tiny_transformer`)."""
     from . import testing
 
-    return {
-        "wan": lambda: testing.tiny_wan_transformer(num_layers=2),
-        "hunyuan": lambda: testing.tiny_hunyuan_transformer(num_double=2, num_single=2),
-        "cogvideox": lambda: testing.tiny_cogvideox_transformer(num_layers=2),
-    }
+    return {a.short: (lambda a=a: getattr(testing, a.tiny_transformer[0])(**a.tiny_transformer[1]))
+            for a in ADAPTERS if a.tiny_transformer[0]}
 
 
 def site_table(family: str) -> str:
@@ -173,9 +173,9 @@ def statistics_table() -> str:
 
 
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
-    "sites-wan.md": {"sites": lambda: site_table("wan")},
-    "sites-hunyuan.md": {"sites": lambda: site_table("hunyuan")},
-    "sites-cogvideox.md": {"sites": lambda: site_table("cogvideox")},
+    # one page per adapter with a tiny transformer: ``sites-<short>.md``
+    **{f"sites-{a.short}.md": {"sites": lambda short=a.short: site_table(short)}
+       for a in ADAPTERS if a.tiny_transformer[0]},
     "api.md": {"api": api_reference},
     "concepts.md": {"statistics": statistics_table},
 }

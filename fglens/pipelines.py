@@ -30,39 +30,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-#: pipeline classes fglens traces, and their model family
-PIPELINES: dict[str, str] = {
-    "WanImageToVideoPipeline": "wan",
-    "WanPipeline": "wan",
-    "HunyuanVideoImageToVideoPipeline": "hunyuan",
-    "HunyuanVideoPipeline": "hunyuan",
-    "CogVideoXPipeline": "cogvideox",
-    "CogVideoXImageToVideoPipeline": "cogvideox",
-}
+from .adapters import ADAPTERS
+
+#: pipeline classes fglens traces, and their model family (each adapter declares its own: `Adapter.pipeline_classes`)
+PIPELINES: dict[str, str] = {cls: a.short for a in ADAPTERS for cls in a.pipeline_classes}
+_TINY = {t.name: t for a in ADAPTERS for t in a.tiny_pipelines}
 
 
 def _tiny_builders() -> dict[str, Callable[[], Any]]:
     from . import testing
 
-    return {
-        "tiny-wan": testing.tiny_wan_i2v_pipeline,
-        "tiny-wan-t2v": testing.tiny_wan_t2v_pipeline,
-        "tiny-wan22": testing.tiny_wan22_i2v_pipeline,
-        "tiny-hunyuan": testing.tiny_hunyuan_i2v_pipeline,
-    }
+    return {name: getattr(testing, t.builder) for name, t in _TINY.items()}
 
 
-#: names of the built-in tiny pipelines accepted by `load_pipeline`
-TINY = ("tiny-wan", "tiny-wan-t2v", "tiny-wan22", "tiny-hunyuan")
+#: names of the built-in tiny pipelines accepted by `load_pipeline` (`Adapter.tiny_pipelines`)
+TINY = tuple(_TINY)
 
 #: names of the trained toy-world pipelines shipped with fglens (`fg.toy.pipeline`)
 TOY = ("toy-base", "toy-weak")
 
-#: the small call sizes of the tiny pipelines (height, width, num_frames)
+#: the small call sizes of the tiny pipelines, by name
 TINY_SIZES: dict[str, dict[str, int]] = {
-    "wan": dict(height=32, width=48, num_frames=5),
-    "hunyuan": dict(height=48, width=80, num_frames=9),
-}
+    name: dict(zip(("height", "width", "num_frames"), t.size, strict=True)) for name, t in _TINY.items()}
 
 #: denoising steps of a tiny pipeline's call when none are asked for
 TINY_STEPS = 4
@@ -185,7 +174,7 @@ def default_size(pipe: Any) -> dict[str, Any]:
     """The pipeline's default height, width and num_frames (the tiny pipelines: a few tokens)."""
     tiny = getattr(pipe, "_fglens_tiny", None)
     if tiny is not None:
-        return dict(TINY_SIZES["hunyuan" if "hunyuan" in tiny else "wan"])
+        return dict(TINY_SIZES[tiny])
     small = getattr(pipe, "_fglens_call_defaults", None)  # a fglens.testing pipeline built directly
     if small is not None:
         return {k: small[k] for k in ("height", "width", "num_frames")}

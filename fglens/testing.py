@@ -559,7 +559,7 @@ TINY_PROMPT = "a dog jumps over the red fence"
 
 def tiny_call_kwargs(family: str = "wan", *, steps: int = 2, seed: int = 0) -> dict:
     """The keyword arguments of a small pipeline call on the tiny pipeline of `family` ("wan" or "hunyuan")."""
-    sizes = {"wan": dict(height=32, width=48, num_frames=5), "hunyuan": dict(height=48, width=80, num_frames=9)}
+    sizes = {f: {k: TINY_CALL_DEFAULTS[f][k] for k in ("height", "width", "num_frames")} for f in ("wan", "hunyuan")}
     if family not in sizes:
         raise ValueError(f"family must be one of {sorted(sizes)}; got {family!r}")
     size = sizes[family]

@@ -78,3 +78,20 @@ def test_video_round_trip(tmp_path):
     assert back.shape == (4, 32, 48, 3)
     assert back[:, :, :20].mean() > 200 and back[:, :, 28:].mean() < 50  # lossy codec: coarse check
     assert load_image((frames[0] * 255).astype(np.uint8)).size == (48, 32)
+
+
+def test_pipelines_and_tiny_names_come_from_the_adapters():
+    """An architecture is declared once, in its adapter: the pipeline classes `load_pipeline` accepts, the tiny
+    pipelines and their call sizes, and the docs' site tables all read `Adapter` attributes."""
+    from fglens import docgen
+    from fglens.adapters import ADAPTERS
+    from fglens.pipelines import PIPELINES, TINY, TINY_SIZES
+
+    assert PIPELINES == {cls: a.short for a in ADAPTERS for cls in a.pipeline_classes}
+    assert set(TINY) == {t.name for a in ADAPTERS for t in a.tiny_pipelines}
+    for a in ADAPTERS:
+        assert a.short and a.pipeline_classes and a.tiny_transformer[0], a.__name__
+        for t in a.tiny_pipelines:
+            assert (TINY_SIZES[t.name]["height"], TINY_SIZES[t.name]["width"], TINY_SIZES[t.name]["num_frames"]) \
+                == t.size
+        assert f"sites-{a.short}.md" in docgen.BLOCKS

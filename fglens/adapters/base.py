@@ -73,13 +73,36 @@ class Segments:
     text: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class TinyPipeline:
+    """A built-in tiny random-weight pipeline of an architecture: ``fglens.pipelines.load_pipeline(name)`` builds it
+    with ``fglens.testing.<builder>()`` and calls it at `size` (height, width, num_frames) by default."""
+
+    name: str
+    builder: str
+    size: tuple[int, int, int]
+
+
 class Adapter:
-    """Base class: subclass once per architecture and list it in `fglens.adapters.ADAPTERS`."""
+    """Base class: subclass once per architecture and list it in `fglens.adapters.ADAPTERS`.
+
+    Everything else fglens knows of the architecture is declared here too, as data: the pipeline classes that
+    `fglens.pipelines.load_pipeline` accepts, its built-in tiny pipelines (`TinyPipeline`), and the tiny
+    transformer the docs' site tables are generated from.
+    """
 
     #: class names of the transformers this adapter understands
     model_classes: tuple[str, ...] = ()
     #: canonical name of this family, stored in each run's attributes
     family: str = ""
+    #: a short name: `fglens.pipelines.family`, `fglens.docgen.site_table` and the docs page ``sites-<short>.md``
+    short: str = ""
+    #: diffusers pipeline classes whose transformer this adapter traces
+    pipeline_classes: tuple[str, ...] = ()
+    #: its built-in tiny pipelines (``--pipeline tiny-...`` in every command)
+    tiny_pipelines: tuple[TinyPipeline, ...] = ()
+    #: the `fglens.testing` builder of a small transformer and its arguments (the generated site tables)
+    tiny_transformer: tuple[str, dict[str, Any]] = ("", {})
 
     def __init__(self, transformer: torch.nn.Module, prefix: str = ""):
         self.transformer = transformer

@@ -34,6 +34,9 @@ from .prompt import PromptTokens, _bind, text_encoder_hook
 class CogVideoXAdapter(Adapter):
     model_classes = ("CogVideoXTransformer3DModel",)
     family = "cogvideox"
+    short = "cogvideox"
+    pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+    tiny_transformer = ("tiny_cogvideox_transformer", {"num_layers": 2})
 
     def __init__(self, transformer: torch.nn.Module, prefix: str = ""):
         super().__init__(transformer, prefix)

@@ -25,13 +25,17 @@ from typing import Any
 
 import torch
 
-from .base import Adapter, Intercept, Segments, Site
+from .base import Adapter, Intercept, Segments, Site, TinyPipeline
 from .prompt import PromptTokens, _bind
 
 
 class HunyuanVideoAdapter(Adapter):
     model_classes = ("HunyuanVideoTransformer3DModel",)
     family = "hunyuan_video"
+    short = "hunyuan"
+    pipeline_classes = ("HunyuanVideoImageToVideoPipeline", "HunyuanVideoPipeline")
+    tiny_pipelines = (TinyPipeline("tiny-hunyuan", "tiny_hunyuan_i2v_pipeline", (48, 80, 9)),)
+    tiny_transformer = ("tiny_hunyuan_transformer", {"num_double": 2, "num_single": 2})
 
     def sites(self) -> list[Site]:
         out: list[Site] = []

@@ -21,12 +21,18 @@ from typing import Any
 
 import torch
 
-from .base import Adapter, Intercept, Site
+from .base import Adapter, Intercept, Site, TinyPipeline
 
 
 class WanAdapter(Adapter):
     model_classes = ("WanTransformer3DModel",)
     family = "wan"
+    short = "wan"
+    pipeline_classes = ("WanImageToVideoPipeline", "WanPipeline")
+    tiny_pipelines = (TinyPipeline("tiny-wan", "tiny_wan_i2v_pipeline", (32, 48, 5)),
+                      TinyPipeline("tiny-wan-t2v", "tiny_wan_t2v_pipeline", (32, 48, 5)),
+                      TinyPipeline("tiny-wan22", "tiny_wan22_i2v_pipeline", (32, 48, 5)))
+    tiny_transformer = ("tiny_wan_transformer", {"num_layers": 2})
 
     def sites(self) -> list[Site]:
         out: list[Site] = []

@@ -185,7 +185,7 @@ def prepare(args: argparse.Namespace) -> Item:
             raise UsageError(f"--steps must be at least 1; got {args.steps}")
         pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
         tiny = args.pipeline in TINY
-        size = dict(TINY_SIZES["hunyuan" if "hunyuan" in args.pipeline else "wan"]) if tiny else {}
+        size = dict(TINY_SIZES[args.pipeline]) if tiny else {}
         height = args.height if args.height is not None else size.get("height")
         width = args.width if args.width is not None else size.get("width")
         if image is None and tiny and takes_image(pipe):
