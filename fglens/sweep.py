@@ -420,31 +420,19 @@ def _check_store(store: Path, fp: str, force: bool) -> None:
 
 def _claim_store(store: Path, record: dict[str, Any], force: bool) -> None:
     """Write the sweep record once, atomically (`os.link` is exclusive); replace a different one only if forced."""
-    from .store.layout import ensure_root, temp_file
+    from .store.layout import ensure_root, replace_file, write_once
 
     ensure_root(store)
     target = store / SWEEP_FILE
-    fd, tmp = temp_file(store, prefix=".fglens-sweep.", suffix=".partial")  # readable as the umask allows
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-        try:
-            os.link(tmp, target)
-            return
-        except FileExistsError:
-            pass
-        old = read_sweep_record(store) or {}
-        if old.get("fingerprint") == record["fingerprint"]:
-            return
-        if not force:
-            _check_store(store, record["fingerprint"], force)  # another sweep came first: refuse
-        record = {**record, "replaced": [*old.pop("replaced", []), old]}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if write_once(target, json.dumps(record, indent=2).encode()):
+        return
+    old = read_sweep_record(store) or {}
+    if old.get("fingerprint") == record["fingerprint"]:
+        return
+    if not force:
+        _check_store(store, record["fingerprint"], force)  # another sweep came first: refuse
+    record = {**record, "replaced": [*old.pop("replaced", []), old]}
+    replace_file(target, json.dumps(record, indent=2).encode())
 
 
 # -- ranks ----------------------------------------------------------------------------------------------------

@@ -102,17 +102,39 @@ def ensure_root(path: str | os.PathLike) -> None:
         return
     p.mkdir(parents=True, exist_ok=True)
     body = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": ROOT_ATTRS}, indent=2).encode()
-    fd, tmp = temp_file(p, prefix="zarr.", suffix=".partial")
+    write_once(p / "zarr.json", body)  # False: another writer was first; its root is checked below
+    root_attrs(p)
+
+
+def write_once(target: str | os.PathLike, body: bytes) -> bool:
+    """Create `target` holding `body`, atomically and exclusively: readers see the whole file or none, and of
+    concurrent writers exactly one creates it (`os.link` fails on an existing name). False when it already existed
+    (nothing is written then)."""
+    target = Path(target)
+    fd, tmp = temp_file(target.parent, prefix=f".{target.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
         try:
-            os.link(tmp, p / "zarr.json")  # exclusive: exactly one writer creates the root
+            os.link(tmp, target)
+            return True
         except FileExistsError:
-            pass  # another writer was first; its root is checked below
+            return False
     finally:
         os.unlink(tmp)
-    root_attrs(p)
+
+
+def replace_file(target: str | os.PathLike, body: bytes) -> None:
+    """Replace `target` by a file holding `body`, atomically (`os.replace`): readers see the old file or the new."""
+    target = Path(target)
+    fd, tmp = temp_file(target.parent, prefix=f".{target.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def run_dirs(path: str | os.PathLike) -> list[str]:
