@@ -13,7 +13,7 @@ import torch
 
 import fglens as fg
 from fglens.cli import main
-from fglens.cli.diagnose import UsageError
+from fglens.cli.common import UsageError
 from fglens.cli.plot import select_runs
 from fglens.store import DamagedRun, RunWriter, UnreadableRun, ZarrSink, verify_run
 

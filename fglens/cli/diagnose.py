@@ -2,7 +2,8 @@
 
 The pieces the sampling commands share live here too (``fglens generate`` imports them): the pipeline and
 item options (`add_item_options`), the checks that run before any sampling (`prepare`), the weak-layer rule's
-options (`add_weak_options`), the per-layer table (`layer_table`) and the one-line user error (`UsageError`).
+options (`add_weak_options`) and the per-layer table (`layer_table`); the one-line user error and the numeric
+option type are in `fglens.cli.common`.
 
 Importing this module is cheap (no torch): heavy imports happen inside the functions.
 """
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .common import UsageError, fail, finite_float
 
 EPILOG = """\
 examples:
@@ -34,28 +35,7 @@ layers fg.find_weak_layers names (semantic-weak: repair them; responsive: cache 
 TABLE_VARS = ("word_mass", "morans_i", "similarity", "text_share", "text_mass", "image_mass", "entropy", "ref_mass")
 
 
-class UsageError(Exception):
-    """Bad input: reported as one line ``fglens <command>: <message>`` on stderr, exit status 2."""
-
-
-def fail(command: str, message: Any) -> int:
-    """Print the one-line error of `command` and return the exit status of bad input (2)."""
-    text = str(message.args[0]) if isinstance(message, KeyError) and message.args else str(message)
-    print(f"fglens {command}: {text}", file=sys.stderr)
-    return 2
-
-
 # -- options ----------------------------------------------------------------------------------------------------
-
-def finite_float(text: str) -> float:
-    """The argparse type of every numeric option: a finite number (NaN and infinities are refused, exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
-    return value
 
 
 def add_item_options(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .diagnose import finite_float
+from .common import finite_float
 
 EPILOG = """\
 examples:
@@ -100,7 +100,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def _clip_entry(model: str | None, weights: str | None, option: str) -> str | dict[str, str] | None:
-    from .diagnose import UsageError
+    from .common import UsageError
 
     if model is None:
         if weights is not None:
@@ -121,7 +121,7 @@ def _clip_entry(model: str | None, weights: str | None, option: str) -> str | di
 def recipe(args: argparse.Namespace) -> dict[str, Any] | None:
     """The intervention recipe of the options (None for --edit none), checked by `parse_recipe`."""
     from ..interventions.recipe import parse_recipe
-    from .diagnose import UsageError
+    from .common import UsageError
     from .generate import parse_layers, parse_steps
 
     if args.recipe is not None:
@@ -177,7 +177,7 @@ def _torch_dtype(name: str | None):
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .diagnose import UsageError, fail
+    from .common import UsageError, fail
 
     try:
         seeds = [int(s) for s in _csv(args.seeds) or []]

@@ -14,15 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .diagnose import (
-    UsageError,
-    add_item_options,
-    add_weak_options,
-    check_weak_options,
-    fail,
-    finite_float,
-    prepare,
-)
+from .common import UsageError, fail, finite_float
+from .diagnose import add_item_options, add_weak_options, check_weak_options, prepare
 
 EPILOG = """\
 examples:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .diagnose import UsageError, fail
+from .common import UsageError, fail
 
 EPILOG = """\
 examples:

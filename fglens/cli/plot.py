@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .diagnose import UsageError, fail, finite_float
+from .common import UsageError, fail, finite_float
 
 EPILOG = """\
 examples:

@@ -83,7 +83,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .diagnose import fail
+    from .common import fail
 
     try:
         if args.toy_command == "train":
