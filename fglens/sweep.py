@@ -53,6 +53,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .jsonl import jsonl_lines
+
 #: fields every spec line must have (``image`` too, for image-to-video pipelines)
 REQUIRED = ("prompt", "words", "seed")
 #: per-line call options; each may also be given sweep-wide
@@ -165,14 +167,9 @@ def load_spec(path: str | os.PathLike, defaults: Mapping[str, Any] | None = None
         raise ValueError(f"unknown sweep-wide option(s) {unknown}; accepted: {', '.join(CALL_OPTIONS)}")
     lines: list[SweepLine] = []
     errors: list[str] = []
-    for lineno, text in enumerate(spec.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{spec} line {lineno}"
-        try:
-            item = json.loads(text)
-        except ValueError as exc:
-            errors.append(f"{where}: not valid JSON ({exc})")
+    for lineno, where, item in jsonl_lines(spec):
+        if isinstance(item, ValueError):
+            errors.append(str(item))
             continue
         try:
             lines.append(_line(item, len(lines), lineno, spec.parent, defaults, parse_recipe))

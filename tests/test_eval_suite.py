@@ -83,7 +83,7 @@ def test_missing_keys_bad_json_duplicate_ids_and_custom_categories(tmp_path):
     missing = {k: v for k, v in GOOD.items() if k != "words"}
     with pytest.raises(ValueError, match=r"line 1: missing \['words'\]"):
         load_suite(_write(tmp_path, missing))
-    with pytest.raises(ValueError, match="line 2: not a JSON object"):
+    with pytest.raises(ValueError, match="line 2: not valid JSON"):
         load_suite(_write(tmp_path, GOOD, "{oops"))
     with pytest.raises(ValueError, match="line 2: id 'x' is already used on line 1"):
         load_suite(_write(tmp_path, {**GOOD, "id": "x"}, {**GOOD, "id": "x"}))

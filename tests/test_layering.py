@@ -12,7 +12,7 @@ ROOT = Path(fglens.__file__).parent
 
 #: the layers of docs/architecture.md, lowest first; a package may import its own layer's and lower ones
 LAYERS: list[set[str]] = [
-    {"stats", "adapters", "anchors"},  # pure statistics; the model adapters; CLIP regions
+    {"stats", "adapters", "anchors", "jsonl"},  # pure statistics; the model adapters; CLIP regions; JSONL reading
     {"core"},  # one attention call, the scope types, exact probabilities, the intervention protocol
     {"interventions", "store"},  # the operators; the run format on disk
     {"trace"},  # hooks, recorders, applying interventions

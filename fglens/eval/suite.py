@@ -45,6 +45,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from ..jsonl import jsonl_lines
+
 #: the categories of instruction the built-in suite covers (the paper's, plus object and camera motion)
 CATEGORIES: tuple[str, ...] = (
     "dynamic_attribute", "human_motion", "human_interaction", "object_motion", "camera_motion",
@@ -235,14 +237,9 @@ def load_suite(path: str | os.PathLike, *, categories: Sequence[str] | None = No
     accepted = tuple(_category(c) for c in (categories if categories is not None else CATEGORIES))
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{file} line {line_no}"
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise ValueError(f"{where}: not a JSON object ({exc})") from exc
+    for line_no, where, obj in jsonl_lines(file):
+        if isinstance(obj, ValueError):
+            raise obj
         item = parse_item(obj, root=file.parent.resolve(), line=line_no, categories=accepted, where=where)
         if item.id in seen:
             raise ValueError(f"{where}: id {item.id!r} is already used on line {seen[item.id]}")

@@ -291,8 +291,10 @@ def save_items(items: list[Item], path) -> None:
 
 
 def load_items(path) -> list[Item]:
-    with open(path, encoding="utf-8") as f:
-        return [Item.from_dict(json.loads(line)) for line in f if line.strip()]
+    """The items `save_items` wrote (one JSON object per line)."""
+    from ..jsonl import read_jsonl
+
+    return [Item.from_dict(value) for value in read_jsonl(path)]
 
 
 __all__ = ["FRAMES", "SIZE", "Item", "held_out", "load_items", "sample", "save_items", "suite"]
