@@ -94,6 +94,18 @@ def test_the_weak_variant_plants_its_layers(tmp_path):
     assert fg.toy.planted_layers(fg.toy.pipeline(path=tmp_path / "pipeline")) == ["blocks.2", "blocks.5"]
 
 
+def test_a_planted_only_run_changes_the_planted_blocks_and_nothing_else(tmp_path):
+    from fglens.toy.model import build_pipeline
+
+    cfg = TrainConfig(**{**SMOKE, "variant": "weak", "planted": (2, 5), "planted_only": True})
+    train(cfg, tmp_path, progress=False)
+    start = build_pipeline(seed=0).transformer.state_dict()
+    after = _state(tmp_path)
+    changed = {k.split(".")[0] + "." + k.split(".")[1] if k.startswith("blocks.") else k
+               for k in after if not torch.equal(after[k], start[k])}
+    assert changed == {"blocks.2", "blocks.5"}
+
+
 def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     from fglens.toy.model import build_pipeline
     from fglens.toy.train import reinit_planted_keys

@@ -44,6 +44,8 @@ def register(sub) -> None:
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--no-reinit", action="store_true",
                    help="weak variant: keep the planted blocks' text keys instead of re-initialising them")
+    t.add_argument("--planted-only", action="store_true",
+                   help="weak variant: train only the planted blocks; every other weight stays the base model's")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     r = toy.add_parser("report", help="measure the toy pipelines and write docs/toy-world.md's numbers")
     r.add_argument("--out", required=True, help="folder for report.md, results.json, rows.csv and figures")
@@ -120,6 +122,8 @@ def _train(args: argparse.Namespace) -> int:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))
     if args.no_reinit:
         fields["planted_reinit"] = False
+    if args.planted_only:
+        fields["planted_only"] = True
     cfg = TrainConfig(variant=args.variant, seed=args.seed, **fields)
     info = train(cfg, args.out, vae_from=args.vae_from, dit_from=args.dit_from, progress=not args.quiet)
     summary = {k: info[k] for k in ("variant", "planted_layers", "seconds")}

@@ -18,7 +18,10 @@ re-initialised first, so a weak model trained on from the base model does not ke
 queries with words: its planted layers have never learned where a word is, while their values, output
 projection and image path keep what they learned. (Showing only the empty prompt leaves the keys of real words
 almost untouched, since a constant context gives the keys next to no gradient: a planting from the base model
-without re-initialisation did not change the word maps nor the following rate.)
+without re-initialisation did not change the word maps nor the following rate.) With `planted_only` only the
+planted blocks train and every other weight stays the base model's, so the rest of the network cannot take over
+what the planted layers stop doing (trained on together, the other blocks compensated: the weak model of v3
+followed instructions as often as its base).
 
 Example (a smoke run; real runs use `fglens toy train`):
     >>> import tempfile
@@ -74,6 +77,7 @@ class TrainConfig:
     planted: tuple[int, ...] = field(default=(3, 4))
     planted_p: float = 1.0
     planted_reinit: bool = True
+    planted_only: bool = False
     checkpoint_every: int = 100
 
     def __post_init__(self):
@@ -313,7 +317,12 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     """Train `pipe.transformer` in place (ends holding the EMA weights); checkpoints in ``out/dit.pt``."""
     dit = pipe.transformer
     ema = copy.deepcopy(dit).requires_grad_(False)
-    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.dit_lr, weight_decay=0.01)
+    if cfg.variant == "weak" and cfg.planted_only:  # the rest of the network stays the base model's
+        dit.requires_grad_(False)
+        for i in cfg.planted:
+            dit.blocks[i].requires_grad_(True)
+    trainable = [p for p in dit.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.dit_lr, weight_decay=0.01)
     ckpt, losses = out / "dit.pt", []
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
@@ -356,7 +365,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
                 loss = (w * err).mean() / w.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             with torch.no_grad():
                 decay = min(cfg.ema, (1 + step) / (10 + step))
