@@ -37,10 +37,8 @@ def _call(pipe, steps=3, seed=0, **kw):
     kw.setdefault("prompt", PROMPT)
     kw.setdefault("negative_prompt", NEGATIVE)
     kw.setdefault("output_type", "latent")  # "np" (decoded frames) where the frames are compared
-    return pipe(
-        height=H, width=W, num_frames=FRAMES, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-        **kw,
-    ).frames[0]
+    kw.setdefault("generator", torch.Generator().manual_seed(seed))
+    return pipe(height=H, width=W, num_frames=FRAMES, num_inference_steps=steps, **kw).frames[0]
 
 
 class KernelInputs:
@@ -276,3 +274,22 @@ def test_segments_text_first():
     assert adapter.segments(271, 271, 45, tokens).text == (0, 226)
     with pytest.raises(RuntimeError, match="60 video tokens of the latent grid and the prompt's 226 tokens"):
         adapter.segments(271, 271, 60, tokens)  # e.g. a grid read from the wrong axes
+
+
+def test_a_list_of_prompts_records_one_run_per_item_from_the_batched_cfg_call(cog):
+    """Batched CFG rows are (uncond 0, uncond 1, cond 0, cond 1): item k's run reads rows k and 2 + k, with its own
+    prompt's and negative prompt's words, and equals that prompt called alone with the same noise."""
+    prompts, negatives = ["a dog jumps over the red fence", "the small red fence and a dog"], ["blurry", "static dog"]
+    record = fg.Record(words=["dog", "fence"], stats=JOINT_STATS)
+    with fg.trace(cog, record=record) as run:
+        _call(cog, steps=2, prompt=prompts, negative_prompt=negatives,
+              generator=[torch.Generator().manual_seed(k) for k in range(2)])
+    together = run.datasets
+    assert len(together) == 2
+    for k in range(2):
+        with fg.trace(cog, record=record) as alone:
+            _call(cog, steps=2, prompt=prompts[k], negative_prompt=negatives[k], seed=k)
+        assert together[k].attrs["prompt"] == prompts[k] and together[k].attrs["batch_item"] == k
+        for var in JOINT_STATS:
+            np.testing.assert_allclose(together[k][var].values, alone.dataset[var].values, rtol=1e-4, atol=1e-6,
+                                       err_msg=var)

@@ -203,3 +203,22 @@ def test_bare_transformer_counts_the_whole_context_as_text():
     ds = run.dataset
     np.testing.assert_array_equal(ds.image_mass.values, 0.0)
     assert np.isfinite(ds.word_mass.values).all() and (ds.text_mass.values > 0).all()
+
+
+def test_a_list_of_prompts_of_different_lengths_records_one_run_per_item(hunyuan):
+    """The joint text segment reaches as far as the batch's longest prompt (its real keys lie past the short
+    one's): each item's run equals that prompt called alone with the same noise."""
+    prompts = ["a dog", "a big brown dog jumps over the red fence"]
+    record = fg.Record(words=["dog"], stats=JOINT_STATS)
+    with fg.trace(hunyuan, record=record) as run:  # the pipeline takes one image per generator
+        hunyuan(image=[fg.testing.reference_image()] * 2, prompt=prompts, height=48, width=80, num_frames=9,
+                num_inference_steps=1, generator=[torch.Generator().manual_seed(k) for k in range(2)],
+                output_type="latent")
+    for k, together in enumerate(run.datasets):
+        with fg.trace(hunyuan, record=record) as alone:
+            hunyuan(image=fg.testing.reference_image(), prompt=prompts[k], height=48, width=80, num_frames=9,
+                    num_inference_steps=1, generator=torch.Generator().manual_seed(k), output_type="latent")
+        assert together.attrs["prompt"] == prompts[k]
+        for var in JOINT_STATS:
+            np.testing.assert_allclose(together[var].values, alone.dataset[var].values, rtol=1e-4, atol=1e-6,
+                                       err_msg=var)

@@ -473,30 +473,76 @@ def test_a_word_cut_off_by_the_token_limit_is_named_as_truncated(wan_i2v, ref_im
     assert "'zebra' is not in the prompt" in message and "(60 more)" in message and len(message) < 700
 
 
-def test_a_list_of_different_prompts_is_refused_where_words_are_located(wan_i2v, ref_image, tmp_path):
-    """Issue 12, item 1: pipe(prompt=[dog prompt, cat prompt]) with Record(words=["dog"]) stored mean(prompt 0's
-    dog, prompt 1's cat) as "dog", and only prompt 0 as the run's prompt. Words are located in batch item 0's
-    prompt only, so such a call is refused before sampling (for recording and for edits); one run per prompt is
-    the way. A list repeating one prompt, or statistics without words, still work."""
-    prompts = ["a dog jumps over the red fence", "a cat jumps over the red fence"]
+def _each_alone(pipe, prompts, record=None, edit=None, negatives=None, **kwargs):
+    """Each prompt in its own call, seeded as batch item k of a call given generators [0, 1, ...] is."""
+    runs, frames = [], []
+    for k, prompt in enumerate(prompts):
+        neg = {} if negatives is None else {"negative_prompt": negatives[k]}
+        with fg.trace(pipe, record=record, edit=edit) as run:
+            out = pipe(prompt=prompt, generator=torch.Generator().manual_seed(k), **neg, **kwargs).frames
+        runs.append(run.dataset if record is not None else None)
+        frames.append(out[0])
+    return runs, frames
+
+
+def test_a_list_of_prompts_records_one_run_per_item_each_as_if_called_alone(wan_i2v, ref_image, tmp_path):
+    """Issue 12, item 1: pipe(prompt=[dog prompt, cat prompt]) with Record(words=["jumps"]) once stored the mean of
+    the two items, with prompt 0's word positions for both. Now each batch item is its own run, its words located
+    in its own prompt (and negative prompt), equal to the run of that prompt called alone with the same noise."""
+    prompts = ["a dog jumps over the red fence", "a big brown cat jumps over it"]
+    negatives = ["blurry", "static jumps"]
+    kwargs = dict(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=2,
+                  output_type="latent")
+    record = fg.Record(words=["jumps", "over"], stats=["word_mass", "similarity", "entropy", "text_share"])
+    store = tmp_path / "runs.zarr"
+    with fg.trace(wan_i2v, record=record, store=store) as run:
+        wan_i2v(prompt=prompts, negative_prompt=negatives,
+                generator=[torch.Generator().manual_seed(k) for k in range(2)], **kwargs)
+    assert len(run.run_ids) == 2 and all(r.endswith((".item0", ".item1")) for r in run.run_ids)
+    alone, _ = _each_alone(wan_i2v, prompts, record=record, negatives=negatives, **kwargs)
+    for k, (together, single) in enumerate(zip(run.datasets, alone, strict=True)):
+        assert together.attrs["prompt"] == prompts[k] and together.attrs["negative_prompt"] == negatives[k]
+        assert together.attrs["batch_item"] == k and together.attrs["batch_items"] == 2 and together.attrs["seed"] == k
+        assert json.loads(together.attrs["word_positions"]) == json.loads(single.attrs["word_positions"])
+        for var in ("word_mass", "similarity", "entropy", "text_share"):
+            np.testing.assert_allclose(together[var].values, single[var].values, rtol=1e-4, atol=1e-6, err_msg=var)
+    # the two prompts place the words differently, so a shared position would have been wrong for one of them
+    positions = [json.loads(ds.attrs["word_positions"])["jumps"] for ds in run.datasets]
+    assert positions[0] != positions[1]
+    assert json.loads(run.datasets[1].attrs["word_positions_uncond"])["jumps"]  # item 1's negative has it
+    assert json.loads(run.datasets[0].attrs["word_positions_uncond"])["jumps"] == []  # "blurry" lacks it
+    assert sorted(fg.store.list_runs(store)) == sorted(run.run_ids)
+
+
+def test_a_word_missing_from_one_prompt_of_a_list_is_refused_before_sampling(wan_i2v, ref_image, tmp_path):
     kwargs = dict(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
                   output_type="latent")
+    prompts = ["a dog jumps over the red fence", "a cat jumps over the red fence"]
     store = tmp_path / "runs.zarr"
-    with pytest.raises(ValueError, match=r"recording words \['dog'\] needs one prompt per pipeline call, and this "
-                                         r"call has 2 different prompts \('a dog jumps"):
+    with pytest.raises(ValueError, match=r"word 'dog' is not in the prompt 'a cat jumps over the red fence'"):
         with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=store):
             wan_i2v(prompt=prompts, **kwargs)
-    assert not store.exists() or fg.store.list_runs(store) == []
-    anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "jumps", strength=2.0)
-    with pytest.raises(ValueError, match=r"an edit on the words \['jumps'\] needs one prompt per pipeline call"):
+    assert not store.exists() or fg.store.list_runs(store) == []  # no run of the call was created
+    anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=2.0)
+    with pytest.raises(ValueError, match=r"word 'dog' is not in the prompt 'a cat jumps"):
         with fg.trace(wan_i2v, edit=anchor):
             wan_i2v(prompt=prompts, **kwargs)
-    with pytest.raises(ValueError, match="2 different negative prompts"):
-        with fg.trace(wan_i2v, record=fg.Record(words=["jumps"])):
-            wan_i2v(prompt=prompts[:1] * 2, negative_prompt=["blurry", "static"], **kwargs)
-    with fg.trace(wan_i2v, record=fg.Record(words=["dog"])) as run:  # one prompt, twice: the words are the same
-        wan_i2v(prompt=prompts[:1] * 2, **kwargs)
-    assert run.dataset.attrs["prompt"] == prompts[0] and np.isfinite(run.dataset.word_mass.values).all()
-    with fg.trace(wan_i2v, record=fg.Record(stats=["entropy", "text_share"])) as run:  # no word: both prompts kept
-        wan_i2v(prompt=prompts, **kwargs)
-    assert json.loads(run.dataset.attrs["prompts"]) == prompts  # nested attributes are JSON text
+
+
+def test_an_edit_on_a_list_of_prompts_reads_each_items_words(wan_i2v, ref_image):
+    """An anchor on "jumps" over a batch of two prompts that place it differently: each item's output equals that
+    prompt's output called alone, so the edit read each item's own positions (and each negative prompt's)."""
+    prompts = ["a dog jumps over the red fence", "a big brown cat jumps over it"]
+    negatives = ["jumps blurry", "static"]
+    kwargs = dict(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=2,
+                  output_type="latent")
+    anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "jumps", strength=4.0)
+    with fg.trace(wan_i2v, edit=anchor):
+        together = wan_i2v(prompt=prompts, negative_prompt=negatives,
+                           generator=[torch.Generator().manual_seed(k) for k in range(2)], **kwargs).frames
+    _, alone = _each_alone(wan_i2v, prompts, edit=anchor, negatives=negatives, **kwargs)
+    _, plain = _each_alone(wan_i2v, prompts, negatives=negatives, **kwargs)
+    for k in range(2):
+        torch.testing.assert_close(together[k], alone[k], rtol=1e-4, atol=1e-5)
+        assert (together[k] - plain[k]).abs().max() > 1e-3  # the edit did something to each item
+

@@ -104,16 +104,19 @@ def _around_llama(pipe: Any, capture: Any, original: Callable, args: tuple, kwar
     """Run the pipeline's LLaVA encoding, then report the tokens that became the context's text keys."""
     out = original(*args, **kwargs)
     bound = _bind(original, args, kwargs)
-    prompt = bound.get("prompt")
-    prompt = prompt[0] if isinstance(prompt, (list, tuple)) else prompt
+    prompts = bound.get("prompt")
+    prompts = list(prompts) if isinstance(prompts, (list, tuple)) else [prompts]
     template = bound.get("prompt_template") or {}
     interleave = bound.get("image_embed_interleave", 2)
     max_len = bound.get("max_sequence_length", 256)
     image_len = template.get("image_emb_len", 576)
     n_image = len(range(0, image_len, interleave)) if 0 < interleave < 6 else image_len
-    ids, mask = _text_ids(pipe.tokenizer, template, prompt, max_len)
-    tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
-    capture.add_encoding(PromptTokens(prompt, tokens, int(sum(mask)), {"n_image_tokens": n_image}))
+    rows = []
+    for prompt in prompts:  # one row per prompt of the batch
+        ids, mask = _text_ids(pipe.tokenizer, template, prompt, max_len)
+        tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
+        rows.append(PromptTokens(prompt, tokens, int(sum(mask)), {"n_image_tokens": n_image}))
+    capture.add_encoding(rows[0], rows)
     return out
 
 

@@ -21,7 +21,7 @@ import inspect
 import string
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -131,21 +131,45 @@ class PipelineCall:
     #: every prompt of a call given a list of prompts (one per batch item), and of the negative prompt
     prompt_texts: list[str] = field(default_factory=list)
     negative_texts: list[str] = field(default_factory=list)
+    #: per encoding, the tokens of each of its rows (one per prompt of the list; `encodings` holds row 0)
+    rows: list[list[PromptTokens]] = field(default_factory=list)
+    #: the seed of each generator when the call was given a list of generators (one per video)
+    seeds: list[int] = field(default_factory=list)
 
-    def check_one_prompt(self, why: str) -> None:
-        """Refuse a call whose batch holds different prompts where words are located by position (`why` says which):
-        fglens reads the positions of batch item 0's prompt, and applying them to another prompt's keys would be a
-        silently wrong result."""
-        for texts, name in ((self.prompt_texts, "prompts"), (self.negative_texts, "negative prompts")):
-            distinct = list(dict.fromkeys(texts))
-            if len(distinct) > 1:
-                shown = ", ".join(repr(t if len(t) <= 40 else t[:37] + "...") for t in distinct[:3])
-                raise ValueError(
-                    f"{why} needs one prompt per pipeline call, and this call has {len(distinct)} different {name} "
-                    f"({shown}{', ...' if len(distinct) > 3 else ''}): call the pipeline once per prompt (fglens "
-                    "sweep runs many prompts into one store), or give token positions, Record(words={label: "
-                    "[positions]}), which then hold for every batch item"
-                )
+    def prompts(self) -> int:
+        """How many prompts the call encoded (1 for a single prompt)."""
+        return max([len(self.prompt_texts), *(len(r) for r in self.rows), 1])
+
+    def item(self, k: int, items: int) -> PipelineCall:
+        """The call as batch item `k` of `items` (per CFG branch) saw it: its own prompt and negative prompt, tokens
+        and seed. Pipelines repeat each prompt for its videos (``num_videos_per_prompt``) next to each other, so
+        item `k` is the video ``k % per_prompt`` of prompt ``k // per_prompt``."""
+        n = self.prompts()
+        if items % n:
+            raise ValueError(f"this pipeline call encoded {n} prompts but its batch holds {items} items per CFG "
+                             "branch, not a multiple of it: fglens cannot tell which prompt each item follows")
+        p = k // (items // n)
+        pick = lambda values, default: values[p] if len(values) == n else default  # noqa: E731
+        return PipelineCall(
+            prompt_text=pick(self.prompt_texts, self.prompt_text),
+            negative_text=pick(self.negative_texts, self.negative_text),
+            prompt_embeds_given=self.prompt_embeds_given,
+            seed=self.seeds[k] if len(self.seeds) == items else self.seed,
+            encodings=[rows[p] if len(rows) == n else enc
+                       for enc, rows in zip(self.encodings, self._rows(), strict=True)],
+            image=self.image, image_seen=self.image_seen,
+        )
+
+    def _rows(self) -> list[list[PromptTokens]]:
+        return self.rows if len(self.rows) == len(self.encodings) else [[e] for e in self.encodings]
+
+    def widest(self, tokens: PromptTokens | None) -> PromptTokens | None:
+        """`tokens` (an encoding's row 0) with the largest real length among that encoding's rows: the text keys of
+        a batch reach that far (a longer prompt's real keys lie after row 0's)."""
+        for enc, rows in zip(self.encodings, self._rows(), strict=True):
+            if enc is tokens and rows:
+                return replace(tokens, n_real=max(r.n_real for r in rows))
+        return tokens
 
     @property
     def prompt(self) -> PromptTokens | None:
@@ -200,10 +224,12 @@ class PromptCapture:
         call, self.pending = self.pending, None
         return call
 
-    def add_encoding(self, tokens: PromptTokens) -> None:
-        """Called by the adapter's prompt hooks for each prompt encoding, in the pipeline's order."""
+    def add_encoding(self, tokens: PromptTokens, rows: list[PromptTokens] | None = None) -> None:
+        """Called by the adapter's prompt hooks for each prompt encoding, in the pipeline's order: the tokens of row 0
+        and, for a batch of several prompts, those of every row."""
         if self.pending is not None:
             self.pending.encodings.append(tokens)
+            self.pending.rows.append(list(rows) if rows else [tokens])
 
     def install(self) -> None:
         self.wrap("check_inputs", self._around_check_inputs)
@@ -236,13 +262,17 @@ class PromptCapture:
 
         self._removers.append(restore)
 
-    def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None, text: str | None = None, **extra) -> PromptTokens:
-        """PromptTokens for batch item 0 of token ids [B, T] (host read: once per encoding, before sampling)."""
+    def tokens(self, ids: torch.Tensor, mask: torch.Tensor | None, texts: Sequence[str | None] = (None,),
+               **extra) -> list[PromptTokens]:
+        """PromptTokens for each row of token ids [B, T] (host read: once per encoding, before sampling); `texts`
+        names the rows (one text for all of them, or one per row)."""
         tokenizer = getattr(self.pipe, "tokenizer", None)
-        row = ids[0].tolist()
-        n_real = int(mask[0].sum()) if mask is not None else len(row)
-        toks = tokenizer.convert_ids_to_tokens(row) if tokenizer is not None else [str(i) for i in row]
-        return PromptTokens(text, toks, n_real, dict(extra))
+        out = []
+        for i, row in enumerate(ids.tolist()):
+            n_real = int(mask[i].sum()) if mask is not None else len(row)
+            toks = tokenizer.convert_ids_to_tokens(row) if tokenizer is not None else [str(t) for t in row]
+            out.append(PromptTokens(texts[i] if len(texts) == len(ids) else texts[0], toks, n_real, dict(extra)))
+        return out
 
     def _around_check_inputs(self, original, *args, **kwargs):
         bound = _bind(original, args, kwargs)
@@ -281,8 +311,11 @@ class PromptCapture:
         generator = kwargs.get("generator")
         if generator is None:
             generator = next((a for a in args if isinstance(a, (torch.Generator, list))), None)
+        generators = generator
         if isinstance(generator, list) and generator:
             generator = generator[0]
+        if self.pending is not None and isinstance(generators, list):
+            self.pending.seeds = [g.initial_seed() for g in generators if isinstance(g, torch.Generator)]
         if self.pending is not None and isinstance(generator, torch.Generator):
             self.pending.seed = generator.initial_seed()
         return original(*args, **kwargs)
@@ -306,12 +339,13 @@ def text_encoder_hook(capture: PromptCapture, encoder_attr: str = "text_encoder"
         mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
         if isinstance(ids, torch.Tensor) and capture.pending is not None:
             call = capture.pending
-            texts = [call.prompt_text, call.negative_text]
             index = len(call.encodings) + (1 if call.prompt_embeds_given else 0)
-            text = texts[index] if index < 2 else None
-            if index == 1 and text is None:
-                text = ""  # diffusers' default negative prompt
-            capture.add_encoding(capture.tokens(ids, mask if isinstance(mask, torch.Tensor) else None, text))
+            texts = [call.prompt_texts or [call.prompt_text], call.negative_texts or [call.negative_text]]
+            rows = texts[index] if index < 2 else [None]
+            if index == 1 and rows == [None]:
+                rows = [""]  # diffusers' default negative prompt
+            tokens = capture.tokens(ids, mask if isinstance(mask, torch.Tensor) else None, rows)
+            capture.add_encoding(tokens[0], tokens)
 
     handle = encoder.register_forward_pre_hook(hook, with_kwargs=True)
     return [handle.remove]

@@ -87,9 +87,9 @@ class EditCall:
     #: run the model's kernel on other tensors (same arguments otherwise): ``kernel(q, k, v) -> [B, S, H, D]``
     kernel: Callable[..., torch.Tensor]
     words: dict[str, list[int]] = field(default_factory=dict)
-    #: the words' positions per CFG branch: the prompt's for ``cond``, the negative prompt's for ``uncond`` (a word
-    #: absent from it has none there); None: `words` for every branch
-    branch_words: dict[str, dict[str, list[int]]] | None = None
+    #: the words' positions in each batch row's own text keys: its prompt's for a ``cond`` row, its negative
+    #: prompt's for an ``uncond`` one (a word absent from it has none there); None: `words` for every row
+    row_words: list[dict[str, list[int]]] | None = None
     #: the attention mask as an additive key bias [B, S_k] (joint attention), or None
     key_bias: torch.Tensor | None = None
     #: a separate text call (Wan): the keys from this index on are pad keys made from zero embeddings, identical

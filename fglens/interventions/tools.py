@@ -35,8 +35,8 @@ class _Scoped(Intervention):
 
 def word_columns(call: EditCall, words: Sequence[str], n_keys: int) -> torch.Tensor:
     """``[B, n_keys]`` indicator of the key columns of `words` in each batch item's text keys (do not modify it):
-    the prompt's positions for a ``cond`` item, the negative prompt's for an ``uncond`` one (`EditCall.branch_words`;
-    a word absent from the negative prompt has no column there).
+    the item's prompt's positions for a ``cond`` item, its negative prompt's for an ``uncond`` one
+    (`EditCall.row_words`; a word absent from the negative prompt has no column there).
 
     Built once per layout and device and then reused: building it on the host in every edited call would be a
     host -> device copy (a stream synchronisation on CUDA) per edited layer and step.
@@ -48,11 +48,8 @@ def column_sets(call: EditCall, words: Sequence[str]) -> tuple[tuple[int, ...], 
     """Per batch item, the key columns of `words` (host values: an edit whose words have no column anywhere in the
     call adds no bias, so the call keeps the model's own kernel, bit for bit)."""
     t0, t1 = call.text_keys
-    per_branch = call.branch_words or {}
-    return tuple(
-        tuple(sorted({t0 + p for w in words for p in per_branch.get(b, call.words).get(w, []) if t0 + p < t1}))
-        for b in call.forward.branches
-    )
+    rows = call.row_words or [call.words] * len(call.forward.branches)
+    return tuple(tuple(sorted({t0 + p for w in words for p in row.get(w, []) if t0 + p < t1})) for row in rows)
 
 
 @functools.lru_cache(maxsize=256)

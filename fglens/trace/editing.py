@@ -37,7 +37,7 @@ class Editor:
         for part in self.parts:
             self._check_scope(part, heads=heads)  # heads the model does not have: an error here too
         self.words: dict[str, list[int]] = {}
-        self.branch_words: dict[str, dict[str, list[int]]] | None = None
+        self.item_words: list[dict[str, dict[str, list[int]]]] = []
         self.prompt_real: dict[str, int | None] = {}
 
     @staticmethod
@@ -46,34 +46,48 @@ class Editor:
         if isinstance(where, Where):
             where.check(owner=type(part).__name__, **bounds)
 
-    def start_run(self, call: PipelineCall | None, known: Mapping[str, Sequence[int]] | None = None,
+    def start_run(self, calls: Sequence[PipelineCall | None], known: Mapping[str, Sequence[int]] | None = None,
                   forward: ForwardContext | None = None) -> None:
-        """Resolve the words every part needs in this run's prompt (a missing word is an error now), and check the
-        parts' steps and frames against the run's schedule and latent grid (`forward`, the run's first forward).
+        """Resolve the words every part needs in the prompts of this run's batch items (`calls`: the pipeline call
+        as each item of a CFG branch saw it, or one call for every item; a missing word is an error now), and check
+        the parts' steps and frames against the run's schedule and latent grid (`forward`, the run's first forward).
 
-        `known` maps labels to token positions given by the user (a bare transformer has no prompt to read).
+        `known` maps labels to token positions given by the user (a bare transformer has no prompt to read): they
+        hold for every item and both branches.
         """
         if forward is not None:
             for part in self.parts:
                 self._check_scope(part, num_steps=forward.num_steps, frames=forward.grid[0])
         needed = self.edit.requires().get("words", [])
-        known = dict(known or {})
+        known = {w: list(known[w]) for w in needed if w in (known or {})}
         missing = [w for w in needed if w not in known]
-        if missing and call is not None:
-            call.check_one_prompt(f"an edit on the words {missing}")
-        self.words = {w: list(known[w]) for w in needed if w in known}
-        self.prompt_real = call.n_real() if call is not None else {}
-        if missing:
-            self.words.update(words_for(call, missing))
-        # the uncond branch attends to the negative prompt's keys: each word at its own positions there, none where
-        # the negative prompt lacks it (given positions, for a bare transformer, hold for both branches)
-        uncond = {w: list(known[w]) for w in needed if w in known}
-        negative = call.negative if call is not None else None
-        if missing and negative is not None:
-            uncond.update(negative.locate(missing, missing_ok=True))
-        self.branch_words = {"cond": self.words, "uncond": uncond}
+        # per item: the cond branch reads the item's prompt; the uncond branch its negative prompt, each word at its
+        # own positions there and none where the negative prompt lacks it
+        self.item_words = []
+        for call in calls:
+            cond, uncond = dict(known), dict(known)
+            if missing:
+                cond.update(words_for(call, missing))
+                if call is not None and call.negative is not None:
+                    uncond.update(call.negative.locate(missing, missing_ok=True))
+            self.item_words.append({"cond": cond, "uncond": uncond})
+        self.words = self.item_words[0]["cond"]
+        self.prompt_real = calls[0].n_real() if len(calls) == 1 and calls[0] is not None else {}
+        self._row_words: dict[tuple[str, ...], list[dict[str, list[int]]]] = {}
         for part in self.parts:
             part.start_run(self.words)
+
+    def row_words(self, branches: tuple[str, ...]) -> list[dict[str, list[int]]]:
+        """The words' positions for each batch row of a forward: row i is item r of its branch (the r-th row of that
+        branch), reading that item's prompt (cond) or negative prompt (uncond)."""
+        if branches not in self._row_words:
+            rows, seen = [], {}
+            for b in branches:
+                r = seen[b] = seen.get(b, -1) + 1
+                item = self.item_words[min(r, len(self.item_words) - 1)]
+                rows.append(item.get(b, item["cond"]))
+            self._row_words[branches] = rows
+        return self._row_words[branches]
 
     def active(self, site: Site, forward: ForwardContext) -> list[Any]:
         return [p for p in self.parts if p.applies(site, forward)]
@@ -124,7 +138,7 @@ class Editor:
             text_keys=segments.text if segments else ((0, key.shape[1]) if site.kind == "text" else (0, 0)),
             image_keys=segments.image if segments else ((0, key.shape[1]) if site.kind == "image" else None),
             kernel=lambda q, k, v, **overrides: run(q, k, v, **overrides), words=self.words,
-            branch_words=self.branch_words,
+            row_words=self.row_words(tuple(forward.branches)),
             key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
             text_real=self.text_real(site, forward, key.shape[1]),
         )

@@ -48,8 +48,9 @@ class Record:
     Args:
         words: words of the prompt to follow (located through the pipeline's own tokenizer), a mapping
             ``{label: [token positions]}`` for a bare transformer, or None for every word of the prompt. Words
-            are located in one prompt per pipeline call: a call given a list of different prompts (or negative
-            prompts) is refused before sampling; call the pipeline once per prompt, one run each.
+            are located in each prompt: a call given a list of prompts (or several videos per prompt) records one
+            run per batch item, each with its own prompt's word positions (a word missing from one of the prompts
+            is an error before sampling).
         stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in. Statistics that
             an architecture has no site for are left out of its runs (`text_share` needs Wan's separate image
             attention, `text_mass` / `image_mass` a joint softmax).
@@ -195,8 +196,11 @@ class _ForwardState:
 class Recorder:
     """Reduces attention calls to statistics for one Record over the layers it names."""
 
-    def __init__(self, record: Record, layers: Sequence[str]):
+    def __init__(self, record: Record, layers: Sequence[str], item: int | None = None):
+        """`item`: record only the `item`-th batch item of each CFG branch (one run per item of a call given several
+        prompts or videos); None: every item, averaged."""
         self.record = record
+        self.item = item
         self.layers = list(layers)
         self._layer_pos = {name: i for i, name in enumerate(self.layers)}
         # the variables this recorder produces, and the per-token quantities they are reduced from
@@ -236,6 +240,8 @@ class Recorder:
         for i, branch in enumerate(ctx.branches):
             if branch in self.record.branches:
                 items.setdefault(branch, []).append(i)
+        if self.item is not None:
+            items = {b: [idx[self.item]] for b, idx in items.items() if self.item < len(idx)}
         if items:
             self._fwd = _ForwardState(ctx, items)
 

@@ -77,14 +77,14 @@ class Trace:
         self.store = store_path(store, run_id=run_id) if store is not None else None
         self._runs_begun = 0  # pipeline calls that started a run in this block (fixed run ids get -1, -2, ...)
         self.recorder = Recorder(self.record, self.layers) if self.record else None
+        # the runs of the current pipeline call: one per batch item of a call given several prompts or videos
+        self._items: list[tuple[Recorder, RunWriter, MemorySink | ZarrSink]] = []
         self.variables = self._variables() if self.record else []
         self._adapter_of = {layer: a for a in self.adapters for layer in a.layers()}
 
         self._undo: list[Callable[[], None]] = []
         self._capture: PromptCapture | None = None
         self._forward: ForwardContext | None = None
-        self._writer: RunWriter | None = None
-        self._sink: MemorySink | ZarrSink | None = None
         self._run_state: dict[str, Any] = {}
         self._in_run = False
         self._sinks: list[MemorySink | ZarrSink] = []
@@ -183,23 +183,25 @@ class Trace:
                 self._end_run(interrupted=False)
             self._begin_run(call, ctx)
         self._forward = ctx
-        if self.recorder is not None:
-            self.recorder.begin_forward(ctx)
+        for recorder, _, _ in self._items:
+            recorder.begin_forward(ctx)
         self._run_state["last_step"] = ctx.step
         self._run_state["num_steps"] = ctx.num_steps
 
     def _on_forward_end(self, ctx: ForwardContext) -> None:
         self._forward = None
-        result = self.recorder.end_forward() if self.recorder is not None else None
-        if result is not None and self._writer is not None:
-            self._writer.put(result.step, result.timestep, result.values, result.checks)
+        for recorder, writer, _ in self._items:
+            result = recorder.end_forward()
+            if result is not None:
+                writer.put(result.step, result.timestep, result.values, result.checks)
 
     def _on_attention(self, site: Site, query, key, value, run, run_with_lse, args, kwargs) -> torch.Tensor:
         forward = self._forward
         if forward is None:
             return run()
         edits = self.editor.active(site, forward) if self.editor is not None else []
-        record = self.recorder is not None and self.recorder.wants(site)
+        recorders = [r for r, _, _ in self._items if r.wants(site)]
+        record = bool(recorders)
         if not edits and not record:
             return run()
         call = AttentionCall(site, query, key, value, forward)
@@ -227,14 +229,15 @@ class Trace:
         if record:
             call.extras["lse"] = lse
             call.output = out
-            self.recorder.observe(call)
+            for recorder in recorders:
+                recorder.observe(call)
         return out
 
     def _branch_tokens(self, forward: ForwardContext):
         call = self._run_state.get("call")
         if call is None:
             return None
-        return call.by_branch().get(forward.branches[0])
+        return call.widest(call.by_branch().get(forward.branches[0]))
 
     # -- runs ------------------------------------------------------------------------------------------------
     def _variables(self) -> list[str]:
@@ -246,57 +249,84 @@ class Trace:
         self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
         if self.record is not None:
             self.record.check_steps(ctx.num_steps)  # steps the schedule lacks: an error before sampling
+        # a call given several prompts (or videos per prompt): one run per batch item of a branch, each with its own
+        # prompt's words; a bare transformer's batch is recorded as one run (the positions given hold for all items)
+        per_branch = max((ctx.branches.count(b) for b in set(ctx.branches)), default=1)
+        items = list(range(per_branch)) if call is not None and per_branch > 1 else [None]
+        calls = [call if k is None else call.item(k, per_branch) for k in items]
         if self.editor is not None:
             known = self.record.words if self.record is not None and isinstance(self.record.words, Mapping) else None
             # words the edit needs, steps and frames of its scope: an error before sampling
-            self.editor.start_run(call, known, ctx)
+            self.editor.start_run(calls, known, ctx)
         if self.recorder is None:
             return
-        word_based = any(v in WORD_STATS for v in self.variables)
-        if call is not None and word_based and not isinstance(self.record.words, Mapping):
-            call.check_one_prompt("recording words" + (f" {list(self.record.words)}" if self.record.words else ""))
+        fixed = getattr(self.store, "run_id", None)  # store_path(..., run_id=...) or fg.trace(..., run_id=...)
+        base = new_run_id() if fixed is None else (fixed if self._runs_begun == 0 else f"{fixed}-{self._runs_begun}")
+        self._runs_begun += 1  # the first call of a block gets a fixed id itself, later ones "-1", "-2", ...
+        begun = [self._item_run(c, ctx, base if k is None else f"{base}.item{k}", k, per_branch)
+                 for k, c in zip(items, calls, strict=True)]  # every item's words resolve before any run is created
+        self._items = [(recorder, open_writer(), sink) for recorder, open_writer, sink in begun]
+        self.recorder = self._items[0][0]
+
+    def _item_run(self, call: PipelineCall | None, ctx: ForwardContext, run_id: str, item: int | None,
+                  items: int) -> tuple[Recorder, Callable[[], RunWriter], MemorySink | ZarrSink]:
+        """The recorder of one run (its words located in its prompt: an error now if one is missing) and the
+        function that creates its writer."""
+        recorder = Recorder(self.record, self.layers, item)
         words = words_for(call, self.record.words)
         # the uncond branch attends to the negative prompt: each word at its positions there, none where it lacks it
         # (positions given by the user hold for both branches)
         uncond = None
         if call is not None and not isinstance(self.record.words, Mapping):
             uncond = call.negative.locate(list(words), missing_ok=True) if call.negative is not None else {}
-        self.recorder.begin_run(words, call.n_real() if call is not None else {}, uncond)
+        recorder.begin_run(words, call.n_real() if call is not None else {}, uncond)
         variables = [v for v in self.variables if words or v not in WORD_STATS]
-        run_id, target = new_run_id(), self.store
-        fixed = getattr(self.store, "run_id", None)  # store_path(..., run_id=...) or fg.trace(..., run_id=...)
-        if fixed is not None:  # the first call of the block gets the id itself, later ones "-1", "-2", ...
-            run_id = fixed if self._runs_begun == 0 else f"{fixed}-{self._runs_begun}"
+        target = self.store
+        if getattr(self.store, "run_id", None) is not None:
             target = store_path(self.store.path, run_id=run_id, overwrite_incomplete=self.store.overwrite_incomplete)
-        self._runs_begun += 1
         sink = ZarrSink(target, run_id) if self.store is not None else MemorySink()
-        self._writer = RunWriter(
-            sink, variables=variables, branches=self.record.branches, layers=self.layers, words=list(words),
-            grid=ctx.grid, attrs=self._attrs(call, words, ctx, run_id),
-            image=call.image if call is not None and self.record.image else None,  # written once, at creation
-        )
-        self._sink = sink
+        attrs = self._attrs(call, words, ctx, run_id, recorder)
+        if item is not None:
+            attrs.update(batch_item=item, batch_items=items, **self._batch_texts())
+
+        def open_writer() -> RunWriter:
+            return RunWriter(sink, variables=variables, branches=self.record.branches, layers=self.layers,
+                             words=list(words), grid=ctx.grid, attrs=attrs,
+                             image=call.image if call is not None and self.record.image else None)  # written once
+
+        return recorder, open_writer, sink
+
+    def _batch_texts(self) -> dict[str, Any]:
+        call = self._run_state.get("call")
+        return {"prompts": call.prompt_texts} if call is not None and len(call.prompt_texts) > 1 else {}
 
     def _end_run(self, interrupted: bool) -> None:
         if not self._in_run:
             return
         self._in_run = False
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return
+        items, self._items = self._items, []
         last, total = self._run_state.get("last_step"), self._run_state.get("num_steps")
         complete = not interrupted and (total is None or last == total - 1)
-        writer.close({"complete": complete, "num_steps": total})
-        self._sinks.append(self._sink)
-        self.run_ids.append(getattr(self._sink, "run_id", f"memory-{len(self._sinks)}"))
-        if writer.checks.get("pad_uniform") is False:
-            warnings.warn(
-                "the text pad keys were not identical in this run, so collapsing them was not exact; "
-                "the run's attribute check_pad_uniform is False",
-                stacklevel=2,
-            )
+        errors = []
+        for _, writer, sink in items:
+            try:
+                writer.close({"complete": complete, "num_steps": total})
+            except Exception as error:  # noqa: BLE001 - close every item's run, then report the first failure
+                errors.append(error)
+                continue
+            self._sinks.append(sink)
+            self.run_ids.append(getattr(sink, "run_id", f"memory-{len(self._sinks)}"))
+            if writer.checks.get("pad_uniform") is False:
+                warnings.warn(
+                    "the text pad keys were not identical in this run, so collapsing them was not exact; "
+                    "the run's attribute check_pad_uniform is False",
+                    stacklevel=2,
+                )
+        if errors:
+            raise errors[0]
 
-    def _attrs(self, call: PipelineCall | None, words: dict, ctx: ForwardContext, run_id: str) -> dict[str, Any]:
+    def _attrs(self, call: PipelineCall | None, words: dict, ctx: ForwardContext, run_id: str,
+               recorder: Recorder) -> dict[str, Any]:
         import diffusers
 
         from .. import __version__
@@ -319,14 +349,12 @@ class Trace:
             "words": list(words),
             "word_positions": words,
             # where the uncond branch's statistics read each word: in the negative prompt ([] where it lacks it)
-            "word_positions_uncond": self.recorder.branch_words["uncond"] if self.recorder is not None else None,
+            "word_positions_uncond": recorder.branch_words["uncond"],
             "grid": list(ctx.grid),
             "num_steps": ctx.num_steps,
             "record": self.record.spec(),
             "intervention": self.editor.edit.spec() if self.editor is not None else None,
             "definitions": DEFINITIONS,
-            # a call given a list of prompts: all of them, one per batch item (`prompt` is the first)
-            **({"prompts": call.prompt_texts} if call is not None and len(call.prompt_texts) > 1 else {}),
         }
 
 
