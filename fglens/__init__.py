@@ -26,7 +26,7 @@ _LAZY_MODULES = ("adapters", "stats", "store", "interventions", "testing", "cli"
 #: public names and the submodule each lives in
 _LAZY_NAMES = {
     **dict.fromkeys(("Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Scale", "Where",
-                     "compose"), "interventions"),
+                     "compose", "intervention_from_spec"), "interventions"),
     "open_run": "store", "open_runs": "store",
     "Record": "trace", "Trace": "trace", "trace": "trace",
     "find_weak_layers": "diagnose", "WeakLayers": "diagnose",
@@ -64,5 +64,5 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Record", "Scale", "Trace", "Where",
     "__version__", "adapters", "compose", "open_run", "open_runs", "stats", "store", "trace",
-    "WeakLayers", "find_weak_layers",
+    "WeakLayers", "find_weak_layers", "intervention_from_spec",
 ]

@@ -5,9 +5,10 @@ from ..core.scope import Where
 from .anchor import AnchorMask
 from .cache import CacheTransfer
 from .focal import FocalGuidance
+from .spec import intervention_from_spec
 from .tools import Ablate, Scale
 
 __all__ = [
     "Ablate", "AnchorMask", "Bias", "CacheTransfer", "Compose", "EditCall", "FocalGuidance", "Intervention",
-    "Scale", "Where", "compose",
+    "Scale", "Where", "compose", "intervention_from_spec",
 ]

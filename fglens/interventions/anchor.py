@@ -124,8 +124,11 @@ class AnchorMask(_Scoped):
         return {"words": list(self.words)}
 
     def spec(self) -> dict[str, Any]:
+        from .spec import encode_masks
+
         return {"type": "AnchorMask", "words": self.words, "strength": self.strength,
-                "frames": self.frames, "mask_shape": list(self.masks.shape), "where": _where_spec(self.where)}
+                "frames": self.frames, "mask_shape": list(self.masks.shape), "where": _where_spec(self.where),
+                "masks": encode_masks(self.masks)}
 
     def _frame_weights(self, frames: int) -> torch.Tensor:
         if self.frames == "all":

@@ -66,6 +66,16 @@ class FocalGuidance(Compose):
     def spec(self) -> dict[str, Any]:
         return {"type": "FocalGuidance", "parts": [p.spec() for p in self.parts()]}
 
+    @classmethod
+    def from_parts(cls, parts: Sequence[AnchorMask | CacheTransfer]) -> FocalGuidance:
+        """The preset with its parts as already scoped (what `spec()` lists; `fg.intervention_from_spec` uses it)."""
+        if not parts or not all(isinstance(p, (AnchorMask, CacheTransfer)) for p in parts):
+            raise ValueError("FocalGuidance parts are an AnchorMask and/or CacheTransfers; got "
+                             f"{[type(p).__name__ for p in parts]}")
+        preset = cls.__new__(cls)
+        Compose.__init__(preset, *parts)
+        return preset
+
 
 def _merge(own: Where, scope: Where) -> Where:
     """The preset's scope, with any field the part set itself kept."""
