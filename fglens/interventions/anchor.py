@@ -76,6 +76,9 @@ class AnchorMask(_Scoped):
         self.where = where or Where()
         self.regions = regions  # the CLIP maps behind the masks, for plotting (from_clip)
         self._blank = not bool(masks.any())  # all-zero masks: no bias, the model's own kernel (read once, here)
+        from .spec import encode_masks
+
+        self._encoded = encode_masks(masks)  # for spec(), which runs inside the first forward: no device read there
         self._tokens: dict[tuple, torch.Tensor] = {}  # token_masks per (grid, device): built once, not per call
 
     @classmethod
@@ -124,11 +127,9 @@ class AnchorMask(_Scoped):
         return {"words": list(self.words)}
 
     def spec(self) -> dict[str, Any]:
-        from .spec import encode_masks
-
         return {"type": "AnchorMask", "words": self.words, "strength": self.strength,
                 "frames": self.frames, "mask_shape": list(self.masks.shape), "where": _where_spec(self.where),
-                "masks": encode_masks(self.masks)}
+                "masks": self._encoded}
 
     def _frame_weights(self, frames: int) -> torch.Tensor:
         if self.frames == "all":
