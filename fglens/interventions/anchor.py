@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..core.protocol import Bias, EditCall
 from ..core.scope import Where, finite
+from .codec import encode_masks
 from .tools import _Scoped, _where_spec, column_sets, word_columns
 
 
@@ -76,8 +77,6 @@ class AnchorMask(_Scoped):
         self.where = where or Where()
         self.regions = regions  # the CLIP maps behind the masks, for plotting (from_clip)
         self._blank = not bool(masks.any())  # all-zero masks: no bias, the model's own kernel (read once, here)
-        from .spec import encode_masks
-
         self._encoded = encode_masks(masks)  # for spec(), which runs inside the first forward: no device read there
         self._tokens: dict[tuple, torch.Tensor] = {}  # token_masks per (grid, device): built once, not per call
 
