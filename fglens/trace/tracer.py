@@ -265,7 +265,8 @@ class Trace:
         self._runs_begun += 1  # the first call of a block gets a fixed id itself, later ones "-1", "-2", ...
         begun = [self._item_run(c, ctx, base if k is None else f"{base}.item{k}", k, per_branch)
                  for k, c in zip(items, calls, strict=True)]  # every item's words resolve before any run is created
-        self._items = [(recorder, open_writer(), sink) for recorder, open_writer, sink in begun]
+        for recorder, open_writer, sink in begun:  # one by one: if creating a run fails, those made are closed
+            self._items.append((recorder, open_writer(), sink))
         self.recorder = self._items[0][0]
 
     def _item_run(self, call: PipelineCall | None, ctx: ForwardContext, run_id: str, item: int | None,
