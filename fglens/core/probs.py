@@ -162,3 +162,21 @@ def bias_logits(
         part = torch.einsum("bnhr,bthr->bhnt", q.to(torch.float32), k.to(torch.float32))
         total = part if total is None else total + part
     return total
+
+
+def mix(dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The cache transfer's mix ``(1 - w)·dst + w·src``, as ``dst + w·(src - dst)``: of probabilities, outputs or
+    masses. `fglens.interventions.cache` applies it to the model's attention and the recorders to the maps they
+    recompute, so both see the same post-edit attention.
+
+    Example:
+        >>> mix(torch.tensor([0.2]), torch.tensor([0.6]), torch.tensor([0.25]))
+        tensor([0.3000])
+    """
+    return dst + weight * (src - dst)
+
+
+def rest_scale(mass_dst: torch.Tensor, mass_new: torch.Tensor) -> torch.Tensor:
+    """In one joint softmax whose text block's mass went from `mass_dst` to `mass_new` by a mix, the factor of the rest
+    of the row (video and image keys), so that the row still sums to 1: ``(1 - mass_new) / (1 - mass_dst)``."""
+    return (1 - mass_new) / (1 - mass_dst).clamp_min(1e-12)

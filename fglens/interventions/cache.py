@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..core.probs import bias_logits, key_logits
+from ..core.probs import bias_logits, key_logits, mix, rest_scale
 from ..core.protocol import EditCall
 from ..core.scope import Where, finite, resolve_layers
 from .tools import _Scoped, _where_spec
@@ -250,7 +250,7 @@ class CacheTransfer(_Scoped):
         # cover more words than the edit's; nothing is copied when no recorder reads this call); both with the
         # source's bias dimensions, whose dot product times the scale is the source's bias
         call.mixes.append((weight, query[..., :dims], functools.partial(_leading_keys, key, real)))
-        return out + weight[..., None].to(out.dtype) * (mixed - out)
+        return mix(out, mixed, weight[..., None].to(out.dtype))
 
     def _collapsed(self, call: EditCall, table: dict, slot: Hashable, rows: int) -> torch.Tensor:
         """Attn(Q_r, K_r, V_d) over the first `rows` keys and one pad key standing for the other ``total - rows``
@@ -305,8 +305,7 @@ class CacheTransfer(_Scoped):
         o_src = torch.einsum("bhnt,bthd->bnhd", p_src, v_text)
         m_dst = p_dst.sum(-1).transpose(1, 2)  # [B, N, H]
         m_src = p_src.sum(-1).transpose(1, 2)
-        m_new = m_dst + weight * (m_src - m_dst)
-        ratio = (1 - m_new) / (1 - m_dst).clamp_min(1e-12)
+        ratio = rest_scale(m_dst, mix(m_dst, m_src, weight))
         rows = out[:, r0:r1].to(torch.float32)
         mixed = ratio[..., None] * (rows - o_dst) + o_dst + weight[..., None] * (o_src - o_dst)
         edited = out.clone()

@@ -27,7 +27,9 @@ from ..core.probs import (
     key_bias,
     key_logits,
     logsumexp_over_keys,
+    mix,
     padding_is_uniform,
+    rest_scale,
     row_logsumexp,
 )
 from ..core.scope import BRANCHES
@@ -313,7 +315,7 @@ class Recorder:
                 p = chunk_probs(q[:, a:z], k_eff, mult, scale, bias_logits(biases, slice(a, z), cols, items))
                 for weight, q_src, k_src in mixes:
                     p_src = chunk_probs(q_src[:, a:z], k_src, mult, src_scale)
-                    p = p + weight[:, a:z].transpose(1, 2)[..., None] * (p_src - p)
+                    p = mix(p, p_src, weight[:, a:z].transpose(1, 2)[..., None])
                 return p.mean(1), {}
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
@@ -371,8 +373,8 @@ class Recorder:
             rest = torch.ones_like(p_text[..., 0])  # [b, H, n]: factor of the non-text part of each row
             for weight, p_src in mixes:
                 w = weight[:, a:z].transpose(1, 2)[..., None]
-                mixed = p_text + w * (p_src[:, :, a:z] - p_text)
-                rest = rest * (1 - mixed.sum(-1)) / (1 - p_text.sum(-1)).clamp_min(1e-12)
+                mixed = mix(p_text, p_src[:, :, a:z], w)
+                rest = rest * rest_scale(p_text.sum(-1), mixed.sum(-1))
                 p_text = mixed
             extra = {}
             if "text_mass" in want:
