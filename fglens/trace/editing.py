@@ -38,6 +38,7 @@ class Editor:
             self._check_scope(part, heads=heads)  # heads the model does not have: an error here too
         self.words: dict[str, list[int]] = {}
         self.item_words: list[dict[str, dict[str, list[int]]]] = []
+        self._row_words: dict[tuple[str, ...], list[dict[str, list[int]]]] = {}
         self.prompt_real: dict[str, int | None] = {}
 
     @staticmethod

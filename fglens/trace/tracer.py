@@ -234,10 +234,7 @@ class Trace:
         return out
 
     def _branch_tokens(self, forward: ForwardContext):
-        call = self._run_state.get("call")
-        if call is None:
-            return None
-        return call.widest(call.by_branch().get(forward.branches[0]))
+        return self._run_state.get("tokens", {}).get(forward.branches[0])
 
     # -- runs ------------------------------------------------------------------------------------------------
     def _variables(self) -> list[str]:
@@ -246,7 +243,9 @@ class Trace:
 
     def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
         self._in_run = True
-        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call}
+        # each branch's tokens as the joint segments read them, once per run (not per attention call)
+        tokens = {b: call.widest(t) for b, t in call.by_branch().items()} if call is not None else {}
+        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call, "tokens": tokens}
         if self.record is not None:
             self.record.check_steps(ctx.num_steps)  # steps the schedule lacks: an error before sampling
         # a call given several prompts (or videos per prompt): one run per batch item of a branch, each with its own
