@@ -555,7 +555,9 @@ def _run_lines(lines, pipe, store: Path, result: SweepResult, record, clip, fail
             else:
                 attempted += 1
                 try:
-                    _run_line(line, pipe, store, run_id, state == "incomplete", record, clip, clips,
+                    # this rank alone owns the line, so no live process writes its run: an incomplete one, or a
+                    # killed writer's staging folder, is replaced
+                    _run_line(line, pipe, store, run_id, True, record, clip, clips,
                               kill if kill == attempted else None)
                 except Exception as exc:  # noqa: BLE001 - one failing line does not stop the others
                     result.failed[line.index] = f"{type(exc).__name__}: {exc}"

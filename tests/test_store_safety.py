@@ -419,3 +419,20 @@ def test_a_full_disk_when_a_run_is_created_is_a_runtime_error_naming_the_store(w
                     output_type="latent")
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
     assert not store.exists() or fg.store.list_runs(store) == []
+
+
+def test_replacing_a_run_removes_the_staging_folders_a_killed_writer_of_it_left(tmp_path):
+    """A writer killed while building run 'a' leaves `.claim-a-<8 hex>`; a writer that may replace 'a' (it vouches
+    that no live process writes it, as a sweep's rank does for its lines) removes it, and never touches the claim
+    of a run whose id merely starts with 'a'."""
+    from fglens.store.layout import claim_run, ensure_root
+
+    root = tmp_path / "runs.zarr"
+    ensure_root(root)
+    stale, other = root / ".claim-a-0123abcd", root / ".claim-a-1-0123abcd"
+    stale.mkdir()
+    other.mkdir()
+    claim_run(root, "b", lambda d: d.mkdir())  # a writer that may not replace leaves them alone
+    assert stale.exists() and other.exists()
+    claim_run(root, "a", lambda d: d.mkdir(), overwrite_incomplete=True)
+    assert not stale.exists() and other.exists() and (root / "a").is_dir()

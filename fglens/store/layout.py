@@ -202,6 +202,8 @@ def claim_run(
             pass
         else:
             shutil.rmtree(trash, ignore_errors=True)
+    if overwrite_incomplete:  # the caller vouches that no live process writes this run: its stale claims go too
+        _remove_stale_claims(root, run_id)
     staging = root / f".claim-{run_id}-{uuid.uuid4().hex[:8]}"
     try:
         build(staging)
@@ -216,6 +218,19 @@ def claim_run(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _remove_stale_claims(root: Path, run_id: str) -> None:
+    """Remove the staging folders (``.claim-<run_id>-<8 hex>``) a killed writer of `run_id` left behind; only this
+    run id's, never another's whose id merely starts with it."""
+    prefix = f".claim-{run_id}-"
+    if not root.is_dir():
+        return
+    with os.scandir(root) as entries:
+        stale = [e.path for e in entries if e.name.startswith(prefix) and len(e.name) == len(prefix) + 8
+                 and all(c in "0123456789abcdef" for c in e.name[len(prefix):])]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _safe_meta(node: Path) -> dict[str, Any] | None:
