@@ -393,6 +393,57 @@ def test_cache_transfer_mixes_in_the_map_the_source_used_with_its_own_edits(wan_
                                rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("heads,source_map,pads", [("mean", "edited", "collapsed"), ("mean", "edited", "all keys"),
+                                                    ("each", "clean", "collapsed"), ("mean", "clean", "all keys")])
+def test_cache_transfer_head_mean_and_clean_source_maps_match_the_dense_reference(wan_i2v, ref_image, heads,
+                                                                                  source_map, pads):
+    """Issue 15 item 5 and issue 14's explicit option: ``heads="mean"`` mixes the source's head-averaged map into
+    every destination head; ``source_map="clean"`` the source's map without its own anchor. Output and recorded
+    word mass against float64 dense attention over all 512 keys, pads collapsed or not."""
+    mask = torch.zeros(3, 5)
+    mask[:2, 1:4] = 1.0
+    strength, alpha, src, dst = 3.0, 0.7, 0, 2
+    edit = fg.AnchorMask.from_mask(mask, "dog", strength=strength, where=fg.Where(layers=[src]))
+    tokens = wan_i2v.tokenizer.convert_ids_to_tokens(wan_i2v.tokenizer(PROMPT).input_ids)
+    words = {w: [tokens.index("\u2581" + w)] for w in ("dog", "fence")}
+    if pads == "collapsed":
+        kwargs, record_words = {"prompt": PROMPT}, list(words)
+    else:
+        embeds = wan_i2v.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512)[0]
+        kwargs, record_words = {"prompt": None, "prompt_embeds": embeds}, words
+    cache = fg.CacheTransfer(src=[src], dst=[dst], alpha=alpha, mode="same_step", heads=heads, source_map=source_map)
+    record = fg.Record(words=record_words, stats=["word_mass"])
+    with fg.trace(wan_i2v, record=record, edit=edit + cache) as run, KernelCalls() as outer:
+        wan_i2v(image=ref_image, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=1,
+                generator=torch.Generator().manual_seed(0), output_type="latent", **kwargs)
+    own, source = _layer_calls(outer.text_calls(), 4)[0][dst], _layer_calls(outer.text_calls(), 4)[0][src]
+    scale = 1 / math.sqrt(own["q"].shape[-1])
+    bias = torch.zeros(math.prod(GRID), 512, dtype=torch.float64)
+    if source_map == "edited":
+        bias[:, words["dog"]] += strength * mask.double().expand(GRID[0], -1, -1).reshape(-1)[:, None]
+    p_src = torch.softmax(torch.einsum("bnhd,bthd->bhnt", source["q"].double(), source["k"].double()) * scale + bias,
+                          -1)
+    if heads == "mean":
+        p_src = p_src.mean(1, keepdim=True)
+    p_own = torch.softmax(torch.einsum("bnhd,bthd->bhnt", own["q"].double(), own["k"].double()) * scale, -1)
+    p = (1 - alpha) * p_own + alpha * p_src
+    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    for word in ("dog", "fence"):
+        mass = p[0][..., words[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
+        got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
+        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+    spec = fg.intervention_from_spec(run.dataset.attrs["intervention"]).parts()[-1].spec()
+    assert (spec["heads"], spec["source_map"]) == (heads, source_map)
+
+
+def test_cache_transfer_refuses_unknown_heads_and_source_maps():
+    with pytest.raises(ValueError, match="heads must be 'each'.*or 'mean'"):
+        fg.CacheTransfer(src=[0], dst=[1], heads="max")
+    with pytest.raises(ValueError, match="source_map must be 'edited'.*or 'clean'"):
+        fg.CacheTransfer(src=[0], dst=[1], source_map="raw")
+
+
 def test_cache_transfer_keeps_every_key_where_the_pads_are_unknown(wan_i2v, ref_image):
     """No collapse where fglens cannot vouch for the pads: embeddings passed in by the user (that branch only),
     or a batch of several prompts (the encoding's count is item 0's; a longer prompt's real keys lie after it).

@@ -139,6 +139,48 @@ def test_cache_transfer_on_joint_attention_matches_dense_reference(hunyuan, mode
                                    .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("heads,source_map", [("mean", "edited"), ("each", "clean"), ("mean", "clean")])
+def test_cache_transfer_head_mean_and_clean_source_on_joint_attention(hunyuan, heads, source_map):
+    """The source (single.0) carries an anchor; the destination (single.1) mixes in its map averaged over heads
+    and/or without that anchor. Output and recorded masses against the dense float64 joint softmax."""
+    alpha, src, dst = 0.6, 2, 3
+    names = ["double.0", "double.1", "single.0", "single.1"]
+    mask = torch.zeros(3, 5)
+    mask[1:, 2:] = 1.0
+    anchor = fg.AnchorMask.from_mask(mask, "dog", strength=2.5, where=fg.Where(layers=[names[src]]))
+    edit = anchor + fg.CacheTransfer(src=[names[src]], dst=[names[dst]], alpha=alpha, mode="same_step", heads=heads,
+                                     source_map=source_map)
+    record = fg.Record(words=["dog"], stats=["text_mass", "image_mass"], layers=[names[dst]])
+    with fg.trace(hunyuan, edit=edit, record=record) as run, KernelCalls() as k:
+        _call(hunyuan)
+    call, source = k.calls[dst], k.calls[src]
+    _, p_dst = _dense(call)
+    s = source["k"].shape[1]
+    bias = torch.zeros(s, s, dtype=torch.float64)
+    if source_map == "edited":
+        bias[:N_VIDEO, N_VIDEO + N_IMAGE + 1] = 2.5 * mask.double().repeat(GRID[0], 1, 1).reshape(-1)
+    _, p_src = _dense(source, bias)
+    text = slice(N_VIDEO + N_IMAGE, call["k"].shape[1])
+    src_text = p_src[:, :, :N_VIDEO, text]
+    if heads == "mean":
+        src_text = src_text.mean(1, keepdim=True).expand_as(src_text)
+    p = p_dst.clone()
+    m_dst = p_dst[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
+    m_new = (1 - alpha) * m_dst + alpha * src_text.sum(-1, keepdim=True)
+    p[:, :, :N_VIDEO] *= (1 - m_new) / (1 - m_dst)
+    p[:, :, :N_VIDEO, text] = (1 - alpha) * p_dst[:, :, :N_VIDEO, text] + alpha * src_text
+    torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+    torch.testing.assert_close(call["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, call["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    got = run.dataset.sel(branch="cond", layer=names[dst]).isel(step=0)
+    np.testing.assert_allclose(got.text_mass.values,
+                               p[0, :, :N_VIDEO, text].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.image_mass.values,
+                               p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
+                               .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_frame_scoped_anchor_on_joint_attention_leaves_every_other_row_bit_identical(hunyuan):
     """Issue 12, item 5 on joint attention: an anchor on latent frame 1 only. Every other row of the call (the other
     frames' video rows and the text rows) is the model's own kernel output on the same inputs, bit for bit; the

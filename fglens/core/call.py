@@ -11,6 +11,7 @@ import torch
 from ..adapters.base import Site
 
 if TYPE_CHECKING:
+    from .probs import Mix
     from .scope import Where
 
 
@@ -98,10 +99,8 @@ class EditCall:
     #: set once the kernel has run: the row log-sum-exp [B, H, S_q] (when asked for) and the summed biases
     lse: torch.Tensor | None = None
     biases: list = field(default_factory=list)
-    #: filled by cache transfers for recorders: Wan (weight [B, N, H], source q, keys(n) -> the source's first n
-    #: text keys [B, n, H, D]); joint (weight, source P)
-    mixes: list = field(default_factory=list)
-    joint_mixes: list = field(default_factory=list)
+    #: filled by cache transfers for recorders: what each did to this call's text probabilities (`Mix`), in order
+    mixes: list[Mix] = field(default_factory=list)
     _rows: dict = field(default_factory=dict, repr=False)
 
     def rows_mask(self, where: Where) -> torch.Tensor:

@@ -7,7 +7,8 @@ recorders need, with a float32 softmax, one chunk of query frames at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -180,3 +181,43 @@ def rest_scale(mass_dst: torch.Tensor, mass_new: torch.Tensor) -> torch.Tensor:
     """In one joint softmax whose text block's mass went from `mass_dst` to `mass_new` by a mix, the factor of the rest
     of the row (video and image keys), so that the row still sums to 1: ``(1 - mass_new) / (1 - mass_dst)``."""
     return (1 - mass_new) / (1 - mass_dst).clamp_min(1e-12)
+
+
+@dataclass
+class Mix:
+    """What one cache transfer did to one attention call's text probabilities: ``P <- mix(P, P_src, w)``.
+
+    The cache transfer builds it when it edits a call (`EditCall.mixes`); the recorders apply it to the maps they
+    recompute, so that both see the same post-edit attention.
+
+    Attributes:
+        weight: the mix weight ``[B, N, H]`` over the call's video query rows (0 outside the transfer's scope).
+        source: ``source(rows, n_keys, multiplicity, items)`` -> the source's text probabilities ``[b, H, n, n_keys]``
+            (float32) for video query rows `rows` of batch items `items` (None: all), on the call's first `n_keys`
+            text keys, the last of them standing for `multiplicity`'s count of identical pad keys when given.
+        head_mean: mix the source map averaged over its heads into every head (else head by head).
+
+    Example:
+        >>> src = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]]]])  # [b=1, H=2, n=1, T=2]
+        >>> m = Mix(torch.ones(1, 1, 2), lambda rows, n, mult, items: src[:, :, rows], head_mean=True)
+        >>> m.apply(torch.zeros(1, 2, 1, 2), slice(0, 1))[0, :, 0]
+        tensor([[0.5000, 0.5000],
+                [0.5000, 0.5000]])
+    """
+
+    weight: torch.Tensor
+    source: Callable[[slice, int, torch.Tensor | None, list[int] | None], torch.Tensor]
+    head_mean: bool = False
+
+    def probs(self, rows: slice, n_keys: int, multiplicity: torch.Tensor | None = None,
+              items: list[int] | None = None) -> torch.Tensor:
+        """The source probabilities this mix puts in: ``[b, H, n, n_keys]``, or ``[b, 1, n, n_keys]`` (head mean)."""
+        p = self.source(rows, n_keys, multiplicity, items)
+        return p.mean(1, keepdim=True) if self.head_mean else p
+
+    def apply(self, p: torch.Tensor, rows: slice, multiplicity: torch.Tensor | None = None,
+              items: list[int] | None = None) -> torch.Tensor:
+        """`p` (``[b, H, n, T]``, the destination's probabilities on video rows `rows`) after this mix."""
+        w = self.weight if items is None else self.weight[items]
+        w = w[:, rows].transpose(1, 2)[..., None].to(p.dtype)
+        return mix(p, self.probs(rows, p.shape[-1], multiplicity, items), w)

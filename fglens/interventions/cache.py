@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..core.probs import bias_logits, key_logits, mix, rest_scale
+from ..core.probs import Mix, bias_logits, chunk_probs, key_logits, mix, rest_scale, row_logsumexp
 from ..core.protocol import EditCall
 from ..core.scope import Where, finite, resolve_layers
 from .tools import _Scoped, _where_spec
@@ -56,6 +56,10 @@ class CacheTransfer(_Scoped):
             closest to it in depth, the earlier on a tie, never itself), so ``CacheTransfer(src=weak.responsive,
             dst=weak.weak)`` works for any number of each. A destination paired with itself (``src == dst``) is
             refused: its own map mixed into it would change nothing.
+        heads: ``"each"`` (destination head h takes the source's head h) or ``"mean"`` (every destination head
+            takes the source's map averaged over its heads: ``(1-α)·P_d,h + α·mean_h' P_r,h'``).
+        source_map: ``"edited"`` (the probabilities the model used at the source, its own edits — an anchor, a
+            `Scale` scoped to it — included) or ``"clean"`` (the source's map without them: its own queries and keys).
 
     Example:
         >>> import fglens as fg
@@ -73,6 +77,8 @@ class CacheTransfer(_Scoped):
         mode: str = "auto",
         where: Where | None = None,
         pairing: str = "auto",
+        heads: str = "each",
+        source_map: str = "edited",
     ):
         self.src = [src] if isinstance(src, (int, str)) else list(src)
         self.dst = [dst] if isinstance(dst, (int, str)) else list(dst)
@@ -83,6 +89,13 @@ class CacheTransfer(_Scoped):
         if pairing == "zip" and len(self.src) not in (1, len(self.dst)):
             raise ValueError(f"pairing='zip' needs one source, or one per destination; got {self.src} -> {self.dst}")
         self.pairing = pairing
+        if heads not in ("each", "mean"):
+            raise ValueError(f"heads must be 'each' (head h takes the source's head h) or 'mean' (every head takes the "
+                             f"source's head-averaged map); got {heads!r}")
+        if source_map not in ("edited", "clean"):
+            raise ValueError(f"source_map must be 'edited' (the map the model used at the source, its own edits "
+                             f"included) or 'clean' (the source's map without them); got {source_map!r}")
+        self.heads, self.source_map = heads, source_map
         if mode not in ("auto", "same_step", "prev_step"):
             raise ValueError(f"mode must be 'auto', 'same_step' or 'prev_step'; got {mode!r}")
         alpha = finite(alpha, "CacheTransfer alpha")
@@ -106,7 +119,8 @@ class CacheTransfer(_Scoped):
 
     def spec(self) -> dict[str, Any]:
         return {"type": "CacheTransfer", "src": self.src, "dst": self.dst, "alpha": self.alpha, "mode": self.mode,
-                "pairing": self.pairing, "where": _where_spec(self.where)}
+                "pairing": self.pairing, "heads": self.heads, "source_map": self.source_map,
+                "where": _where_spec(self.where)}
 
     def bind(self, layers, per_model, site_kinds) -> None:
         super().bind(layers, per_model, site_kinds)
@@ -159,7 +173,8 @@ class CacheTransfer(_Scoped):
         dimensions (once, here, rather than per destination); otherwise the whole key and ``real = None``."""
         slot = self._retire(call)
         total, real = call.key.shape[1], call.text_real
-        query, key = _with_biases(call.query, call.key, call.biases, call.scale)
+        query, key = _with_biases(call.query, call.key, call.biases if self.source_map == "edited" else [],
+                                  call.scale)
         if real is None or real >= total - 1:
             real = None
         else:
@@ -192,10 +207,12 @@ class CacheTransfer(_Scoped):
         # copies of the small slices, so the cache does not keep the whole joint K (video keys included) alive
         # until the destination's call; the query's video rows are most of Q, so a view of them costs little
         bias = None if call.key_bias is None else call.key_bias[:, t0:t1].clone()
-        text_bias = bias_logits(call.biases, slice(r0, r1), slice(t0, t1))
+        if self.source_map == "edited" or not call.biases:
+            text_bias, lse = bias_logits(call.biases, slice(r0, r1), slice(t0, t1)), call.lse[..., r0:r1].clone()
+        else:  # the clean map: no edit bias, normalised by the unedited row's log-sum-exp
+            text_bias, lse = None, row_logsumexp(call.query[:, r0:r1], call.key, 4096, call.scale, call.key_bias)
         self._cache[self._retire(call)] = (
-            call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1].clone(), bias, text_bias,
-            call.lse[..., r0:r1].clone(),
+            call.forward.step, call.query[:, r0:r1], call.key[:, t0:t1].clone(), bias, text_bias, lse,
         )
 
     def _slot(self, call: EditCall) -> tuple[dict, Hashable] | None:
@@ -235,7 +252,9 @@ class CacheTransfer(_Scoped):
                 f"text keys, the destination {call.key.shape[1]}; they must see the same prompt"
             )
         rows = None if real is None or call.text_real is None else max(real, call.text_real)
-        if rows is None or rows >= total - 1:
+        if self.heads == "mean":
+            mixed = _mean_map_output(call, query[..., :dims], key, real, total, rows)
+        elif rows is None or rows >= total - 1:
             keys = _leading_keys(key, real, total)
             if dims == width:
                 mixed = call.kernel(query[..., :width], keys, call.value)
@@ -249,7 +268,8 @@ class CacheTransfer(_Scoped):
         # destination's layout on demand (a recorder asks for its own count of real keys plus one pad, which may
         # cover more words than the edit's; nothing is copied when no recorder reads this call); both with the
         # source's bias dimensions, whose dot product times the scale is the source's bias
-        call.mixes.append((weight, query[..., :dims], functools.partial(_leading_keys, key, real)))
+        call.mixes.append(Mix(weight, functools.partial(_text_source_probs, query[..., :dims], key, real, call.scale),
+                              head_mean=self.heads == "mean"))
         return mix(out, mixed, weight[..., None].to(out.dtype))
 
     def _collapsed(self, call: EditCall, table: dict, slot: Hashable, rows: int) -> torch.Tensor:
@@ -287,6 +307,8 @@ class CacheTransfer(_Scoped):
         p_dst = _probs(call.query[:, r0:r1], call.key[:, t0:t1], call.scale, bias,
                        bias_logits(call.biases, slice(r0, r1), slice(t0, t1)), call.lse[..., r0:r1])
         p_src = _probs(q_src, k_src, call.scale, bias_src, edit_src, lse_src)
+        if self.heads == "mean":
+            p_src = p_src.mean(1, keepdim=True).expand_as(p_src)
         weight = self.alpha * call.rows_mask(self.where)[:, r0:r1]
         return p_dst, p_src, weight
 
@@ -310,7 +332,8 @@ class CacheTransfer(_Scoped):
         mixed = ratio[..., None] * (rows - o_dst) + o_dst + weight[..., None] * (o_src - o_dst)
         edited = out.clone()
         edited[:, r0:r1] = torch.where(weight[..., None] > 0, mixed, rows).to(out.dtype)
-        call.joint_mixes.append((weight, p_src))  # what recorders need to see the mixed map
+        # what recorders need to see the mixed map (p_src is already head-averaged where asked)
+        call.mixes.append(Mix(weight, functools.partial(_joint_source_probs, p_src)))
         return edited
 
 
@@ -373,6 +396,44 @@ def _leading_keys(key: torch.Tensor, real: int | None, n: int) -> torch.Tensor:
         return key[:, :n]
     pad = key[:, real : real + 1].expand(-1, n - key.shape[1], -1, -1)
     return torch.cat([key, pad], 1)
+
+
+def _text_source_probs(query: torch.Tensor, key: torch.Tensor, real: int | None, scale: float, rows: slice,
+                       n_keys: int, multiplicity: torch.Tensor | None, items: list[int] | None) -> torch.Tensor:
+    """A cached Wan source map for recorders (`Mix.source`): probabilities ``[b, H, n, n_keys]`` of the source's
+    queries on rows `rows` over its first `n_keys` text keys (bias dimensions included)."""
+    q, k = query[:, rows], _leading_keys(key, real, n_keys)
+    if items is not None:
+        q, k = q[items], k[items]
+    return chunk_probs(q, k, multiplicity, scale)
+
+
+def _joint_source_probs(p_src: torch.Tensor, rows: slice, n_keys: int, multiplicity, items) -> torch.Tensor:
+    """A joint source map for recorders (`Mix.source`): the rows of the probabilities the destination mixed in."""
+    p = p_src if items is None else p_src[items]
+    return p[:, :, rows]
+
+
+def _mean_map_output(call: EditCall, query: torch.Tensor, key: torch.Tensor, real: int | None, total: int,
+                     rows: int | None) -> torch.Tensor:
+    """``Σ_t mean_h P_r,h[n, t] · V_d,h'[t]`` for every destination head h': the source's head-averaged map applied
+    to the destination's values, ``[B, N, H, D]``. The map is built explicitly (the kernel cannot average heads),
+    a block of query rows at a time (about 16 M float32 probabilities), over the real keys and one pad key with its
+    multiplicity where the pads are known (`rows`), else over all the keys."""
+    if rows is None or rows >= total - 1:
+        keys, values, mult = _leading_keys(key, real, total), call.value, None
+    else:
+        keys, values = _leading_keys(key, real, rows + 1), call.value[:, : rows + 1]
+        mult = torch.ones(rows + 1, device=keys.device)
+        mult[-1] = total - rows
+    b, n, h, _ = query.shape
+    block = max(1, (1 << 24) // max(1, b * h * keys.shape[1]))
+    out = torch.empty((b, n, h, values.shape[-1]), dtype=call.value.dtype, device=call.value.device)
+    v = values.to(torch.float32)
+    for a in range(0, n, block):
+        p = chunk_probs(query[:, a : a + block], keys, mult, call.scale).mean(1)  # [B, n, T]
+        out[:, a : a + block] = torch.einsum("bnt,bthd->bnhd", p, v).to(out.dtype)
+    return out
 
 
 def _probs(q, k, scale, key_bias, edit_bias, lse) -> torch.Tensor:

@@ -60,7 +60,7 @@ class FocalGuidance(Compose):
             # the cache's scope holds its destinations as its layers: the preset's scope takes their place
             where = _merge(cache.where.restrict(layers=None), scope)
             parts.append(CacheTransfer(cache.src, dst, cache.alpha, cache.mode, where=where,
-                                       pairing=cache.pairing))
+                                       pairing=cache.pairing, heads=cache.heads, source_map=cache.source_map))
         super().__init__(*parts)
 
     def spec(self) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def _anchor(spec: Mapping[str, Any]) -> AnchorMask:
 _BUILD = {
     "AnchorMask": _anchor,
     "CacheTransfer": lambda s: CacheTransfer(s["src"], s["dst"], s["alpha"], s["mode"], where=_where(s.get("where")),
-                                             pairing=s.get("pairing", "auto")),
+                                             pairing=s.get("pairing", "auto"), heads=s.get("heads", "each"),
+                                             source_map=s.get("source_map", "edited")),
     "Scale": lambda s: Scale(s["words"], s["factor"], where=_where(s.get("where"))),
     "Ablate": lambda s: Ablate(s["segment"], where=_where(s.get("where"))),
 }

@@ -167,7 +167,7 @@ class Editor:
         call.lse, call.biases = lse, biases
         for part in parts:
             out = part.edit_output(call, out)
-        return out, lse, {"biases": biases, "mixes": call.mixes, "joint_mixes": call.joint_mixes}
+        return out, lse, {"biases": biases, "mixes": call.mixes}
 
 
 def _cells(call: EditCall, parts: Sequence[Any]) -> np.ndarray | None:

@@ -8,7 +8,6 @@ layer. Nothing is read on the host: results stay device tensors until the forwar
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +26,6 @@ from ..core.probs import (
     key_bias,
     key_logits,
     logsumexp_over_keys,
-    mix,
     padding_is_uniform,
     rest_scale,
     row_logsumexp,
@@ -288,6 +286,11 @@ class Recorder:
     def _select(self, x: torch.Tensor, fwd: _ForwardState) -> torch.Tensor:
         return x if len(fwd.index) == x.shape[0] else x[fwd.index]
 
+    @staticmethod
+    def _subset(fwd: _ForwardState, batch: int) -> list[int] | None:
+        """The batch items this recorder reads of a call of `batch` items: None when all of them."""
+        return None if len(fwd.index) == batch else list(fwd.index)
+
     def _put(self, fwd: _ForwardState, var: str, layer: int, value: torch.Tensor) -> None:
         fwd.values.setdefault(var, {})[layer] = value
 
@@ -303,19 +306,16 @@ class Recorder:
 
             scale = call.extras.get("scale")
             biases = call.extras.get("biases") or []
-            # a mixed-in source map may carry its own bias dimensions: its scale is the head's, not its width's
-            src_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
             items = fwd.index
             cols = slice(0, k_eff.shape[1])
-            mixes = [(self._select(w, fwd), self._select(qs, fwd), self._select(keys(k_eff.shape[1]), fwd))
-                     for w, qs, keys in call.extras.get("mixes") or []]
+            mixes = call.extras.get("mixes") or []
+            subset = self._subset(fwd, call.query.shape[0])
 
             def chunk(a: int, z: int):
-                # post-edit probabilities: the interventions' logit biases, then the cache transfer's mix
+                # post-edit probabilities: the interventions' logit biases, then the cache transfers' mixes
                 p = chunk_probs(q[:, a:z], k_eff, mult, scale, bias_logits(biases, slice(a, z), cols, items))
-                for weight, q_src, k_src in mixes:
-                    p_src = chunk_probs(q_src[:, a:z], k_src, mult, src_scale)
-                    p = mix(p, p_src, weight[:, a:z].transpose(1, 2)[..., None])
+                for m in mixes:
+                    p = m.apply(p, slice(a, z), mult, subset)
                 return p.mean(1), {}
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
@@ -365,15 +365,15 @@ class Recorder:
             return logits if extra_bias is None else logits + extra_bias
 
         # a cache transfer replaced the text block by (1-w)·P_d + w·P_r and rescaled the rest of each row
-        mixes = [(self._select(w, fwd), self._select(p_src, fwd)) for w, p_src in call.extras.get("joint_mixes") or []]
+        mixes = call.extras.get("mixes") or []
+        subset = self._subset(fwd, call.query.shape[0])
 
         def chunk(a: int, z: int):
             lse_c = lse[:, :, a:z, None]
             p_text = torch.exp(edited(a, z, k_text, b_text, t0) - lse_c)  # [b, H, n, T]
             rest = torch.ones_like(p_text[..., 0])  # [b, H, n]: factor of the non-text part of each row
-            for weight, p_src in mixes:
-                w = weight[:, a:z].transpose(1, 2)[..., None]
-                mixed = mix(p_text, p_src[:, :, a:z], w)
+            for m in mixes:
+                mixed = m.apply(p_text, slice(a, z), None, subset)
                 rest = rest * rest_scale(p_text.sum(-1), mixed.sum(-1))
                 p_text = mixed
             extra = {}
