@@ -7,8 +7,10 @@ A sweep is a JSONL *spec*: one JSON object per line, one pipeline call (one run)
 
 Required fields: ``prompt``, ``words``, ``seed``, and ``image`` for image-to-video pipelines (a path relative to
 the spec file's folder). Optional: ``intervention`` (a recipe, see `fglens.interventions.recipe`, or null),
-``id`` (names the line's run), and per-line call options ``steps``, ``height``, ``width``, ``num_frames``,
-``negative_prompt``, ``guidance_scale`` (sweep-wide defaults come from `run_sweep`'s arguments / the CLI).
+``anchor_words`` (the words the recipe's anchor takes: a subset of ``words``, possibly empty; default: the
+recipe's rule, the words CLIP sees in the image), ``id`` (names the line's run), and per-line call options
+``steps``, ``height``, ``width``, ``num_frames``, ``negative_prompt``, ``guidance_scale`` (sweep-wide defaults
+come from `run_sweep`'s arguments / the CLI).
 Blank lines are ignored.
 
 `run_sweep` checks every line before any sampling starts (fields, JSON, words in the prompt as the pipeline's
@@ -60,7 +62,7 @@ REQUIRED = ("prompt", "words", "seed")
 #: per-line call options; each may also be given sweep-wide
 CALL_OPTIONS = ("steps", "height", "width", "num_frames", "negative_prompt", "guidance_scale")
 #: every field a spec line may have
-FIELDS = ("image", *REQUIRED, "intervention", "id", *CALL_OPTIONS)
+FIELDS = ("image", *REQUIRED, "intervention", "anchor_words", "id", *CALL_OPTIONS)
 #: the file in the store's folder that holds the fingerprint of the sweep using it
 SWEEP_FILE = ".fglens-sweep.json"
 #: test hook: a process exits (``os._exit(1)``) in the middle of the k-th run it samples, once a step of it is written
@@ -97,15 +99,19 @@ class SweepLine:
     intervention: dict[str, Any] | None = None
     id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    anchor_words: tuple[str, ...] | None = None
 
     def normalised(self) -> dict[str, Any]:
         """What the fingerprint hashes: every field that changes the run (the image by its bytes)."""
         digest = None
         if self.image is not None and self.image.is_file():
             digest = hashlib.sha256(self.image.read_bytes()).hexdigest()
-        return {"prompt": self.prompt, "words": list(self.words), "seed": self.seed, "image": self.image_text,
-                "image_sha256": digest, "intervention": self.intervention, "id": self.id,
-                "options": {k: self.options[k] for k in sorted(self.options)}}
+        out = {"prompt": self.prompt, "words": list(self.words), "seed": self.seed, "image": self.image_text,
+               "image_sha256": digest, "intervention": self.intervention, "id": self.id,
+               "options": {k: self.options[k] for k in sorted(self.options)}}
+        if self.anchor_words is not None:  # absent from the fingerprints of lines without it, as before it existed
+            out["anchor_words"] = list(self.anchor_words)
+        return out
 
 
 @dataclass
@@ -203,6 +209,11 @@ def _line(item: Any, index: int, lineno: int, folder: Path, defaults: Mapping[st
     if (not isinstance(words, list) or not words
             or not all(isinstance(w, str) and w.strip() for w in words)):
         raise ValueError(f"'words' must be a non-empty list of words of the prompt; got {words!r}")
+    anchor_words = item.get("anchor_words")
+    if anchor_words is not None and (not isinstance(anchor_words, list)
+                                     or not all(isinstance(w, str) and w in words for w in anchor_words)):
+        raise ValueError(f"'anchor_words' must be a list of the line's words {words} (possibly empty); "
+                         f"got {anchor_words!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"'seed' must be a non-negative integer; got {seed!r}")
     image = item.get("image")
@@ -234,7 +245,8 @@ def _line(item: Any, index: int, lineno: int, folder: Path, defaults: Mapping[st
         raise ValueError(f"'guidance_scale' must be a number; got {scale!r}")
     return SweepLine(index=index, lineno=lineno, prompt=prompt, words=tuple(words), seed=seed,
                      image=None if image is None else (folder / image), image_text=image,
-                     intervention=recipe, id=run_id, options=options)
+                     intervention=recipe, id=run_id, options=options,
+                     anchor_words=None if anchor_words is None else tuple(anchor_words))
 
 
 def _raise(errors: list[str], limit: int = 20) -> None:
@@ -602,7 +614,7 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
             if key not in clips:
                 clips[key] = load_clip(spec)
         edit = from_recipe(effective_recipe(line.intervention, clip), image=kwargs.get("image"), prompt=line.prompt,
-                           words=line.words,
+                           words=line.words, anchor_words=line.anchor_words,
                            clip=clip if clip is not None else clips.get(json.dumps(spec, sort_keys=True)),
                            size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None,
                            token_px=spatial_multiple(pipe))

@@ -168,7 +168,7 @@ def generated(tmp_path_factory):
     """`fglens generate` with --layers auto (a diagnosis pass, then Focal Guidance with a tiny CLIP)."""
     out_dir = tmp_path_factory.mktemp("generate")
     code, out, err = call(["generate", "--pipeline", "tiny-wan", "--prompt", PROMPT, "--words", "dog,jumps",
-                           "--out", out_dir, "--steps", "2", "--clip", "tiny"])
+                           "--out", out_dir, "--steps", "2", "--clip", "tiny", "--anchor-words", "all"])
     return out_dir, code, out, err
 
 

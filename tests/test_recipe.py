@@ -50,6 +50,27 @@ def test_recipes_build_the_interventions_they_name():
                     words=["dog"])
 
 
+def test_every_operator_parameter_reaches_the_intervention_from_a_recipe(ref_image):
+    """Issue 15 item 6: the anchor's frames and threshold, the cache's mode, pairing, heads and source map."""
+    cache = {"mode": "prev_step", "pairing": "nearest", "heads": "mean", "source_map": "clean"}
+    spec = from_recipe({"type": "cache_transfer", "src": [3], "dst": [1, 2], **cache}).spec()
+    assert spec == fg.CacheTransfer([3], [1, 2], **cache).spec()
+    image = fg.testing.reference_image(64, 64)
+    anchor = from_recipe({"type": "anchor_mask", "words": ["dog"], "clip": "tiny", "frames": "first",
+                          "threshold": "quantile"}, image=image, prompt="a dog")
+    assert anchor.frames == "first" and anchor.regions.threshold == "quantile"
+    fgd = from_recipe({"type": "focal_guidance", "layers": [1], "src": [3], "clip": "tiny", "frames": 0.5,
+                       "threshold": None, **cache}, image=image, prompt="a dog", words=["dog"])
+    anchor_part, cache_part = fgd.parts()
+    assert anchor_part.frames == 0.5 and anchor_part.regions.threshold is None
+    assert {k: cache_part.spec()[k] for k in cache} == cache
+    with pytest.raises(ValueError, match="heads must be"):
+        from_recipe({"type": "cache_transfer", "src": [3], "dst": [1], "heads": "all"})
+    with pytest.raises(ValueError, match="clip takes 'model', 'pretrained' and 'dense'"):
+        from_recipe({"type": "anchor_mask", "words": ["dog"], "clip": {"model": "ViT-B-16", "weights": "x"}},
+                    image=image, prompt="a dog")
+
+
 def test_clip_anchors_land_on_the_pipelines_own_token_grid(ref_image):
     """16 px per token by default (Wan, HunyuanVideo, CogVideoX); the toy world's 8 px make a 4x finer grid; the
     CLI, sweeps and eval pass the pipeline's own value (spatial_multiple)."""

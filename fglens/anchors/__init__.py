@@ -24,6 +24,7 @@ Example:
 
 from .clip import DEFAULT_TEMPLATES, DENSE_METHODS, Clip, DenseSpec, WordMaps, load_state_dict, tiny_config
 from .masks import AnchorRegions, check_words, latent_grid, minmax, otsu, region_masks, threshold, to_grid
+from .presence import visible_words, word_presence
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -41,4 +42,6 @@ __all__ = [
     "threshold",
     "tiny_config",
     "to_grid",
+    "visible_words",
+    "word_presence",
 ]

@@ -349,6 +349,13 @@ class Clip:
         return torch.cat([cls_pos, patch_pos], dim=0)
 
     @torch.no_grad()
+    def image_features(self, image: Any) -> torch.Tensor:
+        """The L2-normalised image embedding ``[C]`` (the model's own pooling), of the image letterboxed into the
+        tower's input size."""
+        x = self._prepare(image, "pad", None)[0].to(self.device, self.visual.conv1.weight.dtype)
+        return F.normalize(self.model.encode_image(x).float()[0], dim=-1)
+
+    @torch.no_grad()
     def patch_features(
         self,
         image: Any,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import finite_float
+from .operators import add_operator_options, operator_entries, with_dense
 
 EPILOG = """\
 examples:
@@ -75,6 +76,7 @@ def register(sub) -> None:
     edit.add_argument("--anchor-clip", default=None, metavar="tiny|MODEL",
                       help="the CLIP of the anchor (default: --clip)")
     edit.add_argument("--anchor-clip-weights", default=None, metavar="PATH")
+    add_operator_options(edit)
     score = parser.add_argument_group("scoring")
     score.add_argument("--clip", default=None, metavar="tiny|MODEL",
                        help="the open_clip model of the CLIP scorers (with --clip-weights), or tiny (random weights: "
@@ -144,16 +146,17 @@ def recipe(args: argparse.Namespace) -> dict[str, Any] | None:
             out[key] = getattr(args, key)
     if args.edit_steps is not None:
         out["steps"] = parse_steps(args.edit_steps)
+    out.update(operator_entries(args))
     if args.edit in ("focal-guidance", "anchor-mask"):
         clip = _clip_entry(args.anchor_clip, args.anchor_clip_weights, "--anchor-clip") \
             or _clip_entry(args.clip, args.clip_weights, "--clip")
         if clip is not None:
-            out["clip"] = clip
+            out["clip"] = with_dense(clip, args)
         elif args.edit == "focal-guidance":
             out["anchor"] = False
             print("note: no --clip / --anchor-clip: the FSG anchor is dropped; only the cache transfer is applied")
     try:
-        return parse_recipe({k: v for k, v in out.items() if k in ("type", "anchor") or v is not None})
+        return parse_recipe({k: v for k, v in out.items() if k in ("type", "anchor", "threshold") or v is not None})
     except ValueError as exc:
         raise UsageError(f"--edit {args.edit}: {exc}") from exc
 

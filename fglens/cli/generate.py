@@ -16,6 +16,7 @@ from typing import Any
 
 from .common import UsageError, fail, finite_float
 from .diagnose import add_item_options, add_weak_options, check_weak_options, prepare
+from .operators import add_operator_options, operator_entries, with_dense
 
 EPILOG = """\
 examples:
@@ -64,6 +65,7 @@ def register(sub) -> None:
                       help="the CLIP of the FSG anchor: an open_clip model name with --clip-weights, or tiny "
                       "(random weights, for the tiny pipelines); without it the anchor is dropped")
     edit.add_argument("--clip-weights", default=None, metavar="PATH", help="local weights file of --clip MODEL")
+    add_operator_options(edit)
     add_weak_options(parser)
     parser.set_defaults(func=run)
 
@@ -119,9 +121,9 @@ def recipe(layers: list, src: list | None, args: argparse.Namespace, clip: Any) 
     """The focal_guidance recipe (`fglens.interventions.recipe`) of the options."""
     out: dict[str, Any] = {"type": "focal_guidance", "layers": layers, "src": src or None, "alpha": args.alpha,
                            "strength": args.strength, "steps": parse_steps(args.edit_steps),
-                           "anchor": clip is not None}
+                           "anchor": clip is not None, **operator_entries(args)}
     if clip is not None:
-        out["clip"] = clip
+        out["clip"] = with_dense(clip, args)
     return out
 
 

@@ -223,15 +223,17 @@ def generate(
         if isinstance(edit, Intervention):
             return edit
         return from_recipe(edit, image=kwargs["image"], prompt=item.prompt, words=list(item.words),
-                           clip=anchor_clip, size=(kwargs.get("height"), kwargs.get("width")),
-                           token_px=spatial_multiple(pipe))
+                           anchor_words=item.anchor_words, clip=anchor_clip,
+                           size=(kwargs.get("height"), kwargs.get("width")), token_px=spatial_multiple(pipe))
 
     if edit is not None:  # unknown layers and other binding errors, before any sampling
         first = suite.items[0]
         fg.trace(pipe, edit=intervention(first, checked[first.id]))
 
     item_ids = {item.id: {"id": item.id, "prompt": item.prompt, "words": list(item.words),
-                          "image": _file_hash(item.image)} for item in suite}
+                          "image": _file_hash(item.image),
+                          **({} if item.anchor_words is None else {"anchor_words": list(item.anchor_words)})}
+                for item in suite}
     jobs = [(item, seed, cond) for item in suite for seed in seeds for cond in conditions]
     store = out / "runs.zarr"
     videos: list[Video] = []

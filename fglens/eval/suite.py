@@ -20,6 +20,9 @@ key            required   meaning
 ``id``         no         a unique name (letters, digits, ``.``, ``_``, ``-``); default ``item-<line>``
 ``target``     no         text(s) describing the end state; the alignment-change scorer needs it
 ``subject``    no         the word CLIP locates for subject / background consistency (default: first word)
+``anchor_``    no         ``anchor_words``: the words an intervention's anchor takes (a subset of ``words``,
+``words``                 possibly empty: the nouns in the reference image); default: those CLIP sees in the
+                          image (a recipe's ``anchor_words`` rule, see `fglens.interventions.recipe`)
 =============  =========  ===================================================================================
 
 Blank lines are skipped. Every error names the file, the line and what is accepted.
@@ -53,7 +56,7 @@ CATEGORIES: tuple[str, ...] = (
 )
 
 _REQUIRED = ("image", "prompt", "category", "words", "questions")
-_OPTIONAL = ("id", "target", "subject")
+_OPTIONAL = ("id", "target", "subject", "anchor_words")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -69,6 +72,8 @@ class Item:
     questions: tuple[str, ...]
     target: tuple[str, ...] | None = None
     subject: str | None = None
+    #: the words an anchor takes (a subset of `words`), or None: the recipe's rule decides
+    anchor_words: tuple[str, ...] | None = None
 
     def load_image(self) -> Image.Image:
         """The reference image as RGB."""
@@ -94,6 +99,8 @@ class Item:
             out["target"] = list(self.target)
         if self.subject is not None:
             out["subject"] = self.subject
+        if self.anchor_words is not None:
+            out["anchor_words"] = list(self.anchor_words)
         return out
 
 
@@ -194,6 +201,9 @@ def parse_item(obj: object, *, root: Path, line: int, categories: Sequence[str] 
     subject = obj.get("subject")
     if subject is not None and (not isinstance(subject, str) or not subject.strip()):
         raise ValueError(f"{where}: 'subject' must be a non-empty string")
+    anchor_words = None
+    if obj.get("anchor_words") is not None:
+        anchor_words = _word_subset(obj["anchor_words"], words, where)
     if not isinstance(obj["image"], str) or not obj["image"].strip():
         raise ValueError(f"{where}: 'image' must be a path (relative to the suite file's folder, or absolute)")
     image = Path(obj["image"]).expanduser()
@@ -206,7 +216,17 @@ def parse_item(obj: object, *, root: Path, line: int, categories: Sequence[str] 
     except OSError as exc:
         raise ValueError(f"{where}: {image} is not an image PIL can read: {exc}") from exc
     return Item(item_id, image.resolve(), prompt.strip(), category, words, questions, target,
-                subject.strip() if subject else None)
+                subject.strip() if subject else None, anchor_words)
+
+
+def _word_subset(value: object, words: Sequence[str], where: str) -> tuple[str, ...]:
+    """An ``anchor_words`` list: strings among `words` (possibly none of them)."""
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise ValueError(f"{where}: 'anchor_words' must be a list of the item's words (possibly empty); got {value!r}")
+    unknown = [w for w in value if w not in words]
+    if unknown:
+        raise ValueError(f"{where}: anchor_words {unknown} are not among the item's words {list(words)}")
+    return tuple(value)
 
 
 def load_suite(path: str | os.PathLike, *, categories: Sequence[str] | None = None) -> Suite:

@@ -49,7 +49,8 @@ def _eval_line(item: Item, image: str) -> dict:
     b = objs[ins.other].name if ins.other is not None else ""
     question = _QUESTIONS[ins.kind].format(a=a, b=b, d=ins.direction, c=ins.colour)
     line = {"id": item.id, "image": image, "prompt": item.prompt, "category": item.category,
-            "words": item.words, "questions": [question]}
+            "words": item.words, "questions": [question],
+            "anchor_words": [w for w in item.words if w in item.masks()]}  # the objects; not the camera's verb
     if ins.kind == "recolour":
         line["target"] = [f"{ins.colour} {objs[ins.target].shape}"]
     return line
