@@ -85,6 +85,10 @@ def register(sub) -> None:
     score.add_argument("--vlm", default=None, metavar="DIR",
                        help="a local vision-language model folder for the judge; without it the judge is missing")
     score.add_argument("--vlm-frames", type=int, default=4, help="frames the judge sees (default: 4)")
+    score.add_argument("--dino", default=None, metavar="DIR",
+                       help="a local DINOv2 model folder: adds VBench's dino_subject_consistency")
+    score.add_argument("--raft", default=None, metavar="FILE",
+                       help="local torchvision raft_large weights: adds VBench's raft_dynamic_degree")
     score.add_argument("--motion-scale", type=finite_float, default=0.02,
                        help="motion saturation scale (default: 0.02)")
     score.add_argument("--change-scale", type=finite_float, default=0.02,
@@ -199,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         suite: Any = args.suite if args.suite == "builtin" else load_suite(args.suite)
         scorers = default_scorers(_scoring_clip(args), args.vlm, motion_scale=args.motion_scale,
                                   change_scale=args.change_scale, vlm_frames=args.vlm_frames,
-                                  vlm_dtype=_torch_dtype(args.dtype), vlm_device=args.device)
+                                  vlm_dtype=_torch_dtype(args.dtype), vlm_device=args.device, dino=args.dino,
+                                  raft=args.raft)
         ev = run_eval(suite, args.pipeline, out, edit=edit, seeds=seeds, scorers=scorers, steps=args.steps,
                       height=args.height, width=args.width, num_frames=args.num_frames,
                       guidance_scale=args.guidance_scale, record=not args.no_record, mp4=args.mp4,

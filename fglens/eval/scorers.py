@@ -483,12 +483,22 @@ SCORERS = ("alignment", "alignment_change", "subject_consistency", "background_c
 
 def default_scorers(clip: Any = None, vlm: str | os.PathLike | None = None, *, motion_scale: float = 0.02,
                     change_scale: float = 0.02, vlm_frames: int = 4, vlm_dtype: torch.dtype | None = None,
-                    vlm_device: str | None = None) -> list[Scorer]:
+                    vlm_device: str | None = None, dino: Any = None, raft: Any = None) -> list[Scorer]:
     """All six scorers of `SCORERS`: CLIP ones on `clip` (an `fglens.anchors.Clip`, `ClipFeatures` or other
-    `Features`; None: they are `Missing`), the judge on the model folder `vlm` (None: `Missing`)."""
+    `Features`; None: they are `Missing`), the judge on the model folder `vlm` (None: `Missing`); then, when given,
+    VBench's DINOv2 subject consistency on `dino` and RAFT dynamic degree on `raft` (models or local paths,
+    `fglens.eval.vbench`)."""
     features = ClipFeatures(clip) if clip is not None and not hasattr(clip, "patches") else clip
-    return [
+    scorers: list[Scorer] = [
         TextAlignment(features), AlignmentChange(features, scale=change_scale), SubjectConsistency(features),
         BackgroundConsistency(features), MotionMagnitude(scale=motion_scale),
         VLMJudge(vlm, frames=vlm_frames, dtype=vlm_dtype, device=vlm_device),
     ]
+    if dino is not None or raft is not None:
+        from .vbench import DinoSubjectConsistency, RaftDynamicDegree
+
+        if dino is not None:
+            scorers.append(DinoSubjectConsistency(dino))
+        if raft is not None:
+            scorers.append(RaftDynamicDegree(raft))
+    return scorers
