@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[dev]"
+	# VBench-2.0's prompt suite (fglens eval import vbench2), without its pinned dependencies, which would
+	# replace diffusers, accelerate, transformers and more with older releases
+	$(PY) -m pip install --no-deps "vbench2==0.1.1"
 	touch $(STAMP)
 
 demo: $(STAMP)

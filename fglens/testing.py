@@ -598,3 +598,36 @@ def tiny_run(
     with fg.trace(pipe, record=fg.Record(words=list(words), maps=maps), edit=edit, store=store) as run:
         pipe(**kwargs)
     return run.dataset
+
+
+def tiny_t2i_pipeline(*, seed: int = 0):
+    """A complete `StableDiffusionPipeline` (text-to-image) with seeded random weights and an in-memory CLIP
+    tokenizer: the stand-in for a user's local text-to-image model (e.g. `fglens eval import vbench2 --t2i`).
+
+    Example:
+        >>> pipe = tiny_t2i_pipeline()
+        >>> pipe(prompt="a dog", height=32, width=32, num_inference_steps=2, output_type="pil").images[0].size
+        (32, 32)
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    tokenizer.model_max_length = 16
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=8, sample_size=32)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -8,6 +8,7 @@ Examples:
     fglens inspect runs.zarr                                  # runs, completeness, dims, sizes
     fglens sweep spec.jsonl --pipeline tiny-wan --store sweep.zarr   # also under torchrun / accelerate launch
     fglens eval builtin --pipeline tiny-wan --out eval/ --edit focal-guidance --layers 1,2 --src 3 --clip tiny
+    fglens eval import vbench2 --dimensions Dynamic_Attribute --images refs/ --out suite/   # VBench-2.0's prompts
     fglens bench --json bench.json                            # overhead and memory, measured side by side
 
 Importing a command module is cheap (no torch): heavy imports happen inside its `run`.
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "import"]:  # `fglens eval import BENCHMARK ...`: its own parser (no suite, no pipeline)
+        from .evalimport import main as import_main
+
+        return import_main(argv[2:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -29,6 +29,9 @@ SUITE is a JSONL file (one item per line: image, prompt, category, words, questi
 OUT/results.zarr (scores over item, seed, condition, scorer, and the per-category summary), OUT/report.md,
 OUT/summary.csv, OUT/figures/<category>.png, the runs in OUT/runs.zarr and the videos in OUT/videos/
 (reused by a re-run). Scorers without their model (--clip, --vlm) are reported as missing, never faked.
+
+`fglens eval import vbench2 --images DIR | --t2i PATH --out SUITE/` writes a suite from VBench-2.0's prompts
+(`fglens eval import --help`).
 """
 
 EDITS = ("none", "focal-guidance", "cache-transfer", "anchor-mask", "scale", "ablate")

@@ -13,7 +13,8 @@ key            required   meaning
 =============  =========  ===================================================================================
 ``image``      yes        the reference image (png/jpg/... that PIL reads)
 ``prompt``     yes        the instruction the video must follow
-``category``   yes        one of `CATEGORIES` (spaces and ``-`` read as ``_``), or one passed to `load_suite`
+``category``   yes        one of `CATEGORIES` or `EXTRA_CATEGORIES` (spaces and ``-`` read as ``_``), or one
+                          passed to `load_suite`
 ``words``      yes        the instruction's words; each must occur in the prompt as whole words (they are
                           recorded with `fg.Record` and handed to interventions' anchors)
 ``questions``  yes        yes/no questions a correct video answers "yes" (the VLM judge asks them)
@@ -54,6 +55,8 @@ from ..jsonl import jsonl_lines
 CATEGORIES: tuple[str, ...] = (
     "dynamic_attribute", "human_motion", "human_interaction", "object_motion", "camera_motion",
 )
+#: further categories a suite may use without naming them: VBench-2.0's dimensions (`fglens.eval.vbench2`)
+EXTRA_CATEGORIES: tuple[str, ...] = ("motion_order", "spatial_relationship", "complex_plot")
 
 _REQUIRED = ("image", "prompt", "category", "words", "questions")
 _OPTIONAL = ("id", "target", "subject", "anchor_words")
@@ -234,7 +237,8 @@ def load_suite(path: str | os.PathLike, *, categories: Sequence[str] | None = No
 
     Args:
         path: the ``.jsonl`` file.
-        categories: the accepted categories (default `CATEGORIES`); pass your own list to add more.
+        categories: the accepted categories (default `CATEGORIES` and `EXTRA_CATEGORIES`); pass your own list
+            to accept others.
 
     Raises:
         FileNotFoundError: no such suite file, or an item's image is missing.
@@ -254,7 +258,8 @@ def load_suite(path: str | os.PathLike, *, categories: Sequence[str] | None = No
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no suite file at {file}: a suite is a .jsonl file, one item per line")
-    accepted = tuple(_category(c) for c in (categories if categories is not None else CATEGORIES))
+    accepted = tuple(_category(c) for c in (categories if categories is not None
+                                            else (*CATEGORIES, *EXTRA_CATEGORIES)))
     items: list[Item] = []
     seen: dict[str, int] = {}
     for line_no, where, obj in jsonl_lines(file):
