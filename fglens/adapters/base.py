@@ -61,16 +61,68 @@ class Intercept:
 
 
 @dataclass(frozen=True)
+class ImageGrid:
+    """Where the image-condition tokens of a call sit in the reference image.
+
+    Token ``first + i`` of the image segment is cell ``i * stride`` (row-major) of a `rows` x `cols` raster of
+    the image as the image encoder saw it: its centre square when `crop` (CLIP's shortest-edge resize and centre
+    crop, as the pipelines' ``CLIPImageProcessor`` does), else the whole image. Tokens before `first` (a class
+    token) have no cell.
+
+    Example:
+        >>> grid = ImageGrid(rows=2, cols=2, first=1)
+        >>> mask = torch.zeros(1, 2, 2); mask[0, 0, 0] = 1.0   # the top-left quarter, on a square latent grid
+        >>> grid.token_masks(mask, 5)
+        tensor([[0., 1., 0., 0., 0.]])
+    """
+
+    rows: int
+    cols: int
+    first: int = 0
+    stride: int = 1
+    crop: bool = True
+
+    def token_masks(self, masks: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """``[W, n_tokens]``: per image token, the mean over its cell of each of `masks` (``[W, Y, X]`` on the
+        video's latent grid, whose aspect is the reference image's), exact in area (a cell's fractional overlaps
+        with the latent cells weigh them); 0 for tokens without a cell."""
+        m = masks.to(torch.float64)
+        y, x = m.shape[-2:]
+        side = min(y, x) if self.crop else None
+        rows = _overlaps(y, (y - side) / 2 if side else 0.0, side or y, self.rows)
+        cols = _overlaps(x, (x - side) / 2 if side else 0.0, side or x, self.cols)
+        cells = torch.einsum("ry,wyx,cx->wrc", rows, m, cols).reshape(len(m), -1).to(torch.float32)
+        out = torch.zeros(len(m), n_tokens, dtype=torch.float32)
+        count = min(n_tokens - self.first, (cells.shape[1] + self.stride - 1) // self.stride)
+        if count > 0:
+            out[:, self.first : self.first + count] = cells[:, : count * self.stride : self.stride]
+        return out
+
+
+def _overlaps(n_in: int, start: float, length: float, n_out: int) -> torch.Tensor:
+    """``[n_out, n_in]``: how much of output cell o (of `n_out` equal cells over ``[start, start + length)``) each
+    unit input cell ``[i, i + 1)`` covers, rows normalised to 1."""
+    edges = [start + o * length / n_out for o in range(n_out + 1)]
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        for i in range(n_in):
+            w[o, i] = max(0.0, min(edges[o + 1], i + 1) - max(edges[o], i))
+    return w / w.sum(1, keepdim=True)
+
+
+@dataclass(frozen=True)
 class Segments:
     """Where things sit in one joint attention call: ``(start, stop)`` ranges.
 
-    `video_queries` are the query rows of the video tokens; `video`, `image`, `text` the key columns.
+    `video_queries` are the query rows of the video tokens; `video`, `image`, `text` the key columns;
+    `image_grid` where the image tokens sit in the reference image, when the adapter knows (`Adapter.image_grid`).
     """
 
     video_queries: tuple[int, int]
     video: tuple[int, int]
     image: tuple[int, int]
     text: tuple[int, int]
+    image_grid: ImageGrid | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +178,11 @@ class Adapter:
     def segments(self, n_queries: int, n_keys: int, n_video: int, tokens: PromptTokens | None) -> Segments:
         """For a joint site: the segments of one call, given the prompt encoding of its branch (or None)."""
         raise NotImplementedError(f"{type(self).__name__} has no joint attention sites")
+
+    def image_grid(self, n_image: int, tokens: PromptTokens | None, crop: bool) -> ImageGrid | None:
+        """Where a call's `n_image` image-condition tokens sit in the reference image (`ImageGrid`), or None where
+        the architecture does not say. `crop`: the pipeline's image processor centre-crops."""
+        return None
 
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """Report each prompt encoding to `capture.add_encoding`; return removers. Default: T5-style encoder."""

@@ -19,13 +19,14 @@ are ``double.{i}`` then ``single.{i}``, in network order.
 from __future__ import annotations
 
 import inspect
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .base import Adapter, Intercept, Segments, Site, TinyPipeline
+from .base import Adapter, ImageGrid, Intercept, Segments, Site, TinyPipeline
 from .prompt import PromptTokens, _bind
 
 
@@ -77,6 +78,15 @@ class HunyuanVideoAdapter(Adapter):
             text=(n_video + n_image, n_keys),
         )
 
+    def image_grid(self, n_image: int, tokens: PromptTokens | None, crop: bool) -> ImageGrid | None:
+        """The LLaVA encoder's image positions (576 = 24 x 24 patches), every `image_embed_interleave`-th kept."""
+        extra = tokens.extra if tokens is not None else {}
+        length, stride = int(extra.get("image_len", 0)), int(extra.get("image_stride", 1))
+        g = math.isqrt(length)
+        if n_image <= 0 or g * g != length or len(range(0, length, stride)) != n_image:
+            return None
+        return ImageGrid(g, g, first=0, stride=stride, crop=crop)
+
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         if not hasattr(pipe, "_get_llama_prompt_embeds"):
             return []
@@ -115,7 +125,9 @@ def _around_llama(pipe: Any, capture: Any, original: Callable, args: tuple, kwar
     for prompt in prompts:  # one row per prompt of the batch
         ids, mask = _text_ids(pipe.tokenizer, template, prompt, max_len)
         tokens = pipe.tokenizer.convert_ids_to_tokens(ids)
-        rows.append(PromptTokens(prompt, tokens, int(sum(mask)), {"n_image_tokens": n_image}))
+        stride = interleave if 0 < interleave < 6 else 1
+        rows.append(PromptTokens(prompt, tokens, int(sum(mask)),
+                                 {"n_image_tokens": n_image, "image_len": image_len, "image_stride": stride}))
     capture.add_encoding(rows[0], rows)
     return out
 

@@ -16,12 +16,14 @@ softmaxes, and sums the outputs before `to_out`. Video tokens are frame-major, F
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .base import Adapter, Intercept, Site, TinyPipeline
+from .base import Adapter, ImageGrid, Intercept, Site, TinyPipeline
+from .prompt import PromptTokens
 
 
 class WanAdapter(Adapter):
@@ -50,6 +52,11 @@ class WanAdapter(Adapter):
         from diffusers.models.transformers import transformer_wan
 
         return [Intercept(transformer_wan, "dispatch_attention_fn")]
+
+    def image_grid(self, n_image: int, tokens: PromptTokens | None, crop: bool) -> ImageGrid | None:
+        """CLIP's class token, then its g x g patch tokens (257 = 1 + 16 x 16 for ViT-H/14 at 224 px)."""
+        g = math.isqrt(max(0, n_image - 1))
+        return ImageGrid(g, g, first=1, crop=crop) if g > 0 and g * g == n_image - 1 else None
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

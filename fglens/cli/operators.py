@@ -27,6 +27,8 @@ def add_operator_options(group: Any) -> None:
                        "(every word), or a comma-separated list")
     group.add_argument("--anchor-frames", default=None, metavar="all|first|GAMMA",
                        help="frames the anchor acts on: all (default), first, or a decay GAMMA in (0, 1]")
+    group.add_argument("--anchor-targets", default=None, metavar="text,outside,image,reference",
+                       help="which keys the anchor pulls the word's region to (default: text)")
     group.add_argument("--threshold", default=None, choices=("otsu", "quantile", "soft"),
                        help="how CLIP's word map becomes the anchor mask (default: otsu; soft keeps the map)")
     group.add_argument("--clip-dense", default=None, metavar="METHOD",
@@ -55,6 +57,11 @@ def operator_entries(args: argparse.Namespace) -> dict[str, Any]:
             out["words"] = listed
     if args.anchor_frames is not None:
         out["frames"] = _frames(args.anchor_frames)
+    if args.anchor_targets is not None:
+        targets = [t.strip() for t in args.anchor_targets.split(",")]
+        if not all(targets):
+            raise UsageError(f"--anchor-targets takes comma-separated targets; got {args.anchor_targets!r}")
+        out["targets"] = targets
     if args.threshold is not None:
         out["threshold"] = None if args.threshold == "soft" else args.threshold
     for option, key in (("cache_mode", "mode"), ("pairing", "pairing"), ("cache_heads", "heads"),

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..adapters.base import Site
+from ..adapters.base import ImageGrid, Site
 
 if TYPE_CHECKING:
     from .probs import Mix
@@ -93,6 +93,8 @@ class EditCall:
     row_words: list[dict[str, list[int]]] | None = None
     #: the attention mask as an additive key bias [B, S_k] (joint attention), or None
     key_bias: torch.Tensor | None = None
+    #: where the image-condition keys (`image_keys`) sit in the reference image, when the adapter knows
+    image_grid: ImageGrid | None = None
     #: a separate text call (Wan): the keys from this index on are pad keys made from zero embeddings, identical
     #: keys and values by construction (see `Editor.text_real`); None when fglens cannot vouch for that
     text_real: int | None = None

@@ -4,6 +4,22 @@ Adds ``λ · M_w[n] · 1[j ∈ K_w]`` to the text logits of the scoped sites, wi
 grid (one (y, x) map per word, applied to all frames, the first frame only, or decaying over frames). The
 bias has rank W (one column per word): it rides through the model's fused kernel as W extra head
 dimensions, so no N×T mask is ever built.
+
+Its `targets` choose which keys the region's queries are pulled to (each a logit bias of rank W, composable):
+
+==============  ======================================================================================  ===========
+target          bias on the logits of video query n (in frame f, cell (y, x)) and key j                 sites
+==============  ======================================================================================  ===========
+``text``        ``+λ·M_w[n]·1[j ∈ K_w]``: the word's text columns, inside the region (the default)       text, joint
+``outside``     ``−λ·γ_f·(1 − m_w(y, x))·1[j ∈ K_w]``: the word's columns, outside the region           text, joint
+``image``       ``+λ·M_w[n]·I_w[j]``: the image-condition tokens of the same region (I_w: the mask       image, joint
+                averaged over each token's cell of the image encoder's view, `fglens.adapters.ImageGrid`)
+``reference``   ``+λ·M_w[n]·m_w(y_j, x_j)·1[j in latent frame 0]``: the reference frame's latent         self, joint
+                tokens of the region (self-attention)
+==============  ======================================================================================  ===========
+
+with ``M_w[n] = γ_f · m_w(y, x)`` (γ the frame weights of `frames`). Each target's λ is `strength` times its
+weight (``targets={"text": 1.0, "outside": 0.5}``).
 """
 
 from __future__ import annotations
@@ -30,6 +46,8 @@ class AnchorMask(_Scoped):
         strength: λ, the logit bonus inside the region. 0 leaves the model untouched.
         frames: ``"all"``, ``"first"``, or a float γ in (0, 1]: frame f gets weight γ**f.
         where: further scope (layers, steps, branches, frames, heads).
+        targets: which keys the region is pulled to (see the module docstring): a sequence of `TARGETS`, or a
+            mapping target -> weight (its λ is `strength` times the weight). Default ``("text",)``.
 
     Example:
         >>> import torch, fglens as fg
@@ -49,6 +67,7 @@ class AnchorMask(_Scoped):
         frames: str | float = "all",
         where: Where | None = None,
         regions: Any = None,
+        targets: Sequence[str] | Mapping[str, float] = ("text",),
     ):
         if isinstance(masks, Mapping):
             words = list(masks) if words is None else list(words)
@@ -70,6 +89,8 @@ class AnchorMask(_Scoped):
                              f"mask of {[w for w, m in zip(words, masks, strict=True) if not torch.isfinite(m).all()]}")
         if not (frames in ("all", "first") or (isinstance(frames, float) and 0.0 < frames <= 1.0)):
             raise ValueError(f"frames must be 'all', 'first' or a decay in (0, 1]; got {frames!r}")
+        self.targets = _targets(targets)
+        self.kinds = frozenset(kind for t in self.targets for kind in _TARGET_KINDS[t])
         self.masks = masks
         self.words = list(words)
         self.strength = finite(strength, "AnchorMask strength")
@@ -79,6 +100,7 @@ class AnchorMask(_Scoped):
         self._blank = not bool(masks.any())  # all-zero masks: no bias, the model's own kernel (read once, here)
         self._encoded = encode_masks(masks)  # for spec(), which runs inside the first forward: no device read there
         self._tokens: dict[tuple, torch.Tensor] = {}  # token_masks per (grid, device): built once, not per call
+        self._keys: dict[tuple, torch.Tensor] = {}  # image / reference key masks per layout and device
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, word: str, strength: float = 1.0, **kwargs: Any) -> AnchorMask:
@@ -127,8 +149,15 @@ class AnchorMask(_Scoped):
 
     def spec(self) -> dict[str, Any]:
         return {"type": "AnchorMask", "words": self.words, "strength": self.strength,
-                "frames": self.frames, "mask_shape": list(self.masks.shape), "where": _where_spec(self.where),
-                "masks": self._encoded}
+                "frames": self.frames, "targets": dict(self.targets), "mask_shape": list(self.masks.shape),
+                "where": _where_spec(self.where), "masks": self._encoded}
+
+    def bind(self, layers, per_model, site_kinds) -> None:
+        super().bind(layers, per_model, site_kinds)
+        for target in self.targets:
+            if not _TARGET_KINDS[target] & set(site_kinds):
+                raise ValueError(f"AnchorMask target {target!r} acts at {' or '.join(sorted(_TARGET_KINDS[target]))} "
+                                 f"attention sites; this model has {sorted(site_kinds)}")
 
     def _frame_weights(self, frames: int) -> torch.Tensor:
         if self.frames == "all":
@@ -137,29 +166,87 @@ class AnchorMask(_Scoped):
             return torch.eye(frames)[0]
         return torch.tensor([self.frames**f for f in range(frames)])
 
-    def token_masks(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """M_w[n] over the video tokens: ``[W, F*Y*X]`` (frame-major); made once per grid and device."""
-        key = (tuple(grid), torch.device(device))
+    def token_masks(self, grid: tuple[int, int, int], device: torch.device, outside: bool = False) -> torch.Tensor:
+        """M_w[n] over the video tokens: ``[W, F*Y*X]`` (frame-major); ``γ_f·(1 − m_w)`` with `outside`; made once
+        per grid and device."""
+        key = (tuple(grid), torch.device(device), outside)
         if key not in self._tokens:
-            self._tokens[key] = self._token_masks(grid).to(device)
+            self._tokens[key] = self._token_masks(grid, outside).to(device)
         return self._tokens[key]
 
-    def _token_masks(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        f, ny, nx = grid
+    def _grid_masks(self, ny: int, nx: int) -> torch.Tensor:
         m = self.masks
         if m.shape[-2:] != (ny, nx):
             m = F.interpolate(m[None], size=(ny, nx), mode="area" if m.shape[-1] >= nx else "bilinear")[0]
+        return m
+
+    def _token_masks(self, grid: tuple[int, int, int], outside: bool = False) -> torch.Tensor:
+        f, ny, nx = grid
+        m = self._grid_masks(ny, nx)
         weights = self._frame_weights(f)
-        return (weights[None, :, None, None] * m[:, None]).reshape(len(self.words), -1)
+        return (weights[None, :, None, None] * ((1 - m) if outside else m)[:, None]).reshape(len(self.words), -1)
 
     def biases(self, call: EditCall) -> list[Bias]:
-        if self.strength == 0.0 or self._blank or not any(column_sets(call, self.words)):
+        if self.strength == 0.0:
             return []
-        b, nq, h, _ = call.query.shape
-        r0, r1 = call.video_rows
-        tokens = self.token_masks(call.forward.grid, call.query.device)  # [W, N]
-        q = call.query.new_zeros((b, nq, h, len(self.words)), dtype=torch.float32)
-        q[:, r0:r1] = self.strength * tokens.T[None, :, None, :]
-        q = q * call.rows_mask(self.where)[..., None]
-        k = torch.stack([word_columns(call, [w], call.key.shape[1]) for w in self.words], -1)  # [B, S, W]
-        return [Bias(q, k[:, :, None, :].expand(-1, -1, h, -1))]
+        out = []
+        for target, weight in self.targets.items():
+            if weight == 0.0 or (self._blank and target != "outside") or call.site.kind not in _TARGET_KINDS[target]:
+                continue
+            keys = self._key_masks(call, target)  # [B, S, W], or None: no key of this target in the call
+            if keys is None:
+                continue
+            b, nq, h, _ = call.query.shape
+            r0, r1 = call.video_rows
+            rows = self.token_masks(call.forward.grid, call.query.device, outside=target == "outside")  # [W, N]
+            sign = -1.0 if target == "outside" else 1.0
+            q = call.query.new_zeros((b, nq, h, len(self.words)), dtype=torch.float32)
+            q[:, r0:r1] = sign * self.strength * weight * rows.T[None, :, None, :]
+            q = q * call.rows_mask(self.where)[..., None]
+            out.append(Bias(q, keys[:, :, None, :].expand(-1, -1, h, -1)))
+        return out
+
+    def _key_masks(self, call: EditCall, target: str) -> torch.Tensor | None:
+        """``[B, S_keys, W]``: the keys `target` pulls each word's region to in this call (None: none here)."""
+        n_keys = call.key.shape[1]
+        if target in ("text", "outside"):
+            if not any(column_sets(call, self.words)):
+                return None
+            return torch.stack([word_columns(call, [w], n_keys) for w in self.words], -1)
+        if target == "image":
+            if call.image_keys is None or call.image_keys[1] <= call.image_keys[0]:
+                return None
+            if call.image_grid is None:
+                raise ValueError(f"AnchorMask target 'image' at {call.site.name}: fglens does not know where this "
+                                 "call's image-condition tokens sit in the reference image (a bare transformer, or a "
+                                 "pipeline without an image processor); use the text or reference targets here")
+            span, layout = call.image_keys, call.image_grid
+        else:  # reference: the first latent frame's tokens (video keys start where the video queries do)
+            per_frame = call.forward.grid[1] * call.forward.grid[2]
+            span, layout = (call.video_rows[0], call.video_rows[0] + per_frame), None
+        cache = (target, n_keys, span, layout, tuple(call.forward.grid), call.key.device)
+        if cache not in self._keys:
+            k = torch.zeros(n_keys, len(self.words))
+            if layout is not None:
+                k[span[0] : span[1]] = layout.token_masks(self._grid_masks(*call.forward.grid[1:]), span[1] - span[0]).T
+            else:
+                k[span[0] : span[1]] = self._grid_masks(*call.forward.grid[1:]).reshape(len(self.words), -1).T
+            self._keys[cache] = k.to(call.key.device)
+        return self._keys[cache][None].expand(call.key.shape[0], -1, -1)
+
+
+#: the targets an anchor can pull a word's region to, and the attention sites each acts at
+TARGETS = ("text", "outside", "image", "reference")
+_TARGET_KINDS = {"text": frozenset({"text", "joint"}), "outside": frozenset({"text", "joint"}),
+                 "image": frozenset({"image", "joint"}), "reference": frozenset({"self", "joint"})}
+
+
+def _targets(targets: Sequence[str] | Mapping[str, float]) -> dict[str, float]:
+    """Target -> weight, checked (known targets, finite weights, at least one)."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    pairs = dict(targets) if isinstance(targets, Mapping) else {t: 1.0 for t in targets}
+    unknown = [t for t in pairs if t not in TARGETS]
+    if unknown or not pairs:
+        raise ValueError(f"AnchorMask targets are some of {list(TARGETS)}; got {list(pairs) or 'none'}")
+    return {t: finite(float(w), f"AnchorMask weight of target {t!r}") for t, w in pairs.items()}

@@ -49,7 +49,8 @@ class FocalGuidance(Compose):
         parts = []
         if anchor is not None:
             parts.append(AnchorMask(anchor.masks, anchor.words, anchor.strength, anchor.frames,
-                                    where=_merge(anchor.where, scope), regions=anchor.regions))
+                                    where=_merge(anchor.where, scope), regions=anchor.regions,
+                                    targets=anchor.targets))
         if cache is not None:
             if layers is not None and list(cache.dst) != list(layers):
                 raise ValueError(

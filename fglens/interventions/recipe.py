@@ -9,17 +9,18 @@ files hold a *recipe* instead, and `from_recipe` builds the intervention for one
 ``focal_guidance``  ``layers`` (required), ``src`` (cache sources; default: none → anchor only), ``alpha`` (0.5),
                     ``strength`` (anchor, 2.0), ``words`` (default: the item's anchor words), ``steps``
                     ([0.0, 0.5]), ``branches`` (["cond"]), ``anchor`` (true), ``clip`` (see below; needed when
-                    anchor is true), the anchor's ``frames`` and ``threshold``, the cache's ``mode``,
+                    anchor is true), the anchor's ``frames``, ``threshold`` and ``targets``, the cache's ``mode``,
                     ``pairing``, ``heads`` and ``source_map``
 ``cache_transfer``  ``src``, ``dst`` (required), ``alpha`` (0.5), ``mode`` ("auto"), ``pairing`` ("auto"),
                     ``heads`` ("each"), ``source_map`` ("edited"), ``steps``, ``branches``
 ``anchor_mask``     ``words`` (default: the item's anchor words), ``strength`` (2.0), ``frames`` ("all"),
-                    ``threshold`` ("otsu"), ``layers``, ``steps``, ``branches``, ``clip``
+                    ``threshold`` ("otsu"), ``targets`` (["text"]), ``layers``, ``steps``, ``branches``, ``clip``
 ``scale``           ``words`` (default: the item's), ``factor`` (required), ``layers``, ``steps``, ``branches``
 ``ablate``          ``segment`` ("image" | "text", required), ``layers``, ``steps``, ``branches``
 =================  ==============================================================================================
 
-The operator parameters mean what `fg.AnchorMask` (``frames``: "all", "first" or a decay in (0, 1]),
+The operator parameters mean what `fg.AnchorMask` (``frames``: "all", "first" or a decay in (0, 1];
+``targets``: a list of "text", "outside", "image", "reference" or an object target -> weight),
 `fg.AnchorMask.from_clip` (``threshold``: "otsu", "quantile" or null for soft masks) and `fg.CacheTransfer`
 (``mode``, ``pairing``, ``heads``, ``source_map``) say. ``clip`` is ``{"model": "ViT-H-14", "pretrained":
 "/path/weights.safetensors", "dense": "clearclip"}`` (a local file, as `fg.anchors.Clip` takes; ``dense`` is
@@ -54,7 +55,7 @@ from .tools import Ablate, Scale
 
 #: recipe types and the keys each accepts
 _CACHE_KEYS = ("mode", "pairing", "heads", "source_map")
-_ANCHOR_KEYS = ("frames", "threshold")
+_ANCHOR_KEYS = ("frames", "threshold", "targets")
 #: which of an item's words an anchor takes when neither the recipe's ``words`` nor the item's ``anchor_words``
 #: say: ``"visible"`` (those CLIP sees in the image, `fglens.anchors.visible_words`) or ``"all"``
 ANCHOR_WORD_RULES = ("visible", "all")

@@ -43,7 +43,7 @@ def _anchor(spec: Mapping[str, Any]) -> AnchorMask:
         raise ValueError("this AnchorMask spec holds no masks (it was stored before anchor specs kept them), so the "
                          "anchor cannot be rebuilt exactly; rebuild it from its image and prompt (from_clip)")
     return AnchorMask(decode_masks(spec["masks"]), spec["words"], spec["strength"], spec["frames"],
-                      where=_where(spec.get("where")))
+                      where=_where(spec.get("where")), targets=spec.get("targets", ("text",)))
 
 
 _BUILD = {

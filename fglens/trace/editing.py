@@ -141,6 +141,7 @@ class Editor:
             kernel=lambda q, k, v, **overrides: run(q, k, v, **overrides), words=self.words,
             row_words=self.row_words(tuple(forward.branches)),
             key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
+            image_grid=segments.image_grid if segments else None,
             text_real=self.text_real(site, forward, key.shape[1]),
         )
         for part in parts:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..adapters import Adapter, Site, adapter_for
+from ..adapters.base import Segments
 from ..adapters.prompt import PipelineCall, PromptCapture, words_for
 from ..core.call import AttentionCall, ForwardContext
 from ..core.scope import resolve_layers
@@ -159,6 +160,10 @@ class Trace:
             hook = ClockHook(adapter, steps, self._on_forward_begin, self._on_forward_end,
                              lambda a=adapter: a.batched_cfg(self.pipe))
             self._undo.append(install_clock(adapter.transformer, hook))
+        #: does the pipeline's image processor centre-crop the reference (`ImageGrid.crop`)? None: no processor,
+        #: so where image-condition tokens sit is unknown
+        processor = getattr(self.pipe, "image_processor", None)
+        self._image_crop = None if processor is None else bool(getattr(processor, "do_center_crop", False))
         if self.pipe is not None:
             keep_image = reference_thumbnail if self.record is not None and self.record.image else None
             self._capture = PromptCapture(self.pipe, self.adapters[0], keep_image=keep_image)
@@ -209,12 +214,20 @@ class Trace:
         segments = None
         if site.kind == "joint":
             tokens = self._branch_tokens(forward)
-            segments = self._adapter_of[site.layer].segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
+            adapter = self._adapter_of[site.layer]
+            segments = adapter.segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
             attn_mask = _call_arg(args, kwargs, "attn_mask", 0)
             if attn_mask is not None:
                 segments = _drop_padding(segments, tokens, forward)
+            if edits and self._image_crop is not None:
+                n_image = segments.image[1] - segments.image[0]
+                segments = replace(segments, image_grid=adapter.image_grid(n_image, tokens, self._image_crop))
             call.extras["segments"] = segments
-            call.extras["attn_mask"] = _call_arg(args, kwargs, "attn_mask", 0)
+            call.extras["attn_mask"] = attn_mask
+        elif site.kind == "image" and edits and self._image_crop is not None:  # Wan: the image keys alone
+            grid = self._adapter_of[site.layer].image_grid(key.shape[1], self._branch_tokens(forward),
+                                                           self._image_crop)
+            segments = Segments((0, query.shape[1]), (0, 0), (0, key.shape[1]), (0, 0), grid)
         need_lse = record and site.kind == "joint"
         if edits:
             out, lse, info = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
