@@ -47,7 +47,7 @@ def _tiny_builders() -> dict[str, Callable[[], Any]]:
 TINY = tuple(_TINY)
 
 #: names of the trained toy-world pipelines shipped with fglens (`fg.toy.pipeline`)
-TOY = ("toy-base", "toy-weak")
+TOY = ("toy-base", "toy-weak", "toy-sink")
 
 #: the small call sizes of the tiny pipelines, by name
 TINY_SIZES: dict[str, dict[str, int]] = {
@@ -82,7 +82,7 @@ def load_pipeline(source: str | os.PathLike, *, dtype: str | torch.dtype | None 
 
     Args:
         source: ``"tiny-wan"``, ``"tiny-wan-t2v"``, ``"tiny-wan22"``, ``"tiny-hunyuan"``, the trained toy
-            pipelines ``"toy-base"`` / ``"toy-weak"`` (`fg.toy.pipeline`), or a folder path.
+            pipelines ``"toy-base"`` / ``"toy-weak"`` / ``"toy-sink"`` (`fg.toy.pipeline`), or a folder path.
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype for a loaded folder (default: as
             stored); the tiny pipelines stay float32.
         device: where to move the pipeline (default: CUDA when available for a loaded folder, else CPU).

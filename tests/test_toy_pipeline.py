@@ -32,7 +32,7 @@ def test_shipped_files_match_their_checksums_and_damage_is_named(tmp_path):
     data = bytearray(target.read_bytes())
     data[-100] ^= 0xFF
     target.write_bytes(bytes(data))
-    verify(copy, only="weak")  # the weak variant does not read the base transformer
+    verify(copy, only="weak")  # the weak variant does not read the base transformer (sink does: it derives from it)
     with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors does not match"):
         verify(copy, only="base")
     (copy / "shared" / "vae" / "config.json").unlink()
@@ -131,3 +131,29 @@ def test_the_weak_models_planted_layers_no_longer_find_the_named_object(base_foc
         assert drop[layer] >= 0.3, detail
     others = [x for x in ratio if x not in planted]
     assert np.mean([drop[x] for x in planted]) >= np.mean([drop[x] for x in others]) + 0.3, detail
+
+
+def test_the_sink_variant_is_the_base_with_its_planted_text_keys_zeroed(base):
+    """`sink` reads the base's files and zeroes the text-key projections of blocks 3 and 4 at load (nothing else
+    differs), so those layers attend uniformly over the 512 text keys: each real token gets 1/512 of a row, the
+    padding the rest, while the base's same layers put more on the item's words (3.7 times as much here; the base
+    too puts most of its text attention on the padding, as real Wan models do). The cost in following is
+    measured by `fglens toy report --weak-variant sink` (docs/toy-world.md)."""
+    sink = fg.toy.pipeline("sink")
+    assert fg.toy.planted_layers(sink) == fg.toy.info("sink")["planted_layers"] == ["blocks.3", "blocks.4"]
+    ours, theirs = dict(sink.transformer.named_parameters()), dict(base.transformer.named_parameters())
+    changed = [name for name in ours if not torch.equal(ours[name], theirs[name])]
+    assert changed == ["blocks.3.attn2.to_k.weight", "blocks.4.attn2.to_k.weight"]
+    item = next(it for it in fg.toy.suite("test", n=10, seed=0) if it.masks())
+    mass = {}
+    for name, pipe in (("sink", sink), ("base", base)):
+        with fg.trace(pipe, record=fg.Record(words=item.words, stats=["word_mass"])) as run:
+            pipe(image=item.image, prompt=item.prompt, generator=torch.Generator().manual_seed(0),
+                 **{**fg.toy.CALL, "num_inference_steps": 2})
+        mass[name] = run.dataset.word_mass.sel(branch="cond").mean(("step", "frame"))
+    tokens = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
+    for layer in ("blocks.3", "blocks.4"):
+        for word, positions in tokens.items():
+            np.testing.assert_allclose(float(mass["sink"].sel(layer=layer, word=word)), len(positions) / 512,
+                                       rtol=1e-4)
+            assert float(mass["base"].sel(layer=layer, word=word)) > 2 * len(positions) / 512  # 3.7x measured

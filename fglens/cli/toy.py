@@ -51,6 +51,8 @@ def register(sub) -> None:
     r.add_argument("--out", required=True, help="folder for report.md, results.json, rows.csv and figures")
     r.add_argument("--base", help="a train output folder for the base variant (default: shipped weights)")
     r.add_argument("--weak", help="a train output folder for the weak variant (default: shipped weights)")
+    r.add_argument("--weak-variant", default="weak", choices=("weak", "sink"),
+                   help="the planted variant measured as weak: weak (trained) or sink (derived; default weak)")
     r.add_argument("--n", type=int, default=40, help="test items (default 40)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quick", action="store_true", help="skip the strength/alpha sweep")
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         from ..toy.report import report
 
         report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick,
-               n_sweep=args.n_sweep, strengths=args.strengths, alphas=args.alphas)
+               n_sweep=args.n_sweep, strengths=args.strengths, alphas=args.alphas, weak_variant=args.weak_variant)
         return 0
     except (ValueError, FileNotFoundError) as exc:
         return fail("toy", exc)

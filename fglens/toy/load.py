@@ -10,6 +10,8 @@ Example:
     ('WanImageToVideoPipeline', [])
     >>> planted_layers(pipeline("weak"))
     ['blocks.3', 'blocks.4']
+    >>> planted_layers(pipeline("sink"))   # the base weights with those blocks' text keys zeroed at load
+    ['blocks.3', 'blocks.4']
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 WEIGHTS = Path(__file__).parent / "weights"
-VARIANTS = ("base", "weak")
+VARIANTS = ("base", "weak", "sink")
+#: variants made from another's weights by a recorded edit at load time (no weight files of their own): the
+#: source variant and the weights set to zero. ``sink``: blocks 3 and 4's text keys made constant, so their text
+#: attention is uniform over the 512 keys, almost all of it on the padding (the attention sink of real models)
+DERIVED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sink": ("base", ("blocks.3.attn2.to_k.weight", "blocks.4.attn2.to_k.weight")),
+}
 CLIP_DIR = "clip"  #: the tiny CLIP's folder under the weights (`fglens.toy.clip`, shipped by `ship_clip`)
 #: the files of a `fglens toy train-clip` run that ship: its open_clip config, weights and measurements
 CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "clip.json")
@@ -77,8 +85,9 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
     """A trained toy `WanImageToVideoPipeline`, offline, in float32 on the CPU.
 
     Args:
-        variant: ``"base"`` (follows its instructions) or ``"weak"`` (Condition Isolation planted in
-            `planted_layers`).
+        variant: ``"base"`` (follows its instructions), ``"weak"`` (Condition Isolation planted in
+            `planted_layers` by training) or ``"sink"`` (the base with those layers' text keys zeroed: their text
+            attention falls on the padding, `DERIVED`).
         path: load a `fglens toy train` output folder (``<out>/pipeline``) instead of the shipped weights.
         check: verify the shipped files against their recorded SHA-256 first.
     """
@@ -98,25 +107,37 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
         pipe._fglens_toy = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     else:
         _check(variant)
+        source, zeroed = DERIVED.get(variant, (variant, ()))
         if check:
-            verify(WEIGHTS, only=variant)
+            verify(WEIGHTS, only=source)
         shared = WEIGHTS / "shared"
         pipe = WanImageToVideoPipeline(
             tokenizer=tokenizer(),
             text_encoder=UMT5EncoderModel.from_pretrained(shared / "text_encoder", local_files_only=True),
             image_encoder=CLIPVisionModel.from_pretrained(shared / "image_encoder", local_files_only=True),
             image_processor=CLIPImageProcessor.from_pretrained(shared / "image_processor", local_files_only=True),
-            transformer=WanTransformer3DModel.from_pretrained(WEIGHTS / variant / "transformer",
+            transformer=WanTransformer3DModel.from_pretrained(WEIGHTS / source / "transformer",
                                                               local_files_only=True),
             vae=AutoencoderKLWan.from_pretrained(shared / "vae", local_files_only=True),
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(shared / "scheduler", local_files_only=True),
         )
         pipe._fglens_toy = info(variant)
+        _zero(pipe.transformer, zeroed)
     for part in ("text_encoder", "image_encoder", "transformer", "vae"):
         getattr(pipe, part).eval()
     pipe._fglens_call_defaults = {k: CALL[k] for k in ("height", "width", "num_frames")}
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _zero(transformer: Any, names: tuple[str, ...]) -> None:
+    """Set the named parameters of a derived variant to zero (`DERIVED`)."""
+    import torch
+
+    params = dict(transformer.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            params[name].zero_()
 
 
 def planted_layers(pipe: Any) -> list[str]:

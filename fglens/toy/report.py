@@ -95,21 +95,23 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
            sweep: bool = True, n_diag: int = 10, n_sweep: int | None = None, ablations_on_base: bool = False,
            progress: bool = True, strengths: Sequence[float] = (1.0, 2.0, 4.0),
-           alphas: Sequence[float] = (0.25, 0.5, 0.75)) -> dict:
+           alphas: Sequence[float] = (0.25, 0.5, 0.75), weak_variant: str = "weak") -> dict:
     """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures.
 
     The sweep of `strengths` × `alphas` (both operators on the weak model) runs on the first `n_sweep` items
-    (default: all `n`), paired with the same items unedited."""
+    (default: all `n`), paired with the same items unedited. `weak_variant` is the planted variant measured as
+    "weak" (``"weak"``, trained, or ``"sink"``, derived)."""
     import fglens as fg
 
     strengths, alphas = _grid(strengths, "strengths", 0.0, None), _grid(alphas, "alphas", 0.0, 1.0)
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pipes = {"base": pipeline("base", path=base), "weak": pipeline("weak", path=weak)}
+    pipes = {"base": pipeline("base", path=base), "weak": pipeline(weak_variant, path=weak)}
     planted = {k: planted_layers(p) for k, p in pipes.items()}
     items = suite("test", n=n, seed=seed)
-    res: dict = {"n": n, "seed": seed, "planted": planted, "categories": list(CATEGORIES)}
+    res: dict = {"n": n, "seed": seed, "planted": planted, "categories": list(CATEGORIES),
+                 "weak_variant": weak_variant}
     res["chance"] = chance_levels(items, seed=seed)
     res["frozen"] = frozen_levels(items)
     rows: dict[str, list[dict]] = {}
