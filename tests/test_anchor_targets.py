@@ -154,3 +154,62 @@ def test_an_image_target_without_image_tokens_is_refused_before_sampling():
     with pytest.raises(ValueError, match="target 'image' acts at image or joint attention sites"):
         with fg.trace(pipe, edit=anchor):
             pass
+
+
+def test_joint_anchors_with_the_whole_call_in_scope_never_widen_the_fused_call(hunyuan, monkeypatch):
+    """Issue 15 item 8: on joint attention a bias over the whole call is computed on its few key columns and merged
+    through the row log-sum-exp (`fglens.trace.split`), never by widening the [S, S] kernel call (`augment`)."""
+    import importlib
+
+    editing = importlib.import_module("fglens.trace.editing")
+
+    def widened(*args, **kwargs):
+        raise AssertionError("the joint call was widened by bias dimensions")
+
+    monkeypatch.setattr(editing, "augment", widened)
+    anchor = fg.AnchorMask.from_mask(MASK, "dog", strength=2.0, targets=["text", "image", "reference"])
+    with fg.trace(hunyuan, edit=anchor + fg.Scale("fence", 0.5)), Calls(hv) as rec:
+        hunyuan(image=fg.testing.reference_image(), prompt=PROMPT, height=48, width=80, num_frames=9,
+                num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert len(rec.calls) == 4
+
+
+def test_cogvideox_text_first_joint_call_with_both_cfg_halves_matches_the_dense_reference():
+    """CogVideoX: [text | video] keys, CFG batched; anchor text + reference targets over both halves (the split
+    path: the text and the first frame are one prefix of the keys)."""
+    from diffusers.models import attention_processor as ap
+
+    pipe = fg.testing.tiny_cogvideox_pipeline(num_layers=2)
+    anchor = fg.AnchorMask.from_mask(MASK, "dog", strength=2.0, targets=["text", "reference"],
+                                     where=fg.Where(layers=[1], branches=("uncond", "cond")))
+    calls = []
+    with fg.trace(pipe, edit=anchor):
+        inner = ap.F
+
+        class Recording:
+            def __getattr__(self, name):
+                return getattr(inner, name)
+
+            def scaled_dot_product_attention(self, q, k, v, *args, **kwargs):
+                out = inner.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+                calls.append({"q": q.transpose(1, 2).clone(), "k": k.transpose(1, 2).clone(),
+                              "v": v.transpose(1, 2).clone(), "out": out.transpose(1, 2).clone(), "mask": None})
+                return out
+
+        ap.F = Recording()
+        try:
+            pipe(prompt=PROMPT, negative_prompt="a cat", height=48, width=80, num_frames=9, num_inference_steps=1,
+                 generator=torch.Generator().manual_seed(0), output_type="latent")
+        finally:
+            ap.F = inner
+    call = calls[1]  # block 1 of the one forward (uncond and cond in one batch)
+    n_text = call["k"].shape[1] - N
+    s = call["k"].shape[1]
+    m = MASK.double()
+    rows = m.expand(GRID[0], -1, -1).reshape(-1)
+    bias = torch.zeros(2, 1, s, s, dtype=torch.float64)
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(PROMPT).input_ids)
+    dog = tokens.index("\u2581dog")
+    bias[1, 0, n_text:, dog] = 2.0 * rows  # the cond half reads the prompt; the negative prompt has no "dog"
+    bias[:, 0, n_text:, n_text : n_text + PER_FRAME] = 2.0 * rows[:, None] * m.reshape(-1)[None]
+    torch.testing.assert_close(call["out"].double(), _dense(call, bias), rtol=1e-5, atol=1e-5)

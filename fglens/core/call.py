@@ -64,11 +64,15 @@ class Bias:
     """A low-rank logit term for one call: ``logits[b, h, n, j] += Σ_r q[b, n, h, r] · k[b, j, h, r]``.
 
     `q` is ``[B, N_queries, H, R]`` and `k` ``[B, N_keys, H, R]``, in logit units (the kernel's softmax scale
-    is not applied to them).
+    is not applied to them). `q` is zero outside the call's video query rows (interventions scope their rows with
+    `EditCall.rows_mask`, which covers video rows only).
     """
 
     q: torch.Tensor
     k: torch.Tensor
+    #: the key ranges ``(start, stop)`` outside which `k` is zero, when the intervention knows them (host values):
+    #: on joint attention the bias is then computed on those columns only (`fglens.trace.split`)
+    cols: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass

@@ -203,8 +203,18 @@ class AnchorMask(_Scoped):
             q = call.query.new_zeros((b, nq, h, len(self.words)), dtype=torch.float32)
             q[:, r0:r1] = sign * self.strength * weight * rows.T[None, :, None, :]
             q = q * call.rows_mask(self.where)[..., None]
-            out.append(Bias(q, keys[:, :, None, :].expand(-1, -1, h, -1)))
+            out.append(Bias(q, keys[:, :, None, :].expand(-1, -1, h, -1), cols=(self._key_span(call, target),)))
         return out
+
+    @staticmethod
+    def _key_span(call: EditCall, target: str) -> tuple[int, int]:
+        """The key range of `target`'s columns in this call (host values)."""
+        if target in ("text", "outside"):
+            return call.text_keys
+        if target == "image":
+            return call.image_keys
+        per_frame = call.forward.grid[1] * call.forward.grid[2]
+        return call.video_rows[0], call.video_rows[0] + per_frame
 
     def _key_masks(self, call: EditCall, target: str) -> torch.Tensor | None:
         """``[B, S_keys, W]``: the keys `target` pulls each word's region to in this call (None: none here)."""

@@ -92,7 +92,7 @@ class Scale(_Scoped):
         rows = call.rows_mask(self.where)[..., None] * offset  # [B, Nq, H, 1]
         cols = word_columns(call, self.words, call.key.shape[1])  # [B, S]
         k = cols[:, :, None, None].expand(-1, -1, call.key.shape[2], 1)
-        return [Bias(rows, k)]
+        return [Bias(rows, k, cols=(call.text_keys,))]
 
 
 class Ablate(_Scoped):
@@ -126,7 +126,8 @@ class Ablate(_Scoped):
         cols = torch.zeros(call.key.shape[1], device=call.key.device)
         cols[span[0] : span[1]] = 1.0
         rows = call.rows_mask(self.where)[..., None] * NEG
-        return [Bias(rows, cols[None, :, None, None].expand(call.key.shape[0], -1, call.key.shape[2], 1))]
+        return [Bias(rows, cols[None, :, None, None].expand(call.key.shape[0], -1, call.key.shape[2], 1),
+                     cols=(span,))]
 
     def edit_output(self, call: EditCall, out: torch.Tensor) -> torch.Tensor:
         if call.site.kind == "joint":

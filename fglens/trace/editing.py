@@ -2,8 +2,10 @@
 
 All logit biases of the active interventions are concatenated into extra head dimensions of the queries and
 keys (zero columns in the values): ``[q | b_q] · [k | b_k / s] · s = s·q·k + b_q·b_k``, with the softmax scale
-`s` passed explicitly. One fused call then computes the biased attention; no N×T bias is ever built. Output
-edits follow in composition order.
+`s` passed explicitly. One fused call then computes the biased attention; no N×T bias is ever built. On joint
+attention, where the biases declare their few key columns and the scope covers the whole call, the bias is
+computed on those columns only and merged through the row log-sum-exp (`fglens.trace.split`). Output edits follow
+in composition order.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..core.call import Bias, EditCall, ForwardContext
 from ..core.probs import key_bias, row_logsumexp
 from ..core.protocol import Intervention
 from ..core.scope import Where
+from .split import bias_spans, split_call
 
 
 class Editor:
@@ -152,12 +155,15 @@ class Editor:
         if cells is not None and not cells.any():
             biases = []  # the scope selects no row, head or item of this call: the model's own kernel, untouched
         need_lse = need_lse or any(part.needs_lse(call) for part in parts)
-        q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
-        overrides = {"scale": scale} if biases else {}
-        if biases and cells is not None:  # a frame / head / branch scope: rows outside it stay the model's own
-            out, lse = _scoped_call(call, [part for part, bs in biased if bs], cells, (q2, k2, v2), run,
-                                    run_with_lse, need_lse, attn_mask)
+        spans = bias_spans(biases, key.shape[1]) if biases and site.kind == "joint" and cells is None else None
+        if spans is not None:  # joint attention, the whole call in scope: the bias where it acts (`split`)
+            out, lse = split_call(call, biases, spans, run, run_with_lse, need_lse, attn_mask)
+        elif biases and cells is not None:  # a frame / head / branch scope: rows outside it stay the model's own
+            out, lse = _scoped_call(call, [part for part, bs in biased if bs], cells,
+                                    augment(query, key, value, biases, scale), run, run_with_lse, need_lse, attn_mask)
         else:
+            q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
+            overrides = {"scale": scale} if biases else {}
             fast = run_with_lse(q2, k2, v2, **overrides) if need_lse else None
             if fast is not None:
                 out, lse = fast
