@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..adapters.base import ImageGrid, Site
+from ..adapters.base import ImageGrid, Segments, Site
 
 if TYPE_CHECKING:
     from .probs import Mix
@@ -47,7 +47,8 @@ class ForwardContext:
 class AttentionCall:
     """One call of the attention kernel at a site, as the model makes it (layout ``[B, S, H, D]``).
 
-    `output` is set once the kernel has run; it is the per-call output before `to_out`.
+    `output` is set once the kernel has run; it is the per-call output before `to_out`. The tracer fills the
+    other fields the recorders read.
     """
 
     site: Site
@@ -56,7 +57,16 @@ class AttentionCall:
     value: torch.Tensor
     forward: ForwardContext
     output: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
+    #: the kernel call's softmax scale (None: the kernel's default, 1/sqrt(D))
+    scale: float | None = None
+    #: joint sites: where video, image and text sit (`Segments`), and the call's attention mask
+    segments: Segments | None = None
+    attn_mask: torch.Tensor | None = None
+    #: the row log-sum-exp [B, H, S_q] of the call as it ran, when it was computed (joint sites)
+    lse: torch.Tensor | None = None
+    #: what interventions did to the call: their summed logit biases and the cache transfers' mixes
+    biases: list[Bias] = field(default_factory=list)
+    mixes: list[Mix] = field(default_factory=list)
 
 
 @dataclass

@@ -132,8 +132,9 @@ class Editor:
         segments: Segments | None,
         need_lse: bool,
         attn_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-        """Run the call with the parts' edits; return (output, row LSE or None, what recorders need to know)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None, EditCall]:
+        """Run the call with the parts' edits; return (output, row LSE or None, the `EditCall`: its biases and mixes
+        are what recorders need to know)."""
         query, key, value = qkv
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
         call = EditCall(
@@ -174,7 +175,7 @@ class Editor:
         call.lse, call.biases = lse, biases
         for part in parts:
             out = part.edit_output(call, out)
-        return out, lse, {"biases": biases, "mixes": call.mixes}
+        return out, lse, call
 
 
 def _cells(call: EditCall, parts: Sequence[Any]) -> np.ndarray | None:

@@ -304,11 +304,10 @@ class Recorder:
             ok = padding_is_uniform(k, n_real)
             fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
 
-            scale = call.extras.get("scale")
-            biases = call.extras.get("biases") or []
+            scale, biases = call.scale, call.biases
             items = fwd.index
             cols = slice(0, k_eff.shape[1])
-            mixes = call.extras.get("mixes") or []
+            mixes = call.mixes
             subset = self._subset(fwd, call.query.shape[0])
 
             def chunk(a: int, z: int):
@@ -334,13 +333,12 @@ class Recorder:
     def _joint(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
         """One softmax over [video | image | text] keys: text probabilities normalised over all keys, from the
         row log-sum-exp of the model's own kernel call (or recomputed when no kernel provided it)."""
-        seg = call.extras["segments"]
-        scale = call.extras.get("scale")
+        seg, scale = call.segments, call.scale
         q = self._select(call.query, fwd)[:, seg.video_queries[0] : seg.video_queries[1]]
         k = self._select(call.key, fwd)
-        bias = key_bias(call.extras.get("attn_mask"), k.shape[1])
+        bias = key_bias(call.attn_mask, k.shape[1])
         bias = None if bias is None else (bias if bias.shape[0] == k.shape[0] else self._select(bias, fwd))
-        lse = call.extras.get("lse")
+        lse = call.lse
         if lse is None:
             lse = row_logsumexp(q, k, max(1, self.record.chunk_bytes // max(1, 8 * q.shape[0] * q.shape[2] * 1024)),
                                 scale, bias)
@@ -356,7 +354,7 @@ class Recorder:
         want = set(self.record.stats)
         valid = (k_text.shape[1] if b_text is None else torch.isfinite(b_text).sum(-1)) if k_text.shape[1] else 0
 
-        biases = call.extras.get("biases") or []
+        biases = call.biases
         r0 = seg.video_queries[0]
 
         def edited(a: int, z: int, keys: torch.Tensor, key_bias: torch.Tensor | None, c0: int) -> torch.Tensor:
@@ -365,7 +363,7 @@ class Recorder:
             return logits if extra_bias is None else logits + extra_bias
 
         # a cache transfer replaced the text block by (1-w)·P_d + w·P_r and rescaled the rest of each row
-        mixes = call.extras.get("mixes") or []
+        mixes = call.mixes
         subset = self._subset(fwd, call.query.shape[0])
 
         def chunk(a: int, z: int):
@@ -475,11 +473,11 @@ class Recorder:
         b, n, heads, _ = q.shape
         first = grid[1] * grid[2]
         key_chunk = max(first, self.record.chunk_bytes // max(1, 4 * 2 * b * heads * n))
-        lse_all = row_logsumexp(q, k, key_chunk, call.extras.get("scale"))  # [b, H, N], over all video keys
+        lse_all = row_logsumexp(q, k, key_chunk, call.scale)  # [b, H, N], over all video keys
         per_chunk = frames_per_chunk(grid, 4 * 2 * b * heads * first, self.record.chunk_bytes)
         mass = q.new_zeros((b, n), dtype=torch.float32)
         for a, z in frame_chunks(grid, per_chunk):
-            lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first, call.extras.get("scale"))
+            lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first, call.scale)
             mass[:, a:z] = torch.exp(lse_ref - lse_all[..., a:z]).mean(1)
         self._put(fwd, "ref_mass", layer, stats.reduce_frames(STATISTICS["ref_mass"].reduce, mass, grid))
 

@@ -210,7 +210,7 @@ class Trace:
         if not edits and not record:
             return run()
         call = AttentionCall(site, query, key, value, forward)
-        call.extras["scale"] = _call_arg(args, kwargs, "scale", 3)
+        call.scale = _call_arg(args, kwargs, "scale", 3)
         segments = None
         if site.kind == "joint":
             tokens = self._branch_tokens(forward)
@@ -222,25 +222,23 @@ class Trace:
             if edits and self._image_crop is not None:
                 n_image = segments.image[1] - segments.image[0]
                 segments = replace(segments, image_grid=adapter.image_grid(n_image, tokens, self._image_crop))
-            call.extras["segments"] = segments
-            call.extras["attn_mask"] = attn_mask
+            call.segments, call.attn_mask = segments, attn_mask
         elif site.kind == "image" and edits and self._image_crop is not None:  # Wan: the image keys alone
             grid = self._adapter_of[site.layer].image_grid(key.shape[1], self._branch_tokens(forward),
                                                            self._image_crop)
             segments = Segments((0, query.shape[1]), (0, 0), (0, key.shape[1]), (0, 0), grid)
         need_lse = record and site.kind == "joint"
         if edits:
-            out, lse, info = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
-                                               call.extras["scale"], segments, need_lse,
-                                               call.extras.get("attn_mask"))
-            call.extras.update(info)
+            out, lse, edited = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
+                                                 call.scale, segments, need_lse, call.attn_mask)
+            call.biases, call.mixes = edited.biases, edited.mixes
         elif need_lse:
             fast = run_with_lse()  # the same output bits, with the row log-sum-exp
             out, lse = fast if fast is not None else (run(), None)
         else:
             out, lse = run(), None
         if record:
-            call.extras["lse"] = lse
+            call.lse = lse
             call.output = out
             for recorder in recorders:
                 recorder.observe(call)
