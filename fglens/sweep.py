@@ -47,7 +47,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,10 +64,6 @@ CALL_OPTIONS = ("steps", "height", "width", "num_frames", "negative_prompt", "gu
 FIELDS = ("image", *REQUIRED, "intervention", "anchor_words", "id", *CALL_OPTIONS)
 #: the file in the store's folder that holds the fingerprint of the sweep using it
 SWEEP_FILE = ".fglens-sweep.json"
-#: test hook: a process exits (``os._exit(1)``) in the middle of the k-th run it samples, once a step of it is written
-KILL_AFTER_ENV = "FGLENS_SWEEP_TEST_KILL_AFTER"
-#: test hook: only the rank named here obeys `KILL_AFTER_ENV` (default: every rank)
-KILL_RANK_ENV = "FGLENS_SWEEP_TEST_KILL_RANK"
 #: options of `fg.Record` a sweep passes on (the words come from each line)
 RECORD_OPTIONS = ("stats", "maps", "layers", "steps", "branches", "chunk_bytes")
 
@@ -556,8 +551,6 @@ def _run_lines(lines, pipe, store: Path, result: SweepResult, record, clip, fail
     bar = tqdm(total=len(lines), position=result.rank, desc=f"rank {result.rank}", disable=not progress,
                leave=True, dynamic_ncols=True)
     clips: dict[str, Any] = {}
-    kill = _kill_hook(result.rank)
-    attempted = 0
     try:
         for line in lines:
             run_id = result.run_ids[line.index]
@@ -565,12 +558,10 @@ def _run_lines(lines, pipe, store: Path, result: SweepResult, record, clip, fail
             if state == "complete":
                 result.skipped.append(line.index)
             else:
-                attempted += 1
                 try:
                     # this rank alone owns the line, so no live process writes its run: an incomplete one, or a
                     # killed writer's staging folder, is replaced
-                    _run_line(line, pipe, store, run_id, True, record, clip, clips,
-                              kill if kill == attempted else None)
+                    _run_line(line, pipe, store, run_id, True, record, clip, clips)
                 except Exception as exc:  # noqa: BLE001 - one failing line does not stop the others
                     result.failed[line.index] = f"{type(exc).__name__}: {exc}"
                     tqdm.write(f"rank {result.rank}: line {line.lineno} ({run_id}) failed:\n{traceback.format_exc()}",
@@ -597,8 +588,7 @@ def run_state(store: str | os.PathLike, run_id: str) -> str:
     return "complete" if info.get("complete") is True else "incomplete"
 
 
-def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, record, clip, clips,
-              kill: int | None) -> None:
+def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, record, clip, clips) -> None:
     import fglens as fg
 
     from .interventions.recipe import from_recipe, load_clip
@@ -618,34 +608,6 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
                            clip=clip if clip is not None else clips.get(json.dumps(spec, sort_keys=True)),
                            size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None,
                            token_px=spatial_multiple(pipe))
-    if kill is not None:
-        kwargs["callback_on_step_end"] = _killer(store, run_id)
     target = fg.store.store_path(store, run_id=run_id, overwrite_incomplete=replace)
     with fg.trace(pipe, record=fg.Record(words=list(line.words), **record), edit=edit, store=target):
         pipe(**kwargs)
-
-
-# -- test hook ------------------------------------------------------------------------------------------------
-def _kill_hook(rank: int) -> int | None:
-    value = os.environ.get(KILL_AFTER_ENV)
-    if not value:
-        return None
-    only = os.environ.get(KILL_RANK_ENV)
-    if only not in (None, "") and int(only) != rank:
-        return None
-    return int(value)
-
-
-def _killer(store: Path, run_id: str):
-    """A step-end callback that, once a step of the run is committed to the store, ends the process at once."""
-    from .store import run_info
-
-    def callback(pipe, i, t, tensors):
-        if i >= 1:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and (run_info(store, run_id) or {}).get("steps_written", 0) < 1:
-                time.sleep(0.01)
-            os._exit(1)
-        return tensors
-
-    return callback

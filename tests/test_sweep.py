@@ -22,8 +22,6 @@ import fglens as fg
 from fglens.cli import main as cli_main
 from fglens.pipelines import load_pipeline
 from fglens.sweep import (
-    KILL_AFTER_ENV,
-    KILL_RANK_ENV,
     SWEEP_FILE,
     SweepError,
     prompt_tokens,
@@ -82,16 +80,15 @@ def test_torchrun_two_ranks_one_killed_midway_then_resumed(tmp_path):
     n = 4
     spec = make_spec(tmp_path, [line(seed) for seed in range(n)])
     store = tmp_path / "sweep.zarr"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fglens.cli", "sweep", str(spec), "--pipeline", "tiny-wan", "--store", str(store), "--steps", "2",
-           "--no-progress"]
-    env = {k: v for k, v in os.environ.items() if k not in (KILL_AFTER_ENV, KILL_RANK_ENV)}
-    env["HF_HUB_OFFLINE"] = "1"
+    args = ["sweep", str(spec), "--pipeline", "tiny-wan", "--store", str(store), "--steps", "2", "--no-progress"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
     # rank 1 (lines 1 and 3) dies in the middle of its 2nd run, once a step of it is in the store; torchrun then
-    # stops rank 0 wherever it is
-    killed = subprocess.run(cmd, env={**env, KILL_AFTER_ENV: "2", KILL_RANK_ENV: "1"}, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    # stops rank 0 wherever it is (the fault is injected by tests/sweep_killer.py, around the real command)
+    killer = str(Path(__file__).with_name("sweep_killer.py"))
+    killed = subprocess.run([*torchrun, killer, *args], env={**env, "KILL_AFTER": "2", "KILL_RANK": "1"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert killed.returncode != 0, killed.stdout + killed.stderr
     before = fg.store.run_table(store).set_index("id")
     sweep_id = read_sweep_record(store)["sweep_id"]
@@ -102,7 +99,8 @@ def test_torchrun_two_ranks_one_killed_midway_then_resumed(tmp_path):
     assert partial.sizes["step"] == 1 and fg.store.decode_attrs(partial.attrs)["seed"] == 3
     complete_before = int(before["complete"].sum())
 
-    resumed = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([*torchrun, "-m", "fglens.cli", *args], env=env, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     summaries = {int(m[0]): [int(x) for x in m[1:]] for m in SUMMARY.findall(resumed.stdout)}
     assert sorted(summaries) == [0, 1], resumed.stdout
