@@ -20,9 +20,10 @@ import torch
 from ..adapters.base import Segments, Site
 from ..adapters.prompt import PipelineCall, words_for
 from ..core.call import Bias, EditCall, ForwardContext
-from ..core.probs import key_bias, row_logsumexp
+from ..core.probs import key_bias
 from ..core.protocol import Intervention
 from ..core.scope import Where
+from .kernels import run_call
 from .split import bias_spans, split_call
 
 
@@ -164,13 +165,8 @@ class Editor:
                                     augment(query, key, value, biases, scale), run, run_with_lse, need_lse, attn_mask)
         else:
             q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
-            overrides = {"scale": scale} if biases else {}
-            fast = run_with_lse(q2, k2, v2, **overrides) if need_lse else None
-            if fast is not None:
-                out, lse = fast
-            else:
-                out = run(q2, k2, v2, **overrides)
-                lse = row_logsumexp(q2, k2, 4096, scale, call.key_bias) if need_lse else None
+            out, lse = run_call(run, run_with_lse, q2, k2, v2, need_lse, scale, call.key_bias,
+                                **({"scale": scale} if biases else {}))
         out = out[..., : value.shape[-1]] if biases else out
         call.lse, call.biases = lse, biases
         for part in parts:
@@ -210,18 +206,8 @@ def _scoped_call(call: EditCall, parts: Sequence[Any], cells: np.ndarray, qkv2, 
     span = {"scale": call.scale}
     if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.shape[-2] == nq and nq > 1:
         span["attn_mask"] = attn_mask[..., a:b, :]  # a mask with a query dim follows the rows
-    plain = run_with_lse(query, key, value) if need_lse else None
-    if plain is not None:
-        out, lse = plain
-    else:
-        out = run(query, key, value)
-        lse = row_logsumexp(query, key, 4096, call.scale, call.key_bias) if need_lse else None
-    fast = run_with_lse(q2[:, a:b], k2, v2, **span) if need_lse else None
-    if fast is not None:
-        sub, sub_lse = fast
-    else:
-        sub = run(q2[:, a:b], k2, v2, **span)
-        sub_lse = row_logsumexp(q2[:, a:b], k2, 4096, call.scale, call.key_bias) if need_lse else None
+    out, lse = run_call(run, run_with_lse, query, key, value, need_lse, call.scale, call.key_bias)
+    sub, sub_lse = run_call(run, run_with_lse, q2[:, a:b], k2, v2, need_lse, call.scale, call.key_bias, **span)
     inside = sum(call.rows_mask(part.where) for part in parts)[:, a:b] > 0  # [B, b - a, H], on the device
     edited = out.clone()
     edited[:, a:b] = torch.where(inside[..., None], sub[..., : value.shape[-1]], out[:, a:b])

@@ -88,3 +88,18 @@ def dispatch_with_lse(
         return None
     out, lse = result
     return out.permute(0, 2, 1, 3), lse
+
+
+def run_call(run: Any, run_with_lse: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, need_lse: bool,
+             softmax_scale: float | None, key_bias: torch.Tensor | None,
+             **overrides: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's kernel on `q`, `k`, `v` (with `overrides`, e.g. ``scale=``): ``(output, row LSE)`` when `need_lse`,
+    from the kernel where it returns one, else recomputed over the keys (`softmax_scale`; `key_bias`: their
+    additive mask); ``(output, None)`` otherwise."""
+    from ..core.probs import row_logsumexp
+
+    fast = run_with_lse(q, k, v, **overrides) if need_lse else None
+    if fast is not None:
+        return fast
+    out = run(q, k, v, **overrides)
+    return out, (row_logsumexp(q, k, 4096, softmax_scale, key_bias) if need_lse else None)

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..core.call import Bias, EditCall
-from ..core.probs import key_logits, row_logsumexp
+from ..core.probs import key_logits
+from .kernels import run_call
 
 #: float32 logits held at once by the explicit block (rows x heads x columns)
 BLOCK = 1 << 24
@@ -80,13 +81,8 @@ def split_call(call: EditCall, biases: Sequence[Bias], spans: list[tuple[int, in
     q_v = query[:, r0:r1]
     if rest:
         k_r, v_r = _take(key, rest), _take(value, rest)
-        fast = run_with_lse(q_v, k_r, v_r, **mask_of(rest))
-        if fast is not None:
-            out_r, lse_r = fast
-        else:
-            out_r = run(q_v, k_r, v_r, **mask_of(rest))
-            kb = None if call.key_bias is None else _take(call.key_bias, rest)
-            lse_r = row_logsumexp(q_v, k_r, 4096, call.scale, kb)
+        kb = None if call.key_bias is None else _take(call.key_bias, rest)
+        out_r, lse_r = run_call(run, run_with_lse, q_v, k_r, v_r, True, call.scale, kb, **mask_of(rest))
         lse_r = lse_r.to(torch.float32)
     else:
         out_r = torch.zeros_like(q_v[..., : value.shape[-1]])
@@ -119,13 +115,7 @@ def split_call(call: EditCall, biases: Sequence[Bias], spans: list[tuple[int, in
     if lse_all is not None:
         lse_all[..., r0:r1] = lse_v
     for a, z in others:
-        q_o = query[:, a:z]
-        fast = run_with_lse(q_o, key, value) if need_lse else None
-        if fast is not None:
-            o, lo = fast
-        else:
-            o = run(q_o, key, value)
-            lo = row_logsumexp(q_o, key, 4096, call.scale, call.key_bias) if need_lse else None
+        o, lo = run_call(run, run_with_lse, query[:, a:z], key, value, need_lse, call.scale, call.key_bias)
         out[:, a:z] = o
         if lse_all is not None:
             lse_all[..., a:z] = lo
