@@ -634,7 +634,7 @@ def tiny_t2i_pipeline(*, seed: int = 0):
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=8, sample_size=32)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(clip_sample=False), safety_checker=None,
+                                   scheduler=DDIMScheduler(clip_sample=False, steps_offset=1), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
