@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from .adapters import ADAPTERS
+from .adapters.base import TINY_STEPS
 
 #: pipeline classes fglens traces, and their model family (each adapter declares its own: `Adapter.pipeline_classes`)
 PIPELINES: dict[str, str] = {cls: a.short for a in ADAPTERS for cls in a.pipeline_classes}
@@ -53,8 +54,6 @@ TOY = ("toy-base", "toy-weak", "toy-sink")
 TINY_SIZES: dict[str, dict[str, int]] = {
     name: dict(zip(("height", "width", "num_frames"), t.size, strict=True)) for name, t in _TINY.items()}
 
-#: denoising steps of a tiny pipeline's call when none are asked for
-TINY_STEPS = 4
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

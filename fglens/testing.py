@@ -35,7 +35,7 @@ _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789-,.'!?")
 
 def _tiny_call_defaults() -> dict[str, dict[str, int]]:
     from .adapters import ADAPTERS
-    from .pipelines import TINY_STEPS
+    from .adapters.base import TINY_STEPS
 
     sizes = {a.short: a.tiny_pipelines[0].size for a in ADAPTERS if a.tiny_pipelines}  # the adapters' declarations
     sizes.setdefault("cogvideox", (32, 48, 9))  # CogVideoX has no named tiny pipeline: its builder's own size
@@ -45,7 +45,7 @@ def _tiny_call_defaults() -> dict[str, dict[str, int]]:
 
 #: what a tiny pipeline's call uses for a size or step count it is not given (the real pipelines' defaults,
 #: 480x832x81 at 50 steps, are minutes of work on random weights, and Wan's VAE cannot decode them at this size):
-#: the sizes each adapter declares for its tiny pipelines (`Adapter.tiny_pipelines`) and `pipelines.TINY_STEPS`
+#: the sizes each adapter declares for its tiny pipelines (`Adapter.tiny_pipelines`) and `adapters.base.TINY_STEPS`
 TINY_CALL_DEFAULTS: dict[str, dict[str, int]] = _tiny_call_defaults()
 _SMALL_CLASSES: dict[type, type] = {}
 

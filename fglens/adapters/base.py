@@ -125,6 +125,11 @@ class Segments:
     image_grid: ImageGrid | None = None
 
 
+#: denoising steps of a tiny pipeline's call when none are asked for (the pipelines' default of 50 buys nothing on
+#: random weights)
+TINY_STEPS = 4
+
+
 @dataclass(frozen=True)
 class TinyPipeline:
     """A built-in tiny random-weight pipeline of an architecture: ``fglens.pipelines.load_pipeline(name)`` builds it

@@ -9,12 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .call import Bias
 
 
 def frame_chunks(grid: tuple[int, int, int], frames_per_chunk: int) -> Iterator[tuple[int, int]]:
@@ -150,9 +147,10 @@ def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
     return m.to(torch.float32)
 
 def bias_logits(
-    biases: Sequence[Bias], rows: slice, cols: slice, items: list[int] | None = None
+    biases: Sequence[Any], rows: slice, cols: slice, items: list[int] | None = None
 ) -> torch.Tensor | None:
-    """The summed bias ``[B, H, n, T]`` of `biases` on query rows `rows` and key columns `cols` (for recorders)."""
+    """The summed bias ``[B, H, n, T]`` of `biases` (`fglens.core.call.Bias`) on query rows `rows` and key columns
+    `cols` (for recorders)."""
     if not biases:
         return None
     total = None

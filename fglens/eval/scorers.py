@@ -51,33 +51,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .missing import Missing, check_video
 from .suite import Item
 
 __all__ = [
     "SCORERS", "AlignmentChange", "BackgroundConsistency", "ClipFeatures", "Features", "Missing",
     "MotionMagnitude", "Scorer", "SubjectConsistency", "TextAlignment", "VLMJudge", "default_scorers",
 ]
-
-
-class Missing(float):
-    """A score that could not be computed: NaN, with a ``reason`` (``"missing: ..."`` when an input such as a
-    model is absent, otherwise why the item cannot be scored).
-
-    Example:
-        >>> m = Missing("missing: no VLM judge")
-        >>> math.isnan(m), m.reason
-        (True, 'missing: no VLM judge')
-    """
-
-    reason: str
-
-    def __new__(cls, reason: str) -> Missing:
-        obj = super().__new__(cls, float("nan"))
-        obj.reason = str(reason)
-        return obj
-
-    def __repr__(self) -> str:
-        return f"Missing({self.reason!r})"
 
 
 class Scorer(Protocol):
@@ -103,13 +83,6 @@ class Features(Protocol):
     def patches(self, frames: np.ndarray) -> torch.Tensor:
         """``[F, Hp, Wp, C]`` dense embeddings of ``[F, H, W, 3]`` frames."""
         ...
-
-
-def _check_video(video: Any) -> np.ndarray:
-    array = np.asarray(video, dtype=np.float32)
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"a video is an [F, H, W, 3] array in [0, 1]; got shape {array.shape}")
-    return array
 
 
 class ClipFeatures:
@@ -144,7 +117,7 @@ class ClipFeatures:
     def _remember(self, kind: str, frames: np.ndarray, compute) -> torch.Tensor:
         """Results for the last few inputs, keyed by content: scorers ask for the same video (and reference)
         in a row, and a hash is cheap next to a CLIP forward."""
-        frames = np.ascontiguousarray(_check_video(frames))
+        frames = np.ascontiguousarray(check_video(frames))
         key = (kind, frames.shape, hashlib.blake2b(memoryview(frames).cast("B"), digest_size=16).hexdigest())
         if key not in self._memo:
             while len(self._memo) >= 6:
@@ -212,7 +185,7 @@ class TextAlignment:
         missing = _no_features(self.features)
         if missing is not None:
             return missing
-        video = _check_video(video)
+        video = check_video(video)
         cos = self.features.image(video) @ self.features.text(item.words).T  # [F, W]
         return float((self.weight * cos.double()).clamp(0, 1).mean())
 
@@ -239,7 +212,7 @@ class AlignmentChange:
             return missing
         if not item.target:
             return Missing("the item has no 'target' (end-state text) to measure the change toward")
-        video = _check_video(video)
+        video = check_video(video)
         if video.shape[0] < 2:
             return Missing("a video of one frame has no change")
         # all frames (not only the two used): the alignment scorer has usually embedded them already
@@ -276,7 +249,7 @@ class _Consistency:
         missing = _no_features(self.features)
         if missing is not None:
             return missing
-        video = _check_video(video)
+        video = check_video(video)
         if video.shape[0] < 2:
             return Missing("a video of one frame has no frames after the first to compare")
         from PIL import Image
@@ -335,7 +308,7 @@ class MotionMagnitude:
         self.spec = {"scale": self.scale}
 
     def score(self, video: np.ndarray, item: Item | None) -> float:
-        video = _check_video(video).astype(np.float64)
+        video = check_video(video).astype(np.float64)
         if video.shape[0] < 2:
             return Missing("a video of one frame has no motion to measure")
         m = float(np.abs(np.diff(video, axis=0)).mean())
@@ -388,7 +361,7 @@ class VLMJudge:
     def score(self, video: np.ndarray, item: Item) -> float:
         if self.path is None:
             return Missing("missing: no VLM judge (pass a local vision-language model folder)")
-        video = _check_video(video)
+        video = check_video(video)
         model, processor, yes, no = self._load()
         board = storyboard(video, self.frames)
         n = min(self.frames, video.shape[0])
@@ -464,7 +437,7 @@ def storyboard(video: np.ndarray, frames: int) -> Any:
     """
     from PIL import Image
 
-    video = _check_video(video)
+    video = check_video(video)
     n = min(int(frames), video.shape[0])
     index = np.unique(np.linspace(0, video.shape[0] - 1, n).round().astype(int))
     cols = math.ceil(math.sqrt(len(index)))

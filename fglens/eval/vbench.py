@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scorers import Missing, _check_video
+from .missing import Missing, check_video
 
 __all__ = ["DinoSubjectConsistency", "RaftDynamicDegree", "dynamic_degree", "load_dinov2", "load_raft"]
 
@@ -131,7 +131,7 @@ class DinoSubjectConsistency:
     def score(self, video: np.ndarray, item: Any, *, reference: np.ndarray | None = None) -> float:
         if self.model is None:
             return Missing("missing: no DINOv2 model given")
-        video = _check_video(video)
+        video = check_video(video)
         if video.shape[0] < 2:
             return Missing("a video of one frame has no frames after the first to compare")
         ref = _reference(item, reference, video.shape[1:3])
@@ -196,7 +196,7 @@ class RaftDynamicDegree:
     def score(self, video: np.ndarray, item: Any) -> float:
         if self.model is None:
             return Missing("missing: no RAFT model given")
-        video = _check_video(video)
+        video = check_video(video)
         if video.shape[0] < 2:
             return Missing("a video of one frame has no motion to measure")
         return dynamic_degree(self.pair_scores(video), video.shape[1], video.shape[2])
