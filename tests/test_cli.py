@@ -444,7 +444,7 @@ def test_frames_is_one_option_with_num_frames_as_its_alias(command):
 def test_diagnose_by_the_similarity_maps_morans_i_records_it(tmp_path):
     """`--score similarity_morans_i` records the statistic it rests on (not a default one) and names the layers the
     rule names on the stored run."""
-    from fglens.cli.diagnose import SCORE_CHOICES
+    from fglens.cli.item import SCORE_CHOICES
     from fglens.diagnose import SCORE_CHOICES as RULE_SCORES
 
     assert SCORE_CHOICES == RULE_SCORES  # the CLI spells them out so that --help imports no torch

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     import fglens as fg
 
-    from .diagnose import layer_table
+    from .item import layer_table
     from .plot import write_figures
 
     out = os.path.abspath(args.out)

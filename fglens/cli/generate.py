@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import UsageError, fail, finite_float
-from .diagnose import add_item_options, add_weak_options, check_weak_options, prepare
+from .item import add_item_options, add_weak_options, check_weak_options, prepare
 from .operators import add_operator_options, operator_entries, with_dense
 
 EPILOG = """\
@@ -131,7 +131,7 @@ def build(item: Any, store: Any, args: argparse.Namespace, spec: dict[str, Any])
     """The intervention of `spec` for `item`, and the trace that records it (errors: `UsageError`)."""
     from ..interventions.recipe import from_recipe
     from ..pipelines import spatial_multiple
-    from .diagnose import tracer
+    from .item import tracer
 
     try:
         edit = from_recipe(spec, image=item.image, prompt=item.prompt, words=item.words, size=item.size,
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("generate", exc)
 
     from ..pipelines import frames_of, save_video
-    from .diagnose import find_weak, sample, tracer
+    from .item import find_weak, sample, tracer
 
     for note in random_weight_notes(args.pipeline, clip if fg_edit else None):
         print(f"note: {note}")
