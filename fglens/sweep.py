@@ -54,12 +54,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .jobs import CALL_OPTIONS, CallOptions, run_item
 from .jsonl import jsonl_lines
 
 #: fields every spec line must have (``image`` too, for image-to-video pipelines)
 REQUIRED = ("prompt", "words", "seed")
-#: per-line call options; each may also be given sweep-wide
-CALL_OPTIONS = ("steps", "height", "width", "num_frames", "negative_prompt", "guidance_scale")
 #: every field a spec line may have
 FIELDS = ("image", *REQUIRED, "intervention", "anchor_words", "id", *CALL_OPTIONS)
 #: the file in the store's folder that holds the fingerprint of the sweep using it
@@ -592,10 +591,10 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
     import fglens as fg
 
     from .interventions.recipe import from_recipe, load_clip
-    from .pipelines import call_kwargs, spatial_multiple
+    from .pipelines import spatial_multiple
 
-    kwargs = call_kwargs(pipe, prompt=line.prompt, image=_image(line, pipe), seed=line.seed, output_type="latent",
-                         **line.options)
+    kwargs = CallOptions.from_mapping(line.options).kwargs(pipe, prompt=line.prompt, image=_image(line, pipe),
+                                                           seed=line.seed, output_type="latent")
     edit = None
     if line.intervention is not None:
         spec = line.intervention.get("clip")
@@ -609,5 +608,4 @@ def _run_line(line: SweepLine, pipe, store: Path, run_id: str, replace: bool, re
                            size=(kwargs["height"], kwargs["width"]) if "height" in kwargs else None,
                            token_px=spatial_multiple(pipe))
     target = fg.store.store_path(store, run_id=run_id, overwrite_incomplete=replace)
-    with fg.trace(pipe, record=fg.Record(words=list(line.words), **record), edit=edit, store=target):
-        pipe(**kwargs)
+    run_item(pipe, kwargs, words=line.words, record=record, edit=edit, store=target)

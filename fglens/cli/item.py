@@ -8,9 +8,10 @@ Importing this module is cheap (no torch): heavy imports happen inside the funct
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..jobs import CallOptions
 from .common import UsageError, finite_float
 
 #: the columns of the per-layer table, in this order (those the run recorded)
@@ -73,18 +74,18 @@ class Item:
     prompt: str
     words: list[str]
     image: Any  # PIL image, or None for a text-to-video pipeline
-    size: tuple[int, int]  # (height, width) of the video
     seed: int
-    steps: int | None
-    num_frames: int | None
+    options: CallOptions
+
+    @property
+    def size(self) -> tuple[int | None, int | None]:
+        """(height, width) of the video."""
+        return self.options.height, self.options.width
 
     def call_kwargs(self, output_type: str = "np") -> dict[str, Any]:
         """The pipeline's keyword arguments, with a fresh seeded generator (each pass samples the same noise)."""
-        from ..pipelines import call_kwargs
-
-        return call_kwargs(self.pipe, prompt=self.prompt, image=self.image, seed=self.seed, steps=self.steps,
-                           height=self.size[0], width=self.size[1], num_frames=self.num_frames,
-                           output_type=output_type)
+        return self.options.kwargs(self.pipe, prompt=self.prompt, image=self.image, seed=self.seed,
+                                   output_type=output_type)
 
 
 def parse_words(text: str) -> list[str]:
@@ -139,9 +140,10 @@ def prepare(args: argparse.Namespace) -> Item:
             from ..testing import reference_image
 
             image = reference_image(width=width, height=height)
-        item = Item(pipe, args.prompt, words, image, (height, width), args.seed, args.steps, args.frames)
+        options = CallOptions(steps=args.steps, height=height, width=width, num_frames=args.frames)
+        item = Item(pipe, args.prompt, words, image, args.seed, options)
         kwargs = item.call_kwargs()  # checks the image, the size and the prompt
-        item.size = (kwargs.get("height"), kwargs.get("width"))
+        item.options = replace(options, height=kwargs.get("height"), width=kwargs.get("width"))
         return item
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError, KeyError,
             TypeError) as exc:

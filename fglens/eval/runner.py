@@ -202,7 +202,8 @@ def generate(
 
     from ..core.protocol import Intervention
     from ..interventions.recipe import from_recipe, parse_recipe
-    from ..pipelines import call_kwargs, frames_of, save_video, spatial_multiple
+    from ..jobs import CallOptions, run_item
+    from ..pipelines import frames_of, save_video, spatial_multiple
 
     out = Path(out)
     call = dict(call or {})
@@ -216,7 +217,8 @@ def generate(
     pid = pipeline_id(pipe, source)
     edit_id = _edit_id(edit, anchor_clip) if edit is not None else None
 
-    checked = {item.id: call_kwargs(pipe, prompt=item.prompt, image=item.image, seed=0, steps=steps, **call)
+    options = CallOptions.from_mapping({"steps": steps, **call})
+    checked = {item.id: options.kwargs(pipe, prompt=item.prompt, image=item.image)
                for item in suite}  # image, sizes and aspect ratio of every item, before any sampling
 
     def intervention(item: Item, kwargs: Mapping[str, Any]) -> Any:
@@ -239,7 +241,7 @@ def generate(
     videos: list[Video] = []
     bar = _progress(len(jobs), "generating", progress)
     for item, seed, cond in jobs:
-        kwargs = call_kwargs(pipe, prompt=item.prompt, image=item.image, seed=seed, steps=steps, **call)
+        kwargs = options.kwargs(pipe, prompt=item.prompt, image=item.image, seed=seed)
         key_inputs = {"pipeline": pid, "item": item_ids[item.id], "seed": seed, "call": _call_sizes(kwargs),
                       "edit": edit_id if cond == "intervention" else None}
         key = _hash(key_inputs)[:16]
@@ -249,16 +251,8 @@ def generate(
             bar.update()
             continue
         obj = intervention(item, kwargs) if cond == "intervention" else None
-        run_id = ""
-        if record:
-            with fg.trace(pipe, record=fg.Record(words=list(item.words)), edit=obj, store=store) as run:
-                output = pipe(**kwargs)
-            run_id = run.run_ids[-1] if run.run_ids else ""
-        elif obj is not None:
-            with fg.trace(pipe, edit=obj):
-                output = pipe(**kwargs)
-        else:
-            output = pipe(**kwargs)
+        output, run = run_item(pipe, kwargs, words=item.words, record={} if record else None, edit=obj, store=store)
+        run_id = run.run_ids[-1] if record and run.run_ids else ""
         frames = frames_of(output)
         meta = {**key_inputs, "key": key, "condition": cond, "run": run_id,
                 "store": str(store) if record else None, "created": datetime.now(timezone.utc).isoformat()}
