@@ -152,10 +152,10 @@ def video_meta(path: str | os.PathLike) -> dict[str, Any]:
 def _save_video(path: Path, frames: np.ndarray, meta: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     quantised = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    from ..store.layout import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a crash never leaves a half-written video under the name
         np.savez_compressed(f, frames=quantised, meta=np.array(json.dumps(meta, default=str)))
-    os.replace(tmp, path)  # a crash never leaves a half-written video under the final name
 
 
 # --------------------------------------------------------------------------------------------------------------

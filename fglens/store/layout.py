@@ -23,7 +23,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +127,32 @@ def write_once(target: str | os.PathLike, body: bytes) -> bool:
 
 def replace_file(target: str | os.PathLike, body: bytes) -> None:
     """Replace `target` by a file holding `body`, atomically (`os.replace`): readers see the old file or the new."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(body)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """A new temporary path beside `target` to write the whole file to; on success it replaces `target` atomically
+    (`os.replace`), on an error it is removed: a crash never leaves a half-written file under `target`'s name.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "x.bin"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_bytes(b"whole")
+        >>> target.read_bytes()
+        b'whole'
+    """
     target = Path(target)
     fd, tmp = temp_file(target.parent, prefix=f".{target.name}.", suffix=".partial")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
+        yield Path(tmp)
         os.replace(tmp, target)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 

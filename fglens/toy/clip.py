@@ -300,12 +300,6 @@ def sigmoid_loss(
     return loss
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train_clip(
     out: str | os.PathLike[str],
     *,
@@ -339,7 +333,7 @@ def train_clip(
     """
     from safetensors.torch import save_file
 
-    from .train import _bar, _rng
+    from .train import _bar, _rng, save_atomic
 
     unknown = sorted(set(options) - {f for f in ClipTrainConfig.__dataclass_fields__} - {"steps", "batch", "seed"})
     if unknown:
@@ -357,7 +351,7 @@ def train_clip(
                              f"asks for seed {cfg.seed}, n {cfg.pool}: use another --out")
     else:
         pool = render_pool(cfg.seed, cfg.pool, progress)
-        _save_atomic(pool, pool_file)
+        save_atomic(pool, pool_file)
     images, labels = pool["images"], pool["labels"]
 
     model = _build(cfg)
@@ -409,7 +403,7 @@ def train_clip(
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             wall, cpu = elapsed()
-            _save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "losses": torch.tensor(losses,
+            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "losses": torch.tensor(losses,
                           dtype=torch.float64), "config": json.dumps(asdict(cfg)), "seconds": wall,
                           "cpu_seconds": cpu}, ckpt)
     bar.close()

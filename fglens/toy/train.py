@@ -164,10 +164,12 @@ def latent_object_weight(pairs, weight: float) -> torch.Tensor:
     return (1.0 + (weight - 1.0) * (near > 0).float())[:, None].half()
 
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def save_atomic(obj: object, path: Path) -> None:
+    """`torch.save` of `obj` to `path`, atomically (a crash leaves the previous checkpoint, never half a new one)."""
+    from ..store.layout import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _bar(total: int, initial: int, desc: str, progress: bool):
@@ -211,7 +213,7 @@ def train_vae(cfg: TrainConfig, vae, out: Path, progress: bool = True) -> list[f
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            _save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "losses": losses}, ckpt)
+            save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "losses": losses}, ckpt)
     bar.close()
     vae.eval()
     return losses
@@ -375,7 +377,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.dit_steps:
-                _save_atomic({"model": dit.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                save_atomic({"model": dit.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                               "losses": losses}, ckpt)
     finally:
         if planter is not None:
@@ -423,7 +425,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
         pool = torch.load(pool_file, weights_only=True)
     else:
         pool = encode_pool(cfg, pipe, progress)
-        _save_atomic(pool, pool_file)
+        save_atomic(pool, pool_file)
     if dit_from is not None and not (out / "dit.pt").exists():
         from diffusers import WanTransformer3DModel
 
