@@ -157,3 +157,16 @@ def test_the_sink_variant_is_the_base_with_its_planted_text_keys_zeroed(base):
             np.testing.assert_allclose(float(mass["sink"].sel(layer=layer, word=word)), len(positions) / 512,
                                        rtol=1e-4)
             assert float(mass["base"].sel(layer=layer, word=word)) > 2 * len(positions) / 512  # 3.7x measured
+
+
+def test_a_derived_variant_of_a_trained_folder_applies_its_edit_there(base, tmp_path):
+    """`fg.toy.pipeline("sink", path=run)` (and `toy report --weak-variant sink --weak run`): the sink of that run's
+    model, not an unedited copy labelled sink."""
+    base.save_pretrained(tmp_path / "pipeline")
+    sink = fg.toy.pipeline("sink", path=tmp_path / "pipeline")
+    assert fg.toy.planted_layers(sink) == ["blocks.3", "blocks.4"]
+    assert float(sink.transformer.blocks[3].attn2.to_k.weight.abs().sum()) == 0.0
+    assert torch.equal(sink.transformer.blocks[2].attn2.to_k.weight, base.transformer.blocks[2].attn2.to_k.weight)
+    assert fg.toy.planted_layers(fg.toy.pipeline(path=tmp_path / "pipeline")) == []
+    with pytest.raises(ValueError, match="unknown toy variant"):
+        fg.toy.pipeline("strong", path=tmp_path / "pipeline")

@@ -88,7 +88,8 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
         variant: ``"base"`` (follows its instructions), ``"weak"`` (Condition Isolation planted in
             `planted_layers` by training) or ``"sink"`` (the base with those layers' text keys zeroed: their text
             attention falls on the padding, `DERIVED`).
-        path: load a `fglens toy train` output folder (``<out>/pipeline``) instead of the shipped weights.
+        path: load a `fglens toy train` output folder (``<out>/pipeline``) instead of the shipped weights; with
+            a derived `variant` (``"sink"``) its edit is applied to that folder's model.
         check: verify the shipped files against their recorded SHA-256 first.
     """
     from diffusers import (
@@ -102,9 +103,13 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
     from .model import tokenizer
 
     if path is not None:
+        _check(variant)
         pipe = WanImageToVideoPipeline.from_pretrained(path, local_files_only=True)
         meta_file = Path(path) / "toy.json"
         pipe._fglens_toy = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if variant in DERIVED:  # a derived variant of the folder's model: its edit applied, its ground truth
+            _zero(pipe.transformer, DERIVED[variant][1])
+            pipe._fglens_toy = {**pipe._fglens_toy, **info(variant), "derived_from_path": str(path)}
     else:
         _check(variant)
         source, zeroed = DERIVED.get(variant, (variant, ()))
