@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 #: submodules, loaded on first use
 _LAZY_MODULES = ("adapters", "stats", "store", "interventions", "testing", "cli", "bench", "anchors",
-                 "nnsight", "plot", "diagnose", "sweep", "eval", "pipelines", "toy")
+                 "nnsight", "plot", "diagnose", "sweep", "eval", "pipelines", "toy", "train")
 #: public names and the submodule each lives in
 _LAZY_NAMES = {
     **dict.fromkeys(("Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Scale", "Where",

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"interventions", "store"},  # the operators; the run format on disk
     {"trace"},  # hooks, recorders, applying interventions
     {"diagnose", "plot"},  # analysis of stored runs
-    {"pipelines", "jobs", "testing", "eval", "sweep", "toy", "nnsight", "bench", "cli", "docgen"},  # jobs and tools
+    {"pipelines", "jobs", "testing", "eval", "sweep", "toy", "train", "nnsight", "bench", "cli", "docgen"},  # tools
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
