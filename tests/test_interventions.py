@@ -343,6 +343,16 @@ def test_focal_guidance_and_recording_over_collapsed_pads_match_the_dense_refere
         np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def _check_mixed(own, p, positions, ds, dst):
+    """The destination call's output and its recorded word masses (cond, step 0) against the dense map `p`."""
+    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    for word, cols in positions.items():
+        mass = p[0][..., cols].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
+        got = ds.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
+        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("pads", ["collapsed", "all keys"])
 def test_cache_transfer_mixes_in_the_map_the_source_used_with_its_own_edits(wan_i2v, ref_image, pads):
     """An anchor and a Scale on the source layer: the destination mixes in the source's biased map (the one the
@@ -382,12 +392,7 @@ def test_cache_transfer_mixes_in_the_map_the_source_used_with_its_own_edits(wan_
         logits_src = torch.einsum("bnhd,bthd->bhnt", source["q"].double(), source["k"].double())
         scale = 1 / math.sqrt(own["q"].shape[-1])
         p = (1 - alpha) * torch.softmax(logits_own * scale, -1) + alpha * torch.softmax(logits_src * scale + bias, -1)
-        torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
-                                   rtol=1e-5, atol=1e-5)
-        for word in ("dog", "fence"):
-            mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
-            got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
-            np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+        _check_mixed(own, p, positions, run.dataset, dst)
     full = outs[1.0].word_mass.sel(branch="cond", step=0)
     np.testing.assert_allclose(full.sel(layer=f"blocks.{dst}").values, full.sel(layer=f"blocks.{src}").values,
                                rtol=1e-5, atol=1e-7)
@@ -427,12 +432,7 @@ def test_cache_transfer_head_mean_and_clean_source_maps_match_the_dense_referenc
         p_src = p_src.mean(1, keepdim=True)
     p_own = torch.softmax(torch.einsum("bnhd,bthd->bhnt", own["q"].double(), own["k"].double()) * scale, -1)
     p = (1 - alpha) * p_own + alpha * p_src
-    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
-                               rtol=1e-5, atol=1e-5)
-    for word in ("dog", "fence"):
-        mass = p[0][..., words[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
-        got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
-        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+    _check_mixed(own, p, words, run.dataset, dst)
     spec = fg.intervention_from_spec(run.dataset.attrs["intervention"]).parts()[-1].spec()
     assert (spec["heads"], spec["source_map"]) == (heads, source_map)
 

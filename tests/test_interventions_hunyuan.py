@@ -60,6 +60,27 @@ def _dense(call, bias=None):
     return torch.einsum("bhnt,bthd->bnhd", p, v), p
 
 
+def _check_mixed(call, p_dst, src_text, alpha, recorded):
+    """The destination's output and recorded masses against the dense mix: the video rows' text block becomes
+    (1 - alpha)·P_dst + alpha·`src_text`, the rest of each row rescaled so that it still sums to 1."""
+    text = slice(N_VIDEO + N_IMAGE, call["k"].shape[1])
+    p = p_dst.clone()
+    m_dst = p_dst[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
+    m_new = (1 - alpha) * m_dst + alpha * src_text.sum(-1, keepdim=True)
+    p[:, :, :N_VIDEO] *= (1 - m_new) / (1 - m_dst)  # rows keep summing to 1
+    p[:, :, :N_VIDEO, text] = (1 - alpha) * p_dst[:, :, :N_VIDEO, text] + alpha * src_text
+    torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
+    torch.testing.assert_close(call["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, call["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    # the recorder saw the mixed map
+    np.testing.assert_allclose(recorded.text_mass.values,
+                               p[0, :, :N_VIDEO, text].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(recorded.image_mass.values,
+                               p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
+                               .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_anchor_on_joint_attention_matches_dense_reference(hunyuan):
     mask = torch.zeros(3, 5)
     mask[1:, 2:] = 1.0
@@ -120,23 +141,8 @@ def test_cache_transfer_on_joint_attention_matches_dense_reference(hunyuan, mode
         source = forward[src] if mode == "same_step" else forwards[step - 1][src]
         _, p_src = _dense(source)
         text = slice(N_VIDEO + N_IMAGE, call["k"].shape[1])
-        p = p_dst.clone()
-        m_dst = p_dst[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
-        m_src = p_src[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
-        m_new = (1 - alpha) * m_dst + alpha * m_src
-        p[:, :, :N_VIDEO] *= (1 - m_new) / (1 - m_dst)  # rows keep summing to 1
-        p[:, :, :N_VIDEO, text] = (1 - alpha) * p_dst[:, :, :N_VIDEO, text] + alpha * p_src[:, :, :N_VIDEO, text]
-        torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
-        expected = torch.einsum("bhnt,bthd->bnhd", p, call["v"].double())
-        torch.testing.assert_close(call["out"].double(), expected, rtol=1e-5, atol=1e-5)
-        # the recorder saw the mixed map
-        got = run.dataset.sel(branch="cond", layer=names[dst]).isel(step=step)
-        np.testing.assert_allclose(got.text_mass.values,
-                                   p[0, :, :N_VIDEO, text].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1).numpy(),
-                                   rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(got.image_mass.values,
-                                   p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
-                                   .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+        _check_mixed(call, p_dst, p_src[:, :, :N_VIDEO, text], alpha,
+                     run.dataset.sel(branch="cond", layer=names[dst]).isel(step=step))
 
 
 @pytest.mark.parametrize("heads,source_map", [("mean", "edited"), ("each", "clean"), ("mean", "clean")])
@@ -164,21 +170,7 @@ def test_cache_transfer_head_mean_and_clean_source_on_joint_attention(hunyuan, h
     src_text = p_src[:, :, :N_VIDEO, text]
     if heads == "mean":
         src_text = src_text.mean(1, keepdim=True).expand_as(src_text)
-    p = p_dst.clone()
-    m_dst = p_dst[:, :, :N_VIDEO, text].sum(-1, keepdim=True)
-    m_new = (1 - alpha) * m_dst + alpha * src_text.sum(-1, keepdim=True)
-    p[:, :, :N_VIDEO] *= (1 - m_new) / (1 - m_dst)
-    p[:, :, :N_VIDEO, text] = (1 - alpha) * p_dst[:, :, :N_VIDEO, text] + alpha * src_text
-    torch.testing.assert_close(p.sum(-1), torch.ones_like(p.sum(-1)))
-    torch.testing.assert_close(call["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, call["v"].double()),
-                               rtol=1e-5, atol=1e-5)
-    got = run.dataset.sel(branch="cond", layer=names[dst]).isel(step=0)
-    np.testing.assert_allclose(got.text_mass.values,
-                               p[0, :, :N_VIDEO, text].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got.image_mass.values,
-                               p[0, :, :N_VIDEO, N_VIDEO:N_VIDEO + N_IMAGE].sum(-1).mean(0)
-                               .reshape(GRID[0], -1).mean(-1).numpy(), rtol=1e-5, atol=1e-6)
+    _check_mixed(call, p_dst, src_text, alpha, run.dataset.sel(branch="cond", layer=names[dst]).isel(step=0))
 
 
 def test_frame_scoped_anchor_on_joint_attention_leaves_every_other_row_bit_identical(hunyuan):

@@ -34,9 +34,14 @@ def collapse_padding(key: torch.Tensor, n_real: int) -> tuple[torch.Tensor, torc
     total = key.shape[1]
     if n_real >= total - 1:
         return key, torch.ones(total, device=key.device)
-    mult = torch.ones(n_real + 1, device=key.device)
+    return key[:, : n_real + 1], pad_multiplicity(n_real, total, key.device)
+
+
+def pad_multiplicity(n_real: int, total: int, device: torch.device | None = None) -> torch.Tensor:
+    """``[n_real + 1]``: 1 for each real key column, ``total - n_real`` for the one column standing for the pads."""
+    mult = torch.ones(n_real + 1, device=device)
     mult[-1] = total - n_real
-    return key[:, : n_real + 1], mult
+    return mult
 
 
 def padding_is_uniform(key: torch.Tensor, n_real: int) -> torch.Tensor:

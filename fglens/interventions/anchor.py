@@ -57,8 +57,6 @@ class AnchorMask(_Scoped):
         (['dog'], (1, 4, 6))
     """
 
-    kinds = frozenset({"text", "joint"})
-
     def __init__(
         self,
         masks: torch.Tensor | Mapping[str, torch.Tensor],
@@ -90,6 +88,7 @@ class AnchorMask(_Scoped):
         if not (frames in ("all", "first") or (isinstance(frames, float) and 0.0 < frames <= 1.0)):
             raise ValueError(f"frames must be 'all', 'first' or a decay in (0, 1]; got {frames!r}")
         self.targets = _targets(targets)
+        #: the sites this anchor acts at: those of its targets
         self.kinds = frozenset(kind for t in self.targets for kind in _TARGET_KINDS[t])
         self.masks = masks
         self.words = list(words)

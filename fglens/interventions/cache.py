@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..core.probs import Mix, bias_logits, chunk_probs, key_logits, mix, rest_scale, row_logsumexp
+from ..core.probs import Mix, bias_logits, chunk_probs, key_logits, mix, pad_multiplicity, rest_scale, row_logsumexp
 from ..core.protocol import EditCall
 from ..core.scope import Where, finite, resolve_layers
 from .tools import _Scoped, _where_spec
@@ -424,8 +424,7 @@ def _mean_map_output(call: EditCall, query: torch.Tensor, key: torch.Tensor, rea
         keys, values, mult = _leading_keys(key, real, total), call.value, None
     else:
         keys, values = _leading_keys(key, real, rows + 1), call.value[:, : rows + 1]
-        mult = torch.ones(rows + 1, device=keys.device)
-        mult[-1] = total - rows
+        mult = pad_multiplicity(rows, total, keys.device)
     b, n, h, _ = query.shape
     block = max(1, (1 << 24) // max(1, b * h * keys.shape[1]))
     out = torch.empty((b, n, h, values.shape[-1]), dtype=call.value.dtype, device=call.value.device)
