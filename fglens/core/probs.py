@@ -40,7 +40,7 @@ def collapse_padding(key: torch.Tensor, n_real: int) -> tuple[torch.Tensor, torc
 def pad_multiplicity(n_real: int, total: int, device: torch.device | None = None) -> torch.Tensor:
     """``[n_real + 1]``: 1 for each real key column, ``total - n_real`` for the one column standing for the pads."""
     mult = torch.ones(n_real + 1, device=device)
-    mult[-1] = total - n_real
+    mult[-1:].fill_(total - n_real)  # a fill, not an indexed store: that copies a host scalar (a sync on CUDA)
     return mult
 
 
