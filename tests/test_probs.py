@@ -17,6 +17,7 @@ from fglens.core.probs import (
     frames_per_chunk,
     logsumexp_over_keys,
     padding_is_uniform,
+    qk_dots,
 )
 
 PROPS = settings(deadline=None, max_examples=60, derandomize=True)
@@ -259,3 +260,25 @@ def test_row_logsumexp_matches_dense_float64():
     got = row_logsumexp(q, k, key_chunk=7)
     assert got.shape == (2, 3, 37)
     torch.testing.assert_close(got.double(), dense, rtol=0, atol=5e-6)
+
+
+DOT_DEVICES = [("cpu", torch.float32), ("cpu", torch.bfloat16)] + (
+    [("cuda", torch.bfloat16), ("cuda", torch.float16), ("cuda", torch.float32)] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device, dtype", DOT_DEVICES)
+def test_qk_dots_are_the_float64_dot_products_of_the_given_numbers(device, dtype):
+    # half-precision inputs on CUDA take a tensor-core GEMM with float32 output: the products of the given bf16/fp16
+    # numbers are exact, so the only error is float32 accumulation over D (here D = 128, as in Wan)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 37, 3, 128, generator=g).to(device, dtype)
+    k = torch.randn(2, 11, 3, 128, generator=g).to(device, dtype)
+    ref = torch.einsum("bnhd,bthd->bhnt", q.double().cpu(), k.double().cpu())
+    got = qk_dots(q, k)
+    assert got.dtype == torch.float32 and got.shape == (2, 3, 37, 11)
+    np.testing.assert_allclose(got.cpu().double().numpy(), ref.numpy(), rtol=0, atol=1e-4)
+    # a non-contiguous key (a slice of a longer one, as the joint recorders pass) gives the same numbers
+    longer = torch.cat([k, k], 1)[:, 5:16]
+    np.testing.assert_allclose(qk_dots(q, longer).cpu().double().numpy(),
+                               torch.einsum("bnhd,bthd->bhnt", q.double().cpu(), longer.double().cpu()).numpy(),
+                               rtol=0, atol=1e-4)

@@ -51,6 +51,37 @@ def padding_is_uniform(key: torch.Tensor, n_real: int) -> torch.Tensor:
     return (key[:, n_real:] == key[:, n_real : n_real + 1]).all()
 
 
+_OUT_DTYPE_BMM: bool | None = None  # does this torch's CUDA `bmm` take ``out_dtype=`` (half inputs, float32 out)?
+
+
+def qk_dots(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Unscaled float32 dot products ``[B, H, n, T]`` of queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``.
+
+    Every product is exact and every sum is accumulated in float32: on CUDA with bfloat16/float16 inputs by one
+    tensor-core GEMM with a float32 output (a product of two half-precision numbers is exact in float32), with no
+    float32 copy of the queries; otherwise by a float32 einsum of the upcast inputs (the same numbers, summed in
+    another order).
+
+    Example:
+        >>> q, k = torch.randn(1, 5, 2, 4), torch.randn(1, 3, 2, 4)
+        >>> qk_dots(q, k).shape
+        torch.Size([1, 2, 5, 3])
+    """
+    global _OUT_DTYPE_BMM
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and key.dtype == query.dtype \
+            and _OUT_DTYPE_BMM is not False:
+        b, n, h, d = query.shape
+        q = query.permute(0, 2, 1, 3).reshape(b * h, n, d)
+        k = key.permute(0, 2, 3, 1).reshape(b * h, d, key.shape[1])
+        try:
+            out = torch.bmm(q, k, out_dtype=torch.float32)
+            _OUT_DTYPE_BMM = True
+            return out.unflatten(0, (b, h))
+        except (TypeError, RuntimeError):  # an older torch: no half-in, float32-out GEMM
+            _OUT_DTYPE_BMM = False
+    return torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32))
+
+
 def chunk_probs(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -60,12 +91,22 @@ def chunk_probs(
 ) -> torch.Tensor:
     """Softmax probabilities ``[B, H, n, T]`` (float32) for queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``,
     with an optional additive logit bias ``[B, H, n, T]`` (an intervention's)."""
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    logits = torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32)) * scale
-    if multiplicity is not None:
-        logits = logits + torch.log(multiplicity.to(logits))
+    return probs_from_dots(qk_dots(query, key), default_scale(query, scale), multiplicity, bias)
+
+
+def default_scale(query: torch.Tensor, scale: float | None) -> float:
+    """The softmax scale of a call: `scale`, or 1/sqrt(head dim) of ``query [..., D]`` when None (SDPA's default)."""
+    return 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+
+
+def probs_from_dots(
+    dots: torch.Tensor, scale: float, multiplicity: torch.Tensor | None = None, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`chunk_probs` from the unscaled dot products `dots` ``[B, H, n, T]`` (`qk_dots`); `dots` is left as is."""
+    # one pass: log(multiplicity) + scale * dots, a new tensor (the in-place addition below touches no caller's)
+    logits = dots * scale if multiplicity is None else torch.add(torch.log(multiplicity.to(dots)), dots, alpha=scale)
     if bias is not None:
-        logits = logits + bias
+        logits = logits.add_(bias) if bias.shape == logits.shape else logits + bias
     return torch.softmax(logits, dim=-1)
 
 
@@ -76,8 +117,8 @@ def key_logits(
     """float32 logits ``[B, H, n, T]`` of queries ``[B, n, H, D]`` and keys ``[B, T, H, D]``, plus a key bias
     ``[B, T]`` (e.g. -inf for masked padding)."""
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    out = torch.einsum("bnhd,bthd->bhnt", query.to(torch.float32), key.to(torch.float32)) * scale
-    return out if bias is None else out + bias[:, None, None, :]
+    out = qk_dots(query, key).mul_(scale)
+    return out if bias is None else out.add_(bias[:, None, None, :])
 
 
 def frames_per_chunk(grid: tuple[int, int, int], bytes_per_token: int, budget_bytes: int) -> int:
@@ -99,12 +140,11 @@ def logsumexp_over_keys(
     Accumulated over chunks of `key_chunk` keys with logaddexp, so no ``n x T`` block is ever held whole.
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    q = query.to(torch.float32)
     out = None
     for k0 in range(0, key.shape[1], key_chunk):
-        logits = torch.einsum("bnhd,bthd->bhnt", q, key[:, k0 : k0 + key_chunk].to(torch.float32)) * scale
+        logits = qk_dots(query, key[:, k0 : k0 + key_chunk]).mul_(scale)
         if bias is not None:
-            logits = logits + bias[:, None, None, k0 : k0 + key_chunk]
+            logits.add_(bias[:, None, None, k0 : k0 + key_chunk])
         part = torch.logsumexp(logits, -1)
         out = part if out is None else torch.logaddexp(out, part)
     return out

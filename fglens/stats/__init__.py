@@ -57,6 +57,28 @@ def cosine_similarity(queries: torch.Tensor, mean_keys: torch.Tensor) -> torch.T
     return q @ k.transpose(-1, -2)
 
 
+def cosine_from_dots(
+    dot_sums: torch.Tensor, word_index: torch.Tensor, queries: torch.Tensor, mean_keys: torch.Tensor
+) -> torch.Tensor:
+    """`cosine_similarity` from the dot products already computed for the attention: ``dot_sums [B, n, T]`` of
+    each query with each key token (summed over heads), `word_index [T, W]`, ``queries [B, n, C]``, ``mean_keys
+    [B, W, C]``: cos(q, k̄_w) = (Σ_{t∈w} q·k_t / |w|) / (‖q‖ ‖k̄_w‖), each norm at least 1e-12 as in
+    `torch.nn.functional.normalize`.
+
+    Example:
+        >>> q, k = torch.randn(1, 4, 6), torch.randn(1, 3, 6)
+        >>> idx = torch.tensor([[1.0], [1.0], [0.0]])
+        >>> ref = cosine_similarity(q, (idx.T @ k[0] / 2)[None])
+        >>> bool(torch.allclose(cosine_from_dots(q @ k.transpose(1, 2), idx, q, (idx.T @ k[0] / 2)[None]), ref))
+        True
+    """
+    idx = word_index.to(torch.float32)
+    num = dot_sums.to(torch.float32) @ (idx / idx.sum(0).clamp_min(1))
+    qn = torch.linalg.vector_norm(queries, dim=-1, dtype=torch.float32).clamp_min(1e-12)
+    kn = torch.linalg.vector_norm(mean_keys.to(torch.float32), dim=-1).clamp_min(1e-12)
+    return num / (qn[..., None] * kn[:, None, :])
+
+
 def text_share(out_text: torch.Tensor, out_image: torch.Tensor) -> torch.Tensor:
     """‖O_text‖ / (‖O_text‖ + ‖O_image‖) per token: ``[B, n, C] x 2 -> [B, n]``; NaN where both are 0."""
     a = torch.linalg.vector_norm(out_text.to(torch.float32), dim=-1)
@@ -108,5 +130,5 @@ def reduce_frames(how: str, x: torch.Tensor, grid: tuple[int, int, int]) -> torc
     raise ValueError(f"unknown reduction {how!r}; known: frame_mean, morans_i, map")
 
 
-__all__ = ["cosine_similarity", "frame_mean", "morans_i", "normalized_entropy", "reduce_frames", "text_share",
-           "word_maps"]
+__all__ = ["cosine_from_dots", "cosine_similarity", "frame_mean", "morans_i", "normalized_entropy", "reduce_frames",
+           "text_share", "word_maps"]

@@ -19,14 +19,16 @@ from ..adapters.base import Site
 from ..core.call import AttentionCall, ForwardContext
 from ..core.probs import (
     bias_logits,
-    chunk_probs,
     collapse_padding,
+    default_scale,
     frame_chunks,
     frames_per_chunk,
     key_bias,
     key_logits,
     logsumexp_over_keys,
     padding_is_uniform,
+    probs_from_dots,
+    qk_dots,
     rest_scale,
     row_logsumexp,
 )
@@ -311,11 +313,14 @@ class Recorder:
             subset = self._subset(fwd, call.query.shape[0])
 
             def chunk(a: int, z: int):
-                # post-edit probabilities: the interventions' logit biases, then the cache transfers' mixes
-                p = chunk_probs(q[:, a:z], k_eff, mult, scale, bias_logits(biases, slice(a, z), cols, items))
+                # post-edit probabilities: the interventions' logit biases, then the cache transfers' mixes; the
+                # raw dot products, summed over heads, also give the similarity (no second pass over the queries)
+                dots = qk_dots(q[:, a:z], k_eff)
+                p = probs_from_dots(dots, default_scale(q, scale), mult,
+                                    bias_logits(biases, slice(a, z), cols, items))
                 for m in mixes:
                     p = m.apply(p, slice(a, z), mult, subset)
-                return p.mean(1), {}
+                return p.mean(1), {}, dots.sum(1)
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
                 return stats.normalized_entropy(pbar, mult, k.shape[1])
@@ -383,7 +388,7 @@ class Recorder:
             if "ref_mass" in want:
                 lse_ref = torch.logsumexp(edited(a, z, k_ref, b_ref, v0), -1)
                 extra["ref_mass"] = (torch.exp(lse_ref - lse[:, :, a:z]) * rest).mean(1)
-            return p_text.mean(1), extra  # head mean [b, n, T]
+            return p_text.mean(1), extra, None  # head mean [b, n, T]
 
         def entropy(pbar: torch.Tensor) -> torch.Tensor:
             # entropy of the attention within the text keys (renormalised), over log(number of real text keys)
@@ -419,7 +424,7 @@ class Recorder:
         columns = max(k_text.shape[1], scale_rows and (k_text.shape[1] + 64))
         per_chunk = frames_per_chunk(grid, b * heads * max(1, columns) * 4 * 3, self.record.chunk_bytes)
         for a, z in frame_chunks(grid, per_chunk):
-            pbar, extra = chunk(a, z)
+            pbar, extra, dot_sums = chunk(a, z)
             if need_maps and word_index is not None:
                 maps[:, a:z] = stats.word_maps(pbar, word_index)
             elif need_maps:
@@ -428,7 +433,8 @@ class Recorder:
             if need_ent:
                 ent[:, a:z] = entropy(pbar)
             if kbar is not None:
-                sim[:, a:z] = stats.cosine_similarity(q[:, a:z].flatten(2), kbar)
+                sim[:, a:z] = (stats.cosine_similarity(q[:, a:z].flatten(2), kbar) if dot_sums is None else
+                               self._similarity(dot_sums, rows, word_index, q[:, a:z].flatten(2), kbar))
             for name, value in extra.items():
                 extras.setdefault(name, q.new_zeros((b, n), dtype=torch.float32))[:, a:z] = value
         for i, row in enumerate(fwd.index):  # a word the row's prompt lacks: no columns, no statistic (not 0)
@@ -441,6 +447,14 @@ class Recorder:
                      "similarity": sim.transpose(1, 2) if kbar is not None else None,
                      "entropy": ent if need_ent else None}
         self._emit(fwd, layer, per_token)
+
+    @staticmethod
+    def _similarity(dot_sums, rows, word_index, q, kbar) -> torch.Tensor:
+        """S_w[n] of each row from its head-summed dot products with the text keys (`stats.cosine_from_dots`)."""
+        if word_index is not None:
+            return stats.cosine_from_dots(dot_sums, word_index, q, kbar)
+        return torch.cat([stats.cosine_from_dots(dot_sums[i : i + 1], idx, q[i : i + 1], kbar[i : i + 1])
+                          for i, idx in enumerate(rows)])
 
     def _emit(self, fwd: _ForwardState, layer: int, per_token: dict[str, torch.Tensor | None]) -> None:
         """Each wanted statistic whose per-token source is in `per_token` (``[b, W, N]`` per word, ``[b, N]``
