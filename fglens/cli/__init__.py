@@ -10,6 +10,7 @@ Examples:
     fglens eval builtin --pipeline tiny-wan --out eval/ --edit focal-guidance --layers 1,2 --src 3 --clip tiny
     fglens eval import vbench2 --dimensions Dynamic_Attribute --images refs/ --out suite/   # VBench-2.0's prompts
     fglens bench --json bench.json                            # overhead and memory, measured side by side
+    fglens train suite.jsonl --pipeline tiny-wan --layers 1 --teacher RECIPE --out lora/   # Focal Guidance as a LoRA
 
 Importing a command module is cheap (no torch): heavy imports happen inside its `run`.
 """
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from importlib import import_module
 
 #: subcommands in the order `fglens --help` lists them; each is the module fglens.cli.<name>
-COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval", "toy")
+COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval", "train", "toy")
 
 
 def build_parser() -> argparse.ArgumentParser:

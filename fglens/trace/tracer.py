@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -57,18 +57,25 @@ class Trace:
         dataset: the most recent run as an `xarray.Dataset` (from the store when one was given).
         datasets: every run of this block, in order.
         run_ids: the names of those runs in the store.
+        observers: objects given the live attention calls (``Trace(..., observers=[...])``; `fglens.train`'s
+            probes): each forward is framed by ``begin_forward(ctx)`` / ``end_forward()``, and every call of a site
+            ``wants(site)`` accepts is handed to ``observe(call)`` as the `AttentionCall` itself, post-edit, its q and
+            k keeping their autograd history (nothing is computed for them, and nothing is recorded unless `record`
+            says so).
     """
 
     def __init__(self, target: Any, record: Record | None = None, edit: Any = None, store: Any = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, observers: Sequence[Any] = ()):
         if record is not None and not isinstance(record, Record):
             raise TypeError(f"record must be an fg.Record, got {type(record).__name__}")
         self.pipe, found = _transformers(target)
         self.adapters: list[Adapter] = [adapter_for(t, prefix) for prefix, t in found]
         per_model = [a.layers() for a in self.adapters]
         kinds = {site.kind for a in self.adapters for site in a.sites()}
-        # with an edit and no record, nothing is recorded; with neither, the default Record
-        self.record = record if record is not None else (Record() if edit is None or store is not None else None)
+        # with an edit or observers and no record, nothing is recorded; with none of them, the default Record
+        self.observers = list(observers)
+        self.record = record if record is not None else (
+            Record() if (edit is None and not self.observers) or store is not None else None)
         heads = [getattr(a.module(s.module), "heads", None) for a in self.adapters for s in a.sites()]
         heads = min((h for h in heads if isinstance(h, int)), default=None)
         self.editor = Editor(edit, per_model, kinds, heads) if edit is not None else None
@@ -188,7 +195,7 @@ class Trace:
                 self._end_run(interrupted=False)
             self._begin_run(call, ctx)
         self._forward = ctx
-        for recorder, _, _ in self._items:
+        for recorder in (*(r for r, _, _ in self._items), *self.observers):
             recorder.begin_forward(ctx)
         self._run_state["last_step"] = ctx.step
         self._run_state["num_steps"] = ctx.num_steps
@@ -199,6 +206,8 @@ class Trace:
             result = recorder.end_forward()
             if result is not None:
                 writer.put(result.step, result.timestep, result.values, result.checks)
+        for observer in self.observers:
+            observer.end_forward()
 
     def _on_attention(self, site: Site, query, key, value, run, run_with_lse, args, kwargs) -> torch.Tensor:
         forward = self._forward
@@ -206,6 +215,7 @@ class Trace:
             return run()
         edits = self.editor.active(site, forward) if self.editor is not None else []
         recorders = [r for r, _, _ in self._items if r.wants(site)]
+        recorders += [o for o in self.observers if o.wants(site)]
         record = bool(recorders)
         if not edits and not record:
             return run()

@@ -1,7 +1,9 @@
 """Focal Guidance by light post-training (issue 16): LoRA on the semantic-weak layers' attention projections only.
 
-This first piece attaches, saves and reloads the adapter through peft and diffusers' own LoRA loading; the
-losses and the training job build on it.
+`add_lora` / `save_lora` attach, save and reload the adapter through peft and diffusers' own LoRA loading;
+`FocalLoRA` trains it (the ``distill`` loss: the student learns a Focal Guidance teacher's attention along the
+teacher's own sampling trajectories); `items` reads its data; `TextProbe` and `text_distribution` are the
+losses' differentiable view of an attention call.
 
 Example:
     >>> import fglens as fg
@@ -10,6 +12,11 @@ Example:
     ['blocks.1.attn2.to_q.lora_A.focal.weight', 'blocks.1.attn2.to_q.lora_B.focal.weight']
 """
 
+from .curve import write_curve
+from .data import TrainItem, items
+from .job import LOSSES, FocalLoRA
 from .lora import DEFAULT_PROJECTIONS, add_lora, lora_targets, save_lora
+from .probe import TextProbe, log_text_distribution, text_distribution
 
-__all__ = ["DEFAULT_PROJECTIONS", "add_lora", "lora_targets", "save_lora"]
+__all__ = ["DEFAULT_PROJECTIONS", "LOSSES", "FocalLoRA", "TextProbe", "TrainItem", "add_lora", "items",
+           "log_text_distribution", "lora_targets", "save_lora", "text_distribution", "write_curve"]

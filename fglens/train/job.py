@@ -1,0 +1,309 @@
+"""`FocalLoRA`: Focal Guidance learned into a LoRA on the weak layers, so that sampling needs no fglens.
+
+The ``distill`` loss (docs/concepts.md, "Post-training losses") needs images and prompts only. For each item the
+teacher — the same model, its LoRA switched off, sampling under a Focal Guidance edit (`fg.trace(pipe,
+edit=teacher)`) — is run once; every transformer forward of that sampling is kept: its inputs, and the teacher's
+post-edit attention of each video query over the text keys at the trained layers (`text_distribution`). A
+training step picks an item and one of its forwards (seeded by the step, so a resumed job draws the same), runs the
+student (LoRA on, no edit) on the same inputs, and minimises the KL divergence from the teacher's attention to the
+student's, per query and head, averaged over queries, heads and layers. The student is thus trained along the
+teacher's own sampling trajectories. ``flow`` is not in this module yet (docs/train.md says what is).
+
+Outputs, in ``out``: the adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``:
+``pipe.load_lora_weights(out)`` loads it without fglens), ``manifest.json`` (layers, loss, data digest, steps,
+versions), ``curve.zarr`` (the loss terms per step, an xarray Dataset), ``curve.png``, and ``checkpoint.pt`` (the
+adapter, the optimiser and the curve, written atomically every `checkpoint_every` steps; ``fit`` resumes from it).
+
+Example:
+    >>> import tempfile, fglens as fg
+    >>> pipe = fg.testing.tiny_wan_i2v_pipeline()
+    >>> teacher = fg.Scale(["dog"], 4.0, where=fg.Where(layers=["blocks.1"]))
+    >>> data = [fg.train.TrainItem("a", fg.testing.reference_image(), "a dog jumps over the red fence")]
+    >>> job = fg.train.FocalLoRA(layers=["blocks.1"], rank=2, teacher=teacher, lr=1e-2)
+    >>> out = job.fit(pipe, data, steps=2, out=tempfile.mkdtemp(), progress=False)
+    >>> sorted(p.name for p in out.iterdir())[:3]
+    ['checkpoint.pt', 'curve.png', 'curve.zarr']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import TrainItem, digest, items
+from .lora import _models, add_lora, save_lora
+from .probe import TextProbe, kl_per_query, log_text_distribution, text_distribution
+
+#: the losses `FocalLoRA` knows, and what each needs of the data
+LOSSES: dict[str, str] = {"distill": "images and prompts (the teacher samples its own trajectories)"}
+
+
+@dataclass(frozen=True)
+class FocalLoRA:
+    """A light post-training job: a LoRA on `layers`' attention projections, trained with `loss`.
+
+    Args:
+        layers: the layers to adapt (names or indices, e.g. ``fg.find_weak_layers(...).weak``).
+        rank, alpha, dropout, projections: the LoRA (`fg.train.add_lora`).
+        loss: a name in `LOSSES`.
+        teacher: for ``distill``, the Focal Guidance edit the student learns: an intervention (the same for every
+            item), a recipe (a dict or JSON text, built per item from its image, prompt and words as the
+            evaluation does), or a function ``item -> intervention``.
+        lr: AdamW's learning rate (no weight decay).
+        call: the teacher's sampling call options (`fglens.jobs.CALL_OPTIONS`: steps, size, guidance).
+        checkpoint_every: steps between checkpoints.
+        seed: seeds the items' sampling noise and the order of training examples.
+    """
+
+    layers: Sequence[str | int]
+    rank: int = 8
+    loss: str = "distill"
+    teacher: Any = None
+    alpha: float | None = None
+    dropout: float = 0.0
+    projections: Sequence[str] | None = None
+    lr: float = 1e-3
+    call: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.loss == "distill" and self.teacher is None:
+            raise ValueError("loss 'distill' needs a teacher: the Focal Guidance edit to learn (an intervention, "
+                             "a recipe or a function item -> intervention)")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer; got {self.rank!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number; got {self.lr!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be a positive integer; got {self.checkpoint_every!r}")
+        from ..jobs import CallOptions
+
+        CallOptions.from_mapping(self.call)  # unknown options: an error now
+
+    def spec(self) -> dict[str, Any]:
+        """The job's settings as JSON-able data (the manifest's, and what a resumed job must match)."""
+        teacher = self.teacher
+        if hasattr(teacher, "spec"):
+            teacher = teacher.spec()
+        elif callable(teacher):
+            teacher = getattr(teacher, "__qualname__", "function")
+        return {"layers": [str(x) for x in self.layers], "rank": self.rank, "alpha": self.alpha,
+                "dropout": self.dropout, "projections": None if self.projections is None else list(self.projections),
+                "loss": self.loss, "teacher": teacher, "lr": self.lr, "call": dict(self.call), "seed": self.seed}
+
+    def fit(self, pipe: Any, data: str | os.PathLike | Sequence[Any], steps: int, out: str | os.PathLike, *,
+            resume: bool = True, progress: bool = True) -> Path:
+        """Train the adapter for `steps` optimiser steps on `data` (`fg.train.items`), writing to `out` (see the
+        module's docstring); resumes from ``out/checkpoint.pt`` when `resume` and it is there. The pipeline keeps
+        the trained adapter (named ``focal``) attached and enabled. Returns `out` as a Path."""
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        data = items(data) if not (isinstance(data, Sequence) and data and isinstance(data[0], TrainItem)) \
+            else list(data)
+        out = Path(out)
+        layers = _layer_names(pipe, self.layers)
+        params = _attach(pipe, self)  # bad layers, projections: errors here, before any step
+        optimiser = torch.optim.AdamW([p for _, p in params], lr=self.lr, weight_decay=0.0)
+        curve: list[dict[str, float]] = []
+        start = 0
+        data_digest = digest(data)
+        checkpoint = out / "checkpoint.pt"
+        if resume and checkpoint.exists():
+            start, curve = _load_checkpoint(checkpoint, params, optimiser, self.spec(), data_digest)
+        out.mkdir(parents=True, exist_ok=True)
+        teacher = _Teacher(pipe, self, layers)
+        bar = _bar(steps, start, progress)
+        for step in range(start, steps):
+            rng = np.random.default_rng([self.seed, step])
+            i = int(rng.integers(len(data)))
+            forwards = teacher.forwards(i, data[i])
+            f = forwards[int(rng.integers(len(forwards)))]
+            torch.manual_seed(self.seed * 1_000_003 + step)  # LoRA dropout, if any
+            kl = _student_kl(pipe, layers, f)
+            optimiser.zero_grad(set_to_none=True)
+            kl.backward()
+            optimiser.step()
+            curve.append({"step": step, "loss": float(kl.detach()), "kl": float(kl.detach())})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{curve[-1]['loss']:.4g}")
+            if (step + 1) % self.checkpoint_every == 0 or step + 1 == steps:
+                _save_checkpoint(checkpoint, step + 1, params, optimiser, curve, self.spec(), data_digest)
+        if bar is not None:
+            bar.close()
+        save_lora(pipe, out)
+        _write_outputs(out, self, layers, curve, data_digest, len(data), steps)
+        return out
+
+
+# -- the teacher's trajectories -----------------------------------------------------------------------------
+class _Teacher:
+    """Per item, once: every transformer forward of the teacher's sampling — its inputs and the teacher's post-edit
+    attention over the text at each trained layer (detached)."""
+
+    def __init__(self, pipe: Any, job: FocalLoRA, layers: list[str]):
+        self.pipe, self.job, self.layers = pipe, job, layers
+        self.cache: dict[int, list[dict[str, Any]]] = {}
+
+    def edit_for(self, item: TrainItem) -> Any:
+        teacher = self.job.teacher
+        if isinstance(teacher, (Mapping, str)):
+            from ..interventions.recipe import from_recipe
+
+            return from_recipe(teacher, image=item.image, prompt=item.prompt, words=list(item.words))
+        if callable(teacher) and not hasattr(teacher, "spec"):
+            return teacher(item)
+        return teacher
+
+    def forwards(self, index: int, item: TrainItem) -> list[dict[str, Any]]:
+        if index not in self.cache:
+            self.cache[index] = self._sample(index, item)
+        return self.cache[index]
+
+    def _sample(self, index: int, item: TrainItem) -> list[dict[str, Any]]:
+        from ..jobs import CallOptions
+        from ..trace.tracer import Trace
+
+        kwargs = CallOptions.from_mapping(self.job.call).kwargs(
+            self.pipe, prompt=item.prompt, image=item.image, seed=self.job.seed + index, output_type="latent")
+        capture = _Capture(self.layers)
+        hooks = [t.register_forward_pre_hook(capture.inputs_hook(prefix), with_kwargs=True)
+                 for prefix, t, _ in _models(self.pipe)]
+        try:
+            with _adapters_off(self.pipe), torch.no_grad(), Trace(self.pipe, edit=self.edit_for(item),
+                                                                  observers=[capture]):
+                self.pipe(**kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        if not capture.forwards:
+            raise RuntimeError(f"item {item.id!r}: the teacher's sampling ran no transformer forward")
+        return capture.forwards
+
+
+class _Capture(TextProbe):
+    def __init__(self, layers: list[str]):
+        super().__init__(layers)
+        self.forwards: list[dict[str, Any]] = []
+        self._inputs: tuple[str, tuple, dict] | None = None
+
+    def inputs_hook(self, prefix: str) -> Callable:
+        def hook(module, args, kwargs):
+            detach = lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x  # noqa: E731
+            self._inputs = (prefix, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()})
+
+        return hook
+
+    def end_forward(self) -> None:
+        probs = {layer: text_distribution(call).detach() for layer, call in self.calls.items()}
+        # a joint call's segments come from the pipeline call's prompt, which a replayed forward lacks: keep them
+        segments = {layer: call.segments for layer, call in self.calls.items()}
+        prefix, args, kwargs = self._inputs
+        self.forwards.append({"model": prefix, "args": args, "kwargs": kwargs, "probs": probs, "segments": segments})
+
+
+def _student_kl(pipe: Any, layers: list[str], forward: Mapping[str, Any]) -> torch.Tensor:
+    """KL(teacher ‖ student) per query and head, averaged over queries, heads and the forward's trained layers."""
+    from ..trace.tracer import Trace
+
+    transformer = {prefix: t for prefix, t, _ in _models(pipe)}[forward["model"]]
+    probe = TextProbe(layers)
+    with Trace(pipe, observers=[probe]):
+        transformer(*forward["args"], **forward["kwargs"])
+    terms = []
+    for layer, p in forward["probs"].items():
+        call = probe.calls[layer]
+        call.segments = forward["segments"][layer]  # the teacher's, from the prompt (None for Wan's text call)
+        terms.append(kl_per_query(p, log_text_distribution(call)).mean())
+    if not terms:
+        raise RuntimeError(f"no trained layer ran in this forward of {forward['model'] or 'the transformer'}")
+    return torch.stack(terms).mean()
+
+
+@contextmanager
+def _adapters_off(pipe: Any):
+    """The pipeline's transformers with their LoRA adapters switched off (the teacher is the base model)."""
+    models = [t for _, t, _ in _models(pipe) if getattr(t, "peft_config", None)]
+    for t in models:
+        t.disable_adapters()
+    try:
+        yield
+    finally:
+        for t in models:
+            t.enable_adapters()
+
+
+# -- set-up, checkpoints and outputs ------------------------------------------------------------------------
+def _layer_names(pipe: Any, layers: Sequence[str | int]) -> list[str]:
+    from ..core.scope import resolve_layers
+
+    return list(resolve_layers(list(layers), [a.layers() for _, _, a in _models(pipe)]))
+
+
+def _attach(pipe: Any, job: FocalLoRA) -> list[tuple[str, torch.nn.Parameter]]:
+    """Add the adapter (or reuse the one a previous `fit` of this pipeline added) and return its parameters."""
+    present = [t for _, t, _ in _models(pipe) if "focal" in (getattr(t, "peft_config", None) or {})]
+    if not present:
+        add_lora(pipe, job.layers, rank=job.rank, alpha=job.alpha, dropout=job.dropout, projections=job.projections)
+    return [(f"{prefix}{n}", p) for prefix, t, _ in _models(pipe) for n, p in t.named_parameters() if p.requires_grad]
+
+
+def _save_checkpoint(path: Path, step: int, params, optimiser, curve, spec, data_digest: str) -> None:
+    from ..store.layout import atomic_path
+
+    state = {"step": step, "adapter": {n: p.detach().clone() for n, p in params},
+             "optimiser": optimiser.state_dict(), "curve": curve, "spec": spec, "digest": data_digest}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, params, optimiser, spec, data_digest: str) -> tuple[int, list]:
+    state = torch.load(path, weights_only=False)
+    if json.dumps(state["spec"], sort_keys=True, default=str) != json.dumps(spec, sort_keys=True, default=str):
+        raise ValueError(f"{path} was written by a job with other settings ({state['spec']}); this job has {spec}: "
+                         "use another out folder, or resume=False to start again")
+    if state["digest"] != data_digest:
+        raise ValueError(f"{path} was trained on other data (digest {state['digest'][:12]}…, now "
+                         f"{data_digest[:12]}…): use another out folder, or resume=False")
+    with torch.no_grad():
+        for name, p in params:
+            p.copy_(state["adapter"][name])
+    optimiser.load_state_dict(state["optimiser"])
+    return int(state["step"]), list(state["curve"])
+
+
+def _bar(total: int, initial: int, progress: bool):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fglens train", unit="step")
+
+
+def _write_outputs(out: Path, job: FocalLoRA, layers: list[str], curve: list[dict[str, float]], data_digest: str,
+                   n_items: int, steps: int) -> None:
+    import fglens
+
+    from .curve import write_curve
+
+    manifest = {"fglens": fglens.__version__, "torch": torch.__version__, "layers": layers, "job": job.spec(),
+                "data": {"items": n_items, "digest": data_digest}, "steps": steps,
+                "load": "pipe.load_lora_weights(out, adapter_name='focal')"}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+    write_curve(curve, out, loss=job.loss)
+
+
+__all__ = ["LOSSES", "FocalLoRA"]
