@@ -243,3 +243,32 @@ def test_the_cache_key_of_a_loaded_pipeline_does_not_depend_on_the_string_hash_s
         seen[seed] = (key, tuple(defaults))
     assert len({d for _, d in seen.values()}) > 1, seen  # the scenario: the list's order did change
     assert len({k for k, _ in seen.values()}) == 1, seen  # the key did not
+
+
+def test_a_post_trained_lora_adds_two_paired_conditions_and_leaves_the_rest_alone(tmp_path, pipe):
+    # issue 16 item 4: none / edit / post-trained / both on the same seeds, each compared with the baseline
+    suite = builtin_suite(tmp_path / "suite", width=48, height=32).select(ids=["man-waves"])
+    lora = fg.train.FocalLoRA(layers=[1], rank=2, teacher={"type": "scale", "factor": 4.0, "layers": [1]},
+                              lr=1e-2, call={"steps": 2}).fit(fg.testing.tiny_wan_i2v_pipeline(), suite,
+                                                              steps=4, out=tmp_path / "lora", progress=False)
+    edit = {"type": "scale", "factor": 2.0, "layers": [1]}
+    plain = run_eval(suite, pipe, tmp_path / "plain", edit=edit, seeds=[0, 1], steps=2, scorers=[MotionMagnitude()])
+    ev = run_eval(suite, pipe, tmp_path / "four", edit=edit, seeds=[0, 1], steps=2, scorers=[MotionMagnitude()],
+                  lora=lora)
+    assert list(ev.results.condition.values) == ["baseline", "intervention", "lora", "lora+intervention"]
+    assert list(ev.summary.contrast.values) == ["intervention", "lora", "lora+intervention"]
+    assert ev.summary["contrast_diff"].dims == ("category", "contrast", "metric")
+    root = tmp_path / "four"
+    frames = {c: load_video(root / str(ev.results.video.sel(item="man-waves", seed=0, condition=c).values))
+              for c in ev.results.condition.values}
+    before = load_video(tmp_path / "plain" / str(plain.results.video.sel(item="man-waves", seed=0,
+                                                                          condition="baseline").values))
+    assert np.array_equal(frames["baseline"], before)  # the loaded adapter is off for the baseline
+    assert not np.array_equal(frames["lora"], frames["baseline"])
+    assert not np.array_equal(frames["lora+intervention"], frames["lora"])
+    assert pipe.get_list_adapters() == {}  # removed again
+    assert json.loads(ev.results.attrs["lora"])["path"] == str(lora)
+    report = write_report(ev.results, ev.summary, root).read_text()
+    assert "lora+intervention − baseline" in report
+    with pytest.raises(FileNotFoundError, match="no pytorch_lora_weights.safetensors"):
+        run_eval(suite, pipe, tmp_path / "bad", seeds=[0], steps=2, scorers=[MotionMagnitude()], lora=tmp_path)

@@ -98,6 +98,9 @@ def register(sub) -> None:
                        help="alignment-change saturation scale (default: 0.02)")
     score.add_argument("--confidence", type=finite_float, default=0.95, help="interval confidence (default: 0.95)")
     score.add_argument("--resamples", type=int, default=9999, help="bootstrap resamples (default: 9999)")
+    parser.add_argument("--lora", default=None, metavar="DIR",
+                        help="a post-trained LoRA (fglens train's OUT): adds the conditions lora and, with --edit, "
+                        "lora+intervention, on the same seeds, each compared with the baseline")
     parser.add_argument("--mp4", action="store_true", help="also write each video as an mp4")
     parser.add_argument("--no-record", action="store_true", help="do not record the runs into OUT/runs.zarr")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -212,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
                       height=args.height, width=args.width, num_frames=args.num_frames,
                       guidance_scale=args.guidance_scale, record=not args.no_record, mp4=args.mp4,
                       confidence=args.confidence, n_resamples=args.resamples, dtype=args.dtype, device=args.device,
-                      items=_csv(args.items), categories=_csv(args.categories), progress=not args.no_progress)
+                      items=_csv(args.items), categories=_csv(args.categories), progress=not args.no_progress,
+                      lora=args.lora)
     except UsageError as exc:
         return fail("eval", exc)
     except (ValueError, KeyError, TypeError, OSError) as exc:
@@ -234,15 +238,18 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(ev) -> None:
     summary = ev.summary
     conditions = [str(c) for c in summary["condition"].values]
-    paired = "diff" in summary
-    head = f"{'category':<20}" + "".join(f"{c:>14}" for c in conditions) + (f"{'difference':>26}" if paired else "")
-    print("total score (mean over items; 95 % interval of the paired difference):" if paired else "total score:")
+    contrasts = [str(c) for c in summary["contrast"].values] if "contrast_diff" in summary else []
+    width = max([18, *(len(c) + 2 for c in conditions)])
+    head = f"{'category':<20}" + "".join(f"{c:>{width}}" for c in conditions)
+    head += "".join(f"{c + ' − baseline':>34}" for c in contrasts)
+    print("total score (mean over items; 95 % interval of each paired difference):" if contrasts else "total score:")
     print(head)
     for cat in summary["category"].values:
         cell = summary.sel(category=cat, metric="total")
-        row = f"{str(cat):<20}" + "".join(f"{float(cell['mean'].sel(condition=c)):>14.4f}" for c in conditions)
-        if paired:
-            low, high = float(cell["diff_low"]), float(cell["diff_high"])
-            interval = "(one item: no interval)" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
-            row += f"{float(cell['diff']):>+10.4f} {interval}"
+        row = f"{str(cat):<20}" + "".join(f"{float(cell['mean'].sel(condition=c)):>{width}.4f}" for c in conditions)
+        for c in contrasts:
+            one = cell.sel(contrast=c)
+            low, high = float(one["contrast_low"]), float(one["contrast_high"])
+            interval = "(one item: no CI)" if math.isnan(low) else f"[{low:+.4f}, {high:+.4f}]"
+            row += f"{float(one['contrast_diff']):>+12.4f} {interval:>21}"
         print(row)

@@ -46,11 +46,12 @@ def _item_values(results: xr.Dataset | None, category: str, metric: str) -> dict
         warnings.simplefilter("ignore", RuntimeWarning)  # an item without any score: its mean is NaN, dropped
         means = data.mean("seed", skipna=True)
     out = {str(c): means.sel(condition=c).values.astype(float) for c in means["condition"].values}
-    if "baseline" in out and "intervention" in out:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            diff = (data.sel(condition="intervention") - data.sel(condition="baseline")).mean("seed", skipna=True)
-        out["diff"] = diff.values.astype(float)
+    if "baseline" in out:
+        for cond in [c for c in list(out) if c != "baseline"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                diff = (data.sel(condition=cond) - data.sel(condition="baseline")).mean("seed", skipna=True)
+            out[f"diff:{cond}"] = diff.values.astype(float)
     return {k: v[np.isfinite(v)] for k, v in out.items()}
 
 
@@ -95,7 +96,8 @@ def category_figure(summary: xr.Dataset, category: str, results: xr.Dataset | No
     sub = summary.sel(category=category)
     metrics = [str(m) for m in summary["metric"].values]
     conditions = [str(c) for c in summary["condition"].values]
-    paired = "diff" in summary
+    paired = "contrast_diff" in summary
+    contrasts = [str(c) for c in summary["contrast"].values] if paired else []
     level = round(100 * float(summary.attrs.get("confidence", 0.95)))
     method = summary.attrs.get("method", "")
     items = {m: _item_values(results, category, m) for m in metrics}
@@ -138,17 +140,25 @@ def category_figure(summary: xr.Dataset, category: str, results: xr.Dataset | No
         plot._legend_above(ax)
         if paired:
             ax = axes[1]
-            diff, low, high = (sub[v].values.astype(float) for v in ("diff", "diff_low", "diff_high"))
-            pairs = sub["n_pairs"].values.astype(float)
             ax.axhline(0.0, color="0.3", lw=0.8)
-            ax.bar(x, np.where(np.isnan(diff), 0.0, diff), 0.5, color=colours[2], alpha=0.85, gid="diff")
-            shown = (pairs >= MIN_ITEMS_FOR_CI) & np.isfinite(low) & np.isfinite(high)
-            if shown.any():
-                ax.errorbar(x[shown], diff[shown], yerr=np.vstack([diff - low, high - diff])[:, shown], fmt="none",
-                            ecolor="0.15", capsize=3, lw=1, gid="ci:diff")
-            for j, m in enumerate(metrics):
-                _dots(ax, x[j], items[m].get("diff", np.empty(0)), "0.15")
-            ax.set_ylabel("intervention − baseline")
+            width = 0.6 / len(contrasts)
+            for k, contrast in enumerate(contrasts):
+                cell = sub.sel(contrast=contrast)
+                diff, low, high = (cell[v].values.astype(float) for v in ("contrast_diff", "contrast_low",
+                                                                         "contrast_high"))
+                pairs = cell["contrast_pairs"].values.astype(float)
+                pos = x - 0.3 + width * (k + 0.5)
+                colour = colours[conditions.index(contrast)]
+                gid = "diff" if contrast == "intervention" else f"diff:{contrast}"
+                ax.bar(pos, np.where(np.isnan(diff), 0.0, diff), width * 0.9, color=colour, alpha=0.85, gid=gid)
+                shown = (pairs >= MIN_ITEMS_FOR_CI) & np.isfinite(low) & np.isfinite(high)
+                if shown.any():
+                    ax.errorbar(pos[shown], diff[shown], yerr=np.vstack([diff - low, high - diff])[:, shown],
+                                fmt="none", ecolor="0.15", capsize=3, lw=1, gid=f"ci:{gid}")
+                for j, m in enumerate(metrics):
+                    _dots(ax, pos[j], items[m].get(f"diff:{contrast}", np.empty(0)), "0.15")
+            pairs = sub["contrast_pairs"].values.astype(float).max(0)
+            ax.set_ylabel(f"{contrasts[0]} − baseline" if len(contrasts) == 1 else "condition − baseline")
             ax.set_xticks(x)
             ax.set_xticklabels([tick(j, pairs[None, j]) for j in range(len(metrics))])
             axes[0].tick_params(labelbottom=True)  # n per condition above, n of pairs below
@@ -157,7 +167,8 @@ def category_figure(summary: xr.Dataset, category: str, results: xr.Dataset | No
                    f"error bars: {level}\u00a0% {method} bootstrap interval over items, only where "
                    f"n\u00a0≥\u00a0{MIN_ITEMS_FOR_CI} items"]
         if paired:
-            details.append("below: paired difference intervention − baseline per item and seed")
+            details.append("below: paired difference " + ", ".join(f"{c} − baseline" for c in contrasts)
+                           + " per item and seed")
         if missing:
             details.append(f"no scores (scorer missing): {', '.join(missing)}")
         plot._title(fig, None, f"{category}: scores per metric", *details)
@@ -204,7 +215,7 @@ def _json(value):
 def _notes(results: xr.Dataset, summary: xr.Dataset) -> list[str]:
     attrs = results.attrs
     lines = []
-    for key in ("suite", "pipeline", "intervention", "seeds", "call", "runs_store"):
+    for key in ("suite", "pipeline", "intervention", "lora", "seeds", "call", "runs_store"):
         if attrs.get(key):
             lines.append(f"- {key}: `{attrs[key]}`")
     n_items, n_seeds = results.sizes["item"], results.sizes["seed"]
@@ -232,20 +243,24 @@ def write_report(results: xr.Dataset, summary: xr.Dataset, folder: str | os.Path
     table = category_table(summary)
     table.to_csv(folder / "summary.csv", index=False)
     conditions = [str(c) for c in summary["condition"].values]
-    paired = "diff" in summary
+    contrasts = [str(c) for c in summary["contrast"].values] if "contrast_diff" in summary else []
     lines = ["# fglens evaluation", "", *_notes(results, summary), ""]
     for category in (str(c) for c in summary["category"].values):
         fig = category_figure(summary, category, results=results)
         FigureCanvasAgg(fig)
         fig.savefig(folder / "figures" / f"{category}.png", dpi=120)
         lines += [f"## {category}", "", f"![{category}](figures/{category}.png)", ""]
-        head = ["metric", *conditions] + (["difference", "gain"] if paired else []) + ["items"]
+        names = ["difference", "gain"] if contrasts == ["intervention"] else \
+            [x for c in contrasts for x in (f"{c} − baseline", "gain")]
+        head = ["metric", *conditions, *names, "items"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, row in table[table["category"] == category].iterrows():
             cells = [row["metric"]] + [_fmt(row[c], row[f"{c}_low"], row[f"{c}_high"]) for c in conditions]
-            if paired:
-                gain = "—" if math.isnan(row["gain"]) or math.isinf(row["gain"]) else f"{100 * row['gain']:+.2f} %"
-                cells += [_fmt(row["diff"], row["diff_low"], row["diff_high"], signed=True), gain]
+            for c in contrasts:
+                name = f"{c}-baseline"
+                g = row[f"{name}_gain"]
+                gain = "—" if math.isnan(g) or math.isinf(g) else f"{100 * g:+.2f} %"
+                cells += [_fmt(row[name], row[f"{name}_low"], row[f"{name}_high"], signed=True), gain]
             cells.append(str(row["n_items"]))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -13,8 +13,10 @@ Output folder (``out``):
 - ``results.zarr`` — the results `xarray.Dataset` (dims ``item, seed, condition, scorer``) with the per-category
   summary in its group ``summary`` (`open_results`, `open_summary`).
 
-Conditions are ``"baseline"`` (no intervention) and ``"intervention"``; both use the same seeds, so every
-baseline video has a paired intervention video made from the same initial noise.
+Conditions are ``"baseline"`` (no intervention) and ``"intervention"``, and with a post-trained LoRA (``lora=``, a
+folder `fg.train.FocalLoRA.fit` wrote) also ``"lora"`` (the adapter on, no intervention) and ``"lora+intervention"``;
+all use the same seeds, so every baseline video has a paired video in each other condition made from the same
+initial noise.
 
 Example:
     >>> import tempfile
@@ -36,6 +38,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +52,9 @@ from .scorers import Scorer, default_scorers
 from .stats import category_table, summarize
 from .suite import Item, Suite, builtin_suite, load_suite
 
-CONDITIONS = ("baseline", "intervention")
+CONDITIONS = ("baseline", "intervention", "lora", "lora+intervention")
+#: the name the evaluation gives a post-trained adapter while it runs
+LORA_ADAPTER = "fglens-eval-lora"
 RESULTS_ATTR = "fglens_results"
 
 
@@ -194,16 +199,18 @@ def generate(
     mp4: bool = False,
     source: str | os.PathLike | None = None,
     progress: bool = False,
+    lora: str | os.PathLike | None = None,
 ) -> list[Video]:
     """Generate (or reuse from the cache) every item x seed x condition; see the module docstring for where
     things go. ``call`` holds extra `fglens.pipelines.call_kwargs` arguments (height, width, num_frames,
-    guidance_scale, negative_prompt). Every item is checked before the first video is made."""
+    guidance_scale, negative_prompt). Every item is checked before the first video is made. `lora`: a folder of
+    a LoRA in diffusers' format, loaded for the ``lora`` conditions and removed again before returning."""
     import fglens as fg
 
     from ..core.protocol import Intervention
     from ..interventions.recipe import from_recipe, parse_recipe
-    from ..jobs import CallOptions, run_item
-    from ..pipelines import frames_of, save_video, spatial_multiple
+    from ..jobs import CallOptions
+    from ..pipelines import spatial_multiple
 
     out = Path(out)
     call = dict(call or {})
@@ -212,7 +219,9 @@ def generate(
         raise ValueError(f"seeds must be a non-empty list of distinct integers; got {seeds}")
     if edit is not None and not isinstance(edit, Intervention):
         edit = parse_recipe(edit)  # a bad recipe fails here, before any work
-    conditions = CONDITIONS if edit is not None else CONDITIONS[:1]
+    conditions = [c for c in CONDITIONS if (edit is not None or "intervention" not in c)
+                  and (lora is not None or "lora" not in c)]
+    lora_id = _lora_id(lora) if lora is not None else None  # a missing or foreign folder: an error now
     anchor_clip = _anchor_clip(edit, anchor_clip)
     pid = pipeline_id(pipe, source)
     edit_id = _edit_id(edit, anchor_clip) if edit is not None else None
@@ -237,20 +246,33 @@ def generate(
                           **({} if item.anchor_words is None else {"anchor_words": list(item.anchor_words)})}
                 for item in suite}
     jobs = [(item, seed, cond) for item in suite for seed in seeds for cond in conditions]
+    with _lora_loaded(pipe, lora) as use_lora:
+        return _generate(jobs, pipe, out, options, item_ids, pid, edit_id, lora_id, intervention, use_lora,
+                         record, mp4, progress)
+
+
+def _generate(jobs, pipe, out: Path, options, item_ids, pid, edit_id, lora_id, intervention, use_lora, record: bool,
+              mp4: bool, progress: bool) -> list[Video]:
+    from ..jobs import run_item
+    from ..pipelines import frames_of, save_video
+
     store = out / "runs.zarr"
     videos: list[Video] = []
     bar = _progress(len(jobs), "generating", progress)
     for item, seed, cond in jobs:
         kwargs = options.kwargs(pipe, prompt=item.prompt, image=item.image, seed=seed)
         key_inputs = {"pipeline": pid, "item": item_ids[item.id], "seed": seed, "call": _call_sizes(kwargs),
-                      "edit": edit_id if cond == "intervention" else None}
+                      "edit": edit_id if "intervention" in cond else None}
+        if "lora" in cond:  # the adapter's bytes decide the video too (videos without it keep their old keys)
+            key_inputs["lora"] = lora_id
         key = _hash(key_inputs)[:16]
         path = out / "videos" / item.id / f"seed{seed}-{cond}-{key}.npz"
         if path.is_file():
             videos.append(Video(item.id, seed, cond, path, video_meta(path).get("run", ""), True))
             bar.update()
             continue
-        obj = intervention(item, kwargs) if cond == "intervention" else None
+        obj = intervention(item, kwargs) if "intervention" in cond else None
+        use_lora("lora" in cond)
         output, run = run_item(pipe, kwargs, words=item.words, record={} if record else None, edit=obj, store=store)
         run_id = run.run_ids[-1] if record and run.run_ids else ""
         frames = frames_of(output)
@@ -263,6 +285,42 @@ def generate(
         bar.update()
     bar.close()
     return videos
+
+
+def _lora_id(folder: str | os.PathLike) -> str:
+    """The sha256 of a LoRA folder's weights (diffusers' ``pytorch_lora_weights.safetensors``)."""
+    path = Path(folder) / "pytorch_lora_weights.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"--lora {folder}: no pytorch_lora_weights.safetensors there (a folder written by "
+                                "fglens train / fg.train.FocalLoRA.fit or a pipeline's save_lora_weights)")
+    return _file_hash(path)
+
+
+@contextmanager
+def _lora_loaded(pipe: Any, folder: str | os.PathLike | None):
+    """Load the adapter (if any) and yield ``use(on)``, which switches it on or off; remove it on the way out."""
+    if folder is None:
+        yield lambda on: None
+        return
+    if not hasattr(pipe, "load_lora_weights"):
+        raise TypeError(f"{type(pipe).__name__} cannot load LoRA weights (no load_lora_weights)")
+    present = list(pipe.get_list_adapters()) if hasattr(pipe, "get_list_adapters") and pipe.get_list_adapters() \
+        else []
+    if present:
+        raise ValueError(f"the pipeline already has LoRA adapters ({present}): the lora conditions compare the "
+                         "model with and without the given adapter alone; unload them first (unload_lora_weights)")
+    pipe.load_lora_weights(str(folder), adapter_name=LORA_ADAPTER)
+
+    def use(on: bool) -> None:
+        if on:
+            pipe.enable_lora()
+        else:
+            pipe.disable_lora()
+
+    try:
+        yield use
+    finally:
+        pipe.delete_adapters(LORA_ADAPTER)
 
 
 def _free_accelerator_memory() -> None:
@@ -439,6 +497,7 @@ def run_eval(
     dtype: str | None = None,
     device: str | None = None,
     progress: bool = False,
+    lora: str | os.PathLike | None = None,
 ) -> Evaluation:
     """Evaluate a pipeline on a suite, with and without an intervention, and write everything to `out`.
 
@@ -464,6 +523,8 @@ def run_eval(
         items, categories: run only these item ids / categories (`Suite.select`).
         dtype, device: for a pipeline loaded from a folder.
         progress: show progress bars.
+        lora: a post-trained LoRA folder (`fg.train.FocalLoRA.fit`, ``fglens train``): adds the conditions
+            ``lora`` and, with an `edit`, ``lora+intervention`` (same seeds), each compared with the baseline.
     """
     from ..pipelines import TINY, default_size, load_pipeline
 
@@ -488,7 +549,7 @@ def run_eval(
     scorers = list(scorers) if scorers is not None else default_scorers(clip, vlm)
     out.mkdir(parents=True, exist_ok=True)
     videos = generate(suite, pipeline, out, edit=edit, seeds=seeds, steps=steps, call=call, anchor_clip=anchor_clip,
-                      record=record, mp4=mp4, source=source, progress=progress)
+                      record=record, mp4=mp4, source=source, progress=progress, lora=lora)
     pid = pipeline_id(pipeline, source)
     if loaded:  # ours: free its memory before the scorers load their models (a VLM judge needs the room)
         del pipeline
@@ -506,6 +567,7 @@ def run_eval(
         "seeds": json.dumps([int(s) for s in seeds]),
         "call": json.dumps({"steps": steps, **call}, default=str),
         "runs_store": str(out / "runs.zarr") if record else "",
+        "lora": json.dumps({"path": str(lora), "sha256": _lora_id(lora)}) if lora is not None else "",
         "fglens_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(),
     })

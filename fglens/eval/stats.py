@@ -113,17 +113,19 @@ def summarize(
     seed: int | None = 0,
 ) -> xr.Dataset:
     """Per category (and ``"all"``, every item pooled), per condition and per metric (each scorer and
-    ``total``): mean with its interval, and — with two conditions — the paired difference with its interval
-    and the relative gain ``mean_intervention / mean_baseline − 1``.
+    ``total``): mean with its interval, and the paired difference of each other condition from the baseline with
+    its interval and the relative gain ``mean_condition / mean_baseline − 1``.
 
     Args:
         results: the results Dataset of `fglens.eval.run_eval` (``score`` over item, seed, condition, scorer;
             ``total`` over item, seed, condition; ``category`` along item).
 
     Returns:
-        A Dataset with dims ``category, condition, metric``: ``mean``, ``low``, ``high``, ``n_items``; and
-        ``diff``, ``diff_low``, ``diff_high``, ``gain``, ``n_pairs`` over ``category, metric`` when both
-        conditions are present.
+        A Dataset with dims ``category, condition, metric``: ``mean``, ``low``, ``high``, ``n_items``;
+        ``contrast_diff``, ``contrast_low``, ``contrast_high``, ``contrast_gain``, ``contrast_pairs`` over
+        ``category, contrast, metric`` (each condition other than the baseline, minus the baseline) when there is a
+        baseline and another condition; and ``diff``, ``diff_low``, ``diff_high``, ``gain``, ``n_pairs`` over
+        ``category, metric``, the ``intervention`` contrast, when that condition is present.
     """
     kwargs = dict(confidence=confidence, n_resamples=n_resamples, method=method, seed=seed)
     data = xr.concat([results["score"], results["total"].expand_dims(scorer=["total"])], dim="scorer")
@@ -133,8 +135,9 @@ def summarize(
     metrics = [str(m) for m in data["metric"].values]
     shape = (len(categories), len(conditions), len(metrics))
     mean, low, high, n_items = (np.full(shape, np.nan) for _ in range(4))
-    paired = "baseline" in conditions and "intervention" in conditions
-    diff, diff_low, diff_high, gain, n_pairs = (np.full(shape[::2], np.nan) for _ in range(5))
+    contrasts = [c for c in conditions if c != "baseline"] if "baseline" in conditions else []
+    cshape = (len(categories), len(contrasts), len(metrics))
+    cdiff, clow, chigh, cgain, cpairs = (np.full(cshape, np.nan) for _ in range(5))
     category = np.asarray([str(c) for c in results["category"].values])
     for a, cat in enumerate(categories):
         rows = np.ones(len(category), bool) if cat == "all" else category == cat
@@ -143,23 +146,29 @@ def summarize(
             for c in range(len(metrics)):
                 mean[a, b, c], low[a, b, c], high[a, b, c] = bootstrap_ci(block[:, :, b, c], **kwargs)
                 n_items[a, b, c] = _item_means(block[:, :, b, c]).size
-        if paired:
-            base, treat = conditions.index("baseline"), conditions.index("intervention")
+        base = conditions.index("baseline") if contrasts else None
+        for k, name in enumerate(contrasts):
+            treat = conditions.index(name)
             for c in range(len(metrics)):
                 d = block[:, :, treat, c] - block[:, :, base, c]
-                diff[a, c], diff_low[a, c], diff_high[a, c] = bootstrap_ci(d, **kwargs)
-                n_pairs[a, c] = _item_means(d).size
+                cdiff[a, k, c], clow[a, k, c], chigh[a, k, c] = bootstrap_ci(d, **kwargs)
+                cpairs[a, k, c] = _item_means(d).size
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    gain[a, c] = mean[a, treat, c] / mean[a, base, c] - 1.0
+                    cgain[a, k, c] = mean[a, treat, c] / mean[a, base, c] - 1.0
     coords = {"category": np.asarray(categories, dtype=object), "condition": np.asarray(conditions, dtype=object),
               "metric": np.asarray(metrics, dtype=object)}
     dims = ("category", "condition", "metric")
     out = xr.Dataset({"mean": (dims, mean), "low": (dims, low), "high": (dims, high), "n_items": (dims, n_items)},
                      coords=coords)
-    if paired:
-        pdims = ("category", "metric")
-        out = out.assign(diff=(pdims, diff), diff_low=(pdims, diff_low), diff_high=(pdims, diff_high),
-                         gain=(pdims, gain), n_pairs=(pdims, n_pairs))
+    if contrasts:
+        cdims = ("category", "contrast", "metric")
+        out = out.assign_coords(contrast=np.asarray(contrasts, dtype=object)).assign(
+            contrast_diff=(cdims, cdiff), contrast_low=(cdims, clow), contrast_high=(cdims, chigh),
+            contrast_gain=(cdims, cgain), contrast_pairs=(cdims, cpairs))
+    if "intervention" in contrasts:  # the intervention's contrast under its historical names
+        one = out.sel(contrast="intervention", drop=True)
+        out = out.assign(diff=one["contrast_diff"], diff_low=one["contrast_low"], diff_high=one["contrast_high"],
+                         gain=one["contrast_gain"], n_pairs=one["contrast_pairs"])
     out.attrs.update(confidence=float(confidence), n_resamples=int(n_resamples), method=method,
                      bootstrap_seed=-1 if seed is None else int(seed), resampling=RESAMPLING)
     return out
@@ -167,7 +176,9 @@ def summarize(
 
 def category_table(summary: xr.Dataset, metrics: Sequence[str] | None = None):
     """The summary as a long `pandas.DataFrame`: one row per category and metric, columns per condition
-    (``baseline``, ``baseline_low``, ...), and the paired difference columns when present."""
+    (``baseline``, ``baseline_low``, ...), and the paired difference columns when present: ``diff``, ``diff_low``,
+    ``diff_high``, ``gain`` (intervention − baseline) and ``<condition>-baseline`` (``_low``, ``_high``, ``_gain``)
+    for every condition."""
     import pandas as pd
 
     metrics = list(metrics) if metrics is not None else [str(m) for m in summary["metric"].values]
@@ -185,5 +196,12 @@ def category_table(summary: xr.Dataset, metrics: Sequence[str] | None = None):
                 cell = summary.sel(category=cat, metric=metric)
                 row.update(diff=float(cell["diff"]), diff_low=float(cell["diff_low"]),
                            diff_high=float(cell["diff_high"]), gain=float(cell["gain"]))
+            if "contrast_diff" in summary:
+                for contrast in summary["contrast"].values:
+                    cell = summary.sel(category=cat, metric=metric, contrast=contrast)
+                    name = f"{contrast}-baseline"
+                    row.update({name: float(cell["contrast_diff"]), f"{name}_low": float(cell["contrast_low"]),
+                                f"{name}_high": float(cell["contrast_high"]),
+                                f"{name}_gain": float(cell["contrast_gain"])})
             rows.append(row)
     return pd.DataFrame(rows)

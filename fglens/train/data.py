@@ -37,8 +37,9 @@ class TrainItem:
 
 
 def items(source: str | os.PathLike | Sequence[Any]) -> list[TrainItem]:
-    """Training items from a suite file (``suite.jsonl``) or from a sequence of items with ``image``, ``prompt`` and
-    ``words`` attributes and optionally a ``video()`` method (the toy world's items). An empty source is an error."""
+    """Training items from a suite file (``suite.jsonl``), a loaded `fglens.eval.Suite`, or a sequence of items with
+    ``image``, ``prompt`` and ``words`` attributes and optionally a ``video()`` method (the toy world's items). An
+    empty source is an error."""
     if isinstance(source, (str, os.PathLike)):
         from ..eval.suite import load_suite
 
@@ -54,7 +55,8 @@ def items(source: str | os.PathLike | Sequence[Any]) -> list[TrainItem]:
                 raise TypeError(f"training item {n} has no {missing}; give items with image and prompt (and "
                                 "optionally words and video()), or a suite.jsonl path")
             video = it.video() if callable(getattr(it, "video", None)) else getattr(it, "video", None)
-            out.append(TrainItem(str(getattr(it, "id", n)), it.image, it.prompt, tuple(getattr(it, "words", ())),
+            image = it.load_image() if callable(getattr(it, "load_image", None)) else it.image  # a suite's Item
+            out.append(TrainItem(str(getattr(it, "id", n)), image, it.prompt, tuple(getattr(it, "words", ())),
                                  None if video is None else np.asarray(video)))
     if not out:
         raise ValueError(f"no training items in {source!r}")
