@@ -159,7 +159,7 @@ def test_distill_on_joint_attention_hunyuan(tmp_path):
 @pytest.mark.parametrize("kw, message", [
     ({"layers": ["blocks.9"]}, "blocks.9"),
     ({"rank": 0}, "rank must be a positive integer"),
-    ({"loss": "flow"}, "unknown loss 'flow'"),
+    ({"loss": "anchor"}, "unknown loss .anchor."),
     ({"teacher": None}, "needs a teacher"),
     ({"lr": float("nan")}, "lr must be"),
     ({"call": {"stepz": 2}}, "unknown call option"),
@@ -196,3 +196,44 @@ def test_fglens_train_command_end_to_end_and_its_usage_errors(tmp_path, capsys):
         code = main(["train", str(suite), "--pipeline", "tiny-wan", "--out", str(tmp_path / "bad"), "--steps", "1",
                      "--quiet", *argv])
         assert code == 2 and message in capsys.readouterr().err, argv
+
+
+def _video_item(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    video = rng.integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
+    return fg.train.TrainItem(f"v{seed}", fg.testing.reference_image(), PROMPT, ("dog",), video)
+
+
+def test_flow_loss_trains_the_adapter_on_videos(tmp_path):
+    from fglens.train.flow import encode_item, flow_loss
+
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    item = _video_item()
+
+    def held_out() -> float:  # the same noise and sigma draws before and after
+        enc = encode_item(pipe, item)
+        with torch.no_grad():
+            return float(np.mean([float(flow_loss(pipe, enc, torch.Generator().manual_seed(s))) for s in range(16)]))
+
+    job = fg.train.FocalLoRA(layers=["blocks.1", "blocks.2"], rank=4, loss="flow", lr=1e-2)
+    fg.train.add_lora(pipe, ["blocks.1", "blocks.2"], rank=4)  # identity at init: the base model's loss
+    before = held_out()
+    out = job.fit(pipe, [item], steps=40, out=tmp_path, progress=False)
+    after = held_out()
+    assert after < before, (before, after)
+    curve = xr.open_zarr(out / "curve.zarr", consolidated=False)
+    assert set(curve.data_vars) == {"loss", "flow"} and curve.sizes["step"] == 40
+    trained = {n for n, p in pipe.transformer.named_parameters() if p.grad is not None}
+    assert trained and all(".lora_" in n and n.split(".")[1] in ("1", "2") for n in trained)
+
+
+def test_flow_refuses_what_it_cannot_use(tmp_path):
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    with pytest.raises(ValueError, match="needs a video for every item; 1 of 2"):
+        fg.train.FocalLoRA(layers=[1], loss="flow").fit(pipe, [_video_item(), _data(1)[0]], steps=1, out=tmp_path)
+    with pytest.raises(ValueError, match="takes no teacher"):
+        fg.train.FocalLoRA(layers=[1], loss="flow", teacher=_teacher())
+    with pytest.raises(ValueError, match="Wan2.1-style image-to-video"):
+        fg.train.FocalLoRA(layers=["double.1"], loss="flow").fit(fg.testing.tiny_hunyuan_i2v_pipeline(),
+                                                                 [_video_item()], steps=1, out=tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()

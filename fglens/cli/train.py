@@ -41,7 +41,8 @@ def register(sub) -> None:
                         "--diagnosis)")
     parser.add_argument("--diagnosis", default=None, metavar="STORE",
                         help="a store of recorded runs; --layers auto takes their semantic-weak layers")
-    parser.add_argument("--loss", default="distill", choices=("distill",), help="the loss (default: distill)")
+    parser.add_argument("--loss", default="distill", choices=("distill", "flow"),
+                        help="distill (default: images and prompts) or flow (needs a video per item)")
     parser.add_argument("--teacher", default=None, metavar="JSON",
                         help="the Focal Guidance recipe the student learns (a JSON object or a file holding one)")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps (default: 500)")

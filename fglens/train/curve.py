@@ -21,6 +21,7 @@ TERMS: dict[str, tuple[str, str]] = {
     "loss": ("training loss", "the objective minimised at this step"),
     "kl": ("KL(teacher ‖ student)", "the distill loss: KL divergence from the teacher's post-edit attention over "
            "the text keys to the student's, per video query and head, averaged over queries, heads and layers"),
+    "flow": ("flow-matching loss", "mean squared error of the predicted velocity against ε − x₀ at a drawn σ"),
 }
 
 

@@ -7,7 +7,8 @@ post-edit attention of each video query over the text keys at the trained layers
 training step picks an item and one of its forwards (seeded by the step, so a resumed job draws the same), runs the
 student (LoRA on, no edit) on the same inputs, and minimises the KL divergence from the teacher's attention to the
 student's, per query and head, averaged over queries, heads and layers. The student is thus trained along the
-teacher's own sampling trajectories. ``flow`` is not in this module yet (docs/train.md says what is).
+teacher's own sampling trajectories. ``flow`` is the plain flow-matching loss on (image, prompt, video) data
+(`fglens.train.flow`), the control.
 
 Outputs, in ``out``: the adapter in diffusers' LoRA format (``pytorch_lora_weights.safetensors``:
 ``pipe.load_lora_weights(out)`` loads it without fglens), ``manifest.json`` (layers, loss, data digest, steps,
@@ -44,7 +45,8 @@ from .lora import _models, add_lora, save_lora
 from .probe import TextProbe, kl_per_query, log_text_distribution, text_distribution
 
 #: the losses `FocalLoRA` knows, and what each needs of the data
-LOSSES: dict[str, str] = {"distill": "images and prompts (the teacher samples its own trajectories)"}
+LOSSES: dict[str, str] = {"distill": "images and prompts (the teacher samples its own trajectories)",
+                          "flow": "images, prompts and videos (Wan2.1-style image-to-video pipelines)"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class FocalLoRA:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if self.loss != "distill" and self.teacher is not None:
+            raise ValueError(f"loss {self.loss!r} takes no teacher (only 'distill' learns from one)")
         if self.loss == "distill" and self.teacher is None:
             raise ValueError("loss 'distill' needs a teacher: the Focal Guidance edit to learn (an intervention, "
                              "a recipe or a function item -> intervention)")
@@ -114,6 +118,7 @@ class FocalLoRA:
             else list(data)
         out = Path(out)
         layers = _layer_names(pipe, self.layers)
+        objective = _Distill(pipe, self, layers) if self.loss == "distill" else _Flow(pipe, data, self.seed)
         params = _attach(pipe, self)  # bad layers, projections: errors here, before any step
         optimiser = torch.optim.AdamW([p for _, p in params], lr=self.lr, weight_decay=0.0)
         curve: list[dict[str, float]] = []
@@ -123,19 +128,16 @@ class FocalLoRA:
         if resume and checkpoint.exists():
             start, curve = _load_checkpoint(checkpoint, params, optimiser, self.spec(), data_digest)
         out.mkdir(parents=True, exist_ok=True)
-        teacher = _Teacher(pipe, self, layers)
         bar = _bar(steps, start, progress)
         for step in range(start, steps):
             rng = np.random.default_rng([self.seed, step])
             i = int(rng.integers(len(data)))
-            forwards = teacher.forwards(i, data[i])
-            f = forwards[int(rng.integers(len(forwards)))]
             torch.manual_seed(self.seed * 1_000_003 + step)  # LoRA dropout, if any
-            kl = _student_kl(pipe, layers, f)
+            terms = objective(step, rng, i, data[i])
             optimiser.zero_grad(set_to_none=True)
-            kl.backward()
+            terms["loss"].backward()
             optimiser.step()
-            curve.append({"step": step, "loss": float(kl.detach()), "kl": float(kl.detach())})
+            curve.append({"step": step, **{k: float(v.detach()) for k, v in terms.items()}})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{curve[-1]['loss']:.4g}")
@@ -146,6 +148,42 @@ class FocalLoRA:
         save_lora(pipe, out)
         _write_outputs(out, self, layers, curve, data_digest, len(data), steps)
         return out
+
+
+# -- the objectives ----------------------------------------------------------------------------------------
+class _Distill:
+    """One step of ``distill``: one forward of the item's teacher trajectory, drawn by `rng`."""
+
+    def __init__(self, pipe: Any, job: FocalLoRA, layers: list[str]):
+        self.pipe, self.layers, self.teacher = pipe, layers, _Teacher(pipe, job, layers)
+
+    def __call__(self, step: int, rng: np.random.Generator, index: int, item: TrainItem) -> dict[str, torch.Tensor]:
+        forwards = self.teacher.forwards(index, item)
+        kl = _student_kl(self.pipe, self.layers, forwards[int(rng.integers(len(forwards)))])
+        return {"loss": kl, "kl": kl}
+
+
+class _Flow:
+    """One step of ``flow``: the item's flow-matching term (`fglens.train.flow`), its noise and σ seeded by the step."""
+
+    def __init__(self, pipe: Any, data: Sequence[TrainItem], seed: int):
+        from .flow import check_pipeline
+
+        check_pipeline(pipe)
+        lacking = [it.id for it in data if it.video is None]
+        if lacking:
+            raise ValueError(f"loss 'flow' needs a video for every item; {len(lacking)} of {len(data)} have none "
+                             f"(e.g. {lacking[:3]}); use loss 'distill' (images and prompts only)")
+        self.pipe, self.seed, self.cache = pipe, seed, {}
+
+    def __call__(self, step: int, rng: np.random.Generator, index: int, item: TrainItem) -> dict[str, torch.Tensor]:
+        from .flow import encode_item, flow_loss
+
+        if index not in self.cache:
+            self.cache[index] = encode_item(self.pipe, item)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        loss = flow_loss(self.pipe, self.cache[index], generator)
+        return {"loss": loss, "flow": loss}
 
 
 # -- the teacher's trajectories -----------------------------------------------------------------------------
