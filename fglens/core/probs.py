@@ -68,8 +68,9 @@ def qk_dots(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         torch.Size([1, 2, 5, 3])
     """
     global _OUT_DTYPE_BMM
+    differentiable = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
     if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) and key.dtype == query.dtype \
-            and _OUT_DTYPE_BMM is not False:
+            and _OUT_DTYPE_BMM is not False and not differentiable:  # (training: the einsum, which autograd takes)
         b, n, h, d = query.shape
         q = query.permute(0, 2, 1, 3).reshape(b * h, n, d)
         k = key.permute(0, 2, 3, 1).reshape(b * h, d, key.shape[1])
