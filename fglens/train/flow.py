@@ -55,7 +55,7 @@ def encode_item(pipe: Any, item: TrainItem) -> dict[str, torch.Tensor]:
     z = vae.config["z_dim"]
     mean = torch.tensor(vae.config["latents_mean"], device=device).view(1, z, 1, 1, 1)
     std = torch.tensor(vae.config["latents_std"], device=device).view(1, z, 1, 1, 1)
-    clip = torch.from_numpy(np.ascontiguousarray(item.video)).to(device, torch.float32)
+    clip = torch.from_numpy(np.array(item.video, copy=True)).to(device, torch.float32)  # (a read-only array too)
     clip = (clip / 127.5 - 1.0).permute(3, 0, 1, 2)[None].to(vae.dtype)  # [1, 3, F, H, W] in [-1, 1]
     x0 = (vae.encode(clip).latent_dist.mode().float() - mean) / std
     image = pipe.video_processor.preprocess(item.image, height=height, width=width).to(device, torch.float32)
