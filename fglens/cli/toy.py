@@ -20,6 +20,7 @@ examples:
   fglens toy losses base=toyrun/base weak=toyrun/weak --out toy/loss.png   # the training curves
   fglens toy train-clip --out toyrun/clip                        # the tiny CLIP of the toy world (CLIP anchors)
   fglens toy ship --clip toyrun/clip                             # ship it (the pipelines' files stay as they are)
+  fglens toy posttrain --out toy/posttrain --loss distill        # none / FG / LoRA / both (docs/post-training.md)
 
 `fglens toy train` resumes from the checkpoints in --out; its pipeline/ folder works as --pipeline in every
 command. `fglens toy report` uses the shipped weights unless --base/--weak name train outputs.
@@ -83,6 +84,18 @@ def register(sub) -> None:
     s.add_argument("--base", help="base variant run (with --weak)")
     s.add_argument("--weak", help="weak variant run (with --base)")
     s.add_argument("--clip", help="a `fglens toy train-clip` output folder: ship the tiny CLIP")
+    pt = toy.add_parser("posttrain", help="none / Focal Guidance / post-trained LoRA / both on the same items")
+    pt.add_argument("--out", required=True, help="folder for the LoRA, four_way.json and four_way.md")
+    pt.add_argument("--variant", default="sink", choices=("base", "weak", "sink"))
+    pt.add_argument("--loss", default="distill", choices=("distill", "flow"))
+    pt.add_argument("--n", type=int, default=60, help="test items (default 60)")
+    pt.add_argument("--n-train", type=int, default=64, help="train-split items the LoRA sees (default 64)")
+    pt.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
+    pt.add_argument("--lr", type=float, default=2e-3)
+    pt.add_argument("--rank", type=int, default=8)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default: the toy CALL's 20)")
+    pt.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -98,6 +111,14 @@ def run(args: argparse.Namespace) -> int:
             return _ship(args)
         if args.toy_command == "losses":
             return _losses(args)
+        if args.toy_command == "posttrain":
+            from ..toy.posttrain import four_way, table
+
+            res = four_way(args.out, variant=args.variant, loss=args.loss, n=args.n, n_train=args.n_train,
+                           steps=args.steps, lr=args.lr, rank=args.rank, seed=args.seed,
+                           sample_steps=args.sample_steps, progress=not args.quiet)
+            print(table(res))
+            return 0
         from ..toy.report import report
 
         report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick,
