@@ -320,7 +320,7 @@ class Recorder:
                                     bias_logits(biases, slice(a, z), cols, items))
                 for m in mixes:
                     p = m.apply(p, slice(a, z), mult, subset)
-                return p.mean(1), {}, dots.sum(1)
+                return p.mean(1), {}, dots
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
                 return stats.normalized_entropy(pbar, mult, k.shape[1])
@@ -424,7 +424,7 @@ class Recorder:
         columns = max(k_text.shape[1], scale_rows and (k_text.shape[1] + 64))
         per_chunk = frames_per_chunk(grid, b * heads * max(1, columns) * 4 * 3, self.record.chunk_bytes)
         for a, z in frame_chunks(grid, per_chunk):
-            pbar, extra, dot_sums = chunk(a, z)
+            pbar, extra, dots = chunk(a, z)  # dots: the raw q·k [b, H, n, T] where the chunk computed them
             if need_maps and word_index is not None:
                 maps[:, a:z] = stats.word_maps(pbar, word_index)
             elif need_maps:
@@ -433,8 +433,8 @@ class Recorder:
             if need_ent:
                 ent[:, a:z] = entropy(pbar)
             if kbar is not None:
-                sim[:, a:z] = (stats.cosine_similarity(q[:, a:z].flatten(2), kbar) if dot_sums is None else
-                               self._similarity(dot_sums, rows, word_index, q[:, a:z].flatten(2), kbar))
+                sim[:, a:z] = (stats.cosine_similarity(q[:, a:z].flatten(2), kbar) if dots is None else
+                               self._similarity(dots.sum(1), rows, word_index, q[:, a:z].flatten(2), kbar))
             for name, value in extra.items():
                 extras.setdefault(name, q.new_zeros((b, n), dtype=torch.float32))[:, a:z] = value
         for i, row in enumerate(fwd.index):  # a word the row's prompt lacks: no columns, no statistic (not 0)
