@@ -237,3 +237,41 @@ def test_flow_refuses_what_it_cannot_use(tmp_path):
         fg.train.FocalLoRA(layers=["double.1"], loss="flow").fit(fg.testing.tiny_hunyuan_i2v_pipeline(),
                                                                  [_video_item()], steps=1, out=tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def _rank_main(rank: int, world: int, out: str, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), HF_HUB_OFFLINE="1")
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    try:
+        _job(batch=4).fit(pipe, _data(3), steps=3, out=out, progress=False)
+        torch.save({n: p.detach().clone() for n, p in pipe.transformer.named_parameters() if ".lora_" in n},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_the_adapter_one_process_trains_with_the_same_global_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "two"), port), nprocs=2, join=True)
+    one = fg.testing.tiny_wan_i2v_pipeline()
+    _job(batch=4).fit(one, _data(3), steps=3, out=tmp_path / "one", progress=False)
+    ranks = [torch.load(tmp_path / "two" / f"rank{r}.pt") for r in (0, 1)]
+    single = {n: p for n, p in one.transformer.named_parameters() if ".lora_" in n}
+    assert ranks[0].keys() == single.keys()
+    for name, p in single.items():
+        assert torch.equal(ranks[0][name], ranks[1][name])  # every rank took the same steps
+        torch.testing.assert_close(ranks[0][name], p.detach(), rtol=1e-5, atol=1e-6)  # = one process
+    assert (tmp_path / "two" / "pytorch_lora_weights.safetensors").is_file()  # written once, by rank 0
+    a = xr.open_zarr(tmp_path / "one" / "curve.zarr", consolidated=False).kl.values
+    b = xr.open_zarr(tmp_path / "two" / "curve.zarr", consolidated=False).kl.values
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

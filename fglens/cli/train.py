@@ -20,6 +20,9 @@ examples:
       --layers auto --diagnosis diag.zarr --out lora/ --steps 500 \\
       --teacher teacher.json     # {"type": "focal_guidance", "src": [30], "clip": {"model": "ViT-H-14", ...}}
 
+  torchrun --nproc_per_node 4 -m fglens.cli train suite.jsonl --pipeline P --layers auto --diagnosis diag.zarr \
+      --teacher teacher.json --batch 8 --out lora/     # 4 processes, 2 examples each per step
+
 Writes OUT/pytorch_lora_weights.safetensors (pipe.load_lora_weights(OUT) loads it, no fglens needed),
 OUT/manifest.json, OUT/curve.zarr, OUT/curve.png and OUT/checkpoint.pt; run it again to resume.
 """
@@ -49,6 +52,9 @@ def register(sub) -> None:
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank (default: 8)")
     parser.add_argument("--alpha", type=finite_float, default=None, help="LoRA alpha (default: the rank)")
     parser.add_argument("--lr", type=finite_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="examples per optimiser step, shared among torchrun / accelerate launch processes "
+                        "(default: 1)")
     parser.add_argument("--projections", default=None, metavar="to_q,to_k",
                         help="projections to adapt (default: the text/joint attention's q and k, and add_k)")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (default 50)")
@@ -108,9 +114,16 @@ def run(args: argparse.Namespace) -> int:
         job = fg.train.FocalLoRA(
             layers=layers, rank=args.rank, loss=args.loss, teacher=teacher, alpha=args.alpha, lr=args.lr,
             projections=None if args.projections is None else [p.strip() for p in args.projections.split(",")],
-            call=call, checkpoint_every=args.checkpoint_every, seed=args.seed)
+            call=call, checkpoint_every=args.checkpoint_every, seed=args.seed, batch=args.batch)
         data = fg.train.items(args.suite)
-        pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=args.device)
+        device = args.device
+        if device is None:  # under torchrun: this process's GPU
+            import torch
+
+            from fglens.sweep import rank_info
+
+            device = f"cuda:{rank_info()[2]}" if torch.cuda.is_available() else None
+        pipe = load_pipeline(args.pipeline, dtype=args.dtype, device=device)
         out = job.fit(pipe, data, steps=args.steps, out=args.out, resume=not args.no_resume,
                       progress=not args.quiet)
     except (UsageError, ValueError, KeyError, FileNotFoundError, TypeError) as exc:

@@ -43,6 +43,7 @@ import torch
 from .data import TrainItem, digest, items
 from .lora import _models, add_lora, save_lora
 from .probe import TextProbe, kl_per_query, log_text_distribution, text_distribution
+from .ranks import Ranks
 
 #: the losses `FocalLoRA` knows, and what each needs of the data
 LOSSES: dict[str, str] = {"distill": "images and prompts (the teacher samples its own trajectories)",
@@ -61,6 +62,8 @@ class FocalLoRA:
             item), a recipe (a dict or JSON text, built per item from its image, prompt and words as the
             evaluation does), or a function ``item -> intervention``.
         lr: AdamW's learning rate (no weight decay).
+        batch: examples per optimiser step (the global batch; their mean loss), shared among the processes of a
+            ``torchrun`` / ``accelerate launch`` job (`fglens.train.ranks`).
         call: the teacher's sampling call options (`fglens.jobs.CALL_OPTIONS`: steps, size, guidance).
         checkpoint_every: steps between checkpoints.
         seed: seeds the items' sampling noise and the order of training examples.
@@ -74,6 +77,7 @@ class FocalLoRA:
     dropout: float = 0.0
     projections: Sequence[str] | None = None
     lr: float = 1e-3
+    batch: int = 1
     call: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 50
     seed: int = 0
@@ -90,6 +94,8 @@ class FocalLoRA:
             raise ValueError(f"rank must be a positive integer; got {self.rank!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive finite number; got {self.lr!r}")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"batch must be a positive integer; got {self.batch!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be a positive integer; got {self.checkpoint_every!r}")
         from ..jobs import CallOptions
@@ -105,7 +111,8 @@ class FocalLoRA:
             teacher = getattr(teacher, "__qualname__", "function")
         return {"layers": [str(x) for x in self.layers], "rank": self.rank, "alpha": self.alpha,
                 "dropout": self.dropout, "projections": None if self.projections is None else list(self.projections),
-                "loss": self.loss, "teacher": teacher, "lr": self.lr, "call": dict(self.call), "seed": self.seed}
+                "loss": self.loss, "teacher": teacher, "lr": self.lr, "batch": self.batch, "call": dict(self.call),
+                "seed": self.seed}
 
     def fit(self, pipe: Any, data: str | os.PathLike | Sequence[Any], steps: int, out: str | os.PathLike, *,
             resume: bool = True, progress: bool = True) -> Path:
@@ -128,31 +135,54 @@ class FocalLoRA:
         if resume and checkpoint.exists():
             start, curve = _load_checkpoint(checkpoint, params, optimiser, self.spec(), data_digest)
         out.mkdir(parents=True, exist_ok=True)
-        bar = _bar(steps, start, progress)
+        ranks = Ranks(params[0][1].device)
+        bar = _bar(steps, start, progress and ranks.is_main)
         for step in range(start, steps):
-            rng = np.random.default_rng([self.seed, step])
-            i = int(rng.integers(len(data)))
-            torch.manual_seed(self.seed * 1_000_003 + step)  # LoRA dropout, if any
-            terms = objective(step, rng, i, data[i])
-            optimiser.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimiser.step()
-            curve.append({"step": step, **{k: float(v.detach()) for k, v in terms.items()}})
+            terms = self._step(step, ranks, objective, data, params, optimiser)
+            curve.append({"step": step, **terms})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{curve[-1]['loss']:.4g}")
-            if (step + 1) % self.checkpoint_every == 0 or step + 1 == steps:
+                bar.set_postfix(loss=f"{terms['loss']:.4g}")
+            if ranks.is_main and ((step + 1) % self.checkpoint_every == 0 or step + 1 == steps):
                 _save_checkpoint(checkpoint, step + 1, params, optimiser, curve, self.spec(), data_digest)
         if bar is not None:
             bar.close()
-        save_lora(pipe, out)
-        _write_outputs(out, self, layers, curve, data_digest, len(data), steps)
+        if ranks.is_main:
+            save_lora(pipe, out)
+            _write_outputs(out, self, layers, curve, data_digest, len(data), steps)
+        ranks.barrier()  # every rank returns once the outputs are there
         return out
+
+    def _step(self, step: int, ranks: Ranks, objective: Any, data: Sequence[TrainItem],
+              params: list[tuple[str, torch.nn.Parameter]], optimiser: torch.optim.Optimizer) -> dict[str, float]:
+        """One optimiser step on the step's global batch (this rank's share of it); the batch's mean loss terms."""
+        optimiser.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        for j in ranks.share(self.batch):
+            rng = np.random.default_rng([self.seed, step, j])  # the same draws on any number of processes
+            i = int(rng.integers(len(data)))
+            torch.manual_seed(self.seed * 1_000_003 + step * 1_009 + j)  # LoRA dropout, if any
+            terms = objective(step, rng, i, data[i])
+            (terms["loss"] / self.batch).backward()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float()
+        grads = []
+        for _, p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        names = objective.terms  # the same on every rank, also one without an example this step
+        sums = torch.stack([totals.get(k, torch.zeros(())).to(grads[0].device) for k in names])
+        ranks.sum_([*grads, sums])
+        optimiser.step()
+        return {k: float(v) / self.batch for k, v in zip(names, sums.tolist(), strict=True)}
 
 
 # -- the objectives ----------------------------------------------------------------------------------------
 class _Distill:
     """One step of ``distill``: one forward of the item's teacher trajectory, drawn by `rng`."""
+
+    terms = ("kl", "loss")
 
     def __init__(self, pipe: Any, job: FocalLoRA, layers: list[str]):
         self.pipe, self.layers, self.teacher = pipe, layers, _Teacher(pipe, job, layers)
@@ -165,6 +195,8 @@ class _Distill:
 
 class _Flow:
     """One step of ``flow``: the item's flow-matching term (`fglens.train.flow`), its noise and σ seeded by the step."""
+
+    terms = ("flow", "loss")
 
     def __init__(self, pipe: Any, data: Sequence[TrainItem], seed: int):
         from .flow import check_pipeline
