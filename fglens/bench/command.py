@@ -58,6 +58,29 @@ def _check_output(path: str | None, flag: str) -> None:
         raise ValueError(f"{flag} {path}: the folder {Path(path).resolve().parent} does not exist")
 
 
+def _main_train(args: argparse.Namespace, json_path: str | None) -> int:
+    """``fglens bench --train`` (`fglens.bench.train`); INFO lines only."""
+    from .train import run_train_benchmark, train_report
+
+    others = [f for f, v in (("--gpu", "gpu"), ("--edit", "edit"), ("--model", "model"), ("--plot", "plot"))
+              if getattr(args, v, None)]
+    if others:
+        return _fail(f"--train takes --tokens, --repeats and --json; not {', '.join(others)}")
+    try:
+        tokens = parse_tokens(getattr(args, "tokens", None) or "960,1920,3840")
+        repeats = _given(args, "repeats", CPU_REPEATS)
+        if repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+        rows = run_train_benchmark(tokens, repeats=repeats)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(train_report(rows))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """The ``fglens bench`` command: run, print the tables and verdicts, optionally write JSON and a plot.
 
@@ -73,6 +96,8 @@ def main(args: argparse.Namespace) -> int:
         _check_output(plot_path, "--plot")
     except ValueError as exc:
         return _fail(str(exc))
+    if getattr(args, "train", False):
+        return _main_train(args, json_path)
     gpu_only = [f for f, v in (("--gpu-model", "gpu_model"), ("--layers", "layers"), ("--frames", "frames"))
                 if getattr(args, v, None) is not None]
     cpu_only = [f for f, v in (("--tokens", "tokens"), ("--model", "model")) if getattr(args, v, None) is not None]

@@ -40,6 +40,10 @@ def register(sub) -> None:
         help="instead of recording, price fg.FocalGuidance (anchor + cache transfer) on the Wan stack: plain vs "
         "1 .. blocks-1 edited layers, the anchor alone and the cache alone; FLOPs, time and memory per edited layer",
     )
+    parser.add_argument(
+        "--train", action="store_true",
+        help="instead, price a FocalLoRA distill training step against plain LoRA training of the same layers "
+        "(time and peak memory per step, at --tokens)")
     gpu = parser.add_argument_group("GPU (--gpu)")
     gpu.add_argument("--gpu", action="store_true",
                      help="realistic shapes on a CUDA GPU: plain, traced and fg on --layers blocks of the Wan2.1 "

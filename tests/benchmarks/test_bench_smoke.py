@@ -512,3 +512,19 @@ def test_a_failed_target_fails_the_command_and_informative_lines_do_not(monkeypa
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "wan N=80: " in err and "1 target(s) FAIL" in err   # progress on stderr, and why it exits 1
+
+
+def test_train_benchmark_runs_side_by_side_and_refuses_other_modes(capsys, tmp_path) -> None:
+    import json
+
+    from fglens.cli import main
+
+    out = tmp_path / "train.json"
+    assert main(["bench", "--train", "--tokens", "80", "--repeats", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "INFO N=80: a distill step costs" in text
+    rows = json.loads(out.read_text())
+    assert [r["mode"] for r in rows] == ["plain", "distill"] and all(r["seconds"] > 0 for r in rows)
+    assert rows[1]["peak_bytes"] > 0
+    assert main(["bench", "--train", "--gpu"]) == 2
+    assert "--train takes" in capsys.readouterr().err
