@@ -93,7 +93,8 @@ def register(sub) -> None:
     pt.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
     pt.add_argument("--lr", type=float, default=2e-3)
     pt.add_argument("--rank", type=int, default=8)
-    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--seed", type=int, default=0, help="items and sampling noise (default 0)")
+    pt.add_argument("--train-seed", type=int, default=None, help="the LoRA job's own draws (default: --seed)")
     pt.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default: the toy CALL's 20)")
     pt.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
             res = four_way(args.out, variant=args.variant, loss=args.loss, n=args.n, n_train=args.n_train,
                            steps=args.steps, lr=args.lr, rank=args.rank, seed=args.seed,
-                           sample_steps=args.sample_steps, progress=not args.quiet)
+                           sample_steps=args.sample_steps, train_seed=args.train_seed, progress=not args.quiet)
             print(table(res))
             return 0
         from ..toy.report import report

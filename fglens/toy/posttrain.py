@@ -30,8 +30,12 @@ SINK_LAYERS, SINK_SOURCES = ("blocks.3",), ("blocks.0", "blocks.2", "blocks.1")
 def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "distill", n: int = 60,
              n_train: int = 64, steps: int = 500, lr: float = 2e-3, rank: int = 8, seed: int = 0,
              layers: tuple[str, ...] = SINK_LAYERS, sources: tuple[str, ...] = SINK_SOURCES,
-             sample_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train the LoRA, score the four conditions, write ``four_way.json`` and ``four_way.md`` into `out`."""
+             sample_steps: int | None = None, train_seed: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Train the LoRA, score the four conditions, write ``four_way.json`` and ``four_way.md`` into `out`.
+
+    `seed` picks the items and the sampling noise; `train_seed` (default `seed`) the LoRA job's draws alone, so that
+    runs differing only in it measure how much the result depends on training's randomness."""
     import fglens as fg
 
     from .experiment import evaluate, focal_guidance, paired, summarize
@@ -46,11 +50,13 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     by_id = {it.id: it for it in train}
     options = {"steps": call["num_inference_steps"], "height": call["height"], "width": call["width"],
                "num_frames": call["num_frames"], "guidance_scale": call["guidance_scale"]}
+    job_seed = seed if train_seed is None else train_seed
     if loss == "distill":
         job = fg.train.FocalLoRA(layers=list(layers), rank=rank, teacher=lambda item: edit(by_id[item.id]), lr=lr,
-                                 call=options, checkpoint_every=100, seed=seed)
+                                 call=options, checkpoint_every=100, seed=job_seed)
     else:
-        job = fg.train.FocalLoRA(layers=list(layers), rank=rank, loss=loss, lr=lr, checkpoint_every=100, seed=seed)
+        job = fg.train.FocalLoRA(layers=list(layers), rank=rank, loss=loss, lr=lr, checkpoint_every=100,
+                                 seed=job_seed)
     start = time.time()
     job.fit(pipe, train, steps=steps, out=out / "lora", progress=progress)
     train_s = time.time() - start
@@ -68,7 +74,8 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     dit.delete_adapters("focal")
     cost = sampling_cost(pipe, out / "lora", items[:3], **extra)
     res = {"variant": variant, "loss": loss, "layers": list(layers), "sources": list(sources), "n": n,
-           "n_train": n_train, "steps": steps, "lr": lr, "rank": rank, "seed": seed, "train_s": train_s,
+           "n_train": n_train, "steps": steps, "lr": lr, "rank": rank, "seed": seed, "train_seed": job_seed,
+           "train_s": train_s,
            "eval_s": eval_s, "sample_steps": call["num_inference_steps"],
            "conditions": {k: summarize(r) for k, r in rows.items()},
            "vs_none": {k: paired(rows["none"], rows[k]) for k in ("fg", "lora", "lora+fg")}, "sampling_cost": cost}
