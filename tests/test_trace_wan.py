@@ -563,3 +563,25 @@ def test_an_edit_on_a_list_of_prompts_reads_each_items_words(wan_i2v, ref_image)
         torch.testing.assert_close(together[k], alone[k], rtol=1e-4, atol=1e-5)
         assert (together[k] - plain[k]).abs().max() > 1e-3  # the edit did something to each item
 
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("whole", "compiled with .compile()"),
+    ("regional", "4 of its blocks are compiled (e.g. blocks.0"),
+    ("wrapped", "torch.compile wrapper"),
+])
+def test_a_compiled_transformer_is_refused_before_any_hook(how, fragment):
+    # docs/compatibility.md: under torch.compile the traced frames differ from the compiled plain run's
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    processors = [type(m.processor) for m in pipe.transformer.modules() if hasattr(m, "processor")]
+    if how == "whole":
+        pipe.transformer.compile()
+    elif how == "regional":
+        pipe.transformer.compile_repeated_blocks(fullgraph=False)
+    else:
+        pipe.transformer = torch.compile(pipe.transformer)
+    with pytest.raises(ValueError, match="does not trace a torch.compile'd model") as info:
+        fg.trace(pipe, record=fg.Record(words=["dog"]))
+    assert fragment in str(info.value)
+    inner = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+    assert [type(m.processor) for m in inner.modules() if hasattr(m, "processor")] == processors
