@@ -18,6 +18,7 @@ import xarray as xr  # noqa: E402
 import fglens as fg  # noqa: E402
 from fglens.trace.tracer import Trace  # noqa: E402
 from fglens.train.job import _adapters_off, _student_kl, _Teacher  # noqa: E402
+from fglens.train.probe import kl_per_query  # noqa: E402
 
 PROMPT = "a dog jumps over the red fence"
 CALL = {"steps": 2}
@@ -275,3 +276,26 @@ def test_two_processes_train_the_adapter_one_process_trains_with_the_same_global
     a = xr.open_zarr(tmp_path / "one" / "curve.zarr", consolidated=False).kl.values
     b = xr.open_zarr(tmp_path / "two" / "curve.zarr", consolidated=False).kl.values
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_collapsed_pad_keys_give_the_same_kl_as_all_512_keys():
+    # FocalLoRA stores and trains on Wan's pad keys as one column: the KL must be that over all keys, edits included
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    probe = _ByForward(["blocks.1"])
+    anchor = fg.AnchorMask.from_mask(torch.ones(2, 3), "dog", strength=2.0)
+    edit = fg.FocalGuidance(anchor=anchor, cache=fg.CacheTransfer(src=["blocks.3"], dst=["blocks.1"], alpha=0.5),
+                            layers=["blocks.1"], steps=None)
+    with Trace(pipe, edit=edit, observers=[probe]):
+        pipe(**fg.testing.tiny_call_kwargs("wan", steps=2))
+    teacher = probe.seen[(1, ("cond",))]["blocks.1"]
+    assert teacher.biases and teacher.mixes
+    n_real = fg.train.probe.real_columns(teacher.key)
+    assert n_real is not None and n_real < 20  # a short prompt, 512 rows
+    with Trace(pipe, observers=[probe]):
+        pipe(**fg.testing.tiny_call_kwargs("wan", steps=2))
+    student = probe.seen[(1, ("cond",))]["blocks.1"]
+    full = kl_per_query(fg.train.text_distribution(teacher), fg.train.log_text_distribution(student))
+    collapsed = kl_per_query(fg.train.text_distribution(teacher, n_real=n_real),
+                             fg.train.log_text_distribution(student, n_real))
+    assert float(full.mean()) > 1e-3
+    torch.testing.assert_close(collapsed, full, rtol=1e-4, atol=1e-6)

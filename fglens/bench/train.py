@@ -42,7 +42,7 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     import fglens as fg
     from fglens.trace.tracer import Trace
 
-    from ..train.probe import TextProbe, kl_per_query, log_text_distribution, text_distribution
+    from ..train.probe import TextProbe, kl_per_query, log_text_distribution, real_columns, text_distribution
     from .meters import LiveBytesMeter
     from .workload import wan_inputs
 
@@ -53,7 +53,8 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     probe = TextProbe(LAYERS)
     with torch.no_grad(), Trace(model, observers=[probe]):
         model(**inputs)
-    teacher = {layer: text_distribution(call).detach() for layer, call in probe.calls.items()}
+    n_real = {layer: real_columns(call.key) for layer, call in probe.calls.items()}  # as FocalLoRA collapses pads
+    teacher = {layer: text_distribution(call, n_real=n_real[layer]).detach() for layer, call in probe.calls.items()}
 
     def plain() -> None:
         loss = model(**inputs)[0].square().mean()
@@ -64,7 +65,7 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     def distill() -> None:
         with Trace(model, observers=[probe]):
             model(**inputs)
-        loss = torch.stack([kl_per_query(p, log_text_distribution(probe.calls[layer])).mean()
+        loss = torch.stack([kl_per_query(p, log_text_distribution(probe.calls[layer], n_real[layer])).mean()
                             for layer, p in teacher.items()]).mean()
         loss.backward()
         optimiser.step()

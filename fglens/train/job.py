@@ -42,7 +42,7 @@ import torch
 
 from .data import TrainItem, digest, items
 from .lora import _models, add_lora, save_lora
-from .probe import TextProbe, kl_per_query, log_text_distribution, text_distribution
+from .probe import TextProbe, kl_per_query, log_text_distribution, real_columns, text_distribution
 from .ranks import Ranks
 
 #: the losses `FocalLoRA` knows, and what each needs of the data
@@ -277,11 +277,15 @@ class _Capture(TextProbe):
         return hook
 
     def end_forward(self) -> None:
-        probs = {layer: text_distribution(call).detach() for layer, call in self.calls.items()}
+        # Wan's identical pad keys as one column (exact for the KL, and 512 -> real + 1 columns stored and trained)
+        n_real = {layer: real_columns(call.key) if call.site.kind == "text" else None
+                  for layer, call in self.calls.items()}
+        probs = {layer: text_distribution(call, n_real=n_real[layer]).detach() for layer, call in self.calls.items()}
         # a joint call's segments come from the pipeline call's prompt, which a replayed forward lacks: keep them
         segments = {layer: call.segments for layer, call in self.calls.items()}
         prefix, args, kwargs = self._inputs
-        self.forwards.append({"model": prefix, "args": args, "kwargs": kwargs, "probs": probs, "segments": segments})
+        self.forwards.append({"model": prefix, "args": args, "kwargs": kwargs, "probs": probs, "segments": segments,
+                              "n_real": n_real})
 
 
 def _student_kl(pipe: Any, layers: list[str], forward: Mapping[str, Any]) -> torch.Tensor:
@@ -296,7 +300,7 @@ def _student_kl(pipe: Any, layers: list[str], forward: Mapping[str, Any]) -> tor
     for layer, p in forward["probs"].items():
         call = probe.calls[layer]
         call.segments = forward["segments"][layer]  # the teacher's, from the prompt (None for Wan's text call)
-        terms.append(kl_per_query(p, log_text_distribution(call)).mean())
+        terms.append(kl_per_query(p, log_text_distribution(call, forward["n_real"][layer])).mean())
     if not terms:
         raise RuntimeError(f"no trained layer ran in this forward of {forward['model'] or 'the transformer'}")
     return torch.stack(terms).mean()

@@ -27,7 +27,7 @@ import torch
 
 from ..adapters.base import Site
 from ..core.call import AttentionCall, ForwardContext
-from ..core.probs import bias_logits, key_bias, key_logits
+from ..core.probs import bias_logits, collapse_padding, key_bias, key_logits
 
 #: the site kinds whose attention to the text a probe reads
 KINDS = ("text", "joint")
@@ -54,14 +54,37 @@ class TextProbe:
         pass
 
 
-def _logits(call: AttentionCall, edited: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def real_columns(key: torch.Tensor) -> int | None:
+    """How many text key columns come before Wan-style padding (a run of identical trailing keys, the longest prompt
+    of the batch), or None when fewer than two trailing keys are identical. Reads the keys on the host: for training,
+    never inside a traced sampling step.
+
+    Example:
+        >>> k = torch.randn(1, 6, 2, 4); k[:, 3:] = k[:, 5:6]
+        >>> real_columns(k)
+        3
+    """
+    same = (key == key[:, -1:]).flatten(2).all(-1)  # [B, T]: equal to the last key
+    trailing = same.flip(1).to(torch.int64).cumprod(1).sum(1)  # [B]: length of the trailing run
+    n = key.shape[1] - int(trailing.min())
+    return n if key.shape[1] - n >= 2 else None
+
+
+def _logits(call: AttentionCall, edited: bool, n_real: int | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(text logits ``[B, H, N, T]`` of the video queries, post-edit biases added when `edited`; for a joint call
-    the log-sum-exp of the other keys ``[B, H, N]``, else None) in float32."""
+    the log-sum-exp of the other keys ``[B, H, N]``, else None; the pad column's multiplicity, else None) in float32.
+    With `n_real` (`real_columns`) a text call's identical pad keys are one column holding their whole mass."""
     q, k = call.query, call.key
     if call.site.kind == "text":
+        mult = None
+        if n_real is not None:
+            k, mult = collapse_padding(k, n_real)
         logits = key_logits(q, k, call.scale)
+        if mult is not None:
+            logits = logits + torch.log(mult.to(logits))
         bias = bias_logits(call.biases, slice(0, q.shape[1]), slice(0, k.shape[1])) if edited else None
-        return (logits if bias is None else logits + bias), None
+        return (logits if bias is None else logits + bias), None, mult
     seg = call.segments
     rows = slice(*seg.video_queries)
     logits = key_logits(q[:, rows], k, call.scale, key_bias(call.attn_mask, k.shape[1]))
@@ -69,14 +92,15 @@ def _logits(call: AttentionCall, edited: bool) -> tuple[torch.Tensor, torch.Tens
     logits = logits if bias is None else logits + bias
     t0, t1 = seg.text
     other = torch.cat([logits[..., :t0], logits[..., t1:]], -1)
-    return logits[..., t0:t1], torch.logsumexp(other, -1)
+    return logits[..., t0:t1], torch.logsumexp(other, -1), None
 
 
-def text_distribution(call: AttentionCall, *, edited: bool = True) -> torch.Tensor:
+def text_distribution(call: AttentionCall, *, edited: bool = True, n_real: int | None = None) -> torch.Tensor:
     """The attention of each video query to the text keys, ``[B, H, N, T]`` (a joint call: ``[B, H, N, T + 1]``, the
-    last column all other keys together), float32; post-edit when `edited` (biases, then mixes), as the model used it.
+    last column all other keys together; a text call with `n_real`: ``[B, H, N, n_real + 1]``, the last column all
+    pad keys together), float32; post-edit when `edited` (biases, then mixes), as the model used it.
     """
-    text, other = _logits(call, edited)
+    text, other, mult = _logits(call, edited, n_real)
     if other is None:
         p = torch.softmax(text, -1)
     else:
@@ -84,15 +108,15 @@ def text_distribution(call: AttentionCall, *, edited: bool = True) -> torch.Tens
         p = torch.exp(text - lse[..., None])
     if edited:
         for m in call.mixes:
-            p = m.apply(p, slice(0, p.shape[2]))
+            p = m.apply(p, slice(0, p.shape[2]), mult)
     return p if other is None else torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp_min(0)], -1)
 
 
-def log_text_distribution(call: AttentionCall) -> torch.Tensor:
+def log_text_distribution(call: AttentionCall, n_real: int | None = None) -> torch.Tensor:
     """log of `text_distribution` of an unedited call (`call` has no biases or mixes), computed stably."""
     if call.biases or call.mixes:
         raise ValueError(f"{call.site.layer}: log_text_distribution reads unedited calls; this one was edited")
-    text, other = _logits(call, edited=False)
+    text, other, _ = _logits(call, edited=False, n_real=n_real)
     if other is None:
         return torch.log_softmax(text, -1)
     lse = torch.logaddexp(torch.logsumexp(text, -1), other)[..., None]
@@ -104,4 +128,4 @@ def kl_per_query(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (torch.special.xlogy(p, p) - p * log_q).sum(-1)
 
 
-__all__ = ["KINDS", "TextProbe", "kl_per_query", "log_text_distribution", "text_distribution"]
+__all__ = ["KINDS", "TextProbe", "kl_per_query", "log_text_distribution", "real_columns", "text_distribution"]
