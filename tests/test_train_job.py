@@ -289,7 +289,9 @@ def test_collapsed_pad_keys_give_the_same_kl_as_all_512_keys():
         pipe(**fg.testing.tiny_call_kwargs("wan", steps=2))
     teacher = probe.seen[(1, ("cond",))]["blocks.1"]
     assert teacher.biases and teacher.mixes
-    n_real = fg.train.probe.real_columns(teacher.key)
+    lengths = fg.adapters.adapter_for(pipe.transformer).text_lengths((), {
+        "encoder_hidden_states": pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0]})
+    n_real = fg.train.probe.real_columns(teacher.key, lengths)
     assert n_real is not None and n_real < 20  # a short prompt, 512 rows
     with Trace(pipe, observers=[probe]):
         pipe(**fg.testing.tiny_call_kwargs("wan", steps=2))
@@ -299,3 +301,13 @@ def test_collapsed_pad_keys_give_the_same_kl_as_all_512_keys():
                              fg.train.log_text_distribution(student, n_real))
     assert float(full.mean()) > 1e-3
     torch.testing.assert_close(collapsed, full, rtol=1e-4, atol=1e-6)
+
+
+def test_text_keys_all_alike_keep_their_real_columns(tmp_path):
+    # the toy world's sink planting zeroes a layer's text key weights: every key is then the same, real ones included;
+    # collapsing by key equality alone would leave one column and a KL of 0 (nothing to learn)
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    with torch.no_grad():
+        pipe.transformer.blocks[1].attn2.to_k.weight.zero_()
+    out = _job().fit(pipe, _data(1), steps=6, out=tmp_path, progress=False)
+    assert (xr.open_zarr(out / "curve.zarr", consolidated=False).kl.values > 1e-4).any()

@@ -53,7 +53,8 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     probe = TextProbe(LAYERS)
     with torch.no_grad(), Trace(model, observers=[probe]):
         model(**inputs)
-    n_real = {layer: real_columns(call.key) for layer, call in probe.calls.items()}  # as FocalLoRA collapses pads
+    lengths = fg.adapters.adapter_for(model).text_lengths((), inputs)  # as FocalLoRA collapses the pad keys
+    n_real = {layer: real_columns(call.key, lengths) for layer, call in probe.calls.items()}
     teacher = {layer: text_distribution(call, n_real=n_real[layer]).detach() for layer, call in probe.calls.items()}
 
     def plain() -> None:

@@ -249,8 +249,8 @@ class _Teacher:
         kwargs = CallOptions.from_mapping(self.job.call).kwargs(
             self.pipe, prompt=item.prompt, image=item.image, seed=self.job.seed + index, output_type="latent")
         capture = _Capture(self.layers)
-        hooks = [t.register_forward_pre_hook(capture.inputs_hook(prefix), with_kwargs=True)
-                 for prefix, t, _ in _models(self.pipe)]
+        hooks = [t.register_forward_pre_hook(capture.inputs_hook(prefix, adapter), with_kwargs=True)
+                 for prefix, t, adapter in _models(self.pipe)]
         try:
             with _adapters_off(self.pipe), torch.no_grad(), Trace(self.pipe, edit=self.edit_for(item),
                                                                   observers=[capture]):
@@ -268,17 +268,19 @@ class _Capture(TextProbe):
         super().__init__(layers)
         self.forwards: list[dict[str, Any]] = []
         self._inputs: tuple[str, tuple, dict] | None = None
+        self._lengths: list[int] | None = None
 
-    def inputs_hook(self, prefix: str) -> Callable:
+    def inputs_hook(self, prefix: str, adapter: Any) -> Callable:
         def hook(module, args, kwargs):
             detach = lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x  # noqa: E731
             self._inputs = (prefix, tuple(detach(a) for a in args), {k: detach(v) for k, v in kwargs.items()})
+            self._lengths = adapter.text_lengths(args, kwargs)  # the prompts' real lengths (Wan), else None
 
         return hook
 
     def end_forward(self) -> None:
         # Wan's identical pad keys as one column (exact for the KL, and 512 -> real + 1 columns stored and trained)
-        n_real = {layer: real_columns(call.key) if call.site.kind == "text" else None
+        n_real = {layer: real_columns(call.key, self._lengths) if call.site.kind == "text" else None
                   for layer, call in self.calls.items()}
         probs = {layer: text_distribution(call, n_real=n_real[layer]).detach() for layer, call in self.calls.items()}
         # a joint call's segments come from the pipeline call's prompt, which a replayed forward lacks: keep them

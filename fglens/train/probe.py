@@ -21,13 +21,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from ..adapters.base import Site
 from ..core.call import AttentionCall, ForwardContext
-from ..core.probs import bias_logits, collapse_padding, key_bias, key_logits
+from ..core.probs import bias_logits, collapse_padding, key_bias, key_logits, padding_is_uniform
 
 #: the site kinds whose attention to the text a probe reads
 KINDS = ("text", "joint")
@@ -54,20 +54,24 @@ class TextProbe:
         pass
 
 
-def real_columns(key: torch.Tensor) -> int | None:
-    """How many text key columns come before Wan-style padding (a run of identical trailing keys, the longest prompt
-    of the batch), or None when fewer than two trailing keys are identical. Reads the keys on the host: for training,
-    never inside a traced sampling step.
+def real_columns(key: torch.Tensor, lengths: Sequence[int] | None) -> int | None:
+    """How many text key columns to keep before Wan's padding: the longest real prompt of the batch (`lengths`, from
+    the forward's inputs: the adapter's ``text_lengths``), provided every key from there on is the same (the pads'
+    keys are then exactly one column's worth); None (keep all keys) otherwise or when fewer than two pads remain.
+    The prompt's length decides, never the keys alone: a model whose text keys are all alike (the toy world's sink
+    planting) keeps its real columns. Reads the keys on the host: for training, never inside a sampling step.
 
     Example:
         >>> k = torch.randn(1, 6, 2, 4); k[:, 3:] = k[:, 5:6]
-        >>> real_columns(k)
-        3
+        >>> real_columns(k, [3]), real_columns(k, [5]), real_columns(k, None)
+        (3, None, None)
     """
-    same = (key == key[:, -1:]).flatten(2).all(-1)  # [B, T]: equal to the last key
-    trailing = same.flip(1).to(torch.int64).cumprod(1).sum(1)  # [B]: length of the trailing run
-    n = key.shape[1] - int(trailing.min())
-    return n if key.shape[1] - n >= 2 else None
+    if not lengths:
+        return None
+    n = max(int(x) for x in lengths)
+    if key.shape[1] - n < 2 or not bool(padding_is_uniform(key, n)):
+        return None
+    return n
 
 
 def _logits(call: AttentionCall, edited: bool, n_real: int | None = None
