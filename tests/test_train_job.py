@@ -311,3 +311,15 @@ def test_text_keys_all_alike_keep_their_real_columns(tmp_path):
         pipe.transformer.blocks[1].attn2.to_k.weight.zero_()
     out = _job().fit(pipe, _data(1), steps=6, out=tmp_path, progress=False)
     assert (xr.open_zarr(out / "curve.zarr", consolidated=False).kl.values > 1e-4).any()
+
+
+def test_a_recipe_teacher_anchors_on_the_videos_latent_grid():
+    # built per item as the evaluation builds it: the anchor's masks on the call's grid (64x96 px -> 4x6 tokens of
+    # 16 px), not on the reference image's (48x32 px -> 2x3)
+    pipe = fg.testing.tiny_wan_i2v_pipeline()
+    job = _job(teacher={"type": "anchor_mask", "clip": "tiny", "anchor_words": "all", "layers": [1]},
+               call={"steps": 2, "height": 64, "width": 96})
+    item = _data(1)[0]
+    kwargs = fg.jobs.CallOptions.from_mapping(job.call).kwargs(pipe, prompt=item.prompt, image=item.image)
+    anchor = _Teacher(pipe, job, ["blocks.1"]).edit_for(item, kwargs)
+    assert tuple(anchor.masks.shape[-2:]) == (4, 6)

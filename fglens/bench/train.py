@@ -42,7 +42,7 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     import fglens as fg
     from fglens.trace.tracer import Trace
 
-    from ..train.probe import TextProbe, kl_per_query, log_text_distribution, real_columns, text_distribution
+    from ..train.probe import TextProbe, distill_kl, real_columns, text_distribution
     from .meters import LiveBytesMeter
     from .workload import wan_inputs
 
@@ -66,8 +66,7 @@ def _one(n: int, frame_hw: tuple[int, int], repeats: int, rank: int) -> list[dic
     def distill() -> None:
         with Trace(model, observers=[probe]):
             model(**inputs)
-        loss = torch.stack([kl_per_query(p, log_text_distribution(probe.calls[layer], n_real[layer])).mean()
-                            for layer, p in teacher.items()]).mean()
+        loss = distill_kl(teacher, probe.calls, n_real)
         loss.backward()
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ import torch
 
 from .data import TrainItem, digest, items
 from .lora import _models, add_lora, save_lora
-from .probe import TextProbe, kl_per_query, log_text_distribution, real_columns, text_distribution
+from .probe import TextProbe, distill_kl, real_columns, text_distribution
 from .ranks import Ranks
 
 #: the losses `FocalLoRA` knows, and what each needs of the data
@@ -227,12 +227,16 @@ class _Teacher:
         self.pipe, self.job, self.layers = pipe, job, layers
         self.cache: dict[int, list[dict[str, Any]]] = {}
 
-    def edit_for(self, item: TrainItem) -> Any:
+    def edit_for(self, item: TrainItem, kwargs: Mapping[str, Any]) -> Any:
         teacher = self.job.teacher
         if isinstance(teacher, (Mapping, str)):
             from ..interventions.recipe import from_recipe
+            from ..pipelines import spatial_multiple
 
-            return from_recipe(teacher, image=item.image, prompt=item.prompt, words=list(item.words))
+            # as the evaluation builds it: anchors on the video's latent grid, not the image's
+            return from_recipe(teacher, image=item.image, prompt=item.prompt, words=list(item.words),
+                               size=(kwargs.get("height"), kwargs.get("width")),
+                               token_px=spatial_multiple(self.pipe))
         if callable(teacher) and not hasattr(teacher, "spec"):
             return teacher(item)
         return teacher
@@ -252,7 +256,7 @@ class _Teacher:
         hooks = [t.register_forward_pre_hook(capture.inputs_hook(prefix, adapter), with_kwargs=True)
                  for prefix, t, adapter in _models(self.pipe)]
         try:
-            with _adapters_off(self.pipe), torch.no_grad(), Trace(self.pipe, edit=self.edit_for(item),
+            with _adapters_off(self.pipe), torch.no_grad(), Trace(self.pipe, edit=self.edit_for(item, kwargs),
                                                                   observers=[capture]):
                 self.pipe(**kwargs)
         finally:
@@ -298,14 +302,11 @@ def _student_kl(pipe: Any, layers: list[str], forward: Mapping[str, Any]) -> tor
     probe = TextProbe(layers)
     with Trace(pipe, observers=[probe]):
         transformer(*forward["args"], **forward["kwargs"])
-    terms = []
-    for layer, p in forward["probs"].items():
-        call = probe.calls[layer]
-        call.segments = forward["segments"][layer]  # the teacher's, from the prompt (None for Wan's text call)
-        terms.append(kl_per_query(p, log_text_distribution(call, forward["n_real"][layer])).mean())
-    if not terms:
+    if not forward["probs"]:
         raise RuntimeError(f"no trained layer ran in this forward of {forward['model'] or 'the transformer'}")
-    return torch.stack(terms).mean()
+    for layer in forward["probs"]:  # the teacher's segments, from the prompt (None for Wan's text call)
+        probe.calls[layer].segments = forward["segments"][layer]
+    return distill_kl(forward["probs"], probe.calls, forward["n_real"])
 
 
 @contextmanager

@@ -132,4 +132,14 @@ def kl_per_query(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (torch.special.xlogy(p, p) - p * log_q).sum(-1)
 
 
-__all__ = ["KINDS", "TextProbe", "kl_per_query", "log_text_distribution", "real_columns", "text_distribution"]
+def distill_kl(teacher: dict[str, torch.Tensor], calls: dict[str, AttentionCall],
+               n_real: dict[str, int | None] | None = None) -> torch.Tensor:
+    """The distill loss: KL(teacher ‖ student) per video query and head, averaged over queries, heads and the layers
+    of `teacher` (their distributions, `text_distribution`), the student's from its unedited `calls`."""
+    n_real = n_real or {}
+    return torch.stack([kl_per_query(p, log_text_distribution(calls[layer], n_real.get(layer))).mean()
+                        for layer, p in teacher.items()]).mean()
+
+
+__all__ = ["KINDS", "TextProbe", "distill_kl", "kl_per_query", "log_text_distribution", "real_columns",
+           "text_distribution"]
