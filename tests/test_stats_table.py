@@ -8,11 +8,14 @@ import fglens as fg
 from fglens import plot
 from fglens.stats.table import STATISTICS, Statistic, maps, recordable
 from fglens.store import DEFINITIONS, VARIABLE_DIMS
+from fglens.store.schema import FLAG_ATTRS
 from fglens.trace.record import DEFAULT_STATS, STATS, WORD_STATS
 
 
 def test_every_reader_of_the_table_agrees_with_it():
-    assert VARIABLE_DIMS == {n: s.dims for n, s in STATISTICS.items()}
+    # the statistics, and the flags the tracer writes beside them (layers a step cache skipped)
+    assert VARIABLE_DIMS == {**{n: s.dims for n, s in STATISTICS.items()}, **dict.fromkeys(FLAG_ATTRS, ())}
+    assert all(DEFINITIONS[n] == a["description"] for n, a in FLAG_ATTRS.items())
     assert all(DEFINITIONS[n] == s.definition for n, s in STATISTICS.items())
     assert STATS == {n: s.kinds for n, s in STATISTICS.items() if s.recordable}
     assert set(WORD_STATS) == {n for n, s in STATISTICS.items() if "word" in s.dims}

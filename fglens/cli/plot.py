@@ -65,11 +65,13 @@ def register(sub) -> None:
 # -- what to draw -----------------------------------------------------------------------------------------------
 
 def statistics(ds) -> list[str]:
-    """The per-layer statistics a run recorded (every variable over ``layer`` except the word maps)."""
+    """The per-layer statistics a run recorded (every variable over ``layer`` except the word maps and the flag of
+    layers a step cache skipped)."""
     from ..store import VARIABLE_DIMS
+    from ..store.schema import FLAG_ATTRS
 
     order = list(VARIABLE_DIMS)
-    found = [str(v) for v in ds.data_vars if "layer" in ds[v].dims and v != "word_map"]
+    found = [str(v) for v in ds.data_vars if "layer" in ds[v].dims and v != "word_map" and v not in FLAG_ATTRS]
     return sorted(found, key=lambda v: (order.index(v) if v in order else len(order), v))
 
 

@@ -25,7 +25,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from .reader import RunMeta, UnreadableRun, intervention_text, list_runs, read_run
-from .schema import IMAGE_DIMS, REFERENCE_IMAGE
+from .schema import IMAGE_DIMS, REFERENCE_IMAGE, SKIPPED
 
 #: dims that must be identical in every run opened together
 _SHARED_DIMS = ("branch", "layer", "frame", "y", "x")
@@ -159,7 +159,8 @@ def _stack(views: list[_RunView]) -> xr.Dataset:
         arrays = [v.group[name] if name in v.variables else None for v in views]
         maps = [{ax: local(v, d) for ax, d in enumerate(dims, start=1) if d in padded} for v in views]
         shape = (len(views), *(sizes[d] for d in dims))
-        fill = 0 if name == REFERENCE_IMAGE else np.nan  # images: uint8 padded with black
+        # images: uint8 padded with black; the skipped flag: False where a run has none (it had no step cache)
+        fill = 0 if name in (REFERENCE_IMAGE, SKIPPED) else np.nan
         stack = _RunStack(arrays, maps, shape, fill=fill)
         data_vars[name] = xr.Variable(("run", *dims), indexing.LazilyIndexedArray(stack))
 

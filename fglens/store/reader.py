@@ -16,7 +16,7 @@ from .schema import check_schema
 from .verify import Verdict, check_chunks
 
 JSON_ATTRS = ("model_config", "record", "definitions", "word_positions", "word_positions_uncond", "grid",
-              "intervention", "seed", "words")
+              "intervention", "seed", "words", "step_cache", "edits_skipped")
 
 
 def list_runs(path: str | os.PathLike) -> list[str]:

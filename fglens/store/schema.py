@@ -20,6 +20,18 @@ def chunk_codecs() -> tuple:
 VARIABLE_DIMS: dict[str, tuple[str, ...]] = {name: s.dims for name, s in STATISTICS.items()}
 LEADING_DIMS = ("branch", "step", "layer")
 
+#: a run's flag of layers that did not run at a step (a step cache, e.g. diffusers' first-block cache, reused their
+#: output): bool over ``branch, step, layer``, present when the traced transformer had a step cache on; the
+#: statistics there are NaN, never a stale value (`fglens.trace.skips`)
+SKIPPED = "skipped"
+VARIABLE_DIMS[SKIPPED] = ()
+#: the attributes of the flag variables (the statistics' come from `fglens.stats.table`)
+FLAG_ATTRS: dict[str, dict[str, str]] = {SKIPPED: {
+    "long_name": "layer skipped by a step cache",
+    "description": "True where a site this run reads at the layer did not run in that step's forward (a step "
+                   "cache reused or predicted its output); the statistics from that site are NaN there",
+}}
+
 #: the reference image of an image-to-video call, kept with its run (written once, not per step)
 REFERENCE_IMAGE = "reference_image"
 #: its dims: rows, columns, RGB channels (uint8)
@@ -36,6 +48,7 @@ DEFINITIONS: dict[str, str] = {
     "reference_image": "the pipeline call's reference image (its `image` argument) as RGB uint8 (image_y, "
     "image_x, channel), resized with PIL LANCZOS, aspect kept, so its long side is at most 256 px",
     "batch": "batch items of the same CFG branch are averaged",
+    SKIPPED: FLAG_ATTRS[SKIPPED]["description"],
 }
 
 

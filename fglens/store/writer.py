@@ -31,7 +31,15 @@ import xarray as xr
 from ..stats.table import variable_attrs
 from .layout import check_run_id, claim_run, disk_size, ensure_root, root_attrs
 from .reader import ordinary_strings
-from .schema import IMAGE_DIMS, LEADING_DIMS, REFERENCE_IMAGE, SCHEMA_VERSION, VARIABLE_DIMS, chunk_codecs
+from .schema import (
+    FLAG_ATTRS,
+    IMAGE_DIMS,
+    LEADING_DIMS,
+    REFERENCE_IMAGE,
+    SCHEMA_VERSION,
+    VARIABLE_DIMS,
+    chunk_codecs,
+)
 
 _STOP = object()
 
@@ -332,7 +340,7 @@ class RunWriter:
             self._flush()
         if self._step is None:
             self._step = step
-            self._buffer = {v: np.full(self._shape(v), np.nan, dtype=np.float32) for v in self.variables}
+            self._buffer = {v: self._empty(v) for v in self.variables}
             self._timestep = float("nan")
         for name, ok in host["checks"].items():
             self.checks[name] = self.checks.get(name, True) and bool(ok)
@@ -357,9 +365,16 @@ class RunWriter:
         tail = tuple(self.sizes[d] for d in VARIABLE_DIMS[var])
         return (self.sizes["branch"], steps, self.sizes["layer"], *tail)
 
+    def _empty(self, var: str, steps: int = 1) -> np.ndarray:
+        """A step's buffer: NaN for a statistic (where nothing was recorded), False for a flag."""
+        if var in FLAG_ATTRS:
+            return np.zeros(self._shape(var, steps), dtype=bool)
+        return np.full(self._shape(var, steps), np.nan, dtype=np.float32)
+
     def _dataset(self, arrays: Mapping[str, np.ndarray], steps: list[int], timesteps: list[float]) -> xr.Dataset:
         # each variable says what it is, as xarray users expect (`long_name`, `description`: fglens.stats.table)
-        data_vars = {v: (LEADING_DIMS + VARIABLE_DIMS[v], arrays[v], variable_attrs(v)) for v in self.variables}
+        data_vars = {v: (LEADING_DIMS + VARIABLE_DIMS[v], arrays[v], FLAG_ATTRS.get(v) or variable_attrs(v))
+                     for v in self.variables}
         used = {d for v in self.variables for d in VARIABLE_DIMS[v]} | set(LEADING_DIMS)
         coords: dict[str, Any] = {k: v for k, v in self.coords.items() if k in used}
         coords["step"] = np.asarray(steps, dtype=np.int64)
@@ -367,7 +382,7 @@ class RunWriter:
         return xr.Dataset(data_vars, coords=coords)
 
     def _template(self, attrs: Mapping[str, Any]) -> xr.Dataset:
-        empty = {v: np.zeros(self._shape(v, 0), dtype=np.float32) for v in self.variables}
+        empty = {v: self._empty(v, 0) for v in self.variables}
         template = self._dataset(empty, [], [])
         if self.image is not None:
             template[REFERENCE_IMAGE] = (IMAGE_DIMS, self.image)

@@ -35,6 +35,7 @@ from ..core.probs import (
 from ..core.scope import BRANCHES
 from ..stats.table import STATISTICS, recordable
 from ..stats.table import maps as map_variables
+from ..store.schema import SKIPPED
 
 #: every statistic a Record can ask for, and the kinds of site that provide it (declared in `fglens.stats.table`)
 STATS: dict[str, frozenset[str]] = {name: s.kinds for name, s in recordable().items()}
@@ -250,9 +251,17 @@ class Recorder:
     def wants(self, site: Site) -> bool:
         return self._fwd is not None and site.layer in self._layer_pos and site.kind in self.kinds
 
-    def end_forward(self) -> ForwardResult | None:
+    def end_forward(self, missing: Sequence[Site] = ()) -> ForwardResult | None:
+        """The forward's statistics; `missing`: the sites of the running transformer that did not run (a step cache
+        skipped them). A layer with a missing site this recorder reads is NaN in every variable that site provides
+        and flagged in ``skipped`` (per branch, one bool per layer); a forward whose layers all were skipped still
+        gives its step (all NaN), so a run never loses a step to a cache."""
         fwd, self._fwd = self._fwd, None
-        if fwd is None or not fwd.values:
+        if fwd is None:
+            return None
+        skipped = sorted({self._layer_pos[s.layer] for s in missing
+                          if s.layer in self._layer_pos and s.kind in self.kinds})
+        if not fwd.values and not skipped:
             return None
         # python-int indexing only: an index tensor would be a host-to-device copy, which syncs
         pos = {b: [fwd.index.index(i) for i in idx] for b, idx in fwd.items.items()}
@@ -264,6 +273,10 @@ class Recorder:
                 full[:, layer] = value
             for branch, p in pos.items():
                 values[branch][var] = torch.stack([full[i] for i in p]).mean(0)  # mean over the branch's items
+        flags = torch.zeros(len(self.layers), dtype=torch.bool)  # on the host: known there, nothing to copy
+        flags[skipped] = True
+        for branch in values:
+            values[branch][SKIPPED] = flags
         timestep = {b: fwd.ctx.timestep[idx[0]] for b, idx in fwd.items.items()}
         checks = {"pad_uniform": fwd.pad_ok} if fwd.pad_ok is not None else {}
         return ForwardResult(fwd.ctx.step, fwd.ctx.num_steps, timestep, values, checks)

@@ -25,10 +25,12 @@ from ..core.scope import resolve_layers
 from ..stats.table import STATISTICS
 from ..store import DEFINITIONS, MemorySink, RunWriter, ZarrSink, new_run_id, store_path
 from ..store.image import reference_thumbnail
+from ..store.schema import SKIPPED
 from .clock import ClockHook, StepSource, install_clock
 from .editing import Editor
 from .intercept import TracedProcessor, patch, unpatch
 from .record import WORD_STATS, Record, Recorder
+from .skips import SkipWatch, step_caches
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 
@@ -110,8 +112,11 @@ class Trace:
         self.recorder = Recorder(self.record, self.layers) if self.record else None
         # the runs of the current pipeline call: one per batch item of a call given several prompts or videos
         self._items: list[tuple[Recorder, RunWriter, MemorySink | ZarrSink]] = []
+        #: the step caches on the traced transformers (`fglens.trace.skips`): runs then flag skipped layers
+        self.step_caches = [c for a in self.adapters for c in step_caches(a.transformer)]
         self.variables = self._variables() if self.record else []
         self._adapter_of = {layer: a for a in self.adapters for layer in a.layers()}
+        self._watch = SkipWatch(self.adapters)
 
         self._undo: list[Callable[[], None]] = []
         self._capture: PromptCapture | None = None
@@ -218,6 +223,7 @@ class Trace:
                 self._end_run(interrupted=False)
             self._begin_run(call, ctx)
         self._forward = ctx
+        self._watch.begin()
         for recorder in (*(r for r, _, _ in self._items), *self.observers):
             recorder.begin_forward(ctx)
         self._run_state["last_step"] = ctx.step
@@ -225,8 +231,11 @@ class Trace:
 
     def _on_forward_end(self, ctx: ForwardContext) -> None:
         self._forward = None
+        missing = self._watch.missing(ctx)
+        if missing:
+            self._note_skips(ctx, missing)
         for recorder, writer, _ in self._items:
-            result = recorder.end_forward()
+            result = recorder.end_forward(missing)
             if result is not None:
                 writer.put(result.step, result.timestep, result.values, result.checks)
         for observer in self.observers:
@@ -236,6 +245,7 @@ class Trace:
         forward = self._forward
         if forward is None:
             return run()
+        self._watch.ran(site)
         edits = self.editor.active(site, forward) if self.editor is not None else []
         recorders = [r for r, _, _ in self._items if r.wants(site)]
         recorders += [o for o in self.observers if o.wants(site)]
@@ -277,19 +287,51 @@ class Trace:
                 recorder.observe(call)
         return out
 
+    def _note_skips(self, ctx: ForwardContext, missing: list[Site]) -> None:
+        """Count the layers a step cache skipped in this forward, and note those where an edit was due."""
+        state = self._run_state
+        state["skipped"] = state.get("skipped", 0) + len(dict.fromkeys(s.layer for s in missing))
+        if self.editor is not None:
+            due = list(dict.fromkeys(s.layer for s in missing if self.editor.active(s, ctx)))
+            if due:
+                state.setdefault("edits_skipped", []).append(
+                    {"step": ctx.step, "branches": list(ctx.branches), "layers": due})
+
+    def _skip_attrs(self) -> dict[str, Any]:
+        """The run's final attributes about skipped layers (none when nothing could skip and nothing did), with a
+        warning for what a user must know: edits that did not happen, or layers missing without a known cache."""
+        skipped, edits = self._run_state.get("skipped", 0), self._run_state.get("edits_skipped", [])
+        if edits:
+            layers = sorted({layer for e in edits for layer in e["layers"]})
+            warnings.warn(
+                f"a step cache ({', '.join(self.step_caches) or 'unknown'}) skipped layers where the edit was due "
+                f"({', '.join(layers)}, in {len(edits)} forward(s)): the edit did not act there, the cached output "
+                "was reused; the run's attribute edits_skipped lists them. Turn the cache off to edit every step",
+                RuntimeWarning, stacklevel=3)
+        if skipped and not self.step_caches:
+            warnings.warn(
+                f"{skipped} layer forward(s) did not run (a hook skipped their attention, and no diffusers step "
+                "cache was found on the transformer): their statistics are NaN; the run's attribute "
+                "layers_skipped counts them", RuntimeWarning, stacklevel=3)
+        if not (skipped or edits or self.step_caches):
+            return {}
+        return {"layers_skipped": skipped, "edits_skipped": edits}
+
     def _branch_tokens(self, forward: ForwardContext):
         return self._run_state.get("tokens", {}).get(forward.branches[0])
 
     # -- runs ------------------------------------------------------------------------------------------------
     def _variables(self) -> list[str]:
         kinds = {site.kind for a in self.adapters for site in a.sites()}
-        return [s for s in (*self.record.stats, *self.record.map_names) if STATISTICS[s].kinds & kinds]
+        found = [s for s in (*self.record.stats, *self.record.map_names) if STATISTICS[s].kinds & kinds]
+        return [*found, SKIPPED] if self.step_caches else found
 
     def _begin_run(self, call: PipelineCall | None, ctx: ForwardContext) -> None:
         self._in_run = True
         # each branch's tokens as the joint segments read them, once per run (not per attention call)
         tokens = {b: call.widest(t) for b, t in call.by_branch().items()} if call is not None else {}
-        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call, "tokens": tokens}
+        self._run_state = {"last_step": None, "num_steps": ctx.num_steps, "call": call, "tokens": tokens,
+                           "skipped": 0, "edits_skipped": []}
         if self.record is not None:
             self.record.check_steps(ctx.num_steps)  # steps the schedule lacks: an error before sampling
         # a call given several prompts (or videos per prompt): one run per batch item of a branch, each with its own
@@ -351,10 +393,11 @@ class Trace:
         items, self._items = self._items, []
         last, total = self._run_state.get("last_step"), self._run_state.get("num_steps")
         complete = not interrupted and (total is None or last == total - 1)
+        final = {"complete": complete, "num_steps": total, **self._skip_attrs()}
         errors = []
         for _, writer, sink in items:
             try:
-                writer.close({"complete": complete, "num_steps": total})
+                writer.close(final)
             except Exception as error:  # noqa: BLE001 - close every item's run, then report the first failure
                 errors.append(error)
                 continue
@@ -398,6 +441,7 @@ class Trace:
             "num_steps": ctx.num_steps,
             "record": self.record.spec(),
             "intervention": self.editor.edit.spec() if self.editor is not None else None,
+            **({"step_cache": self.step_caches} if self.step_caches else {}),
             "definitions": DEFINITIONS,
         }
 
