@@ -57,7 +57,7 @@ class Item:
 
     `image` is the reference frame (PIL), `prompt` the instruction, `words` its key words (the objects it
     names), `video()` the true clip (uint8 [frames, H, W, 3]), `masks()` the named objects' pixels in the
-    reference frame, `held_out` which held-out properties a test item has.
+    reference frame (`video_masks()`: in every frame), `held_out` which held-out properties a test item has.
     """
 
     id: str
@@ -106,6 +106,13 @@ class Item:
         cover = coverage(self.scene, self.instruction, frames=1)[0]
         named = [i for i in (self.instruction.target, self.instruction.other) if i is not None]
         return {self.scene.objects[i].name: cover[i] >= 0.5 for i in named}
+
+    def video_masks(self) -> dict[str, np.ndarray]:
+        """Each named object's pixels (bool [frames, H, W]) in every frame of the true video, keyed by its word: where
+        the object is as it moves, grows or is covered (visible coverage >= 0.5, as `masks`)."""
+        cover = self._coverage
+        named = [i for i in (self.instruction.target, self.instruction.other) if i is not None]
+        return {self.scene.objects[i].name: cover[:, i] >= 0.5 for i in named}
 
     @property
     def held_out(self) -> tuple[str, ...]:
