@@ -9,7 +9,7 @@ import pytest
 from fglens.cli import main
 
 
-@pytest.mark.parametrize("loss", ["distill", "flow"])
+@pytest.mark.parametrize("loss", ["distill", "flow", "anchor"])
 def test_posttrain_scores_four_conditions_on_the_same_items(tmp_path, capsys, loss):
     code = main(["toy", "posttrain", "--out", str(tmp_path), "--loss", loss, "--n", "5", "--n-train", "2",
                  "--steps", "2", "--sample-steps", "2", "--quiet"])

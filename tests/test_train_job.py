@@ -160,7 +160,7 @@ def test_distill_on_joint_attention_hunyuan(tmp_path):
 @pytest.mark.parametrize("kw, message", [
     ({"layers": ["blocks.9"]}, "blocks.9"),
     ({"rank": 0}, "rank must be a positive integer"),
-    ({"loss": "anchor"}, "unknown loss .anchor."),
+    ({"loss": "anchorz"}, "unknown loss .anchorz."),
     ({"teacher": None}, "needs a teacher"),
     ({"lr": float("nan")}, "lr must be"),
     ({"call": {"stepz": 2}}, "unknown call option"),

@@ -20,6 +20,9 @@ examples:
       --layers auto --diagnosis diag.zarr --out lora/ --steps 500 \\
       --teacher teacher.json     # {"type": "focal_guidance", "src": [30], "clip": {"model": "ViT-H-14", ...}}
 
+  fglens train toysuite/toy.jsonl --pipeline toy-sink --layers 3 --loss anchor --anchor-weight 1 \
+      --out lora/ --steps 200      # flow matching + the anchor term, on the toy world's videos and masks
+
   torchrun --nproc_per_node 4 -m fglens.cli train suite.jsonl --pipeline P --layers auto --diagnosis diag.zarr \
       --teacher teacher.json --batch 8 --out lora/     # 4 processes, 2 examples each per step
 
@@ -33,9 +36,12 @@ def register(sub) -> None:
         "train", help="learn Focal Guidance into a LoRA on the weak layers (light post-training)",
         description="Train a LoRA on the chosen layers' attention projections so that the model, without any "
         "edit, attends as the Focal Guidance teacher does along the teacher's own sampling trajectories "
-        "(loss: distill).", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        "(loss: distill), or with flow matching on videos (flow), plus a term raising each masked word's "
+        "attention inside its region (anchor).", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
     )
-    parser.add_argument("suite", metavar="SUITE", help="an evaluation suite (suite.jsonl): images and prompts")
+    parser.add_argument("suite", metavar="SUITE",
+                        help="an evaluation suite (suite.jsonl: images and prompts) or a toy world items file "
+                        "(toy.jsonl: also videos and masks)")
     parser.add_argument("--pipeline", required=True,
                         help="a local diffusers pipeline folder or a built-in one (tiny-wan, toy-sink, ...)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the adapter, manifest, curve and checkpoint")
@@ -44,8 +50,11 @@ def register(sub) -> None:
                         "--diagnosis)")
     parser.add_argument("--diagnosis", default=None, metavar="STORE",
                         help="a store of recorded runs; --layers auto takes their semantic-weak layers")
-    parser.add_argument("--loss", default="distill", choices=("distill", "flow"),
-                        help="distill (default: images and prompts) or flow (needs a video per item)")
+    parser.add_argument("--loss", default="distill", choices=("distill", "flow", "anchor"),
+                        help="distill (default: images and prompts), flow (needs a video per item) or anchor "
+                        "(flow + the anchor term: needs a video and masks per item)")
+    parser.add_argument("--anchor-weight", type=finite_float, default=None, metavar="W",
+                        help="--loss anchor: the anchor term's weight, >= 0 (default 1)")
     parser.add_argument("--teacher", default=None, metavar="JSON",
                         help="the Focal Guidance recipe the student learns (a JSON object or a file holding one)")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps (default: 500)")
@@ -62,7 +71,12 @@ def register(sub) -> None:
     parser.add_argument("--sample-steps", type=int, default=None,
                         help="the teacher's denoising steps (default: the pipeline's)")
     parser.add_argument("--guidance-scale", type=finite_float, default=None)
-    parser.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"))
+    parser.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
+                        help="the dtype the pipeline is loaded in (the adapter trains in float32)")
+    parser.add_argument("--autocast", default=None, choices=("bfloat16", "float32"),
+                        help="mixed precision: the training forwards under torch.autocast to bfloat16")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute each transformer block in the backward pass (less memory)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--no-resume", action="store_true", help="start again even if OUT/checkpoint.pt exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -82,7 +96,11 @@ def _layers(args: argparse.Namespace) -> list[str | int]:
     return [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in args.layers.split(",") if x.strip()]
 
 
-def _teacher(args: argparse.Namespace, layers: list) -> dict:
+def _teacher(args: argparse.Namespace, layers: list) -> dict | None:
+    if args.loss != "distill":
+        if args.teacher is not None:
+            raise UsageError(f"--loss {args.loss} takes no --teacher (only distill learns from one)")
+        return None
     if args.teacher is None:
         raise UsageError("--loss distill needs --teacher: the Focal Guidance recipe to learn, e.g. "
                          "'{\"type\": \"focal_guidance\", \"src\": [30], \"clip\": \"tiny\"}'")
@@ -106,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         layers = _layers(args)
         teacher = _teacher(args, layers)
+        if args.anchor_weight is not None and args.loss != "anchor":
+            raise UsageError(f"--anchor-weight is for --loss anchor; --loss {args.loss} has no anchor term")
         import fglens as fg
         from fglens.pipelines import load_pipeline
 
@@ -114,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         job = fg.train.FocalLoRA(
             layers=layers, rank=args.rank, loss=args.loss, teacher=teacher, alpha=args.alpha, lr=args.lr,
             projections=None if args.projections is None else [p.strip() for p in args.projections.split(",")],
-            call=call, checkpoint_every=args.checkpoint_every, seed=args.seed, batch=args.batch)
+            call=call, checkpoint_every=args.checkpoint_every, seed=args.seed, batch=args.batch,
+            anchor_weight=1.0 if args.anchor_weight is None else args.anchor_weight, autocast=args.autocast,
+            gradient_checkpointing=args.gradient_checkpointing)
         data = fg.train.items(args.suite)
         device = args.device
         if device is None:  # under torchrun: this process's GPU

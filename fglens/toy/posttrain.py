@@ -2,8 +2,9 @@
 
 On a toy variant (default the ``sink`` planting), with the Focal Guidance the toy report applies (ground-truth
 anchors and the cache transfer, on the layers the default diagnosis names, from its responsive layers), one LoRA
-is trained on those layers with `fg.train.FocalLoRA` (``distill``: that Focal Guidance is the teacher; or
-``flow``: the toy world's ground-truth videos) on train-split items, and four conditions are scored on the same
+is trained on those layers with `fg.train.FocalLoRA` (``distill``: that Focal Guidance is the teacher; ``flow``: the
+toy world's ground-truth videos; or ``anchor``: those videos and the named objects' masks in every frame) on
+train-split items, and four conditions are scored on the same
 test items with the same seeds: none, Focal Guidance at sampling time, the LoRA, both. Every number is the toy
 world's pixel score ``follows`` with bootstrap intervals per category, and the paired difference from none.
 
@@ -30,12 +31,13 @@ SINK_LAYERS, SINK_SOURCES = ("blocks.3",), ("blocks.0", "blocks.2", "blocks.1")
 def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "distill", n: int = 60,
              n_train: int = 64, steps: int = 500, lr: float = 2e-3, rank: int = 8, seed: int = 0,
              layers: tuple[str, ...] = SINK_LAYERS, sources: tuple[str, ...] = SINK_SOURCES,
-             sample_steps: int | None = None, train_seed: int | None = None,
+             sample_steps: int | None = None, train_seed: int | None = None, anchor_weight: float = 1.0,
              progress: bool = True) -> dict[str, Any]:
     """Train the LoRA, score the four conditions, write ``four_way.json`` and ``four_way.md`` into `out`.
 
     `seed` picks the items and the sampling noise; `train_seed` (default `seed`) the LoRA job's draws alone, so that
-    runs differing only in it measure how much the result depends on training's randomness."""
+    runs differing only in it measure how much the result depends on training's randomness. `anchor_weight`: the
+    anchor term's weight of loss ``anchor``."""
     import fglens as fg
 
     from .experiment import evaluate, focal_guidance, paired, summarize
@@ -56,7 +58,7 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
                                  call=options, checkpoint_every=100, seed=job_seed)
     else:
         job = fg.train.FocalLoRA(layers=list(layers), rank=rank, loss=loss, lr=lr, checkpoint_every=100,
-                                 seed=job_seed)
+                                 seed=job_seed, **({"anchor_weight": anchor_weight} if loss == "anchor" else {}))
     start = time.time()
     job.fit(pipe, train, steps=steps, out=out / "lora", progress=progress)
     train_s = time.time() - start
@@ -75,6 +77,7 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     cost = sampling_cost(pipe, out / "lora", items[:3], **extra)
     res = {"variant": variant, "loss": loss, "layers": list(layers), "sources": list(sources), "n": n,
            "n_train": n_train, "steps": steps, "lr": lr, "rank": rank, "seed": seed, "train_seed": job_seed,
+           **({"anchor_weight": anchor_weight} if loss == "anchor" else {}),
            "train_s": train_s,
            "eval_s": eval_s, "sample_steps": call["num_inference_steps"],
            "conditions": {k: summarize(r) for k, r in rows.items()},
