@@ -133,9 +133,9 @@ def log_word_mass(call: AttentionCall, columns: Mapping[str, Sequence[int]], n_r
 
 def anchor_term(calls: Mapping[str, AttentionCall], columns: Mapping[str, Sequence[int]],
                 weights: Mapping[str, torch.Tensor], n_real: int | None = None) -> torch.Tensor:
-    """The anchor term (the module's A, averaged over the layers of `calls`): per word, −log m_w weighted by its
-    region `weights` (``[f, y, x]`` or ``[N]`` per word, `region_weights`), over the video queries of batch item 0
-    and every other; `n_real` the prompt's real length (pad keys collapsed where they are alike).
+    """The anchor term (the module's A, averaged over the layers of `calls`): per word, the mean of −log m_w over
+    the video queries weighted by its region `weights` (``[f, y, x]`` or ``[N]`` per word, `region_weights`), then
+    the mean over batch items and words; `n_real` the prompt's real length (pad keys collapsed where alike).
 
     Example:
         >>> import fglens as fg
