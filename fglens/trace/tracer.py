@@ -30,6 +30,7 @@ from .clock import ClockHook, StepSource, install_clock
 from .editing import Editor
 from .intercept import TracedProcessor, patch, unpatch
 from .record import WORD_STATS, Record, Recorder
+from .refuse import refuse_unsupported
 from .skips import SkipWatch, step_caches
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
@@ -50,29 +51,8 @@ def _transformers(target: Any) -> tuple[Any | None, list[tuple[str, torch.nn.Mod
             f"{type(target).__name__}"
         )
     for prefix, module in found:
-        _refuse_compiled(prefix, module)
+        refuse_unsupported(prefix, module)
     return target, found
-
-
-def _refuse_compiled(prefix: str, module: torch.nn.Module) -> None:
-    """A transformer compiled with torch.compile (whole, regionally or wrapped) is refused, before any hook: dynamo
-    breaks the graph at fglens' processors, recompiles per attention site, and the frames then differ from the
-    compiled plain run's (docs/compatibility.md) — recording would change the video."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    name = prefix.rstrip(".") or "the transformer"
-    if isinstance(module, OptimizedModule):
-        how = "it is a torch.compile wrapper (OptimizedModule)"
-    elif getattr(module, "_compiled_call_impl", None) is not None:
-        how = "it was compiled with .compile()"
-    else:
-        compiled = [n for n, m in module.named_modules() if getattr(m, "_compiled_call_impl", None) is not None]
-        if not compiled:
-            return
-        how = f"{len(compiled)} of its blocks are compiled (e.g. {compiled[0]}; compile_repeated_blocks)"
-    raise ValueError(
-        f"fg.trace does not trace a torch.compile'd model yet: {name} — {how}. Trace the uncompiled "
-        "transformer (load it again, or compile only outside the fg.trace block); see docs/compatibility.md")
 
 
 class Trace:
