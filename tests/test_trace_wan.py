@@ -19,9 +19,10 @@ HEIGHT, WIDTH, FRAMES = 48, 80, 9  # latent grid (3, 3, 5): non-square, several 
 
 
 def _call(pipe, image, steps=2, seed=0, **kw):
+    kw.setdefault("output_type", "np")
     return pipe(
         image=image, prompt=PROMPT, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(seed), output_type="np", **kw,
+        generator=torch.Generator().manual_seed(seed), **kw,
     ).frames[0]
 
 
@@ -135,6 +136,33 @@ def test_cuda_bfloat16_statistics_equal_float64_reference_from_the_same_qk(ref_i
     _check_against_dense_reference(pipe, ref_image, loose={"response": 2e-2, "response_map": 2e-2,
                                                            "response_morans_i": 1e-1, "text_share": 2e-2,
                                                            "ref_mass": 2e-2})
+
+
+#: statistics read from the model's own half-precision kernel outputs, or keys the model rotates in half precision
+#: while the reference rotates them in float64, carry the dtype's rounding (2^-8 relative for bf16)
+HALF_LOOSE = {"response": 2e-2, "response_map": 2e-2, "response_morans_i": 1e-1, "text_share": 2e-2, "ref_mass": 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_a_half_precision_pipeline_on_cpu_records_the_float64_reference_of_its_own_qk(ref_image, dtype):
+    pipe = fg.testing.tiny_wan_i2v_pipeline().to(dtype=dtype)
+    _check_against_dense_reference(pipe, ref_image, loose=HALF_LOOSE)
+    plain = _call(pipe, ref_image)
+    with fg.trace(pipe, record=fg.Record(words=["dog"])):
+        np.testing.assert_array_equal(_call(pipe, ref_image), plain)
+    # an edit in half precision is off its float32 self by no more than the dtype's own rounding of the model
+    edit = fg.FocalGuidance(anchor=fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=2.0),
+                            cache=fg.CacheTransfer(src=["blocks.3"], dst=["blocks.1", "blocks.2"], alpha=0.5),
+                            layers=["blocks.1", "blocks.2"], steps=None)
+    full = fg.testing.tiny_wan_i2v_pipeline()
+    latents = {}
+    for name, p in (("half", pipe), ("full", full)):
+        latents[name] = _call(p, ref_image, output_type="latent").float()
+        with fg.trace(p, edit=edit):
+            latents[f"{name} edited"] = _call(p, ref_image, output_type="latent").float()
+    model_error = (latents["half"] - latents["full"]).abs().max()  # 0.08 (bf16), 0.012 (fp16) after 2 steps
+    assert (latents["half edited"] - latents["half"]).abs().max() > 3 * model_error  # the edit acts: 0.29-0.30
+    assert (latents["half edited"] - latents["full edited"]).abs().max() <= 1.5 * model_error
 
 
 def _check_against_dense_reference(pipe, ref_image, loose=None):
