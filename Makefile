@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the test-only extras (torchao for the quantised-transformer tests), apart so that `make demo` runs without them
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test test-fast lint bench clean
 
@@ -20,10 +22,14 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --no-deps "vbench2==0.1.1"
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -e ".[dev,quant]"
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fglens demo --out demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests fglens --doctest-modules
 	$(VENV)/bin/ruff check fglens tests analyses
 
@@ -31,7 +37,7 @@ test: $(STAMP)
 # harness, the documentation's code blocks, the analyses, the evaluation and sweep runners and the doctests
 FAST_SKIP := tests/benchmarks tests/test_docs_code.py tests/test_analyses.py tests/test_eval_runner.py \
 	tests/test_sweep.py
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q $(addprefix --ignore=,$(FAST_SKIP))
 	$(VENV)/bin/ruff check fglens tests analyses
 

@@ -16,7 +16,7 @@ from test_trace_wan import _call, _check_against_dense_reference
 import fglens as fg
 from fglens import testing
 
-torchao = pytest.importorskip("torchao")  # a dev dependency (pyproject); absent only in a bare install
+torchao = pytest.importorskip("torchao", reason="pip install fglens[quant] (make test installs it)")
 from torchao.quantization import (  # noqa: E402
     Float8WeightOnlyConfig,
     Int8DynamicActivationInt8WeightConfig,
