@@ -19,7 +19,7 @@ import fglens as fg  # noqa: E402
 from fglens.trace.tracer import Trace  # noqa: E402
 from fglens.train.anchor import anchor_term, region_weights, token_grid, word_columns  # noqa: E402
 from fglens.train.flow import encode_item, flow_loss  # noqa: E402
-from fglens.train.job import _Anchor  # noqa: E402
+from fglens.train.objectives import _Anchor  # noqa: E402
 
 PROMPT = fg.testing.TINY_PROMPT  # "a dog jumps over the red fence"
 F, H, W = 5, 32, 48  # the tiny pipeline's call size: tokens (2, 2, 3) of 16 px, latent frames [0], [1..4]

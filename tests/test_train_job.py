@@ -17,7 +17,7 @@ import xarray as xr  # noqa: E402
 
 import fglens as fg  # noqa: E402
 from fglens.trace.tracer import Trace  # noqa: E402
-from fglens.train.job import _adapters_off, _student_kl, _Teacher  # noqa: E402
+from fglens.train.objectives import _adapters_off, _student_kl, _Teacher  # noqa: E402
 from fglens.train.probe import kl_per_query  # noqa: E402
 
 PROMPT = "a dog jumps over the red fence"
