@@ -178,11 +178,31 @@ def statistics_table() -> str:
     return "\n".join(rows)
 
 
+def models_table() -> str:
+    """The markdown table of the supported models, from the adapters: transformer classes, the pipelines traced,
+    the built-in tiny pipelines, the site page, and the pipelines refused with their reasons."""
+    rows = ["| family | transformer | pipelines traced | tiny pipelines | sites | refused (why) |",
+            "|---|---|---|---|---|---|"]
+    for a in ADAPTERS:
+        def names(items) -> str:
+            return ", ".join(f"`{x}`" for x in items) or "—"
+
+        sites = f"[sites-{a.short}.md](sites-{a.short}.md)" if a.tiny_transformer[0] else "—"
+        by_reason: dict[str, list[str]] = {}  # pipelines refused for the same reason: listed once, together
+        for cls, why in a.refused_pipelines.items():
+            by_reason.setdefault(why, []).append(cls)
+        refused = "<br>".join(f"{names(classes)}: {why}" for why, classes in by_reason.items()) or "—"
+        rows.append(f"| {a.family} | {names(a.model_classes)} | {names(a.pipeline_classes)} | "
+                    f"{names(t.name for t in a.tiny_pipelines)} | {sites} | {refused.replace('|', chr(92) + '|')} |")
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, dict[str, Callable[[], str]]] = {
     # one page per adapter with a tiny transformer: ``sites-<short>.md``
     **{f"sites-{a.short}.md": {"sites": lambda short=a.short: site_table(short)}
        for a in ADAPTERS if a.tiny_transformer[0]},
     "api.md": {"api": api_reference},
+    "user-guide.md": {"models": models_table},
     "concepts.md": {"statistics": statistics_table},
 }
 

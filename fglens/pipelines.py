@@ -36,6 +36,8 @@ from .adapters.base import TINY_STEPS
 #: pipeline classes fglens traces, and their model family (each adapter declares its own: `Adapter.pipeline_classes`)
 PIPELINES: dict[str, str] = {cls: a.short for a in ADAPTERS for cls in a.pipeline_classes}
 _TINY = {t.name: t for a in ADAPTERS for t in a.tiny_pipelines}
+#: pipeline classes holding a supported transformer that fg.trace refuses, with why (`Adapter.refused_pipelines`)
+REFUSED: dict[str, str] = {cls: why for a in ADAPTERS for cls, why in a.refused_pipelines.items()}
 
 
 def _tiny_builders() -> dict[str, Callable[[], Any]]:
@@ -109,6 +111,8 @@ def load_pipeline(source: str | os.PathLike, *, dtype: str | torch.dtype | None 
         pipe._fglens_tiny = name  # call_kwargs picks small sizes for it
         return pipe.to(device) if device else pipe
     cls = pipeline_class(name)
+    if cls in REFUSED:
+        raise ValueError(f"{name} holds a {cls}, which fglens does not trace yet: {REFUSED[cls]}")
     if cls not in PIPELINES:
         raise ValueError(
             f"{name} holds a {cls}, which fglens cannot trace. Supported pipeline classes: "

@@ -85,9 +85,11 @@ def test_pipelines_and_tiny_names_come_from_the_adapters():
     pipelines and their call sizes, and the docs' site tables all read `Adapter` attributes."""
     from fglens import docgen
     from fglens.adapters import ADAPTERS
-    from fglens.pipelines import PIPELINES, TINY, TINY_SIZES
+    from fglens.pipelines import PIPELINES, REFUSED, TINY, TINY_SIZES
 
     assert PIPELINES == {cls: a.short for a in ADAPTERS for cls in a.pipeline_classes}
+    assert REFUSED == {cls: why for a in ADAPTERS for cls, why in a.refused_pipelines.items()}
+    assert not set(REFUSED) & set(PIPELINES)
     assert set(TINY) == {t.name for a in ADAPTERS for t in a.tiny_pipelines}
     for a in ADAPTERS:
         assert a.short and a.pipeline_classes and a.tiny_transformer[0], a.__name__

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -160,12 +160,26 @@ class Adapter:
     tiny_pipelines: tuple[TinyPipeline, ...] = ()
     #: the `fglens.testing` builder of a small transformer and its arguments (the generated site tables)
     tiny_transformer: tuple[str, dict[str, Any]] = ("", {})
+    #: pipeline classes that hold this adapter's transformer but that `fg.trace` refuses at entry, each with its
+    #: reason (one sentence: what would be wrong); `fglens.pipelines` and the docs' models table list them
+    refused_pipelines: ClassVar[dict[str, str]] = {}
 
     def __init__(self, transformer: torch.nn.Module, prefix: str = ""):
         self.transformer = transformer
         self.prefix = prefix  # "" for `pipe.transformer`, "transformer_2." for Wan2.2's second expert
 
     # -- description -------------------------------------------------------------------------------------
+    def refusal(self, pipe: Any | None) -> str | None:
+        """Why `fg.trace` cannot trace this transformer exactly — inside `pipe`, or bare when `pipe` is None — or
+        None: a phrase that completes "fg.trace does not trace ...". Asked at entry, before any hook. Default: the
+        pipeline's class (or a base class) is one of `refused_pipelines`."""
+        if pipe is None:
+            return None
+        for cls in type(pipe).__mro__:
+            if cls.__name__ in self.refused_pipelines:
+                return f"a {cls.__name__} yet: {self.refused_pipelines[cls.__name__]}"
+        return None
+
     def sites(self) -> list[Site]:
         raise NotImplementedError
 

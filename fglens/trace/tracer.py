@@ -75,6 +75,10 @@ class Trace:
             raise TypeError(f"record must be an fg.Record, got {type(record).__name__}")
         self.pipe, found = _transformers(target)
         self.adapters: list[Adapter] = [adapter_for(t, prefix) for prefix, t in found]
+        for adapter in self.adapters:  # what an architecture's adapter says it cannot trace exactly: before any hook
+            reason = adapter.refusal(self.pipe)
+            if reason is not None:
+                raise ValueError(f"fg.trace does not trace {reason}")
         per_model = [a.layers() for a in self.adapters]
         kinds = {site.kind for a in self.adapters for site in a.sites()}
         # with an edit or observers and no record, nothing is recorded; with none of them, the default Record
