@@ -118,8 +118,16 @@ def tiny_wan_transformer(
     """
     from diffusers import WanTransformer3DModel
 
+    return _tiny_wan_like(WanTransformer3DModel, num_layers=num_layers, heads=heads, head_dim=head_dim,
+                          image_conditioned=image_conditioned, cross_attention_gain=cross_attention_gain, seed=seed)
+
+
+def _tiny_wan_like(cls, *, num_layers: int, heads: int, head_dim: int, image_conditioned: bool,
+                   cross_attention_gain: float, seed: int, **config):
+    """A random-weight transformer of a Wan-layout class (`WanTransformer3DModel`, `SkyReelsV2Transformer3DModel`)."""
     _seeded(seed)
-    model = WanTransformer3DModel(
+    model = cls(
+        **config,
         patch_size=(1, 2, 2),
         num_attention_heads=heads,
         attention_head_dim=head_dim,
@@ -224,6 +232,79 @@ def tiny_wan_t2v_pipeline(*, num_layers: int = 4, seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return _with_small_defaults(pipe, "wan")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SkyReels-V2 (a Wan2.1 DiT in its own diffusers module)
+# --------------------------------------------------------------------------------------------------------------
+
+def tiny_skyreels_transformer(*, num_layers: int = 4, heads: int = 2, head_dim: int = 8, image_conditioned: bool = True,
+                              cross_attention_gain: float = 3.0, seed: int = 0, **config):
+    """A random-weight `SkyReelsV2Transformer3DModel` with the sizes of `tiny_wan_transformer` (I2V: 36 input
+    channels and image keys; else the T2V / diffusion-forcing layout); `config`: more of its config
+    (``num_frame_per_block``, ``inject_sample_info``)."""
+    from diffusers import SkyReelsV2Transformer3DModel
+
+    return _tiny_wan_like(SkyReelsV2Transformer3DModel, num_layers=num_layers, heads=heads, head_dim=head_dim,
+                          image_conditioned=image_conditioned, cross_attention_gain=cross_attention_gain, seed=seed,
+                          **config)
+
+
+def _skyreels_scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    # SkyReels-V2's own: UniPC with flow sigmas (it keeps `step_index`)
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+
+
+def tiny_skyreels_i2v_pipeline(*, num_layers: int = 4, seed: int = 0):
+    """A complete `SkyReelsV2ImageToVideoPipeline` with seeded random weights: the parts of `tiny_wan_i2v_pipeline`
+    (UMT5, Wan VAE, a CLIP vision tower giving 257 image tokens, here `CLIPVisionModelWithProjection` as the
+    pipeline declares), `tiny_skyreels_transformer(...)` and SkyReels-V2's UniPC flow scheduler.
+
+    Example:
+        >>> pipe = tiny_skyreels_i2v_pipeline()
+        >>> out = pipe(image=reference_image(), prompt="a dog jumps", height=32, width=48, num_frames=5,
+        ...            num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape
+        (5, 32, 48, 3)
+    """
+    from diffusers import SkyReelsV2ImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    vae, tokenizer, text_encoder, _ = _tiny_wan_parts(seed)
+    _seeded(seed + 1)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+            intermediate_size=16, patch_size=1,
+        )
+    ).eval()
+    image_processor = CLIPImageProcessor(crop_size=16, size={"shortest_edge": 16})
+    transformer = tiny_skyreels_transformer(num_layers=num_layers, image_conditioned=True, seed=seed + 2)
+    pipe = SkyReelsV2ImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
+        image_processor=image_processor, transformer=transformer, vae=vae, scheduler=_skyreels_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return _with_small_defaults(pipe, "skyreels")
+
+
+def tiny_skyreels_df_i2v_pipeline(*, num_layers: int = 2, seed: int = 0):
+    """A `SkyReelsV2DiffusionForcingImageToVideoPipeline` (no image encoder: the reference frame is the first
+    latent frame; per-frame timesteps) with seeded random weights; `fg.trace` refuses it (see
+    `fglens.adapters.skyreels`)."""
+    from diffusers import SkyReelsV2DiffusionForcingImageToVideoPipeline
+
+    vae, tokenizer, text_encoder, _ = _tiny_wan_parts(seed)
+    transformer = tiny_skyreels_transformer(num_layers=num_layers, image_conditioned=False, seed=seed + 2,
+                                            inject_sample_info=True)
+    pipe = SkyReelsV2DiffusionForcingImageToVideoPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+        scheduler=_skyreels_scheduler(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def reference_image(width: int = 48, height: int = 32) -> Image.Image:

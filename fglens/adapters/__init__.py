@@ -10,9 +10,10 @@ import torch
 from .base import Adapter, Site
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
+from .skyreels import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter, SkyReelsV2Adapter)
 
 
 def supported_classes() -> list[str]:
@@ -32,6 +33,6 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "Site", "WanAdapter", "adapter_for",
-    "supported_classes",
+    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "Site", "SkyReelsV2Adapter", "WanAdapter",
+    "adapter_for", "supported_classes",
 ]
