@@ -38,6 +38,7 @@ def _tiny_call_defaults() -> dict[str, dict[str, int]]:
     from .adapters.base import TINY_STEPS
 
     sizes = {a.short: a.tiny_pipelines[0].size for a in ADAPTERS if a.tiny_pipelines}  # the adapters' declarations
+    sizes.update({t.name: t.size for a in ADAPTERS for t in a.tiny_pipelines})  # and each tiny pipeline's own
     sizes.setdefault("cogvideox", (32, 48, 9))  # CogVideoX has no named tiny pipeline: its builder's own size
     return {family: dict(height=h, width=w, num_frames=f, num_inference_steps=TINY_STEPS)
             for family, (h, w, f) in sizes.items()}
@@ -45,7 +46,8 @@ def _tiny_call_defaults() -> dict[str, dict[str, int]]:
 
 #: what a tiny pipeline's call uses for a size or step count it is not given (the real pipelines' defaults,
 #: 480x832x81 at 50 steps, are minutes of work on random weights, and Wan's VAE cannot decode them at this size):
-#: the sizes each adapter declares for its tiny pipelines (`Adapter.tiny_pipelines`) and `adapters.base.TINY_STEPS`
+#: the sizes each adapter declares for its tiny pipelines (`Adapter.tiny_pipelines`; by family: its first, and by
+#: tiny name) and `adapters.base.TINY_STEPS`
 TINY_CALL_DEFAULTS: dict[str, dict[str, int]] = _tiny_call_defaults()
 _SMALL_CLASSES: dict[type, type] = {}
 
@@ -110,8 +112,10 @@ def tiny_wan_transformer(
     image_conditioned: bool = True,
     cross_attention_gain: float = 3.0,
     seed: int = 0,
+    **config,
 ):
-    """A random-weight `WanTransformer3DModel` with the I2V (36 input channels, image keys) or T2V layout.
+    """A random-weight `WanTransformer3DModel` with the I2V (36 input channels, image keys) or T2V layout;
+    `config`: more of its config, overriding these (Wan2.2 TI2V: ``in_channels=48, out_channels=48``).
 
     `cross_attention_gain` scales the cross-attention query/key norms so that attention to the text is as
     peaked as in trained models (1.0 gives the plain random init, almost uniform over the 512 text keys).
@@ -119,30 +123,31 @@ def tiny_wan_transformer(
     from diffusers import WanTransformer3DModel
 
     return _tiny_wan_like(WanTransformer3DModel, num_layers=num_layers, heads=heads, head_dim=head_dim,
-                          image_conditioned=image_conditioned, cross_attention_gain=cross_attention_gain, seed=seed)
+                          image_conditioned=image_conditioned, cross_attention_gain=cross_attention_gain, seed=seed,
+                          **config)
 
 
 def _tiny_wan_like(cls, *, num_layers: int, heads: int, head_dim: int, image_conditioned: bool,
                    cross_attention_gain: float, seed: int, **config):
     """A random-weight transformer of a Wan-layout class (`WanTransformer3DModel`, `SkyReelsV2Transformer3DModel`)."""
     _seeded(seed)
-    model = cls(
+    model = cls(**{
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "in_channels": 36 if image_conditioned else 16,
+        "out_channels": 16,
+        "text_dim": WAN_TEXT_DIM,
+        "freq_dim": 32,
+        "ffn_dim": 32,
+        "num_layers": num_layers,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "rope_max_seq_len": 32,
+        "image_dim": 8 if image_conditioned else None,
+        "added_kv_proj_dim": heads * head_dim if image_conditioned else None,
         **config,
-        patch_size=(1, 2, 2),
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        in_channels=36 if image_conditioned else 16,
-        out_channels=16,
-        text_dim=WAN_TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        image_dim=8 if image_conditioned else None,
-        added_kv_proj_dim=heads * head_dim if image_conditioned else None,
-    ).eval()
+    }).eval()
     # With unit RMSNorm gains a random model's cross-attention is almost uniform over the 512 text keys;
     # trained models attend sharply. Raise the q/k gains so word maps have structure, as in real runs.
     with torch.no_grad():
@@ -219,6 +224,48 @@ def tiny_wan22_i2v_pipeline(*, num_layers: int = 3, boundary_ratio: float = 0.9,
     )
     pipe.set_progress_bar_config(disable=True)
     return _with_small_defaults(pipe, "wan")
+
+
+#: latent channels of Wan2.2's TI2V VAE (`AutoencoderKLWan` with is_residual, patch 2, x16 spatially)
+WAN22_TI2V_Z = 48
+
+
+def tiny_wan22_ti2v_pipeline(*, num_layers: int = 3, seed: int = 0, text_to_video: bool = False):
+    """A Wan2.2-TI2V-5B-style pipeline with seeded random weights: `WanImageToVideoPipeline` with
+    ``expand_timesteps=True`` (or `WanPipeline` with `text_to_video`), no image encoder, the Wan2.2 VAE layout
+    (`AutoencoderKLWan` with ``is_residual=True``, ``patch_size=2``: x16 spatially, x4 in time, 48 latent channels)
+    and a `WanTransformer3DModel` with 48 input channels.
+
+    The reference frame enters only through the latent: its clean latent replaces latent frame 0, whose tokens get
+    timestep 0 (the transformer receives a per-token timestep ``[B, N]``); there are no image keys.
+
+    Example:
+        >>> pipe = tiny_wan22_ti2v_pipeline()
+        >>> out = pipe(image=reference_image(96, 64), prompt="a dog jumps", num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape          # its default size: 64 x 96 (a 2 x 3 token grid: 32 px per token), 5 frames
+        (5, 64, 96, 3)
+    """
+    from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanPipeline
+
+    _, tokenizer, text_encoder, scheduler = _tiny_wan_parts(seed)
+    _seeded(seed + 5)
+    vae = AutoencoderKLWan(
+        base_dim=8, decoder_base_dim=8, z_dim=WAN22_TI2V_Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+        scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * WAN22_TI2V_Z,
+        latents_std=[1.0] * WAN22_TI2V_Z,
+    ).eval()
+    transformer = tiny_wan_transformer(num_layers=num_layers, image_conditioned=False, seed=seed + 2,
+                                       in_channels=WAN22_TI2V_Z, out_channels=WAN22_TI2V_Z)
+    if text_to_video:
+        pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae,
+                           scheduler=scheduler, expand_timesteps=True)
+    else:
+        pipe = WanImageToVideoPipeline(tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=None,
+                                       image_processor=None, transformer=transformer, vae=vae, scheduler=scheduler,
+                                       expand_timesteps=True)
+    pipe.set_progress_bar_config(disable=True)
+    return _with_small_defaults(pipe, "tiny-wan22-ti2v")
 
 
 def tiny_wan_t2v_pipeline(*, num_layers: int = 4, seed: int = 0):

@@ -12,6 +12,9 @@ site                        module             keys
 
 `WanAttnProcessor` runs the image call before the text call, with the same query, two separate
 softmaxes, and sums the outputs before `to_out`. Video tokens are frame-major, F' x H' x W'.
+
+Wan2.2-TI2V-5B (pipelines with ``expand_timesteps=True``) has no image keys: its reference frame replaces latent
+frame 0 and the transformer gets a per-token timestep ``[B, N]`` (0 on that frame); `timestep` reads its maximum.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class WanAdapter(Adapter):
     pipeline_classes = ("WanImageToVideoPipeline", "WanPipeline")
     tiny_pipelines = (TinyPipeline("tiny-wan", "tiny_wan_i2v_pipeline", (32, 48, 5)),
                       TinyPipeline("tiny-wan-t2v", "tiny_wan_t2v_pipeline", (32, 48, 5)),
-                      TinyPipeline("tiny-wan22", "tiny_wan22_i2v_pipeline", (32, 48, 5)))
+                      TinyPipeline("tiny-wan22", "tiny_wan22_i2v_pipeline", (32, 48, 5)),
+                      TinyPipeline("tiny-wan22-ti2v", "tiny_wan22_ti2v_pipeline", (64, 96, 5)))
     tiny_transformer = ("tiny_wan_transformer", {"num_layers": 2})
 
     def sites(self) -> list[Site]:
