@@ -2,6 +2,7 @@
 cond branch, mean over steps), base sink vs each LoRA, on 12 test items with named objects.
 
 Usage: python anchor_diag.py none toy/posttrain-anchor/lora toy/posttrain-flow/lora   (10 steps per video)
+"""
 import sys, numpy as np, torch, fglens as fg
 from fglens.train.anchor import region_weights
 items = [it for it in fg.toy.suite(split="test", n=60, seed=0) if it.masks()][:12]
