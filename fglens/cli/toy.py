@@ -89,6 +89,8 @@ def register(sub) -> None:
     pt.add_argument("--variant", default="sink", choices=("base", "weak", "sink"))
     pt.add_argument("--loss", default="distill", choices=("distill", "flow", "anchor"))
     pt.add_argument("--anchor-weight", type=float, default=1.0, help="--loss anchor: the anchor term's weight")
+    pt.add_argument("--anchor-form", choices=("mass", "map"), default="mass",
+                    help="--loss anchor: the anchor term's form (docs/concepts.md)")
     pt.add_argument("--n", type=int, default=60, help="test items (default 60)")
     pt.add_argument("--n-train", type=int, default=64, help="train-split items the LoRA sees (default 64)")
     pt.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
@@ -119,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             res = four_way(args.out, variant=args.variant, loss=args.loss, n=args.n, n_train=args.n_train,
                            steps=args.steps, lr=args.lr, rank=args.rank, seed=args.seed,
                            sample_steps=args.sample_steps, train_seed=args.train_seed,
-                           anchor_weight=args.anchor_weight, progress=not args.quiet)
+                           anchor_weight=args.anchor_weight, anchor_form=args.anchor_form,
+                           progress=not args.quiet)
             print(table(res))
             return 0
         from ..toy.report import report

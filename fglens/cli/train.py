@@ -55,6 +55,9 @@ def register(sub) -> None:
                         "(flow + the anchor term: needs a video and masks per item)")
     parser.add_argument("--anchor-weight", type=finite_float, default=None, metavar="W",
                         help="--loss anchor: the anchor term's weight, >= 0 (default 1)")
+    parser.add_argument("--anchor-form", choices=("mass", "map"), default=None,
+                        help="--loss anchor: mass (default: raise the word's share inside its region) or map (raise "
+                        "the share of the word's map inside its region, whatever its total; docs/concepts.md)")
     parser.add_argument("--teacher", default=None, metavar="JSON",
                         help="the Focal Guidance recipe the student learns (a JSON object or a file holding one)")
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps (default: 500)")
@@ -124,8 +127,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         layers = _layers(args)
         teacher = _teacher(args, layers)
-        if args.anchor_weight is not None and args.loss != "anchor":
-            raise UsageError(f"--anchor-weight is for --loss anchor; --loss {args.loss} has no anchor term")
+        for flag, value in (("--anchor-weight", args.anchor_weight), ("--anchor-form", args.anchor_form)):
+            if value is not None and args.loss != "anchor":
+                raise UsageError(f"{flag} is for --loss anchor; --loss {args.loss} has no anchor term")
         import fglens as fg
         from fglens.pipelines import load_pipeline
 
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             projections=None if args.projections is None else [p.strip() for p in args.projections.split(",")],
             call=call, checkpoint_every=args.checkpoint_every, seed=args.seed, batch=args.batch,
             anchor_weight=1.0 if args.anchor_weight is None else args.anchor_weight, autocast=args.autocast,
-            gradient_checkpointing=args.gradient_checkpointing)
+            gradient_checkpointing=args.gradient_checkpointing, anchor_form=args.anchor_form or "mass")
         data = fg.train.items(args.suite)
         device = args.device
         if device is None:  # under torchrun: this process's GPU

@@ -32,12 +32,12 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
              n_train: int = 64, steps: int = 500, lr: float = 2e-3, rank: int = 8, seed: int = 0,
              layers: tuple[str, ...] = SINK_LAYERS, sources: tuple[str, ...] = SINK_SOURCES,
              sample_steps: int | None = None, train_seed: int | None = None, anchor_weight: float = 1.0,
-             progress: bool = True) -> dict[str, Any]:
+             anchor_form: str = "mass", progress: bool = True) -> dict[str, Any]:
     """Train the LoRA, score the four conditions, write ``four_way.json`` and ``four_way.md`` into `out`.
 
     `seed` picks the items and the sampling noise; `train_seed` (default `seed`) the LoRA job's draws alone, so that
-    runs differing only in it measure how much the result depends on training's randomness. `anchor_weight`: the
-    anchor term's weight of loss ``anchor``."""
+    runs differing only in it measure how much the result depends on training's randomness. `anchor_weight`,
+    `anchor_form`: the anchor term's weight and form for loss ``anchor``."""
     import fglens as fg
 
     from .experiment import evaluate, focal_guidance, paired, summarize
@@ -58,7 +58,8 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
                                  call=options, checkpoint_every=100, seed=job_seed)
     else:
         job = fg.train.FocalLoRA(layers=list(layers), rank=rank, loss=loss, lr=lr, checkpoint_every=100,
-                                 seed=job_seed, **({"anchor_weight": anchor_weight} if loss == "anchor" else {}))
+                                 seed=job_seed, **({"anchor_weight": anchor_weight, "anchor_form": anchor_form}
+                                                    if loss == "anchor" else {}))
     start = time.time()
     job.fit(pipe, train, steps=steps, out=out / "lora", progress=progress)
     train_s = time.time() - start
@@ -77,7 +78,7 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     cost = sampling_cost(pipe, out / "lora", items[:3], **extra)
     res = {"variant": variant, "loss": loss, "layers": list(layers), "sources": list(sources), "n": n,
            "n_train": n_train, "steps": steps, "lr": lr, "rank": rank, "seed": seed, "train_seed": job_seed,
-           **({"anchor_weight": anchor_weight} if loss == "anchor" else {}),
+           **({"anchor_weight": anchor_weight, "anchor_form": anchor_form} if loss == "anchor" else {}),
            "train_s": train_s,
            "eval_s": eval_s, "sample_steps": call["num_inference_steps"],
            "conditions": {k: summarize(r) for k, r in rows.items()},
@@ -122,7 +123,9 @@ def sampling_cost(pipe: Any, lora: str | os.PathLike, items: list, repeats: int 
 def table(res: dict[str, Any]) -> str:
     """The four conditions per category (follows, 95 % interval) and each one's paired difference from none."""
     cats = list(res["conditions"]["none"])
-    lines = [f"{res['variant']}, LoRA loss {res['loss']} on {res['layers']} ({res['steps']} steps, "
+    anchor = (f" (weight {res['anchor_weight']}, form {res.get('anchor_form', 'mass')})"
+              if res["loss"] == "anchor" else "")
+    lines = [f"{res['variant']}, LoRA loss {res['loss']}{anchor} on {res['layers']} ({res['steps']} steps, "
              f"{res['n_train']} train items, {res['train_s']:.0f} s), {res['n']} test items:", "",
              "| category | none | fg | lora | lora+fg | fg − none | lora − none | lora+fg − none |",
              "|---|---|---|---|---|---|---|---|"]

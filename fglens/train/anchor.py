@@ -131,11 +131,21 @@ def log_word_mass(call: AttentionCall, columns: Mapping[str, Sequence[int]], n_r
             for w, cols in columns.items()}
 
 
+#: the forms of the anchor term: ``mass`` (raise the word's share of the text attention inside its region) and
+#: ``map`` (raise the share of the word's map that falls inside its region, whatever the word's total)
+ANCHOR_FORMS = ("mass", "map")
+
+
 def anchor_term(calls: Mapping[str, AttentionCall], columns: Mapping[str, Sequence[int]],
-                weights: Mapping[str, torch.Tensor], n_real: int | None = None) -> torch.Tensor:
+                weights: Mapping[str, torch.Tensor], n_real: int | None = None, form: str = "mass") -> torch.Tensor:
     """The anchor term (the module's A, averaged over the layers of `calls`): per word, the mean of −log m_w over
     the video queries weighted by its region `weights` (``[f, y, x]`` or ``[N]`` per word, `region_weights`), then
     the mean over batch items and words; `n_real` the prompt's real length (pad keys collapsed where alike).
+
+    ``form="map"``: instead, per word, −log of the share of the word's map that falls inside its region,
+    −log(Σ_n a_w[n] m_w[n] / Σ_n m_w[n]). It is 0 when all of the word's attention sits inside the region and does
+    not depend on the word's total mass, so it localises the word without making it take the layer's attention
+    (which ``mass`` does, docs/concepts.md).
 
     Example:
         >>> import fglens as fg
@@ -147,6 +157,8 @@ def anchor_term(calls: Mapping[str, AttentionCall], columns: Mapping[str, Sequen
         >>> float(anchor_term(probe.calls, {"dog": [1]}, {"dog": torch.ones(12)})) > 0
         True
     """
+    if form not in ANCHOR_FORMS:
+        raise ValueError(f"form must be one of {ANCHOR_FORMS}; got {form!r}")
     if not calls:
         raise RuntimeError("no trained layer's text attention ran in this forward")
     per_layer = []
@@ -159,9 +171,13 @@ def anchor_term(calls: Mapping[str, AttentionCall], columns: Mapping[str, Sequen
             if a.numel() != lm.shape[-1]:
                 raise ValueError(f"{layer}: word {w!r}'s region has {a.numel()} tokens; the call has "
                                  f"{lm.shape[-1]} video queries")
-            terms.append(-(lm * a).sum(-1).mean() / a.sum())
+            if form == "mass":
+                terms.append(-(lm * a).sum(-1).mean() / a.sum())
+            else:  # −log of the region's share of the word's map: log Σ m − log Σ a·m, in log space
+                inside = torch.logsumexp(lm + a.clamp_min(torch.finfo(a.dtype).tiny).log(), -1)
+                terms.append((torch.logsumexp(lm, -1) - inside).mean())
         per_layer.append(torch.stack(terms).mean())
     return torch.stack(per_layer).mean()
 
 
-__all__ = ["anchor_term", "log_word_mass", "region_weights", "token_grid", "word_columns"]
+__all__ = ["ANCHOR_FORMS", "anchor_term", "log_word_mass", "region_weights", "token_grid", "word_columns"]

@@ -82,6 +82,8 @@ class FocalLoRA:
         checkpoint_every: steps between checkpoints.
         seed: seeds the items' sampling noise and the order of training examples.
         anchor_weight: for ``anchor``, the weight λ of the anchor term (loss = flow + λ · anchor), finite and ≥ 0.
+        anchor_form: for ``anchor``, the term's form (`fglens.train.anchor.ANCHOR_FORMS`): ``"mass"`` raises the word's
+            share of the attention inside its region; ``"map"`` raises the share of its map inside the region.
         autocast: ``"bfloat16"`` for mixed precision (the module's docstring), or None / ``"float32"``.
         gradient_checkpointing: recompute each transformer block in the backward pass (less memory).
     """
@@ -101,6 +103,7 @@ class FocalLoRA:
     anchor_weight: float = 1.0
     autocast: str | None = None
     gradient_checkpointing: bool = False
+    anchor_form: str = "mass"
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -123,6 +126,12 @@ class FocalLoRA:
             raise ValueError(f"anchor_weight must be a finite number >= 0; got {w!r}")
         if self.loss != "anchor" and w != 1.0:
             raise ValueError(f"anchor_weight weighs the anchor term of loss 'anchor'; loss {self.loss!r} has none")
+        from .anchor import ANCHOR_FORMS
+
+        if self.anchor_form not in ANCHOR_FORMS:
+            raise ValueError(f"anchor_form must be one of {ANCHOR_FORMS}; got {self.anchor_form!r}")
+        if self.loss != "anchor" and self.anchor_form != "mass":
+            raise ValueError(f"anchor_form shapes the anchor term of loss 'anchor'; loss {self.loss!r} has none")
         if self.autocast not in AUTOCAST:
             hint = " (float16 needs loss scaling, which FocalLoRA does not do)" if self.autocast == "float16" else ""
             raise ValueError(f"autocast must be one of {AUTOCAST}; got {self.autocast!r}{hint}")
@@ -145,6 +154,7 @@ class FocalLoRA:
                 "seed": self.seed,
                 # only where set: a checkpoint of a job that predates them resumes
                 **({"anchor_weight": self.anchor_weight} if self.loss == "anchor" else {}),
+                **({"anchor_form": self.anchor_form} if self.anchor_form != "mass" else {}),
                 **({"autocast": self.autocast} if self.autocast not in (None, "float32") else {})}
 
     def fit(self, pipe: Any, data: str | os.PathLike | Sequence[Any], steps: int, out: str | os.PathLike, *,

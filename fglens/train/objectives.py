@@ -92,7 +92,7 @@ class _Anchor(_Flow):
                 "fg.toy.suite(...) or a toy.jsonl of fg.toy.save_items); an eval suite.jsonl has neither: use loss "
                 "'distill' (images and prompts only)")
         super().__init__(pipe, data, amp)
-        self.layers, self.weight = layers, float(job.anchor_weight)
+        self.layers, self.weight, self.form = layers, float(job.anchor_weight), job.anchor_form
         self.targets = [_anchor_target(pipe, it) for it in data]
         if not any(t is not None for t in self.targets):
             raise ValueError(f"loss 'anchor': none of the {len(data)} items has a masked word to anchor (every "
@@ -114,7 +114,7 @@ class _Anchor(_Flow):
         with self.amp(), Trace(self.pipe, observers=[probe]):
             flow = flow_loss(self.pipe, enc, generator)
         columns, weights, n_real = target
-        anchor = anchor_term(probe.calls, columns, weights, n_real)  # float32, outside autocast
+        anchor = anchor_term(probe.calls, columns, weights, n_real, self.form)  # float32, outside autocast
         return {"loss": flow + self.weight * anchor, "flow": flow, "anchor": anchor}
 
 
