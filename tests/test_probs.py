@@ -282,3 +282,37 @@ def test_qk_dots_are_the_float64_dot_products_of_the_given_numbers(device, dtype
     np.testing.assert_allclose(qk_dots(q, longer).cpu().double().numpy(),
                                torch.einsum("bnhd,bthd->bhnt", q.double().cpu(), longer.double().cpu()).numpy(),
                                rtol=0, atol=1e-4)
+
+
+# -- a separate text call with a key mask (LTX-Video's padding mask) ---------------------------------------------
+def test_mask_bias_takes_key_masks_in_every_layout_and_refuses_query_masks():
+    from fglens.core.probs import mask_bias, open_keys
+
+    additive = torch.tensor([[0.0, 0.0, -10000.0], [0.0, -10000.0, -10000.0]])
+    per_head = additive[:, None, None, :].expand(2, 3, 1, 3)  # what LTXVideoAttnProcessor hands its kernel
+    for mask in (additive, additive[:, None], per_head, additive > -1):
+        bias = mask_bias(mask, 3)
+        assert bias.shape[2] == 1 and bias.shape[-1] == 3 and bias.dtype == torch.float32
+        assert open_keys(bias).tolist() == [2, 1]
+    assert mask_bias(None, 3) is None
+    with pytest.raises(ValueError, match="keys only"):
+        mask_bias(torch.zeros(2, 3, 4, 3), 3)  # varies along the queries
+    with pytest.raises(ValueError, match="keys only"):
+        mask_bias(additive, 4)
+
+
+def test_masked_text_probabilities_equal_the_dense_softmax_and_drop_the_masked_keys():
+    from fglens.core.probs import chunk_probs, mask_bias
+
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 5, 3, 4), torch.randn(2, 6, 3, 4)
+    mask = torch.zeros(2, 3, 1, 6)
+    mask[0, :, :, 4:] = -10000.0
+    mask[1, :, :, 2:] = -10000.0
+    mask[1, 1, :, 5] = 0.0  # a per-head mask: exact head by head too
+    p = chunk_probs(q, k, None, None, mask_bias(mask, 6))
+    logits = torch.einsum("bnhd,bthd->bhnt", q.double(), k.double()) / 2 + mask.double()
+    torch.testing.assert_close(p.double(), torch.softmax(logits, -1), rtol=1e-6, atol=1e-7)
+    assert (p[0, :, :, 4:] == 0).all() and (p[1, 0, :, 2:] == 0).all() and (p[1, 1, :, 5] > 0).all()
+    # dropping the masked keys gives the same probabilities on the open ones
+    torch.testing.assert_close(p[0, :, :, :4], chunk_probs(q[:1, :, :], k[:1, :4])[0], rtol=1e-6, atol=1e-7)

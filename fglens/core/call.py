@@ -107,6 +107,9 @@ class EditCall:
     row_words: list[dict[str, list[int]]] | None = None
     #: the attention mask as an additive key bias [B, S_k] (joint attention), or None
     key_bias: torch.Tensor | None = None
+    #: a separate call's attention mask as the model passed it to its kernel (LTX-Video's text padding mask,
+    #: ``[B, H, 1, T]`` additive), or None; the kernel (`kernel`) applies it unless given another ``attn_mask=``
+    attn_mask: torch.Tensor | None = None
     #: where the image-condition keys (`image_keys`) sit in the reference image, when the adapter knows
     image_grid: ImageGrid | None = None
     #: a separate text call (Wan): the keys from this index on are pad keys made from zero embeddings, identical

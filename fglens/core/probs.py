@@ -192,6 +192,46 @@ def key_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
         return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
     return m.to(torch.float32)
 
+#: an additive mask entry at or below this is a masked key (LTX's -10000, -inf from a boolean mask): the kernel's
+#: exp of it, next to any real key's logit, is 0 in float32 and float64 alike
+MASKED = -1000.0
+
+
+def mask_bias(mask: torch.Tensor | None, n_keys: int) -> torch.Tensor | None:
+    """A separate text call's attention mask (LTX-Video's padding mask) as an additive float32 logit bias
+    ``[B, 1 or H, 1, T]`` that broadcasts over the query rows of ``[B, H, n, T]`` logits, head by head as the kernel
+    applies it: exact for any key-only mask, per-head ones included.
+
+    Accepts boolean (True = attend) or additive masks of shape ``[B, T]``, ``[B, 1, T]`` or ``[B, 1 or H, 1, T]``.
+    A mask that varies along the queries is refused: fglens' text probabilities assume key-only masks.
+
+    Example:
+        >>> mask_bias(torch.tensor([[True, False]]), 2)
+        tensor([[[[0., -inf]]]])
+    """
+    if mask is None:
+        return None
+    m = mask
+    if m.ndim == 2:
+        m = m[:, None, None, :]
+    elif m.ndim == 3 and m.shape[1] == 1:
+        m = m[:, None]
+    if m.ndim != 4 or m.shape[2] != 1 or m.shape[-1] != n_keys:
+        raise ValueError(
+            f"fglens supports text attention masks over keys only ([B, {n_keys}], [B, 1, {n_keys}] or "
+            f"[B, heads, 1, {n_keys}]); got shape {tuple(mask.shape)}"
+        )
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, device=m.device).masked_fill(m.logical_not(), float("-inf"))
+    return m.to(torch.float32)
+
+
+def open_keys(bias: torch.Tensor) -> torch.Tensor:
+    """``[B]``: how many keys a `mask_bias` leaves open (above `MASKED`) in at least one head: the support of the
+    head-mean attention, the entropy's normaliser."""
+    return (bias > MASKED).any(1)[:, 0].sum(-1)
+
+
 def bias_logits(
     biases: Sequence[Any], rows: slice, cols: slice, items: list[int] | None = None
 ) -> torch.Tensor | None:

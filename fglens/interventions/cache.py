@@ -5,6 +5,10 @@ exactly ``(1-α)·Attn(Q_d, K_d, V_d) + α·Attn(Q_r, K_r, V_d)``: the source's 
 map) and the mix is one more fused kernel call. The source is taken from the same step when it comes before
 the destination in the network, else from the previous step (`mode="auto"`), with one cache per CFG branch.
 
+LTX-Video masks its text padding instead ([B, H, 1, T], -10000 on the pads, another length per CFG half): the
+source's mask is cached with its keys and the extra call runs over all the keys with that mask (the pads are never
+collapsed there), and recorders apply it to the source map they recompute, so masked keys get exactly 0.
+
 Wan pads every prompt to 512 text rows with zero embeddings, which make identical pad keys and values. Where
 fglens knows where the pads start (`EditCall.text_real`, L real rows), the extra call runs over the L real keys
 and ONE pad key whose logit carries ``+log(512 - L)``: exactly the summed weight of the identical pad keys, for
@@ -33,7 +37,17 @@ from typing import Any
 
 import torch
 
-from ..core.probs import Mix, bias_logits, chunk_probs, key_logits, mix, pad_multiplicity, rest_scale, row_logsumexp
+from ..core.probs import (
+    Mix,
+    bias_logits,
+    chunk_probs,
+    key_logits,
+    mask_bias,
+    mix,
+    pad_multiplicity,
+    rest_scale,
+    row_logsumexp,
+)
 from ..core.protocol import EditCall
 from ..core.scope import Where, finite, resolve_layers
 from .tools import _Scoped, _where_spec
@@ -108,7 +122,8 @@ class CacheTransfer(_Scoped):
                              f"not as where=Where(layers={list(where.layers)}); where scopes steps, branches, "
                              "frames and heads")
         self.where = (where or Where()).restrict(layers=self.dst)
-        # (branches, source layer) -> (step, tensors...): Wan (step, query, key, real, total), see `observe`; joint
+        # (branches, source layer) -> (step, tensors...): a separate text call (step, query, key, real, total, its
+        # attention mask), see `_cache_text_source`; joint
         # attention (step, query, text keys, key bias, edit bias, row LSE), see `_cache_joint_source`
         self._cache: dict[tuple[tuple[str, ...], str], tuple] = {}
         # the map before the current one, kept for previous-step destinations that come after their source
@@ -165,7 +180,8 @@ class CacheTransfer(_Scoped):
         return super().applies(site, forward)
 
     def _cache_text_source(self, call: EditCall) -> None:
-        """Cache a source layer's text queries and keys, after its call: ``(step, query, key, real, total)``, both
+        """Cache a source layer's text queries and keys, after its call: ``(step, query, key, real, total, mask)``
+        (`mask`: the call's attention mask, or None), both
         widened by the call's logit biases (`EditCall.biases`, see the module docstring) when it had any, so the
         cached map is the one the model used. With the pads known (`EditCall.text_real` = L), `key` is a copy of
         its first L + 1 rows (the real keys and one pad key, the others being identical to it) and ``real = L``,
@@ -181,7 +197,7 @@ class CacheTransfer(_Scoped):
             key = key[:, : real + 1].clone()  # a copy: the 512-row key is not kept alive
             if self._will_mix(call.site.layer, call.forward):
                 query = _with_unit_dims(query)
-        self._cache[slot] = (call.forward.step, query, key, real, total)
+        self._cache[slot] = (call.forward.step, query, key, real, total, call.attn_mask)
 
     def _retire(self, call: EditCall) -> tuple[tuple[str, ...], str]:
         """Before a source's new map is made: drop its current one (every destination of it has run), or keep it as
@@ -244,7 +260,7 @@ class CacheTransfer(_Scoped):
         found = self._slot(call)
         if found is None:
             return out
-        _, query, key, real, total = found[0][found[1]]
+        _, query, key, real, total, mask = found[0][found[1]]
         width, dims = call.value.shape[-1], key.shape[-1]  # dims: the head's, plus the source's bias dimensions
         if total != call.key.shape[1]:
             raise ValueError(
@@ -252,15 +268,18 @@ class CacheTransfer(_Scoped):
                 f"text keys, the destination {call.key.shape[1]}; they must see the same prompt"
             )
         rows = None if real is None or call.text_real is None else max(real, call.text_real)
+        # a masked source (LTX-Video's text padding): its map is softmax(Q_r K_r + mask_r), so the extra call runs with
+        # the source's own mask in place of the destination's (the same one wherever both see the same prompts)
+        masking = {"attn_mask": mask} if mask is not None or call.attn_mask is not None else {}
         if self.heads == "mean":
-            mixed = _mean_map_output(call, query[..., :dims], key, real, total, rows)
+            mixed = _mean_map_output(call, query[..., :dims], key, real, total, rows, mask_bias(mask, total))
         elif rows is None or rows >= total - 1:
             keys = _leading_keys(key, real, total)
             if dims == width:
-                mixed = call.kernel(query[..., :width], keys, call.value)
+                mixed = call.kernel(query[..., :width], keys, call.value, **masking)
             else:
                 q, k, v = _padded(query[..., :dims], keys, call.value)
-                mixed = call.kernel(q, k, v, scale=call.scale)[..., :width]
+                mixed = call.kernel(q, k, v, scale=call.scale, **masking)[..., :width]
         else:
             mixed = self._collapsed(call, *found, rows)
         weight = self.alpha * call.rows_mask(self.where)
@@ -268,7 +287,8 @@ class CacheTransfer(_Scoped):
         # destination's layout on demand (a recorder asks for its own count of real keys plus one pad, which may
         # cover more words than the edit's; nothing is copied when no recorder reads this call); both with the
         # source's bias dimensions, whose dot product times the scale is the source's bias
-        call.mixes.append(Mix(weight, functools.partial(_text_source_probs, query[..., :dims], key, real, call.scale),
+        call.mixes.append(Mix(weight, functools.partial(_text_source_probs, query[..., :dims], key, real, call.scale,
+                                                        mask_bias(mask, total)),
                               head_mean=self.heads == "mean"))
         return mix(out, mixed, weight[..., None].to(out.dtype))
 
@@ -276,11 +296,11 @@ class CacheTransfer(_Scoped):
         """Attn(Q_r, K_r, V_d) over the first `rows` keys and one pad key standing for the other ``total - rows``
         (its logit raised by their log count), in one call of the model's kernel with the bias as extra head
         dimensions. Keys and values from `rows` on must be identical (`EditCall.text_real`)."""
-        step, query, key, real, total = table[slot]
+        step, query, key, real, total, mask = table[slot]
         width, dims = call.value.shape[-1], key.shape[-1]
         if query.shape[-1] == dims:  # not widened when cached (no use expected then): once, shared by destinations
             query = _with_unit_dims(query)
-            table[slot] = (step, query, key, real, total)
+            table[slot] = (step, query, key, real, total, mask)
         keys = _leading_keys(key, real, rows + 1)
         k = keys.new_zeros((*keys.shape[:-1], query.shape[-1]))
         k[..., :dims] = keys
@@ -398,14 +418,18 @@ def _leading_keys(key: torch.Tensor, real: int | None, n: int) -> torch.Tensor:
     return torch.cat([key, pad], 1)
 
 
-def _text_source_probs(query: torch.Tensor, key: torch.Tensor, real: int | None, scale: float, rows: slice,
-                       n_keys: int, multiplicity: torch.Tensor | None, items: list[int] | None) -> torch.Tensor:
-    """A cached Wan source map for recorders (`Mix.source`): probabilities ``[b, H, n, n_keys]`` of the source's
-    queries on rows `rows` over its first `n_keys` text keys (bias dimensions included)."""
+def _text_source_probs(query: torch.Tensor, key: torch.Tensor, real: int | None, scale: float,
+                       mask: torch.Tensor | None, rows: slice, n_keys: int, multiplicity: torch.Tensor | None,
+                       items: list[int] | None) -> torch.Tensor:
+    """A cached source map of a separate text call for recorders (`Mix.source`): probabilities ``[b, H, n, n_keys]``
+    of the source's queries on rows `rows` over its first `n_keys` text keys (bias dimensions included), with the
+    source's key mask (`mask_bias`, ``[B, 1 or H, 1, T]``) where it had one."""
     q, k = query[:, rows], _leading_keys(key, real, n_keys)
+    bias = None if mask is None else mask[..., :n_keys]
     if items is not None:
         q, k = q[items], k[items]
-    return chunk_probs(q, k, multiplicity, scale)
+        bias = None if bias is None else bias[items]
+    return chunk_probs(q, k, multiplicity, scale, bias)
 
 
 def _joint_source_probs(p_src: torch.Tensor, rows: slice, n_keys: int, multiplicity, items) -> torch.Tensor:
@@ -415,11 +439,12 @@ def _joint_source_probs(p_src: torch.Tensor, rows: slice, n_keys: int, multiplic
 
 
 def _mean_map_output(call: EditCall, query: torch.Tensor, key: torch.Tensor, real: int | None, total: int,
-                     rows: int | None) -> torch.Tensor:
+                     rows: int | None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ_t mean_h P_r,h[n, t] · V_d,h'[t]`` for every destination head h': the source's head-averaged map applied
     to the destination's values, ``[B, N, H, D]``. The map is built explicitly (the kernel cannot average heads),
     a block of query rows at a time (about 16 M float32 probabilities), over the real keys and one pad key with its
-    multiplicity where the pads are known (`rows`), else over all the keys."""
+    multiplicity where the pads are known (`rows`), else over all the keys (with the source's key mask `mask`,
+    ``[B, 1 or H, 1, T]``, where it had one: the pads are then never collapsed)."""
     if rows is None or rows >= total - 1:
         keys, values, mult = _leading_keys(key, real, total), call.value, None
     else:
@@ -430,7 +455,7 @@ def _mean_map_output(call: EditCall, query: torch.Tensor, key: torch.Tensor, rea
     out = torch.empty((b, n, h, values.shape[-1]), dtype=call.value.dtype, device=call.value.device)
     v = values.to(torch.float32)
     for a in range(0, n, block):
-        p = chunk_probs(query[:, a : a + block], keys, mult, call.scale).mean(1)  # [B, n, T]
+        p = chunk_probs(query[:, a : a + block], keys, mult, call.scale, mask).mean(1)  # [B, n, T]
         out[:, a : a + block] = torch.einsum("bnt,bthd->bnhd", p, v).to(out.dtype)
     return out
 

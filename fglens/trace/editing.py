@@ -97,7 +97,7 @@ class Editor:
     def active(self, site: Site, forward: ForwardContext) -> list[Any]:
         return [p for p in self.parts if p.applies(site, forward)]
 
-    def text_real(self, site: Site, forward: ForwardContext, n_keys: int) -> int | None:
+    def text_real(self, site: Site, forward: ForwardContext, n_keys: int, masked: bool = False) -> int | None:
         """For a separate text call (Wan): the index from which its keys are pads made from zero embeddings, or None.
 
         Those pads are identical keys and values by construction: the text embedder, ``to_k`` (with its RMS norm)
@@ -107,9 +107,11 @@ class Editor:
         prompt's token count, because Wan pipelines (``_get_t5_prompt_embeds``) cut the encoder output there and
         pad it with zeros. The pipeline's count is batch item 0's, so it is used only when each branch of the
         call has one item (a list of prompts may hold a longer one), and never for a branch whose embeddings the
-        user passed in (`PipelineCall.n_real` is None there). Host values only: nothing is read from the device.
+        user passed in (`PipelineCall.n_real` is None there). Never for a call with an attention mask (`masked`,
+        LTX-Video): its pads are masked out rather than identical, and the mask, not a pad count, says which keys
+        count. Host values only: nothing is read from the device.
         """
-        if site.kind != "text":
+        if site.kind != "text" or masked:
             return None
         if forward.text_lengths is not None:
             known = list(forward.text_lengths)
@@ -146,8 +148,9 @@ class Editor:
             kernel=lambda q, k, v, **overrides: run(q, k, v, **overrides), words=self.words,
             row_words=self.row_words(tuple(forward.branches)),
             key_bias=key_bias(attn_mask, key.shape[1]) if site.kind == "joint" else None,
+            attn_mask=attn_mask if site.kind != "joint" else None,
             image_grid=segments.image_grid if segments else None,
-            text_real=self.text_real(site, forward, key.shape[1]),
+            text_real=self.text_real(site, forward, key.shape[1], masked=attn_mask is not None),
         )
         for part in parts:
             part.observe(call)

@@ -26,6 +26,8 @@ from ..core.probs import (
     key_bias,
     key_logits,
     logsumexp_over_keys,
+    mask_bias,
+    open_keys,
     padding_is_uniform,
     probs_from_dots,
     qk_dots,
@@ -310,14 +312,21 @@ class Recorder:
         fwd.values.setdefault(var, {})[layer] = value
 
     def _text(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
-        """Wan's text call: a softmax over the text keys alone, identical pad keys collapsed exactly."""
+        """A separate text call: a softmax over the text keys alone. Unmasked (Wan): identical pad keys collapsed
+        exactly. With a key mask (LTX-Video's padding mask): the mask added to the logits as the kernel adds it, so the
+        masked keys get probability exactly 0, and the entropy is normalised by the number of open keys."""
         q = self._select(call.query, fwd)
         k = self._select(call.key, fwd)
         if self.sources & {"word_map", "similarity", "entropy"}:
-            n_real = self._n_real(fwd, k.shape[1])
-            k_eff, mult = collapse_padding(k, n_real)
-            ok = padding_is_uniform(k, n_real)
-            fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
+            mask = mask_bias(call.attn_mask, k.shape[1])
+            if mask is not None:
+                mask = mask if mask.shape[0] == k.shape[0] else self._select(mask, fwd)
+                k_eff, mult = k, None
+            else:
+                n_real = self._n_real(fwd, k.shape[1])
+                k_eff, mult = collapse_padding(k, n_real)
+                ok = padding_is_uniform(k, n_real)
+                fwd.pad_ok = ok if fwd.pad_ok is None else fwd.pad_ok & ok
 
             scale, biases = call.scale, call.biases
             items = fwd.index
@@ -329,14 +338,19 @@ class Recorder:
                 # post-edit probabilities: the interventions' logit biases, then the cache transfers' mixes; the
                 # raw dot products, summed over heads, also give the similarity (no second pass over the queries)
                 dots = qk_dots(q[:, a:z], k_eff)
-                p = probs_from_dots(dots, default_scale(q, scale), mult,
-                                    bias_logits(biases, slice(a, z), cols, items))
+                bias = bias_logits(biases, slice(a, z), cols, items)
+                if mask is not None:
+                    bias = mask if bias is None else bias + mask
+                p = probs_from_dots(dots, default_scale(q, scale), mult, bias)
                 for m in mixes:
                     p = m.apply(p, slice(a, z), mult, subset)
                 return p.mean(1), {}, dots
 
             def entropy(pbar: torch.Tensor) -> torch.Tensor:
-                return stats.normalized_entropy(pbar, mult, k.shape[1])
+                if mask is None:
+                    return stats.normalized_entropy(pbar, mult, k.shape[1])
+                h = -torch.special.xlogy(pbar, pbar).sum(-1)  # masked columns hold exactly 0
+                return h / torch.log(open_keys(mask).to(h.dtype)).clamp_min(1e-30)[:, None]
 
             self._reduce_text(fwd, layer, q, k_eff, chunk, entropy)
         if self.words and "response" in self.sources:
@@ -494,6 +508,9 @@ class Recorder:
         return r.transpose(1, 2)
 
     def _ref_mass(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
+        if call.attn_mask is not None:
+            raise ValueError(f"{call.site.name}: this self-attention call has an attention mask, which fglens' "
+                             "ref_mass does not read; leave ref_mass out of the Record's stats for this model")
         grid = fwd.ctx.grid
         q = self._select(call.query, fwd)
         k = self._select(call.key, fwd)

@@ -250,7 +250,9 @@ class Trace:
                 n_image = segments.image[1] - segments.image[0]
                 segments = replace(segments, image_grid=adapter.image_grid(n_image, tokens, self._image_crop))
             call.segments, call.attn_mask = segments, attn_mask
-        elif site.kind == "image" and edits and self._image_crop is not None:  # Wan: the image keys alone
+        else:  # a separate call (text, image, self): its mask, if any, is a key mask (LTX-Video's text padding)
+            call.attn_mask = _call_arg(args, kwargs, "attn_mask", 0)
+        if site.kind == "image" and edits and self._image_crop is not None:  # Wan: the image keys alone
             grid = self._adapter_of[site.layer].image_grid(key.shape[1], self._branch_tokens(forward),
                                                            self._image_crop)
             segments = Segments((0, query.shape[1]), (0, 0), (0, key.shape[1]), (0, 0), grid)
