@@ -687,6 +687,78 @@ def tiny_cogvideox_pipeline(*, num_layers: int = 2, rotary: bool = True, seed: i
 
 # --------------------------------------------------------------------------------------------------------------
 # Recorded runs
+# -- LTX-Video ---------------------------------------------------------------------------------------------------
+
+LTX_TEXT_DIM = 32
+
+
+def tiny_ltx_transformer(*, num_layers: int = 2, heads: int = 2, head_dim: int = 8, seed: int = 0):
+    """A random-weight `LTXVideoTransformer3DModel` (LTX-Video 0.9 layout: patch 1, 3-D RoPE on the video tokens,
+    a separate text cross-attention with the T5 padding mask) taking 8 latent channels and `LTX_TEXT_DIM`-wide T5
+    embeddings."""
+    from diffusers import LTXVideoTransformer3DModel
+
+    _seeded(seed)
+    return LTXVideoTransformer3DModel(
+        in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=heads,
+        attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, num_layers=num_layers,
+        caption_channels=LTX_TEXT_DIM,
+    ).eval()
+
+
+def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, text_to_video: bool = False):
+    """A complete `LTXImageToVideoPipeline` (or `LTXPipeline` with `text_to_video`) with seeded random weights, built
+    offline: a tiny T5 encoder with `tiny_t5_tokenizer()` (prompts padded to the pipeline's 128 tokens and masked),
+    `AutoencoderKLLTXVideo` (×8 spatial, ×8 temporal, 8 latent channels), `tiny_ltx_transformer(...)` and a
+    `FlowMatchEulerDiscreteScheduler`. CFG is on by default (`guidance_scale=3`): one transformer call per step on
+    the batch [uncond | cond], each half with its own text mask.
+
+    Ask for `num_frames` ≡ 1 (mod 8) and sizes divisible by 32 (the pipeline's check): 32 × 64 × 9 is a 2 × 4 × 8
+    latent grid.
+
+    Example:
+        >>> pipe = tiny_ltx_pipeline()
+        >>> out = pipe(image=reference_image(width=64), prompt="a dog jumps over a fence", height=32, width=64,
+        ...            num_frames=9, num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape
+        (9, 32, 64, 3)
+    """
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXImageToVideoPipeline,
+        LTXPipeline,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    _seeded(seed)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer), d_model=LTX_TEXT_DIM, d_kv=8, d_ff=32, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
+            eos_token_id=1, decoder_start_token_id=0,
+        )
+    ).eval()
+    _seeded(seed + 1)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False,
+        patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    transformer = tiny_ltx_transformer(num_layers=num_layers, seed=seed + 2)
+    cls = LTXPipeline if text_to_video else LTXImageToVideoPipeline
+    pipe = cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+               transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return _with_small_defaults(pipe, "ltx")
+
+
 # --------------------------------------------------------------------------------------------------------------
 
 TINY_PROMPT = "a dog jumps over the red fence"

@@ -25,8 +25,10 @@ def test_site_tables_list_every_site_kind_of_the_adapters():
         assert pattern in wan
     hunyuan = docgen.site_table("hunyuan")
     assert "`double.{i}.joint`" in hunyuan and "`single_transformer_blocks.{i}.attn`" in hunyuan
+    ltx = docgen.site_table("ltx")
+    assert "`blocks.{i}.cross.text`" in ltx and "`transformer_blocks.{i}.attn2`" in ltx
     with pytest.raises(ValueError, match="family must be one of"):
-        docgen.site_table("ltx")
+        docgen.site_table("no-such-family")
 
 
 def test_api_reference_refuses_a_listed_name_that_does_not_exist(monkeypatch):

@@ -10,10 +10,12 @@ import torch
 from .base import Adapter, Site
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
+from .ltx import LTXVideoAdapter
 from .skyreels import SkyReelsV2Adapter
 from .wan import WanAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter, SkyReelsV2Adapter)
+ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter, SkyReelsV2Adapter,
+                                      LTXVideoAdapter)
 
 
 def supported_classes() -> list[str]:
@@ -33,6 +35,7 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "Site", "SkyReelsV2Adapter", "WanAdapter",
+    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "LTXVideoAdapter", "Site", "SkyReelsV2Adapter",
+    "WanAdapter",
     "adapter_for", "supported_classes",
 ]
