@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --no-deps "vbench2==0.1.1"
 	touch $(STAMP)
 
+# the viewer's browser tests drive Debian's chromium through its chromedriver (never a downloaded browser)
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -e ".[dev,quant]"
+	$(PY) -m pip install -e ".[dev,quant,view]"
+	@if [ ! -x /usr/bin/chromedriver ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium chromium-driver; \
+		else sudo apt-get update && sudo apt-get install -y chromium chromium-driver; fi; \
+	fi
 	touch $(TEST_STAMP)
 
 demo: $(STAMP)

@@ -30,6 +30,7 @@ _LAZY_NAMES = {
     "open_run": "store", "open_runs": "store",
     "Record": "trace", "Trace": "trace", "trace": "trace",
     "find_weak_layers": "diagnose", "WeakLayers": "diagnose",
+    "view": "view",  # fg.view is the function fglens.view.view (as fg.trace is fglens.trace.trace)
 }
 
 
@@ -50,11 +51,11 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """fglens itself. Importing the subpackage ``fglens.trace`` makes Python set ``fglens.trace`` to it;
-    ``fg.trace`` stays the function (as when the package imported it eagerly)."""
+    ``fg.trace`` stays the function (as when the package imported it eagerly); so does ``fg.view``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "trace" and isinstance(value, types.ModuleType) and hasattr(value, "trace"):
-            value = value.trace
+        if name in ("trace", "view") and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
         super().__setattr__(name, value)
 
 
@@ -64,5 +65,5 @@ sys.modules[__name__].__class__ = _Package
 __all__ = [
     "Ablate", "AnchorMask", "CacheTransfer", "FocalGuidance", "Intervention", "Record", "Scale", "Trace", "Where",
     "__version__", "adapters", "compose", "open_run", "open_runs", "stats", "store", "trace",
-    "WeakLayers", "find_weak_layers", "intervention_from_spec",
+    "WeakLayers", "find_weak_layers", "intervention_from_spec", "view",
 ]

@@ -86,6 +86,7 @@ API: dict[str, list[str]] = {
                    "fglens.stats.normalized_entropy", "fglens.stats.cosine_similarity", "fglens.stats.frame_mean"],
     "Figures": ["fglens.plot.layer_profile", "fglens.plot.layer_step_heatmap", "fglens.plot.word_maps",
                 "fglens.plot.condition_balance", "fglens.plot.compare", "fglens.plot.anchor"],
+    "Viewer": ["fglens.view", "fglens.view.export.export_html", "fglens.view.server.ViewServer"],
     "Pipelines": ["fglens.pipelines.load_pipeline", "fglens.pipelines.call_kwargs", "fglens.pipelines.save_video",
                   "fglens.jobs.CallOptions", "fglens.jobs.run_item"],
     "Sweeps and evaluation": ["fglens.sweep.run_sweep", "fglens.eval", "fglens.eval.vbench2.import_vbench2"],

@@ -17,7 +17,8 @@ LAYERS: list[set[str]] = [
     {"interventions", "store"},  # the operators; the run format on disk
     {"trace"},  # hooks, recorders, applying interventions
     {"diagnose", "plot"},  # analysis of stored runs
-    {"pipelines", "jobs", "testing", "eval", "sweep", "toy", "train", "nnsight", "bench", "cli", "docgen"},  # tools
+    {"pipelines", "jobs", "testing", "eval", "sweep", "toy", "train", "nnsight", "bench", "cli", "docgen",
+     "view"},  # tools
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -6,6 +6,7 @@ Examples:
     fglens plot runs.zarr --out figures/                      # every figure of a store
     fglens generate --pipeline tiny-wan --prompt "a dog jumps" --words dog --clip tiny --out out/
     fglens inspect runs.zarr                                  # runs, completeness, dims, sizes
+    fglens view runs.zarr                                     # interactive viewer (--html FILE: one file)
     fglens sweep spec.jsonl --pipeline tiny-wan --store sweep.zarr   # also under torchrun / accelerate launch
     fglens eval builtin --pipeline tiny-wan --out eval/ --edit focal-guidance --layers 1,2 --src 3 --clip tiny
     fglens eval import vbench2 --dimensions Dynamic_Attribute --images refs/ --out suite/   # VBench-2.0's prompts
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from importlib import import_module
 
 #: subcommands in the order `fglens --help` lists them; each is the module fglens.cli.<name>
-COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "bench", "sweep", "eval", "train", "toy")
+COMMANDS = ("demo", "diagnose", "generate", "plot", "inspect", "view", "bench", "sweep", "eval", "train", "toy")
 
 
 def build_parser() -> argparse.ArgumentParser:
