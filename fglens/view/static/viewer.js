@@ -129,7 +129,7 @@
     const signed = answer.min !== null && answer.min < 0 && answer.max > 0;
     const trace = {
       type: "heatmap", z: z, x: answer.steps.map((_, j) => j), y: answer.layers.map((_, i) => i),
-      customdata: custom, colorscale: signed ? "RdBu" : "Viridis", reversescale: signed,
+      customdata: custom, colorscale: signed ? "RdBu" : "Viridis",
       hovertemplate: "layer %{customdata[0]}<br>step %{customdata[1]}<br>%{z:.5g}<extra></extra>",
       colorbar: { thickness: 12 },
     };
@@ -252,7 +252,7 @@
     panels.replaceChildren();
     for (let f = 0; f < nf; f++) {
       const div = document.createElement("div");
-      div.className = "map-panel";
+      div.className = "map-panel" + (f === nf - 1 ? " with-scale" : "");
       Object.assign(div.dataset, { run: state.run, layer: params.layer, step: String(step), word: params.word,
         branch: params.branch, frame: String(f) });
       const flat = Array.from(values.subarray(f * ny * nx, (f + 1) * ny * nx));
@@ -268,8 +268,8 @@
         zmin: answer.min === null ? 0 : answer.min, zmax: answer.max === null ? 1 : answer.max, opacity: info.image ? 0.6 : 1,
         showscale: f === nf - 1, colorbar: { thickness: 10 }, hovertemplate: "y %{y}, x %{x}<br>%{z:.5g}<extra></extra>" });
       const layout = { title: { text: "frame " + f, font: { size: 12 } }, margin: { l: 25, r: 10, t: 28, b: 20 },
-        xaxis: { range: [-0.5, nx - 0.5], showgrid: false, zeroline: false, constrain: "domain" },
-        yaxis: { range: [ny - 0.5, -0.5], showgrid: false, zeroline: false, scaleanchor: "x" } };
+        xaxis: { range: [-0.5, nx - 0.5], showgrid: false, zeroline: false, constrain: "domain", dtick: 1, tick0: 0 },
+        yaxis: { range: [ny - 0.5, -0.5], showgrid: false, zeroline: false, scaleanchor: "x", dtick: 1, tick0: 0 } };
       await Plotly.newPlot(div, traces, layout, { displayModeBar: false, responsive: true });
     }
     panels.dataset.layer = params.layer;
@@ -341,25 +341,40 @@
     $("compare-note").textContent = "B − A of " + a.long_name + " (" + params.branch + (params.word ? ", " + params.word : "") +
       "). A: " + label(state.run, rowOf(state.run)) + "; B: " + label(other, rowOf(other)) + ". B prompt: " + otherInfo.prompt;
     plots.replaceChildren();
-    const specs = [["A: " + state.run, a, null], ["B: " + other, b, null], ["B − A", null, diff]];
-    for (const [title, answer, z] of specs) {
+    const intervention = (id) => (rowOf(id) || { intervention: "?" }).intervention;
+    const specs = [["A (" + intervention(state.run) + ")", a, null], ["B (" + intervention(other) + ")", b, null],
+      ["B − A", null, diff]];
+    const lows = [a.min, b.min].filter((v) => v !== null);
+    const highs = [a.max, b.max].filter((v) => v !== null);
+    let shared = lows.length ? { zmin: Math.min(...lows), zmax: Math.max(...highs) } : {};  // A and B: one scale
+    if (lows.length && shared.zmin < 0 && shared.zmax > 0) {
+      const r = Math.max(-shared.zmin, shared.zmax);
+      shared = { zmin: -r, zmax: r };  // signed: symmetric about 0, as each heat map alone
+    }
+    const divs = specs.map(() => {
       const div = document.createElement("div");
       div.className = "compare-panel";
       plots.appendChild(div);
+      return div;
+    });  // all placed before any is drawn: plotly sizes a figure to its div as it is when drawn
+    for (let k = 0; k < specs.length; k++) {
+      const [title, answer, z] = specs[k];
+      const div = divs[k];
       let trace;
       if (answer) {
-        trace = heatTrace(answer, info);
+        trace = heatTrace(answer, info, shared);
       } else {
         div.id = "compare-diff";
         div.dataset.values = flat.join(",");
         div.dataset.shape = JSON.stringify(cut.shape);
         trace = { type: "heatmap", z: z, x: cut.steps.map((_, j) => j), y: cut.layers.map((_, i) => i),
-          colorscale: "RdBu", reversescale: true, zmid: 0, zmin: -reach || -1, zmax: reach || 1,
+          colorscale: "RdBu", zmid: 0, zmin: -reach || -1, zmax: reach || 1,
           hovertemplate: "step %{x}, layer %{y}<br>Δ %{z:.5g}<extra></extra>", colorbar: { thickness: 12 } };
       }
       const layout = heatLayout(answer || cut, info, title, null);
       layout.height = 360;
-      await Plotly.newPlot(div, [trace], layout, CONFIG);
+      layout.margin = { l: 90, r: 10, t: 40, b: 50 };
+      await Plotly.newPlot(div, [trace], layout, Object.assign({}, CONFIG, { displayModeBar: false }));
     }
   }
 

@@ -1,0 +1,185 @@
+"""The run viewer end to end in a real headless browser: Debian's chromium driven through its chromedriver
+(`make test` installs both; no browser is ever downloaded). The served page and the exported file (file://)
+are loaded, a heat-map cell is clicked with the mouse, and the word-map panels must then hold exactly the
+store's values for that layer and step; screenshots must not be blank.
+
+Set FGLENS_SCREENSHOTS=DIR to keep the screenshots."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fglens as fg
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+pytest.importorskip("plotly", reason="the viewer's extra: pip install 'fglens[view]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
+    "apt-get install -y chromium chromium-driver (make test does it)")
+
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, wan_i2v) -> Path:
+    path = tmp_path_factory.mktemp("view-browser") / "runs.zarr"
+    fg.testing.tiny_run("wan", words=("dog", "fence"), store=path, pipe=wan_i2v)
+    fg.testing.tiny_run("wan", words=("dog", "fence"), store=path, pipe=wan_i2v,
+                        edit=fg.Scale(["dog"], 3.0, where=fg.Where(layers=[1])))
+    return path
+
+
+@pytest.fixture(scope="module")
+def driver():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1400,2200", "--no-first-run", "--disable-extensions",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # nothing but this machine resolves
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    browser.set_page_load_timeout(60)
+    yield browser
+    browser.quit()
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    from fglens.view import ViewServer
+
+    srv = ViewServer(store).start()
+    yield srv
+    srv.stop()
+
+
+def _wait(driver, condition, timeout: float = 60):
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(condition))
+
+
+def _ready(driver) -> None:
+    _wait(driver, "return document.body.dataset.ready === '1'")
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def _click_cell(driver, layer_index: int, step_index: int) -> None:
+    """A real mouse click at the centre of a heat-map cell (its position from plotly's axes)."""
+    element = driver.find_element(By.ID, "heatmap")
+    x, y = driver.execute_script(
+        "const gd = document.getElementById('heatmap'); const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;"
+        "return [xa._offset + xa.l2p(arguments[1]), ya._offset + ya.l2p(arguments[0])];", layer_index, step_index)
+    size = element.size
+    ActionChains(driver).move_to_element_with_offset(element, x - size["width"] / 2, y - size["height"] / 2) \
+        .pause(0.3).click().perform()
+
+
+def _panels(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#maps-panels .map-panel')).map(p => Object.assign({}, p.dataset,"
+        " {drawn: p.querySelectorAll('.heatmaplayer image, .hm image, image').length}));")
+
+
+def _check_panels(driver, ds, layer: str, step: int, word: str) -> None:
+    _wait(driver, f"const p = document.getElementById('maps-panels').dataset; return p.layer === '{layer}' && "
+          f"p.step === '{step}' && p.word === '{word}' && "
+          "document.querySelectorAll('#maps-panels .map-panel .main-svg').length > 0")
+    panels = _panels(driver)
+    expected = ds.word_map.sel(branch="cond", layer=layer, step=step, word=word).transpose("frame", "y", "x").values
+    assert len(panels) == expected.shape[0]
+    for f, panel in enumerate(panels):
+        assert (panel["layer"], panel["step"], panel["word"], panel["frame"]) == (layer, str(step), word, str(f))
+        values = np.array([float(v) for v in panel["values"].split(",")], dtype=np.float32)
+        np.testing.assert_array_equal(values, expected[f].reshape(-1))
+        assert panel["drawn"] >= 1  # plotly drew the map (and the reference image) as images in the SVG
+
+
+def _not_blank(png: bytes, name: str, min_colours: int = 64) -> None:
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    colours = len(np.unique(image.reshape(-1, 3), axis=0))
+    assert image.std() > 10 and colours >= min_colours, (name, image.std(), colours)
+    keep = os.environ.get("FGLENS_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / name).write_bytes(png)
+
+
+def _nothing_from_elsewhere(driver, allowed: str) -> None:
+    names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert all(n.startswith(allowed) or n.startswith("data:") for n in names), names
+
+
+def _exercise(driver, store: Path, prefix: str) -> None:
+    """The checks shared by the served page and the exported file."""
+    names = fg.store.list_runs(store)
+    ds, other_ds = (fg.open_run(store, name) for name in names)
+    _ready(driver)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#run-table tbody tr")
+    assert [r.get_attribute("data-run") for r in rows] == names
+    _click_cell(driver, 2, 1)
+    _check_panels(driver, ds, "blocks.2", 1, "dog")
+    _not_blank(driver.get_screenshot_as_png(), f"{prefix}-page.png")
+    _not_blank(driver.find_element(By.ID, "maps-panels").screenshot_as_png, f"{prefix}-maps.png")
+    _not_blank(driver.find_element(By.ID, "heatmap").screenshot_as_png, f"{prefix}-heatmap.png")
+
+    Select(driver.find_element(By.ID, "map-word-select")).select_by_value("fence")  # the word picker
+    _check_panels(driver, ds, "blocks.2", 1, "fence")
+    driver.execute_script("const s = document.getElementById('map-step'); s.value = '0';"
+                          "s.dispatchEvent(new Event('input'));")  # the step slider
+    _check_panels(driver, ds, "blocks.2", 0, "fence")
+    _click_cell(driver, 3, 1)
+    _check_panels(driver, ds, "blocks.3", 1, "fence")
+
+    Select(driver.find_element(By.ID, "var-select")).select_by_value("word_mass")
+    Select(driver.find_element(By.ID, "compare-select")).select_by_value(other_ds.attrs["run"])
+    _wait(driver, "const d = document.getElementById('compare-diff'); return d && d.dataset.values;")
+    diff = driver.execute_script("return document.getElementById('compare-diff').dataset.values;")
+    got = np.array([float(v) for v in diff.split(",")]).reshape(4, 2)
+    mean = [d.word_mass.sel(branch="cond").astype(np.float64).mean(["word", "frame"]).transpose("layer", "step")
+            .values.astype(np.float32).astype(np.float64) for d in (ds, other_ds)]
+    np.testing.assert_allclose(got, mean[1] - mean[0], rtol=0, atol=1e-12)
+    assert np.abs(got[1]).max() > 0  # the intervention acted on blocks.1
+    _not_blank(driver.find_element(By.ID, "compare-plots").screenshot_as_png, f"{prefix}-compare.png")
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_served_page(driver, server, store):
+    driver.get(server.url)
+    _exercise(driver, store, "served")
+    _nothing_from_elsewhere(driver, server.url)
+    heat = driver.find_element(By.ID, "heatmap")
+    weak = fg.find_weak_layers(fg.open_run(store, fg.store.list_runs(store)[0]), score="similarity")
+    Select(driver.find_element(By.ID, "var-select")).select_by_value("similarity")
+    _wait(driver, "return document.getElementById('heatmap').dataset.var === 'similarity'")
+    assert json.loads(heat.get_attribute("data-weak")) == weak.weak
+
+
+def test_exported_file(driver, store, tmp_path):
+    from fglens.view import export_html
+
+    target = tmp_path / "run.html"
+    export_html(store, target)
+    driver.get(target.as_uri())
+    _exercise(driver, store, "exported")
+    _nothing_from_elsewhere(driver, target.as_uri())
+
+
+def test_chromium_is_debians():
+    assert shutil.which("chromium") in (CHROMIUM, None) and os.path.realpath(CHROMEDRIVER).startswith("/usr/")
