@@ -10,8 +10,9 @@ Example:
     >>> import fglens as fg, tempfile, os, urllib.request, json
     >>> path = os.path.join(tempfile.mkdtemp(), "runs.zarr")
     >>> _ = fg.testing.tiny_run("wan", words=("dog",), maps=False, store=path)
-    >>> server = ViewServer(path)           # 127.0.0.1, a free port
-    >>> server.start()                      # in a background thread (serve_forever() blocks instead)
+    >>> server = ViewServer(path).start()   # 127.0.0.1, a free port, in a background thread
+    >>> server.url.startswith("http://127.0.0.1:")   # serve_forever() serves in this thread instead
+    True
     >>> runs = json.load(urllib.request.urlopen(server.url + "api/runs"))
     >>> runs[0]["words"]
     ['dog']
