@@ -323,3 +323,28 @@ def test_a_recipe_teacher_anchors_on_the_videos_latent_grid():
     kwargs = fg.jobs.CallOptions.from_mapping(job.call).kwargs(pipe, prompt=item.prompt, image=item.image)
     anchor = _Teacher(pipe, job, ["blocks.1"]).edit_for(item, kwargs)
     assert tuple(anchor.masks.shape[-2:]) == (4, 6)
+
+
+def test_the_probe_reads_a_masked_text_call_as_the_kernel_masks_it():
+    # LTX-Video masks its padded T5 keys: the probe's distributions (distill's teacher and student) apply that mask,
+    # so the masked keys get exactly 0, equal to a float64 softmax of the call's own q, k and mask
+    from fglens.train.probe import log_text_distribution, text_distribution
+
+    pipe = fg.testing.tiny_ltx_pipeline()
+    probe = fg.train.TextProbe(["blocks.1"])
+    with Trace(pipe, observers=[probe]):
+        pipe(image=fg.testing.reference_image(64, 32), prompt="a dog jumps", negative_prompt="a long blurry bad video",
+             height=32, width=64, num_frames=9, num_inference_steps=1, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+    call = probe.calls["blocks.1"]
+    assert call.attn_mask is not None
+    q, k = call.query.double(), call.key.double()
+    scale = call.scale if call.scale is not None else q.shape[-1] ** -0.5
+    mask = call.attn_mask.double() if call.attn_mask.dtype != torch.bool else \
+        torch.zeros(call.attn_mask.shape, dtype=torch.float64).masked_fill(~call.attn_mask, float("-inf"))
+    logits = torch.einsum("bnhd,bthd->bhnt", q, k) * scale + mask.reshape(mask.shape[0], -1, 1, mask.shape[-1])
+    want = torch.softmax(logits, -1)
+    got = text_distribution(call, edited=False)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    assert (got[want == 0] == 0).all()
+    torch.testing.assert_close(log_text_distribution(call).exp().double(), want, rtol=1e-5, atol=1e-6)

@@ -27,7 +27,7 @@ import torch
 
 from ..adapters.base import Site
 from ..core.call import AttentionCall, ForwardContext
-from ..core.probs import bias_logits, collapse_padding, key_bias, key_logits, padding_is_uniform
+from ..core.probs import bias_logits, collapse_padding, key_bias, key_logits, mask_bias, padding_is_uniform
 
 #: the site kinds whose attention to the text a probe reads
 KINDS = ("text", "joint")
@@ -78,15 +78,20 @@ def _logits(call: AttentionCall, edited: bool, n_real: int | None = None
             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(text logits ``[B, H, N, T]`` of the video queries, post-edit biases added when `edited`; for a joint call
     the log-sum-exp of the other keys ``[B, H, N]``, else None; the pad column's multiplicity, else None) in float32.
-    With `n_real` (`real_columns`) a text call's identical pad keys are one column holding their whole mass."""
+    With `n_real` (`real_columns`) a text call's identical pad keys are one column holding their whole mass. A text
+    call the model masks (LTX-Video's padded T5 keys) gets the kernel's own mask on its logits (masked keys: exactly
+    0) and is never collapsed."""
     q, k = call.query, call.key
     if call.site.kind == "text":
+        mask = mask_bias(call.attn_mask, k.shape[1])
         mult = None
-        if n_real is not None:
+        if n_real is not None and mask is None:
             k, mult = collapse_padding(k, n_real)
         logits = key_logits(q, k, call.scale)
         if mult is not None:
             logits = logits + torch.log(mult.to(logits))
+        if mask is not None:
+            logits = logits + mask.to(logits.device)
         bias = bias_logits(call.biases, slice(0, q.shape[1]), slice(0, k.shape[1])) if edited else None
         return (logits if bias is None else logits + bias), None, mult
     seg = call.segments
