@@ -82,7 +82,7 @@ def load_pipeline(source: str | os.PathLike, *, dtype: str | torch.dtype | None 
     """A pipeline fglens can trace: a built-in tiny one by name (`TINY`) or a local diffusers folder.
 
     Args:
-        source: ``"tiny-wan"``, ``"tiny-wan-t2v"``, ``"tiny-wan22"``, ``"tiny-hunyuan"``, the trained toy
+        source: a tiny name (`TINY`: ``"tiny-wan"``, ``"tiny-hunyuan"``, ``"tiny-ltx"``, ...), the trained toy
             pipelines ``"toy-base"`` / ``"toy-weak"`` / ``"toy-sink"`` (`fg.toy.pipeline`), or a folder path.
         dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a torch dtype for a loaded folder (default: as
             stored); the tiny pipelines stay float32.
