@@ -63,6 +63,30 @@ def _layer_calls(calls, n_layers):
     return [calls[i : i + n_layers] for i in range(0, len(calls), n_layers)]
 
 
+def assert_focal_guidance_dense(run, cond, uncond, src: int, dst: int, mask, strength: float, alpha: float, grid):
+    """FocalGuidance (an anchor on "dog", token 1, plus a same-step cache transfer src -> dst, cond branch only) against
+    a float64 dense reference from the kernel calls' own q, k, v (`KernelCalls`, `_layer_calls`), and the recorded
+    word mass of the destination against that reference's probabilities. Shared by the models' trace tests."""
+    own, source = cond[dst], cond[src]
+    bias = torch.zeros(math.prod(grid), own["k"].shape[1], dtype=torch.float64)
+    bias[:, 1] = strength * mask.double().expand(grid[0], -1, -1).reshape(-1)  # "dog" is token 1, every frame
+
+    def logits(c):
+        return torch.einsum("bnhd,bthd->bhnt", c["q"].double(), c["k"].double()) / math.sqrt(c["q"].shape[-1])
+
+    p = (1 - alpha) * torch.softmax(logits(own) + bias, -1) + alpha * torch.softmax(logits(source), -1)
+    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
+                               rtol=1e-5, atol=1e-5)
+    # the uncond branch is outside FocalGuidance's scope
+    torch.testing.assert_close(uncond[dst]["out"].double(), _dense(uncond[dst]["q"], uncond[dst]["k"],
+                                                                   uncond[dst]["v"]), rtol=1e-5, atol=1e-5)
+    positions = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
+    for word in ("dog", "fence"):
+        mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(grid[0], -1).mean(-1)
+        got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
+        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_noop_interventions_are_bit_identical(wan_i2v, ref_image):
     plain = _call(wan_i2v, ref_image)
     anchor = fg.AnchorMask.from_mask(torch.ones(3, 5), "dog", strength=0.0)

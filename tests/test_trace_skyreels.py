@@ -4,14 +4,13 @@ bit-identical frames, restore, interventions against dense references, refusals 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from diffusers.models.transformers import transformer_skyreels_v2 as tsv
 from diffusers.models.transformers import transformer_wan as tw
-from test_interventions import GRID, KernelCalls, _dense, _layer_calls
+from test_interventions import GRID, KernelCalls, _dense, _layer_calls, assert_focal_guidance_dense
 from test_trace_wan import _call, _check_against_dense_reference
 
 import fglens as fg
@@ -154,24 +153,7 @@ def test_focal_guidance_and_its_recording_match_the_dense_reference(sky, ref_ima
             KernelCalls(tsv) as k:
         _call(sky, ref_image, steps=1)
     cond, uncond = _layer_calls(k.text_calls(), 4)
-    own, source = cond[dst], cond[src]
-    bias = torch.zeros(math.prod(GRID), 512, dtype=torch.float64)
-    bias[:, 1] = strength * mask.double().expand(GRID[0], -1, -1).reshape(-1)  # "dog" is token 1, every frame
-
-    def logits(c):
-        return torch.einsum("bnhd,bthd->bhnt", c["q"].double(), c["k"].double()) / math.sqrt(c["q"].shape[-1])
-
-    p = (1 - alpha) * torch.softmax(logits(own) + bias, -1) + alpha * torch.softmax(logits(source), -1)
-    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
-                               rtol=1e-5, atol=1e-5)
-    # the uncond branch is outside FocalGuidance's scope
-    torch.testing.assert_close(uncond[dst]["out"].double(), _dense(uncond[dst]["q"], uncond[dst]["k"],
-                                                                   uncond[dst]["v"]), rtol=1e-5, atol=1e-5)
-    positions = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
-    for word in ("dog", "fence"):
-        mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
-        got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
-        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+    assert_focal_guidance_dense(run, cond, uncond, src, dst, mask, strength, alpha, GRID)
 
 
 def test_scale_and_ablate_act_on_their_calls(sky, ref_image):

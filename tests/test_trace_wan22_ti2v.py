@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers.models.transformers import transformer_wan as tw
 from reference import morans_i
-from test_interventions import KernelCalls, _dense, _layer_calls
+from test_interventions import KernelCalls, _dense, _layer_calls, assert_focal_guidance_dense
 from test_trace_wan import Capture as WanCapture
 from test_trace_wan import dense_reference
 
@@ -197,23 +197,7 @@ def test_focal_guidance_and_its_recording_match_the_dense_reference(ti2v):
             KernelCalls(tw) as k:
         _call(ti2v, steps=1, output_type="latent")
     cond, uncond = _layer_calls(k.text_calls(), LAYERS)
-    own, source = cond[dst], cond[src]
-    bias = torch.zeros(math.prod(GRID), 512, dtype=torch.float64)
-    bias[:, 1] = strength * mask.double().expand(GRID[0], -1, -1).reshape(-1)
-
-    def logits(c):
-        return torch.einsum("bnhd,bthd->bhnt", c["q"].double(), c["k"].double()) / math.sqrt(c["q"].shape[-1])
-
-    p = (1 - alpha) * torch.softmax(logits(own) + bias, -1) + alpha * torch.softmax(logits(source), -1)
-    torch.testing.assert_close(own["out"].double(), torch.einsum("bhnt,bthd->bnhd", p, own["v"].double()),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(uncond[dst]["out"].double(), _dense(uncond[dst]["q"], uncond[dst]["k"],
-                                                                   uncond[dst]["v"]), rtol=1e-5, atol=1e-5)
-    positions = fg.store.decode_attrs(run.dataset.attrs)["word_positions"]
-    for word in ("dog", "fence"):
-        mass = p[0][..., positions[word]].sum(-1).mean(0).reshape(GRID[0], -1).mean(-1)
-        got = run.dataset.word_mass.sel(branch="cond", step=0, layer=f"blocks.{dst}", word=word).values
-        np.testing.assert_allclose(got, mass.numpy(), rtol=1e-5, atol=1e-7)
+    assert_focal_guidance_dense(run, cond, uncond, src, dst, mask, strength, alpha, GRID)
 
 
 # -- the CLI with tiny-wan22-ti2v ---------------------------------------------------------------------------------

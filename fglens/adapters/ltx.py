@@ -92,25 +92,10 @@ class LTXVideoAdapter(Adapter):
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """The pipelines call ``text_encoder(input_ids)`` without its mask, and mask the padding in the transformer:
         the real tokens are those before the tokenizer's padding (the mask the pipeline builds)."""
-        encoder = getattr(pipe, "text_encoder", None)
-        if not isinstance(encoder, torch.nn.Module):
-            return []
+        from .prompt import text_encoder_hook
+
         pad = pipe.tokenizer.pad_token_id
-
-        def hook(module, args, kwargs):
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            if isinstance(ids, torch.Tensor) and capture.pending is not None:
-                call = capture.pending
-                index = len(call.encodings) + (1 if call.prompt_embeds_given else 0)
-                texts = [call.prompt_texts or [call.prompt_text], call.negative_texts or [call.negative_text]]
-                rows = texts[index] if index < 2 else [None]
-                if index == 1 and rows == [None]:
-                    rows = [""]  # diffusers' default negative prompt
-                tokens = capture.tokens(ids, ids != pad, rows)
-                capture.add_encoding(tokens[0], tokens)
-
-        handle = encoder.register_forward_pre_hook(hook, with_kwargs=True)
-        return [handle.remove]
+        return text_encoder_hook(capture, mask_of=lambda ids, args, kwargs: ids != pad)
 
     def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
         mask = kwargs["encoder_attention_mask"] if "encoder_attention_mask" in kwargs else (

@@ -328,15 +328,23 @@ def _bind(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
         return dict(kwargs)
 
 
-def text_encoder_hook(capture: PromptCapture, encoder_attr: str = "text_encoder") -> list[Callable[[], None]]:
-    """Default prompt hook: each call of `pipe.<encoder_attr>` is one encoding (T5-style encoders)."""
+def _encoder_mask(ids: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+    """The attention mask an encoder call was given (its real tokens), or None."""
+    return kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+
+def text_encoder_hook(capture: PromptCapture, encoder_attr: str = "text_encoder",
+                      mask_of: Callable[[torch.Tensor, tuple, dict], Any] = _encoder_mask) -> list[Callable[[], None]]:
+    """Default prompt hook: each call of `pipe.<encoder_attr>` is one encoding (T5-style encoders). `mask_of(ids,
+    args, kwargs)` gives the call's real tokens (default: the mask it was given; a pipeline that encodes without
+    one, e.g. LTX-Video, passes ``ids != pad``)."""
     encoder = getattr(capture.pipe, encoder_attr, None)
     if not isinstance(encoder, torch.nn.Module):
         return []
 
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        mask = mask_of(ids, args, kwargs) if isinstance(ids, torch.Tensor) else None
         if isinstance(ids, torch.Tensor) and capture.pending is not None:
             call = capture.pending
             index = len(call.encodings) + (1 if call.prompt_embeds_given else 0)

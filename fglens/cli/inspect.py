@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from .common import UsageError, fail
@@ -44,21 +43,6 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def intervention_summary(text: Any) -> str:
-    """A run's intervention (JSON text as in `run_table`) as ``Type`` or ``Type(Part, Part)``; ``none``."""
-    if text in (None, "none", "null"):
-        return "none"
-    try:
-        spec = json.loads(text) if isinstance(text, str) else text
-    except ValueError:
-        return str(text)
-    if not isinstance(spec, Mapping):
-        return str(spec)
-    parts = [p.get("type", "?") for p in spec.get("parts") or () if isinstance(p, Mapping)]
-    kind = str(spec.get("type", "?"))
-    return f"{kind}({', '.join(parts)})" if parts and parts != [kind] else kind
-
-
 def _short(text: Any, width: int) -> str:
     text = "" if text is None else str(text)
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
@@ -67,6 +51,8 @@ def _short(text: Any, width: int) -> str:
 def run_rows(table, width: int) -> list[dict[str, str]]:
     """One row of text cells per run of a `fglens.store.run_table`."""
     rows = []
+    from ..store.reader import intervention_summary
+
     for r in table.itertuples(index=False):
         total = r.num_steps if r.num_steps is not None and r.num_steps == r.num_steps else "?"
         words = r.words if isinstance(r.words, (list, tuple)) else ([] if r.words is None else [r.words])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,26 @@ def intervention_text(value: Any) -> str:
     if value is None or value == "null":
         return "none"
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def intervention_summary(text: Any) -> str:
+    """A run's intervention (JSON text as in `run_table`, or its spec) as ``Type`` or ``Type(Part, Part)``; ``none``.
+
+    Example:
+        >>> intervention_summary('{"type": "focal_guidance", "parts": [{"type": "anchor"}, {"type": "cache"}]}')
+        'focal_guidance(anchor, cache)'
+    """
+    if text in (None, "none", "null"):
+        return "none"
+    try:
+        spec = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return str(text)
+    if not isinstance(spec, Mapping):
+        return str(spec)
+    parts = [str(p.get("type", "?")) for p in spec.get("parts") or () if isinstance(p, Mapping)]
+    kind = str(spec.get("type", "?"))
+    return f"{kind}({', '.join(parts)})" if parts and parts != [kind] else kind
 
 
 def open_run_dataset(meta: RunMeta, chunks: dict | None) -> xr.Dataset:

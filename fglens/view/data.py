@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..store.reader import intervention_summary
+
 #: variables that are never offered as a heat map: the maps themselves (a view of their own), flags, the image
 NOT_HEATMAPS = ("word_map", "skipped", "reference_image")
 #: the statistics `fg.find_weak_layers` can score layers by (the others are marked by the default rule)
@@ -103,21 +105,6 @@ def heatmap_vars(ds: xr.Dataset) -> list[str]:
                   if {"step", "layer"} <= set(da.dims) and v not in NOT_HEATMAPS and da.dtype.kind == "f")
 
 
-def _intervention(attrs: Mapping[str, Any]) -> str:
-    text = attrs.get("intervention")
-    if text in (None, "null", "none"):
-        return "none"
-    try:
-        spec = json.loads(text) if isinstance(text, str) else text
-    except ValueError:
-        return str(text)
-    if not isinstance(spec, Mapping):
-        return str(spec)
-    parts = [str(p.get("type", "?")) for p in spec.get("parts") or () if isinstance(p, Mapping)]
-    kind = str(spec.get("type", "?"))
-    return f"{kind}({', '.join(parts)})" if parts and parts != [kind] else kind
-
-
 def _seed(value: Any) -> int | None:
     if isinstance(value, str):
         try:
@@ -137,7 +124,7 @@ def run_row(run: str, attrs: Mapping[str, Any], steps: int | None = None) -> dic
             words = [words]
     return {
         "id": run, "prompt": str(attrs.get("prompt") or ""), "seed": _seed(attrs.get("seed")),
-        "words": [str(w) for w in words or []], "intervention": _intervention(attrs),
+        "words": [str(w) for w in words or []], "intervention": intervention_summary(attrs.get("intervention")),
         "complete": attrs.get("complete") is True,
         "steps": int(attrs.get("steps_written", 0) if steps is None else steps),
         "num_steps": attrs.get("num_steps") if isinstance(attrs.get("num_steps"), int) else None,
