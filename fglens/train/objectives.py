@@ -2,14 +2,15 @@
 terms (tensors with gradients; ``loss`` is the one minimised). ``distill`` reads the teacher's trajectories
 (`_Teacher`: the same model, LoRA off, sampling under the Focal Guidance edit, its forwards captured by a probe);
 ``flow`` and ``anchor`` read the items' videos (`fglens.train.flow`) and, for ``anchor``, their masks
-(`fglens.train.anchor`). The formulas are in docs/concepts.md ("Post-training losses").
+(`fglens.train.anchor`). The formulas are in docs/concepts.md ("Post-training losses"). `job` is the
+`FocalLoRA` whose settings they read (typed loosely: this module sits below `job.py`, which imports it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,16 +19,13 @@ from .data import TrainItem
 from .lora import _models
 from .probe import TextProbe, distill_kl, real_columns, text_distribution
 
-if TYPE_CHECKING:
-    from .job import FocalLoRA
-
 
 class _Distill:
     """One step of ``distill``: one forward of the item's teacher trajectory, drawn by `rng`."""
 
     terms = ("kl", "loss")
 
-    def __init__(self, pipe: Any, job: FocalLoRA, layers: list[str], amp: Callable = nullcontext):
+    def __init__(self, pipe: Any, job: Any, layers: list[str], amp: Callable = nullcontext):
         self.pipe, self.layers, self.teacher, self.amp = pipe, layers, _Teacher(pipe, job, layers), amp
 
     def __call__(self, step: int, rng: np.random.Generator, index: int, item: TrainItem) -> dict[str, torch.Tensor]:
@@ -75,7 +73,7 @@ class _Anchor(_Flow):
 
     terms = ("flow", "anchor", "loss")
 
-    def __init__(self, pipe: Any, data: Sequence[TrainItem], job: FocalLoRA, layers: list[str],
+    def __init__(self, pipe: Any, data: Sequence[TrainItem], job: Any, layers: list[str],
                  amp: Callable = nullcontext):
         from .flow import check_pipeline
 
@@ -148,7 +146,7 @@ class _Teacher:
     """Per item, once: every transformer forward of the teacher's sampling — its inputs and the teacher's post-edit
     attention over the text at each trained layer (detached)."""
 
-    def __init__(self, pipe: Any, job: FocalLoRA, layers: list[str]):
+    def __init__(self, pipe: Any, job: Any, layers: list[str]):
         self.pipe, self.job, self.layers = pipe, job, layers
         self.cache: dict[int, list[dict[str, Any]]] = {}
 
