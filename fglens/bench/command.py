@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--repeats must be at least 1")
         if choice != "all" and choice not in MODELS:
             raise ValueError(f"--model must be one of {', '.join(MODELS)} or all, got {choice!r}")
-        if edit and choice == "hunyuan":
+        if edit and choice not in ("wan", "all"):
             raise ValueError("--edit runs on the Wan stack only (no joint-attention edit benchmark yet; the default "
                              "run's fg mode covers both)")
         if edit and plot_path:

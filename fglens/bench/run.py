@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import generic
+from .generic import GENERIC
 from .meters import LiveBytesMeter, ensure_cpu_attention_flops
 from .modes import EditRun, edit_modes, edited_blocks, edits, fg_layers, is_edit, mode_context, parse_edit_mode
 from .naive import NaiveJointRecorder, NaiveRecorder
@@ -117,14 +119,16 @@ def run_benchmark(
     Args:
         tokens: token counts N; each a whole number of latent frames of `frame_hw`.
         repeats: interleaved timing repeats; ``wall_s`` is their median.
-        model: ``"wan"`` (the tiny Wan stack) or ``"hunyuan"`` (the joint-attention proxy).
+        model: ``"wan"`` (the tiny Wan stack), ``"hunyuan"`` (the joint-attention proxy) or one of the generic rows
+            (`fglens.bench.generic.GENERIC`: the model's tiny pipeline's transformer at `num_layers` x `heads` x
+            `head_dim`, fed the inputs that pipeline builds).
         modes: which of the model's modes (`MODEL_MODES`, and for Wan the edit modes of `edit_modes`) to run;
             ``"fg"`` is `fg.FocalGuidance` on the middle half of the blocks (`fg_layers`), next to the recorders;
             by default all of `MODEL_MODES`, or all of `edit_modes` with `edit`; ``recorder_bytes`` needs
             ``"plain"``.
         edit: the edit benchmark (Wan only): plain against `fg.FocalGuidance` on 1 .. blocks - 1 layers.
         frame_hw: latent frame (Y, X); by default the largest of `FRAME_SIZES` that divides every N.
-        num_layers: the tiny Wan transformer's blocks.
+        num_layers: the tiny Wan transformer's blocks (and a generic row's).
         num_double, num_single: the tiny HunyuanVideo transformer's double- and single-stream blocks.
         heads, head_dim: attention size of either.
         seed: weights and inputs.
@@ -161,7 +165,7 @@ def run_benchmark(
         parsed = parse_edit_mode(m)
         if parsed is not None and not 1 <= parsed[1] < num_layers:
             raise ValueError(f"edit mode {m!r}: k must be 1 .. {num_layers - 1} (the last block is the source)")
-    blocks = num_layers if model == "wan" else num_double + num_single
+    blocks = num_double + num_single if model == "hunyuan" else num_layers
     if "fg" in modes:
         fg_layers(blocks)  # at least 2 blocks
     if repeats < 1:
@@ -179,6 +183,13 @@ def run_benchmark(
 
         def make_inputs(n: int) -> dict[str, Any]:
             return wan_inputs(n, frame_hw, seed=seed)
+    elif model in GENERIC:
+        pipe, transformer = generic.build(model, num_layers=num_layers, heads=heads, head_dim=head_dim, seed=seed)
+        size |= {"num_layers": num_layers, "model_class": type(transformer).__name__,
+                 "pipeline_class": type(pipe).__name__}
+
+        def make_inputs(n: int) -> dict[str, Any]:
+            return generic.pipeline_inputs(pipe, n, frame_hw, seed=seed)
     else:
         transformer = tiny_hunyuan_transformer(num_double=num_double, num_single=num_single, heads=heads,
                                                head_dim=head_dim, seed=seed)

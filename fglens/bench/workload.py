@@ -8,13 +8,17 @@ from typing import Any
 
 import torch
 
-MODELS = ("wan", "hunyuan")
+from .generic import GENERIC, GENERIC_MODES
+
+#: the hand-built Wan stack and joint proxy, then every other architecture's generic row (`fglens.bench.generic`)
+MODELS = ("wan", "hunyuan", *GENERIC)
 #: the Wan stack's modes: no tracing, fglens' recorder, the recorder with ref_mass, the positive control, and
 #: FocalGuidance on the middle half of the blocks (`fg_layers`)
 MODES = ("plain", "traced", "traced_ref", "naive", "fg")
 #: the modes of the joint-attention proxy (HunyuanVideo)
 JOINT_MODES = ("plain", "traced", "naive", "fg")
-MODEL_MODES: dict[str, tuple[str, ...]] = {"wan": MODES, "hunyuan": JOINT_MODES}
+MODEL_MODES: dict[str, tuple[str, ...]] = {"wan": MODES, "hunyuan": JOINT_MODES,
+                                           **dict.fromkeys(GENERIC, GENERIC_MODES)}
 #: the words the traced and naive modes follow: token positions in the 512 text rows
 WORDS: dict[str, list[int]] = {"w0": [1], "w1": [2, 3]}
 #: latent frame sizes (Y, X) to choose from, largest first: the first that divides every N is used

@@ -9,8 +9,9 @@ import argparse
 def register(sub) -> None:
     parser = sub.add_parser(
         "bench", help="time, FLOPs and peak memory: plain vs traced vs FocalGuidance vs a naive materialising recorder",
-        description="CPU (default): one forward of a tiny random-weight Wan stack and a HunyuanVideo joint-attention\n"
-        "proxy at several token counts N: time, FLOP and peak-memory ratios traced/plain and fg/plain\n"
+        description="CPU (default): one forward of a tiny random-weight Wan stack, a HunyuanVideo joint-attention\n"
+        "proxy and a row per other architecture (CogVideoX, SkyReels-V2, LTX-Video, Wan2.2-TI2V: plain and traced)\n"
+        "at several token counts N: time, FLOP and peak-memory ratios traced/plain and fg/plain\n"
         "(FocalGuidance on the middle blocks) side by side, the naive materialising recorder as positive control,\n"
         "and a log-log fit of recorder memory against N (slope ~1 for fglens, ~2 for naive).\n"
         "--gpu: a few blocks of Wan2.1-1.3B / -14B at 480p, random weights, bfloat16, on CUDA, against the\n"
@@ -31,9 +32,11 @@ def register(sub) -> None:
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved timing repeats, median reported (default 3 on the CPU, 10 with --gpu)")
     parser.add_argument(
-        "--model", choices=("wan", "hunyuan", "all"), default=None,
+        "--model", default=None,
         help="wan: the tiny Wan stack (separate text/image cross-attention); hunyuan: the joint-attention proxy "
-        "(tiny HunyuanVideo, one softmax over [video | context]); all: both (default)",
+        "(tiny HunyuanVideo, one softmax over [video | context]); cogvideox, skyreels, ltx, wan22-ti2v (every other "
+        "adapter's tiny pipeline: its transformer at the benchmark's size, fed the inputs that pipeline builds; "
+        "plain and traced); all: every one (default)",
     )
     parser.add_argument(
         "--edit", action="store_true",

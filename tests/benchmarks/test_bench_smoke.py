@@ -153,17 +153,18 @@ def test_joint_mode_context_rejects_wan_only_modes() -> None:
     with pytest.raises(ValueError, match="unknown mode"):
         bench.run_benchmark([80], model="hunyuan", modes=("traced_ref",))
     with pytest.raises(ValueError, match="unknown model"):
-        bench.run_benchmark([80], model="cogvideox")
+        bench.run_benchmark([80], model="sdxl")
 
 
 def test_cli_writes_json(tmp_path) -> None:
     from fglens import cli
 
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--tokens", "80", "--repeats", "1", "--json", str(out)]) == 0  # both models
+    # every model (LTX's pipeline wants 32-pixel multiples: one latent frame of 16 x 20 tokens)
+    assert cli.main(["bench", "--tokens", "320", "--repeats", "1", "--json", str(out)]) in (0, 1)
     data = json.loads(out.read_text())
-    assert isinstance(data, list) and len(data) == len(bench.MODES) + len(bench.JOINT_MODES)
-    assert {r["model"] for r in data} == {"wan", "hunyuan"}
+    assert isinstance(data, list) and len(data) == sum(len(bench.MODEL_MODES[m]) for m in bench.MODELS)
+    assert {r["model"] for r in data} == set(bench.MODELS)
     for r in data:
         assert {"n_tokens", "mode", "flops", "peak_bytes", "wall_s", "recorder_bytes"} <= set(r)
         assert np.isfinite(r["wall_s"]) and r["flops"] > 0
@@ -178,8 +179,8 @@ def test_cli_model_option(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "joint proxy" in out
     assert re.search(r"^INFO start-up .*fglens --help \d+\.\d\d s, import fglens \d+\.\d\d s", out, re.M), out
-    with pytest.raises(SystemExit):
-        cli.main(["bench", "--model", "cogvideox"])
+    assert cli.main(["bench", "--model", "sdxl"]) == 2
+    assert "--model must be one of wan, hunyuan, cogvideox" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_tokens(capsys) -> None:
@@ -187,6 +188,51 @@ def test_cli_rejects_bad_tokens(capsys) -> None:
 
     assert cli.main(["bench", "--tokens", "161", "--repeats", "1"]) == 2
     assert "multiple" in capsys.readouterr().err
+
+
+# -- the generic rows (every other architecture: its tiny pipeline's transformer and inputs) ---------------------
+def test_every_other_adapter_has_a_generic_row() -> None:
+    from fglens.adapters import ADAPTERS
+    from fglens.bench.generic import GENERIC
+
+    assert set(GENERIC) == {a.short for a in ADAPTERS if a.short not in ("wan", "hunyuan")} | {"wan22-ti2v"}
+    assert bench.MODELS == ("wan", "hunyuan", *GENERIC)
+
+
+@pytest.fixture(scope="module")
+def ltx_records() -> list[dict]:
+    return bench.run_benchmark([320, 640], repeats=1, model="ltx", num_layers=2)  # frames of 16 x 20 tokens
+
+
+def test_generic_row_runs_and_reports(ltx_records: list[dict]) -> None:
+    by = _by(ltx_records)
+    assert sorted(by) == sorted((n, m) for n in (320, 640) for m in ("plain", "traced"))
+    for r in ltx_records:
+        for key in KEYS:
+            assert key in r, key
+        assert r["model"] == "ltx" and r["model_class"] == "LTXVideoTransformer3DModel" and r["num_layers"] == 2
+        assert r["grid"] == [r["n_tokens"] // 320, 16, 20]
+    for n in (320, 640):
+        assert by[n, "traced"]["flops"] > by[n, "plain"]["flops"] and by[n, "traced"]["recorder_bytes"] > 0
+    text = bench.format_report(ltx_records)
+    assert "ltx proxy: LTXVideoTransformer3DModel, 2 blocks x 4 heads x 32 dims" in text
+    lines = _verdict_lines(text)
+    assert len(lines) == 2 and all(line[5:].startswith("ltx proxy:") for line in lines)
+    assert lines[0].startswith("N/A") and not lines[1].startswith("N/A")  # two N: a slope, no naive control
+    assert "no naive control for this architecture" in lines[1]
+    with pytest.raises(ValueError, match="unknown mode"):
+        bench.run_benchmark([320], model="ltx", modes=("plain", "naive"))
+
+
+def test_generic_inputs_have_the_requested_tokens() -> None:
+    from fglens.bench import generic
+
+    pipe, transformer = generic.build("cogvideox", num_layers=2, heads=2, head_dim=16)
+    inputs = generic.pipeline_inputs(pipe, 160, (8, 10))
+    assert inputs["hidden_states"].shape[1] == 2  # CogVideoX: [B, F, C, H, W]
+    assert generic.video_tokens(transformer, inputs) == 160 and transformer.config.attention_head_dim == 16
+    with pytest.raises(ValueError, match="whole number"):
+        generic.pipeline_inputs(pipe, 170, (8, 10))
 
 
 # -- the edit benchmark (FocalGuidance on the Wan stack) --------------------------------------------------------

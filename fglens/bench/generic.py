@@ -1,0 +1,129 @@
+"""Proxy rows for every other architecture, built the same way for each: the transformer class and config of the
+model's tiny pipeline (`fglens.testing`, the builder its adapter declares) at the benchmark's size (blocks, heads,
+head dim), fed the inputs that pipeline itself builds at N video tokens (captured at the transformer's first call,
+before any denoising step runs). Nothing here is written per model; a new adapter with a tiny pipeline gets a row.
+
+These rows run ``plain`` and ``traced`` (no naive control: it is written per attention layout, for the Wan stack
+and the joint proxy; the memory meter's positive control is theirs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: the modes of a generic proxy row
+GENERIC_MODES = ("plain", "traced")
+#: models whose rows are hand-built (`fglens.bench.workload`), not generic
+_HAND_BUILT = ("wan", "hunyuan")
+#: tiny pipelines of an adapter whose transformer input differs from the adapter's first one (Wan2.2-TI2V-5B: the
+#: reference frame in the latent, 48 channels, a per-token timestep): a row of their own
+_EXTRA_PIPELINES = {"wan22-ti2v": "tiny_wan22_ti2v_pipeline"}
+
+
+def generic_pipelines() -> dict[str, str]:
+    """``{model: fglens.testing builder of its tiny pipeline}``: every adapter but the hand-built ones (its first
+    `Adapter.tiny_pipelines`, or the ``tiny_<name>_pipeline`` next to its `Adapter.tiny_transformer`), and the
+    extra layouts of `_EXTRA_PIPELINES`."""
+    from .. import testing
+    from ..adapters import ADAPTERS
+
+    out: dict[str, str] = {}
+    for adapter in ADAPTERS:
+        if adapter.short in _HAND_BUILT or not adapter.tiny_transformer[0]:
+            continue
+        builder = (adapter.tiny_pipelines[0].builder if adapter.tiny_pipelines
+                   else adapter.tiny_transformer[0].replace("_transformer", "_pipeline"))
+        if hasattr(testing, builder):
+            out[adapter.short] = builder
+    return out | _EXTRA_PIPELINES
+
+
+#: the generic models, in adapter order
+GENERIC: tuple[str, ...] = tuple(generic_pipelines())
+
+
+class _Captured(Exception):
+    pass
+
+
+def sized_transformer(template: torch.nn.Module, *, num_layers: int, heads: int, head_dim: int, seed: int = 0
+                      ) -> torch.nn.Module:
+    """A random-weight transformer of `template`'s class and config with `num_layers` blocks of `heads` x
+    `head_dim` (config dims tied to the attention width, such as a cross-attention or added-KV width equal to it,
+    follow)."""
+    config = dict(template.config)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    sized = {**config, "num_attention_heads": heads, "attention_head_dim": head_dim, "num_layers": num_layers}
+    for key in ("cross_attention_dim", "added_kv_proj_dim"):
+        if config.get(key) == width:
+            sized[key] = heads * head_dim
+    torch.manual_seed(seed)
+    return type(template).from_config(sized).eval()
+
+
+def video_tokens(transformer: torch.nn.Module, inputs: dict[str, Any]) -> int:
+    """Video tokens of one forward, whatever the hidden states' layout (``[B, C, F, H, W]`` Wan, ``[B, F, C, H, W]``
+    CogVideoX, packed ``[B, N, C]`` LTX): their elements per batch item and input channel over the patch volume."""
+    x = inputs["hidden_states"]
+    config = transformer.config
+    patch = config["patch_size"]
+    volume = (int(torch.tensor(patch).prod()) if isinstance(patch, (tuple, list))
+              else (config.get("patch_size_t") or 1) * patch * patch)
+    if x.dim() == 3:
+        volume = 1  # packed: one row per token already
+    return int(x.numel() // (x.shape[0] * config["in_channels"] * volume))
+
+
+def build(model: str, *, num_layers: int, heads: int, head_dim: int, seed: int = 0) -> tuple[Any, torch.nn.Module]:
+    """(the model's tiny pipeline holding the sized transformer, that transformer)."""
+    from .. import testing
+
+    pipe = getattr(testing, generic_pipelines()[model])(seed=seed)
+    pipe.set_progress_bar_config(disable=True)
+    transformer = sized_transformer(pipe.transformer, num_layers=num_layers, heads=heads, head_dim=head_dim,
+                                    seed=seed)
+    pipe.transformer = transformer  # the pipeline sizes some inputs from it (CogVideoX's RoPE: the head dim)
+    return pipe, transformer
+
+
+def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed: int = 0) -> dict[str, Any]:
+    """Keyword arguments of the transformer's first forward when `pipe` generates a video of `n_tokens` video
+    tokens in latent frames of `frame_hw` tokens (no classifier-free guidance: batch 1, as the other rows)."""
+    from ..pipelines import call_kwargs, default_image, spatial_multiple
+
+    ny, nx = frame_hw
+    if n_tokens % (ny * nx):
+        raise ValueError(f"{n_tokens} tokens is not a whole number of {ny}x{nx} frames")
+    frames = n_tokens // (ny * nx)
+    px = spatial_multiple(pipe)
+    temporal = int(getattr(pipe, "vae_scale_factor_temporal", 0) or pipe.vae_temporal_compression_ratio)
+    height, width = ny * px, nx * px
+    image = default_image(pipe, height=height, width=width)
+    kwargs = call_kwargs(pipe, prompt="a dog jumps over the red fence near the old river bank at dusk", image=image,
+                         seed=seed, steps=1, height=height, width=width, num_frames=(frames - 1) * temporal + 1,
+                         guidance_scale=1.0)
+    captured: dict[str, Any] = {}
+
+    def hook(_module, args, call):
+        if args:
+            raise TypeError("the pipeline called its transformer with positional arguments")
+        captured.update({k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in call.items()})
+        raise _Captured
+
+    handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            pipe(**kwargs)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"{type(pipe).__name__} never called its transformer")
+    captured["return_dict"] = False
+    got = video_tokens(pipe.transformer, captured)
+    if got != n_tokens:
+        raise ValueError(f"{type(pipe).__name__} at {height}x{width} px, {kwargs['num_frames']} frames gave {got} "
+                         f"video tokens, not {n_tokens}")
+    return captured
