@@ -161,7 +161,7 @@ def test_cli_writes_json(tmp_path) -> None:
 
     out = tmp_path / "bench.json"
     # every model (LTX's pipeline wants 32-pixel multiples: one latent frame of 16 x 20 tokens)
-    assert cli.main(["bench", "--tokens", "320", "--repeats", "1", "--json", str(out)]) in (0, 1)
+    assert cli.main(["bench", "--tokens", "320", "--repeats", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert isinstance(data, list) and len(data) == sum(len(bench.MODEL_MODES[m]) for m in bench.MODELS)
     assert {r["model"] for r in data} == set(bench.MODELS)
