@@ -176,6 +176,21 @@ def _tiny_wan_parts(seed: int):
     return vae, tokenizer, text_encoder, scheduler
 
 
+def _tiny_clip_vision(model_class, seed: int):
+    """A seeded tiny CLIP vision encoder of `model_class` (16 px, patch 1: 257 image tokens, as Wan2.1-I2V gets from
+    ViT-H/14) and its image processor."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig
+
+    _seeded(seed)
+    encoder = model_class(
+        CLIPVisionConfig(
+            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=16,
+            intermediate_size=16, patch_size=1,
+        )
+    ).eval()
+    return encoder, CLIPImageProcessor(crop_size=16, size={"shortest_edge": 16})
+
+
 def tiny_wan_i2v_pipeline(*, num_layers: int = 4, seed: int = 0):
     """A complete `WanImageToVideoPipeline` with seeded random weights (UMT5, CLIP vision, Wan VAE, DiT).
 
@@ -183,17 +198,10 @@ def tiny_wan_i2v_pipeline(*, num_layers: int = 4, seed: int = 0):
     ViT-H/14 does for Wan2.1-I2V. Deterministic for a given `seed`.
     """
     from diffusers import WanImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
 
     vae, tokenizer, text_encoder, scheduler = _tiny_wan_parts(seed)
-    _seeded(seed + 1)
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-            intermediate_size=16, patch_size=1,
-        )
-    ).eval()
-    image_processor = CLIPImageProcessor(crop_size=16, size={"shortest_edge": 16})
+    image_encoder, image_processor = _tiny_clip_vision(CLIPVisionModel, seed + 1)
     transformer = tiny_wan_transformer(num_layers=num_layers, image_conditioned=True, seed=seed + 2)
     pipe = WanImageToVideoPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,
@@ -317,17 +325,10 @@ def tiny_skyreels_i2v_pipeline(*, num_layers: int = 4, seed: int = 0):
         (5, 32, 48, 3)
     """
     from diffusers import SkyReelsV2ImageToVideoPipeline
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
     vae, tokenizer, text_encoder, _ = _tiny_wan_parts(seed)
-    _seeded(seed + 1)
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=8, projection_dim=8, num_hidden_layers=2, num_attention_heads=2, image_size=16,
-            intermediate_size=16, patch_size=1,
-        )
-    ).eval()
-    image_processor = CLIPImageProcessor(crop_size=16, size={"shortest_edge": 16})
+    image_encoder, image_processor = _tiny_clip_vision(CLIPVisionModelWithProjection, seed + 1)
     transformer = tiny_skyreels_transformer(num_layers=num_layers, image_conditioned=True, seed=seed + 2)
     pipe = SkyReelsV2ImageToVideoPipeline(
         tokenizer=tokenizer, text_encoder=text_encoder, image_encoder=image_encoder,

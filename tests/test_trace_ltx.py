@@ -14,6 +14,7 @@ import torch
 from diffusers.models.transformers import transformer_ltx as tl
 from reference import morans_i
 from test_interventions import KernelCalls
+from test_trace_wan import model_state
 
 import fglens as fg
 from fglens.trace.record import STATS
@@ -150,10 +151,7 @@ def test_traced_call_is_bit_identical(ltx):
 
 
 def _state(pipe):
-    t = pipe.transformer
-    return ({n: m.processor for n, m in t.named_modules() if hasattr(m, "processor")}, set(t.__dict__),
-            set(vars(pipe)), tl.dispatch_attention_fn, len(t._forward_pre_hooks) + len(t._forward_hooks),
-            len(pipe.text_encoder._forward_pre_hooks))
+    return model_state(pipe, tl)
 
 
 def test_model_restored_after_an_exception(ltx):

@@ -11,7 +11,7 @@ import torch
 from diffusers.models.transformers import transformer_skyreels_v2 as tsv
 from diffusers.models.transformers import transformer_wan as tw
 from test_interventions import GRID, KernelCalls, _dense, _layer_calls, assert_focal_guidance_dense
-from test_trace_wan import _call, _check_against_dense_reference
+from test_trace_wan import _call, _check_against_dense_reference, model_state
 
 import fglens as fg
 from fglens.trace.record import STATS
@@ -23,10 +23,7 @@ def sky():
 
 
 def _state(pipe):
-    t = pipe.transformer
-    return ({n: m.processor for n, m in t.named_modules() if hasattr(m, "processor")}, set(t.__dict__),
-            set(vars(pipe)), tsv.dispatch_attention_fn, len(t._forward_pre_hooks) + len(t._forward_hooks),
-            len(pipe.text_encoder._forward_pre_hooks))
+    return model_state(pipe, tsv)
 
 
 def test_sites_are_wans_and_the_skyreels_module_is_intercepted(sky):

@@ -251,13 +251,15 @@ def test_traced_call_is_bit_identical(wan_i2v, ref_image):
     assert np.array_equal(plain, traced)
 
 
-def _state(pipe):
+def model_state(pipe, module=transformer_wan):
+    """What fg.trace may touch and must restore: processors, the transformer's and pipeline's attributes, the
+    patched `dispatch_attention_fn` of the model's diffusers `module`, hook counts (shared by the models' tests)."""
     t = pipe.transformer
     return (
         {n: m.processor for n, m in t.named_modules() if hasattr(m, "processor")},
         set(t.__dict__),
         set(vars(pipe)),
-        transformer_wan.dispatch_attention_fn,
+        module.dispatch_attention_fn,
         len(t._forward_pre_hooks) + len(t._forward_hooks),
         len(pipe.text_encoder._forward_pre_hooks),
     )
@@ -266,7 +268,7 @@ def _state(pipe):
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_model_restored_after_interruption(wan_i2v, ref_image, error):
     before_out = _call(wan_i2v, ref_image)
-    before = _state(wan_i2v)
+    before = model_state(wan_i2v)
 
     def boom(pipe, i, t, kwargs):
         if i == 1:
@@ -276,7 +278,7 @@ def test_model_restored_after_interruption(wan_i2v, ref_image, error):
     with pytest.raises(error):
         with fg.trace(wan_i2v, record=fg.Record(words=["dog"])):
             _call(wan_i2v, ref_image, steps=3, callback_on_step_end=boom)
-    after = _state(wan_i2v)
+    after = model_state(wan_i2v)
     for b, a in zip(before[0].values(), after[0].values(), strict=True):
         assert a is b  # the original processor objects
     assert before[1:] == after[1:]
@@ -284,11 +286,11 @@ def test_model_restored_after_interruption(wan_i2v, ref_image, error):
 
 
 def test_restored_when_entering_fails(wan_i2v):
-    before = _state(wan_i2v)
+    before = model_state(wan_i2v)
     with pytest.raises(ValueError, match="out of range"):
         with fg.trace(wan_i2v, record=fg.Record(layers=[99])):
             pass
-    assert _state(wan_i2v)[1:] == before[1:]
+    assert model_state(wan_i2v)[1:] == before[1:]
 
 
 def test_nested_traces_are_refused_and_the_outer_one_keeps_working(wan_i2v, ref_image):
@@ -359,11 +361,11 @@ def test_unsupported_model_names_supported_classes():
 
 
 def test_word_not_in_prompt_lists_the_prompt_words(wan_i2v, ref_image):
-    before = _state(wan_i2v)
+    before = model_state(wan_i2v)
     with pytest.raises(ValueError, match=r"'cat' is not in the prompt.*dog, jumps"):
         with fg.trace(wan_i2v, record=fg.Record(words=["cat"])):
             _call(wan_i2v, ref_image, steps=1)
-    assert _state(wan_i2v)[1:] == before[1:]
+    assert model_state(wan_i2v)[1:] == before[1:]
 
 
 def test_layer_out_of_range(wan_i2v):
@@ -439,7 +441,7 @@ def test_ctrl_c_stays_a_keyboard_interrupt_with_a_write_error_pending(wan_i2v, r
     def ctrl_c(pipe, i, t, kwargs):
         raise KeyboardInterrupt
 
-    before = _state(wan_i2v)
+    before = model_state(wan_i2v)
     caught = None
     try:
         with fg.trace(wan_i2v, record=fg.Record(words=["dog"]), store=tmp_path / "runs.zarr"):
@@ -454,7 +456,7 @@ def test_ctrl_c_stays_a_keyboard_interrupt_with_a_write_error_pending(wan_i2v, r
     assert caught is not None
     assert isinstance(caught.__cause__, RuntimeError) and "No space left" in str(caught.__cause__)
     assert any("could not write" in note for note in caught.__notes__)
-    assert _state(wan_i2v)[1:] == before[1:]
+    assert model_state(wan_i2v)[1:] == before[1:]
     (run,) = fg.store.list_runs(tmp_path / "runs.zarr")
     assert not fg.open_run(tmp_path / "runs.zarr", run).attrs["complete"]
 

@@ -13,7 +13,7 @@ from diffusers.models.transformers import transformer_wan as tw
 from reference import morans_i
 from test_interventions import KernelCalls, _dense, _layer_calls, assert_focal_guidance_dense
 from test_trace_wan import Capture as WanCapture
-from test_trace_wan import dense_reference
+from test_trace_wan import dense_reference, model_state
 
 import fglens as fg
 from fglens.trace.record import STATS
@@ -126,10 +126,7 @@ def test_traced_call_is_bit_identical(ti2v):
 
 
 def _state(pipe):
-    t = pipe.transformer
-    return ({n: m.processor for n, m in t.named_modules() if hasattr(m, "processor")}, set(t.__dict__),
-            set(vars(pipe)), tw.dispatch_attention_fn, len(t._forward_pre_hooks) + len(t._forward_hooks),
-            len(pipe.text_encoder._forward_pre_hooks))
+    return model_state(pipe, tw)
 
 
 def test_model_restored_after_an_exception(ti2v):
