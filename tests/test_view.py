@@ -307,21 +307,3 @@ def test_notebook_display_in_a_kernel(store, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"], outputs
     html = [o for o in outputs if o.output_type == "execute_result"][0]["data"]["text/html"]
     assert html.startswith("<iframe") and "fglens-data" in html
-
-
-def test_hunyuan_run_answers():
-    """The views read a HunyuanVideo run (joint attention, double and single blocks) as they read Wan's."""
-    from fglens.view.data import DatasetSource
-
-    ds = fg.testing.tiny_run("hunyuan", words=("dog",), maps=True)
-    source = DatasetSource(ds)
-    name = source.run_ids()[0]
-    info = source.answer("run", {"run": name})
-    assert info["layers"] == [str(v) for v in ds.layer.values] and info["has_maps"]
-    layer = info["layers"][-1]
-    maps = source.answer("maps", {"run": name, "layer": layer, "step": "1", "word": "dog", "branch": "cond"})
-    np.testing.assert_array_equal(unpack(maps), ds.word_map.sel(branch="cond", layer=layer, step=1, word="dog")
-                                  .transpose("frame", "y", "x").values)
-    heat = source.answer("heatmap", {"run": name, "var": "similarity", "branch": "cond"})
-    assert heat["shape"] == [len(info["layers"]), ds.sizes["step"]]
-    assert isinstance(source.answer("weak", {"run": name})["weak"], list)

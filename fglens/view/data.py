@@ -43,6 +43,9 @@ ENDPOINTS: dict[str, tuple[str, ...]] = {
     "heatmap": ("run", "var", "branch"),
     "weak": ("run",),
     "maps": ("run", "layer", "step", "word", "branch"),
+    "balance": ("run", "branch"),
+    "anchor": ("run",),
+    "video": ("run",),
 }
 #: the word option of a heat map meaning "mean over the run's words"
 ALL_WORDS = ""
@@ -158,6 +161,8 @@ def run_summary(run: str, ds: xr.Dataset, image: bool = False) -> dict[str, Any]
         "has_maps": maps, "has_image": "reference_image" in ds.data_vars,
         "negative_prompt": str(ds.attrs.get("negative_prompt") or ""),
         "image": None, "image_size": None,
+        "has_balance": any(v in ds.data_vars for v in ("text_share", "text_mass")),
+        "has_video": False,
     }
     png = reference_png(ds) if image and out["has_image"] else None
     if png is not None:
@@ -301,6 +306,14 @@ class Source:
     def dataset(self, run: str) -> xr.Dataset:
         raise NotImplementedError
 
+    def has_video(self, run: str) -> bool:
+        """Whether `video` has frames for `run` (without reading them)."""
+        return False
+
+    def video(self, run: str) -> dict[str, Any] | None:
+        """The run's video as `fglens.view.video.video_frames` gives it, or None (the default: none kept)."""
+        return None
+
     def check_run(self, run: Any) -> str:
         """`run` if it names a run of this source (anything else, ``..`` included, is a `BadRequest`)."""
         if not isinstance(run, str) or run not in self.run_ids():
@@ -317,9 +330,21 @@ class Source:
         if endpoint == "runs":
             return self.runs()
         run = self.check_run(params["run"])
+        if endpoint == "video":
+            from .video import NO_VIDEO
+
+            return self.video(run) or {"frames": [], "shape": [0, 0, 0], "note": NO_VIDEO}
         ds = self.dataset(run)
         if endpoint == "run":
-            return run_summary(run, ds, image=True)
+            return {**run_summary(run, ds, image=True), "has_video": self.has_video(run)}
+        if endpoint == "balance":
+            from .balance import condition_balance
+
+            return condition_balance(ds, params["branch"], params.get("first"), params.get("last"))
+        if endpoint == "anchor":
+            from .anchor import anchor_masks
+
+            return anchor_masks(ds.attrs)
         if endpoint == "heatmap":
             return heatmap(ds, params["var"], params["branch"], params.get("word", ALL_WORDS))
         if endpoint == "weak":
@@ -354,6 +379,7 @@ class StoreSource(Source):
                             "store written by fg.trace(..., store=PATH), fglens sweep or fglens diagnose "
                             "--store") from None
         self.label = str(self.path)
+        self._video_index: dict[str, Path] | None = None
 
     def run_ids(self) -> list[str]:
         from ..store import list_runs
@@ -381,6 +407,23 @@ class StoreSource(Source):
             return open_run(self.path, run, load=False)
         except UnreadableRun as exc:
             raise BadRequest(str(exc)) from None
+
+    def _videos(self) -> dict[str, Path]:
+        """Run id -> cached video next to the store (`fglens.view.video.find_videos`), indexed on first use."""
+        if self._video_index is None:
+            from .video import find_videos
+
+            self._video_index = find_videos(self.path)
+        return self._video_index
+
+    def has_video(self, run: str) -> bool:
+        return run in self._videos()
+
+    def video(self, run: str) -> dict[str, Any] | None:
+        from .video import video_frames
+
+        path = self._videos().get(run)
+        return None if path is None else video_frames(path, self.path.parent)
 
 
 class DatasetSource(Source):

@@ -3,8 +3,10 @@ its views ask for, embedded — it opens from disk (``file://``), offline, in an
 
 For each exported run it embeds: its row in the run list and its summary (with the reference image, greyscale
 PNG), the heat map of every statistic x branch x word choice (mean over words, or each word), the weak layers
-of each score the heat maps use, and the word maps of every branch x step x layer x word (``steps=`` limits
-the steps: the word maps are most of a run's bytes). `ExportReport` says what was embedded and how large it is.
+of each score the heat maps use, the word maps of every branch x step x layer x word (``steps=`` limits
+the steps: the word maps are most of a run's bytes), the condition balance of every branch x step range, the
+anchor masks, and the video when one was kept with the run (`fglens.view.video`). `ExportReport` says what was
+embedded and how large it is.
 
 Example:
     >>> import fglens as fg, tempfile, os
@@ -41,6 +43,8 @@ class ExportReport:
     runs: int
     heatmaps: int
     maps: int
+    balances: int = 0
+    videos: int = 0
 
     def summary(self) -> str:
         """One line: ``wrote run.html: 4.9 MB (data 31.2 kB: 2 runs, 24 heat maps, 16 word-map sets)``."""
@@ -48,7 +52,8 @@ class ExportReport:
 
         return (f"wrote {self.path}: {human_size(self.total_bytes)} (data {human_size(self.data_bytes)}: "
                 f"{self.runs} run{'s' if self.runs != 1 else ''}, {self.heatmaps} heat maps, {self.maps} word-map "
-                f"sets; the rest is plotly.js and the viewer)")
+                f"sets, {self.balances} condition balances, {self.videos} videos; the rest is plotly.js and the "
+                f"viewer)")
 
 
 def _source(store: Any) -> Source:
@@ -81,7 +86,7 @@ def export_data(store: Any, runs: Sequence[str] | None = None, steps: Sequence[i
     ids = source.run_ids()
     chosen = ids if runs is None else [source.check_run(r) for r in runs]
     answers: dict[str, Any] = {}
-    counts = {"runs": 0, "heatmaps": 0, "maps": 0}
+    counts = {"runs": 0, "heatmaps": 0, "maps": 0, "balances": 0, "videos": 0}
 
     def put(endpoint: str, params: dict[str, Any]) -> Any:
         answer = source.answer(endpoint, {k: str(v) for k, v in params.items()})
@@ -92,6 +97,9 @@ def export_data(store: Any, runs: Sequence[str] | None = None, steps: Sequence[i
     for name in chosen:
         info = put("run", {"run": name})
         counts["runs"] += 1
+        put("anchor", {"run": name})
+        counts["videos"] += bool(put("video", {"run": name})["frames"])
+        counts["balances"] += _put_balances(source, name, info, answers)
         for branch in info["branches"]:
             for var in info["variables"]:
                 for w in ["", *info["words"]] if var in info["per_word"] else [""]:
@@ -115,6 +123,27 @@ def export_data(store: Any, runs: Sequence[str] | None = None, steps: Sequence[i
     return {"answers": answers, "options": options}, counts
 
 
+def _put_balances(source: Source, name: str, info: dict[str, Any], answers: dict[str, Any]) -> int:
+    """Embed the condition balance of every branch and step range (first <= last) the page offers, from the
+    balance variables read once; how many (branches x n(n+1)/2 for n steps: small answers, one value per layer
+    and condition)."""
+    from .balance import BALANCE_VARS, condition_balance
+
+    if not info["has_balance"]:
+        return 0
+    ds = source.dataset(name)
+    ds = ds[[v for v in BALANCE_VARS if v in ds.data_vars]].load()
+    offered = info["steps_list"]
+    n = 0
+    for branch in info["branches"]:
+        for i, first in enumerate(offered):
+            for last in offered[i:]:
+                params = {"run": name, "branch": branch, "first": first, "last": last}
+                answers[request_key("balance", params)] = condition_balance(ds, branch, first, last)
+                n += 1
+    return n
+
+
 def export_html(store: Any, path: str | os.PathLike, runs: Sequence[str] | None = None,
                 steps: Sequence[int] | None = None, word: str | None = None, run: str | None = None) -> ExportReport:
     """Write the viewer for `store`'s runs as one self-contained HTML file at `path` (see the module docstring).
@@ -129,7 +158,7 @@ def export_html(store: Any, path: str | os.PathLike, runs: Sequence[str] | None 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(html, encoding="utf-8")
     return ExportReport(target, target.stat().st_size, report["data_bytes"], report["runs"], report["heatmaps"],
-                        report["maps"])
+                        report["maps"], report["balances"], report["videos"])
 
 
 def _build(store: Any, runs: Sequence[str] | None, steps: Sequence[int] | None, word: str | None,
@@ -140,6 +169,7 @@ def _build(store: Any, runs: Sequence[str] | None, steps: Sequence[int] | None, 
     data, counts = export_data(store, runs, steps, word, run)
     size = len(json.dumps(data, separators=(",", ":")).encode())
     data["options"]["summary"] = (f"{counts['runs']} run{'s' if counts['runs'] != 1 else ''}, {counts['heatmaps']} "
-                                  f"heat maps, {counts['maps']} word-map sets; data {human_size(size)}")
+                                  f"heat maps, {counts['maps']} word-map sets, {counts['balances']} condition "
+                                  f"balances, {counts['videos']} videos; data {human_size(size)}")
     label = str(data["options"]["source"])
     return page_html(label, data), {**counts, "data_bytes": size}
