@@ -7,6 +7,7 @@ Set FGLENS_SCREENSHOTS=DIR to keep the screenshots."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -183,3 +184,112 @@ def test_exported_file(driver, store, tmp_path):
 
 def test_chromium_is_debians():
     assert shutil.which("chromium") in (CHROMIUM, None) and os.path.realpath(CHROMEDRIVER).startswith("/usr/")
+
+
+@pytest.fixture(scope="module")
+def panel_store(tmp_path_factory, wan_i2v) -> Path:
+    """An anchored run with maps whose video is kept beside the store (`fglens eval run`'s layout)."""
+    from test_view_panels import anchored_edit, keep_video
+
+    path = tmp_path_factory.mktemp("view-browser-panels") / "runs.zarr"
+    ds = fg.testing.tiny_run("wan", words=("dog", "fence"), store=path, pipe=wan_i2v, edit=anchored_edit())
+    keep_video(path, ds.attrs["run"], np.random.default_rng(1).random((4, 32, 48, 3)))
+    return path
+
+
+def _values(text: str) -> np.ndarray:
+    return np.array([float(v) for v in text.split(",")], dtype=np.float32)
+
+
+def _check_balance(driver, ds, first: int, last: int) -> None:
+    from test_view_panels import expected_mean
+
+    _wait(driver, f"const b = document.getElementById('balance').dataset; return b.first === '{first}' && "
+          f"b.last === '{last}' && !!b.series")
+    series = dict(json.loads(driver.execute_script("return document.getElementById('balance').dataset.series;")))
+    drawn = driver.execute_script("return document.getElementById('balance').data.map(t => [t.name, t.y]);")
+    text = expected_mean(ds, "text_share", "cond", range(first, last + 1))
+    expected = {"text": text.astype(np.float32), "image": (1.0 - text).astype(np.float32)}
+    assert list(series) == ["text", "image"] and [name for name, _ in drawn] == ["text", "image"]
+    for name, y in drawn:  # the bars plotly drew, and the page's record of them: the store's float32 values
+        np.testing.assert_array_equal(np.array(y, dtype=np.float64), expected[name].astype(np.float64))
+        np.testing.assert_array_equal(_values(series[name]), expected[name])
+
+
+def _exercise_panels(driver, store: Path, prefix: str) -> None:
+    from PIL import Image
+
+    from fglens.eval.runner import load_video
+    from fglens.store.image import reference_thumbnail
+
+    ds = fg.open_run(store, fg.store.list_runs(store)[0])
+    _ready(driver)
+    _check_balance(driver, ds, 0, 1)  # the condition balance over all steps, then over step 1 alone
+    Select(driver.find_element(By.ID, "balance-first")).select_by_value("1")
+    _check_balance(driver, ds, 1, 1)
+    _not_blank(driver.find_element(By.ID, "balance").screenshot_as_png, f"{prefix}-balance.png", min_colours=16)
+
+    _wait(driver, "return document.getElementById('anchor-panels').dataset.count === '1'")  # the anchor mask
+    panel = driver.find_element(By.CSS_SELECTOR, "#anchor-panels .anchor-panel")
+    np.testing.assert_array_equal(_values(panel.get_attribute("data-values")), MASK_VALUES)
+    assert panel.get_attribute("data-word") == "dog"
+    _not_blank(panel.screenshot_as_png, f"{prefix}-anchor.png", min_colours=16)
+
+    _wait(driver, "return document.getElementById('frame-player').dataset.frame === '0'")  # the frame player
+    layer = driver.execute_script("return document.getElementById('frame-player').dataset.layer;")
+    driver.execute_script("const s = document.getElementById('frame-slider'); s.value = '1';"
+                          "s.dispatchEvent(new Event('input'));")
+    _wait(driver, "return document.getElementById('frame-player').dataset.frame === '1'")
+    shown = driver.find_element(By.ID, "frame-player").get_attribute("data-values")
+    expected = ds.word_map.sel(branch="cond", layer=layer, step=0, word="dog").isel(frame=1).values.reshape(-1)
+    np.testing.assert_array_equal(_values(shown), expected)
+    driver.find_element(By.ID, "frame-play").click()  # play: frame 1 -> 0 (two latent frames) and on
+    _wait(driver, "return document.getElementById('frame-player').dataset.frame === '0'", timeout=10)
+    driver.find_element(By.ID, "frame-play").click()  # pause
+    assert driver.find_element(By.ID, "frame-play").text == "play frames"
+
+    stored = (load_video(next((store.parent / "videos").rglob("*.npz"))) * 255).round().astype(np.uint8)
+    driver.find_element(By.ID, "video-play").click()  # the video plays through its frames
+    _wait(driver, "return document.getElementById('video-frame').dataset.frame === '3'", timeout=10)
+    driver.find_element(By.ID, "video-play").click()
+    frame = int(driver.find_element(By.ID, "video-frame").get_attribute("data-frame"))
+    src = driver.find_element(By.ID, "video-frame").get_attribute("src")
+    png = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
+    np.testing.assert_array_equal(png, reference_thumbnail(stored[frame]))
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+MASK_VALUES = np.array([0.0, 1.0, 1.0, 0.0, 0.25, 1.0], dtype=np.float32)
+
+
+def test_panels_served(driver, panel_store):
+    from fglens.view import ViewServer
+
+    srv = ViewServer(panel_store).start()
+    try:
+        driver.get(srv.url)
+        _exercise_panels(driver, panel_store, "served")
+        _nothing_from_elsewhere(driver, srv.url)
+    finally:
+        srv.stop()
+
+
+def test_panels_exported(driver, panel_store, tmp_path):
+    from fglens.view import export_html
+
+    target = tmp_path / "panels.html"
+    export_html(panel_store, target)
+    driver.get(target.as_uri())
+    _exercise_panels(driver, panel_store, "exported")
+    _nothing_from_elsewhere(driver, target.as_uri())
+
+
+def test_no_anchor_and_no_video_said_so(driver, server, store):
+    driver.get(server.url)
+    _ready(driver)
+    _wait(driver, "return document.getElementById('anchor-panels').dataset.count === '0'")
+    assert driver.find_element(By.ID, "anchor-note").text == \
+        "No anchor mask: this run had no intervention, so no anchor mask."
+    assert "no video was recorded with this run" in driver.find_element(By.ID, "video-note").text
+    assert not driver.find_element(By.ID, "video-box").is_displayed()

@@ -20,10 +20,15 @@ from typing import Any
 
 #: the only files the server serves: name -> (where it lives, its content type)
 ASSETS: dict[str, tuple[str, str]] = {
+    "viewer-core.js": ("static", "text/javascript; charset=utf-8"),
+    "viewer-panels.js": ("static", "text/javascript; charset=utf-8"),
     "viewer.js": ("static", "text/javascript; charset=utf-8"),
     "viewer.css": ("static", "text/css; charset=utf-8"),
     "plotly.min.js": ("plotly", "text/javascript; charset=utf-8"),
 }
+
+#: the page's scripts after plotly.js, in the order they run: shared helpers, the run's panels, the page itself
+SCRIPTS = ("viewer-core.js", "viewer-panels.js", "viewer.js")
 
 
 class MissingPlotly(ImportError):
@@ -70,12 +75,12 @@ def page_html(label: str, data: dict[str, Any] | None = None) -> str:
     page = page.replace("{{LABEL}}", html_lib.escape(label))
     if data is None:
         head = '<link rel="stylesheet" href="assets/viewer.css">'
-        scripts = '<script src="assets/plotly.min.js"></script>\n<script src="assets/viewer.js"></script>'
+        scripts = "\n".join(f'<script src="assets/{name}"></script>' for name in ("plotly.min.js", *SCRIPTS))
         embedded = ""
     else:
         head = "<style>\n" + asset_bytes("viewer.css").decode() + "\n</style>"
         text = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
         embedded = f'<script type="application/json" id="fglens-data">{text}</script>'
-        scripts = ("<script>" + _inline_script(asset_bytes("plotly.min.js").decode()) + "</script>\n<script>"
-                   + _inline_script(asset_bytes("viewer.js").decode()) + "</script>")
+        scripts = "\n".join("<script>" + _inline_script(asset_bytes(name).decode()) + "</script>"
+                             for name in ("plotly.min.js", *SCRIPTS))
     return page.replace("{{HEAD}}", head).replace("{{DATA}}", embedded).replace("{{SCRIPTS}}", scripts)

@@ -1,74 +1,12 @@
-/* fglens view: the run list, a layer x step heat map, word maps over the reference image, two runs compared.
- * Data come from the local server (api/<endpoint>?...) or, in an exported page, from the answers embedded in
- * <script id="fglens-data">, looked up by the same request key as fglens.view.data.request_key.
- * Text from the store is only ever set with textContent (never parsed as HTML). */
+/* fglens view: the run list, a layer x step heat map, word maps over the reference image, two runs compared;
+ * the panels of viewer-panels.js (condition balance, anchor mask, video, frame player) are called from here.
+ * Helpers and data access are in viewer-core.js. Text from the store is only ever set with textContent. */
 (function () {
   "use strict";
-  const embedded = document.getElementById("fglens-data");
-  const EMBED = embedded ? JSON.parse(embedded.textContent) : null;
-  const OPTIONS = (EMBED && EMBED.options) || {};
+  const V = window.fglensView;
+  const { EMBED, OPTIONS, CONFIG, $, api, unpack, rows, valuesText, status, report, fill, overlayFigure } = V;
   const WEAK_SCORES = ["similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i"];
-  const MAGMA = [[0, "#000004"], [0.13, "#1c1044"], [0.25, "#4f127b"], [0.38, "#812581"], [0.5, "#b5367a"],
-    [0.63, "#e55064"], [0.75, "#fb8761"], [0.88, "#fec287"], [1, "#fcfdbf"]];
-  const CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["sendDataToCloud"] };
-  const $ = (id) => document.getElementById(id);
   const state = { runs: [], run: null, info: null, layer: null, stepIndex: 0, playing: null, other: null };
-
-  function requestKey(endpoint, params) {
-    const items = Object.entries(params).map(([k, v]) => [String(k), String(v)]);
-    items.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
-    return JSON.stringify([endpoint, items]);
-  }
-
-  async function api(endpoint, params) {
-    params = params || {};
-    if (EMBED) {
-      const key = requestKey(endpoint, params);
-      if (!(key in EMBED.answers)) throw new Error("not in this export: " + endpoint + " " + JSON.stringify(params));
-      return EMBED.answers[key];
-    }
-    const response = await fetch("api/" + endpoint + "?" + new URLSearchParams(params).toString());
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error || response.statusText);
-    return body;
-  }
-
-  function unpack(packed) {
-    const bin = atob(packed.b64);
-    const bytes = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
-    return new Float32Array(bytes.buffer);
-  }
-
-  function rows(values, nrows, ncols, offset) {
-    const out = [];
-    for (let i = 0; i < nrows; i++) {
-      const row = [];
-      for (let j = 0; j < ncols; j++) {
-        const v = values[(offset || 0) + i * ncols + j];
-        row.push(Number.isFinite(v) ? v : null);
-      }
-      out.push(row);
-    }
-    return out;
-  }
-
-  function status(text, error) {
-    const el = $("status");
-    el.textContent = text || "";
-    el.className = error ? "error" : "";
-  }
-
-  function fill(select, values, labels, chosen) {
-    select.replaceChildren();
-    values.forEach((v, i) => {
-      const option = document.createElement("option");
-      option.value = v;
-      option.textContent = labels ? labels[i] : v;
-      select.appendChild(option);
-    });
-    if (chosen !== undefined && values.includes(chosen)) select.value = chosen;
-  }
 
   /* ---------- the run list ---------- */
   function runMatches(row, words) {
@@ -229,6 +167,7 @@
     if (!info.has_maps) {
       $("maps-note").textContent = "This run has no word maps (record them with fg.Record(maps=True)).";
       panels.replaceChildren();
+      await V.panels.setMapFrames(null);
       return;
     }
     const step = info.steps_list[state.stepIndex];
@@ -241,6 +180,7 @@
     } catch (err) {
       $("maps-note").textContent = String(err.message || err);
       panels.replaceChildren();
+      await V.panels.setMapFrames(null);
       return;
     }
     const [nf, ny, nx] = answer.shape;
@@ -254,24 +194,13 @@
       const div = document.createElement("div");
       div.className = "map-panel" + (f === nf - 1 ? " with-scale" : "");
       Object.assign(div.dataset, { run: state.run, layer: params.layer, step: String(step), word: params.word,
-        branch: params.branch, frame: String(f) });
-      const flat = Array.from(values.subarray(f * ny * nx, (f + 1) * ny * nx));
-      div.dataset.values = flat.map((v) => (Number.isFinite(v) ? String(v) : "NaN")).join(",");
+        branch: params.branch, frame: String(f), values: valuesText(values.subarray(f * ny * nx, (f + 1) * ny * nx)) });
       panels.appendChild(div);
-      const traces = [];
-      if (info.image) {
-        const [h, w] = info.image_size;
-        traces.push({ type: "image", source: info.image, x0: -0.5 + nx / w / 2, y0: -0.5 + ny / h / 2, dx: nx / w,
-          dy: ny / h, hoverinfo: "skip" });
-      }
-      traces.push({ type: "heatmap", z: rows(values, ny, nx, f * ny * nx), colorscale: MAGMA,
-        zmin: answer.min === null ? 0 : answer.min, zmax: answer.max === null ? 1 : answer.max, opacity: info.image ? 0.6 : 1,
-        showscale: f === nf - 1, colorbar: { thickness: 10 }, hovertemplate: "y %{y}, x %{x}<br>%{z:.5g}<extra></extra>" });
-      const layout = { title: { text: "frame " + f, font: { size: 12 } }, margin: { l: 25, r: 10, t: 28, b: 20 },
-        xaxis: { range: [-0.5, nx - 0.5], showgrid: false, zeroline: false, constrain: "domain", dtick: 1, tick0: 0 },
-        yaxis: { range: [ny - 0.5, -0.5], showgrid: false, zeroline: false, scaleanchor: "x", dtick: 1, tick0: 0 } };
+      const [traces, layout] = overlayFigure(info, rows(values, ny, nx, f * ny * nx), ny, nx, { title: "frame " + f,
+        zmin: answer.min === null ? 0 : answer.min, zmax: answer.max === null ? 1 : answer.max, showscale: f === nf - 1 });
       await Plotly.newPlot(div, traces, layout, { displayModeBar: false, responsive: true });
     }
+    await V.panels.setMapFrames(answer, params, info);
     panels.dataset.layer = params.layer;
     panels.dataset.step = String(step);
     panels.dataset.word = params.word;
@@ -409,8 +338,12 @@
     fill($("compare-select"), [""].concat(others.map((r) => r.id)),
       ["—"].concat(others.map((r) => r.id + " (" + r.intervention + ")")));
     syncWordSelect();
+    V.panels.fillBalanceSteps(info, stepLabels(info));
+    $("balance-section").hidden = false;
+    $("anchor-section").hidden = false;
+    $("video-section").hidden = false;
     state.layer = null;
-    await drawHeatmap();
+    await Promise.all([drawHeatmap(), V.panels.drawBalance(state), V.panels.drawAnchor(state), V.panels.drawVideo(state)]);
     const weak = state.weak.weak;
     const layer = weak.length ? weak[0] : info.layers[Math.floor(info.layers.length / 2)];
     await selectCell(layer, 0);
@@ -423,11 +356,6 @@
     if (!perWord) $("heat-word-select").value = "";
   }
 
-  function report(err) {
-    console.error(err);
-    status(String(err.message || err), true);
-  }
-
   async function start() {
     if (EMBED) $("footer").textContent = "Exported by fglens " + (OPTIONS.version || "") + " on " + (OPTIONS.created || "") +
       ": " + OPTIONS.summary;
@@ -437,7 +365,11 @@
     $("run-filter").addEventListener("input", drawRunTable);
     $("complete-only").addEventListener("change", drawRunTable);
     $("var-select").addEventListener("change", () => { syncWordSelect(); drawHeatmap().catch(report); });
-    $("branch-select").addEventListener("change", () => drawHeatmap().then(drawMaps).catch(report));
+    $("branch-select").addEventListener("change", () => drawHeatmap().then(drawMaps)
+      .then(() => V.panels.drawBalance(state)).catch(report));
+    $("balance-first").addEventListener("change", () => V.panels.drawBalance(state).catch(report));
+    $("balance-last").addEventListener("change", () => V.panels.drawBalance(state).catch(report));
+    V.panels.init();
     $("heat-word-select").addEventListener("change", () => drawHeatmap().catch(report));
     $("map-word-select").addEventListener("change", () => drawMaps().catch(report));
     $("map-layer-select").addEventListener("change", (e) => selectCell(e.target.value, state.stepIndex).catch(report));
