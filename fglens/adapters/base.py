@@ -198,6 +198,15 @@ class Adapter:
         """For a joint site: the segments of one call, given the prompt encoding of its branch (or None)."""
         raise NotImplementedError(f"{type(self).__name__} has no joint attention sites")
 
+    def joint_key_mask(self, attn_mask: torch.Tensor, segments: Segments) -> torch.Tensor:
+        """For a joint site: the key mask that the kernel's `attn_mask` applies to every video query row of the call
+        (``[B, S]`` or ``[B, 1, 1, S]``; recorders and edits add it to the video rows' logits). Default: the mask as
+        the kernel got it, which must then vary along the keys only (HunyuanVideo). An adapter whose processor
+        builds a mask with a query dimension overrides this where the video rows provably share one key mask
+        (HunyuanVideo-1.5: ``m_q & m_k`` with every video query valid, so each video row is ``m_k``); the kernel
+        is still re-run with its own mask, its rows sliced with the queries."""
+        return attn_mask
+
     def image_grid(self, n_image: int, tokens: PromptTokens | None, crop: bool) -> ImageGrid | None:
         """Where a call's `n_image` image-condition tokens sit in the reference image (`ImageGrid`), or None where
         the architecture does not say. `crop`: the pipeline's image processor centre-crops."""

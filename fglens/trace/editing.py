@@ -135,9 +135,13 @@ class Editor:
         segments: Segments | None,
         need_lse: bool,
         attn_mask: torch.Tensor | None = None,
+        kernel_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, EditCall]:
         """Run the call with the parts' edits; return (output, row LSE or None, the `EditCall`: its biases and mixes
-        are what recorders need to know)."""
+        are what recorders need to know). `attn_mask`: the call's mask as the video rows' logits get it (a joint
+        site's key mask, `Adapter.joint_key_mask`); `kernel_mask`: the mask the kernel got, when it differs (one
+        with a query dimension), which re-runs of the kernel on some of the rows take, sliced with them."""
+        kernel_mask = attn_mask if kernel_mask is None else kernel_mask
         query, key, value = qkv
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
         call = EditCall(
@@ -162,10 +166,10 @@ class Editor:
         need_lse = need_lse or any(part.needs_lse(call) for part in parts)
         spans = bias_spans(biases, key.shape[1]) if biases and site.kind == "joint" and cells is None else None
         if spans is not None:  # joint attention, the whole call in scope: the bias where it acts (`split`)
-            out, lse = split_call(call, biases, spans, run, run_with_lse, need_lse, attn_mask)
+            out, lse = split_call(call, biases, spans, run, run_with_lse, need_lse, kernel_mask)
         elif biases and cells is not None:  # a frame / head / branch scope: rows outside it stay the model's own
             out, lse = _scoped_call(call, [part for part, bs in biased if bs], cells,
-                                    augment(query, key, value, biases, scale), run, run_with_lse, need_lse, attn_mask)
+                                    augment(query, key, value, biases, scale), run, run_with_lse, need_lse, kernel_mask)
         else:
             q2, k2, v2 = augment(query, key, value, biases, scale) if biases else (query, key, value)
             out, lse = run_call(run, run_with_lse, q2, k2, v2, need_lse, scale, call.key_bias,

@@ -73,9 +73,14 @@ def split_call(call: EditCall, biases: Sequence[Bias], spans: list[tuple[int, in
     r0, r1 = call.video_rows
     rest = _complement(spans, n_keys)
     masked = attn_mask is not None
+    # a mask with a query dimension (HunyuanVideo-1.5's [B, 1, S, S]) follows the rows of each re-run
+    by_rows = masked and attn_mask.dim() >= 2 and attn_mask.shape[-2] == query.shape[1] and query.shape[1] > 1
+
+    def rows_of(a: int, z: int) -> torch.Tensor | None:
+        return attn_mask.narrow(attn_mask.dim() - 2, a, z - a) if by_rows else attn_mask
 
     def mask_of(cols: list[tuple[int, int]]) -> dict:
-        return {"attn_mask": _take(attn_mask, cols, attn_mask.dim() - 1)} if masked else {}
+        return {"attn_mask": _take(rows_of(r0, r1), cols, attn_mask.dim() - 1)} if masked else {}
 
     # the video rows over the keys without bias: the model's kernel, with its row log-sum-exp
     q_v = query[:, r0:r1]
@@ -115,7 +120,8 @@ def split_call(call: EditCall, biases: Sequence[Bias], spans: list[tuple[int, in
     if lse_all is not None:
         lse_all[..., r0:r1] = lse_v
     for a, z in others:
-        o, lo = run_call(run, run_with_lse, query[:, a:z], key, value, need_lse, call.scale, call.key_bias)
+        own = {"attn_mask": rows_of(a, z)} if by_rows else {}
+        o, lo = run_call(run, run_with_lse, query[:, a:z], key, value, need_lse, call.scale, call.key_bias, **own)
         out[:, a:z] = o
         if lse_all is not None:
             lse_all[..., a:z] = lo

@@ -243,15 +243,17 @@ class Trace:
             tokens = self._branch_tokens(forward)
             adapter = self._adapter_of[site.layer]
             segments = adapter.segments(query.shape[1], key.shape[1], forward.n_tokens, tokens)
-            attn_mask = _call_arg(args, kwargs, "attn_mask", 0)
-            if attn_mask is not None:
+            kernel_mask = _call_arg(args, kwargs, "attn_mask", 0)
+            attn_mask = None
+            if kernel_mask is not None:
                 segments = _drop_padding(segments, tokens, forward)
+                attn_mask = adapter.joint_key_mask(kernel_mask, segments)  # what the video rows' logits get
             if edits and self._image_crop is not None:
                 n_image = segments.image[1] - segments.image[0]
                 segments = replace(segments, image_grid=adapter.image_grid(n_image, tokens, self._image_crop))
             call.segments, call.attn_mask = segments, attn_mask
         else:  # a separate call (text, image, self): its mask, if any, is a key mask (LTX-Video's text padding)
-            call.attn_mask = _call_arg(args, kwargs, "attn_mask", 0)
+            call.attn_mask = kernel_mask = _call_arg(args, kwargs, "attn_mask", 0)
         if site.kind == "image" and edits and self._image_crop is not None:  # Wan: the image keys alone
             grid = self._adapter_of[site.layer].image_grid(key.shape[1], self._branch_tokens(forward),
                                                            self._image_crop)
@@ -259,7 +261,7 @@ class Trace:
         need_lse = record and site.kind == "joint"
         if edits:
             out, lse, edited = self.editor.apply(edits, site, forward, (query, key, value), run, run_with_lse,
-                                                 call.scale, segments, need_lse, call.attn_mask)
+                                                 call.scale, segments, need_lse, call.attn_mask, kernel_mask)
             call.biases, call.mixes = edited.biases, edited.mixes
         elif need_lse:
             fast = run_with_lse()  # the same output bits, with the row log-sum-exp
