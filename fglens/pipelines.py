@@ -246,7 +246,16 @@ def call_kwargs(
                 f"{key} {size[key]} is not a multiple of {multiple} (the pixels per latent token of this model); "
                 f"use e.g. {max(multiple, size[key] // multiple * multiple)}"
             )
-    kwargs: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in size.items() if v is not None}}
+    params = inspect.signature(type(pipe).__call__).parameters
+    own = default_size(pipe)
+    for key, value in (("height", height), ("width", width), ("guidance_scale", guidance_scale)):
+        if value is not None and key not in params and value != own.get(key):
+            raise ValueError(f"{type(pipe).__name__} takes no {key}: "
+                             + ("it sizes the video from the reference image's aspect ratio and its transformer's "
+                                "target_size; give an image of the aspect you want" if key != "guidance_scale" else
+                                "its guider (pipe.guider) sets the guidance"))
+    # a size the pipeline does not take (HunyuanVideo-1.5 I2V: height and width) is its own business
+    kwargs: dict[str, Any] = {"prompt": prompt, **{k: v for k, v in size.items() if v is not None and k in params}}
     if takes_image(pipe):
         if image is None:
             raise ValueError(f"{type(pipe).__name__} is image-to-video: give a reference image")

@@ -143,7 +143,8 @@ def prepare(args: argparse.Namespace) -> Item:
         options = CallOptions(steps=args.steps, height=height, width=width, num_frames=args.frames)
         item = Item(pipe, args.prompt, words, image, args.seed, options)
         kwargs = item.call_kwargs()  # checks the image, the size and the prompt
-        item.options = replace(options, height=kwargs.get("height"), width=kwargs.get("width"))
+        # a pipeline that sizes the video itself (HunyuanVideo-1.5 I2V) takes no height / width: keep the asked ones
+        item.options = replace(options, height=kwargs.get("height", height), width=kwargs.get("width", width))
         return item
     except (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError, KeyError,
             TypeError) as exc:
