@@ -68,7 +68,7 @@ def _with_small_defaults(pipe, family: str):
         def __call__(self, *args, **kwargs):
             bound = signature.bind_partial(self, *args, **kwargs).arguments
             for key, value in self._fglens_call_defaults.items():
-                if key not in bound:
+                if key not in bound and key in signature.parameters:  # HunyuanVideo-1.5 I2V: no height / width
                     kwargs[key] = value
             return base.__call__(self, *args, **kwargs)
 
@@ -758,6 +758,166 @@ def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, text_to_video: bool
                transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return _with_small_defaults(pipe, "ltx")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# HunyuanVideo-1.5
+# --------------------------------------------------------------------------------------------------------------
+
+HUNYUAN15_TEXT_DIM = 16  # hidden size of the tiny Qwen2.5-VL text model (= the transformer's text_embed_dim)
+HUNYUAN15_GLYPH_DIM = 8  # d_model of the tiny ByT5 encoder (= text_embed_2_dim)
+HUNYUAN15_IMAGE_DIM = 8  # hidden size of the tiny SigLIP vision model (= image_embed_dim)
+# Qwen2 pre-tokenization regex (Llama 3's with single digits), and its chat specials
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_QWEN2_CHAT = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+               "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+               "{% endif %}")
+
+
+def tiny_qwen2_tokenizer():
+    """A Qwen2-style byte-level BPE `PreTrainedTokenizerFast` built in memory, with the ChatML template and specials.
+
+    Every piece of the HunyuanVideo-1.5 system prompt and of a small English vocabulary is one token, so the chat
+    template puts the user prompt at position 108, the pipelines' `prompt_template_encode_start_idx`, as the real
+    Qwen2.5-VL tokenizer does. Ids: `<|endoftext|>` 0 (also pad), `<|im_start|>` 1, `<|im_end|>` 2.
+
+    Example:
+        >>> tok = tiny_qwen2_tokenizer()
+        >>> tok.convert_ids_to_tokens(tok("a dog jumps").input_ids)
+        ['a', 'Ġdog', 'Ġjumps']
+    """
+    from diffusers.pipelines.hunyuan_video1_5.pipeline_hunyuan_video1_5 import HunyuanVideo15Pipeline
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    system = inspect.signature(HunyuanVideo15Pipeline._get_mllm_prompt_embeds).parameters["system_message"].default
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    corpus = ["system\n" + system + "\n", "user\nassistant\n", " ".join(_WORDS), "\n".join(_WORDS)]
+    words = [piece for text in corpus for piece, _ in pre.pre_tokenize_str(text)]
+    vocab, merges = _bpe_vocab_and_merges(words, sorted(pre_tokenizers.ByteLevel.alphabet()), specials=QWEN2_SPECIALS)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(QWEN2_SPECIALS))
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+    out.chat_template = _QWEN2_CHAT
+    return out
+
+
+def tiny_hunyuan15_transformer(*, num_layers: int = 2, heads: int = 2, head_dim: int = 8, target_size: int = 48,
+                               seed: int = 0):
+    """A random-weight `HunyuanVideo15Transformer3DModel` (dual-stream blocks only, patch 1, 3-D RoPE on the video
+    tokens) taking 4 latent channels (in: 4 noise + 4 image latent + 1 mask) and the tiny encoders' widths.
+    `target_size` (pixels) sets the I2V pipeline's resolution buckets: 48 with the ×16 VAE gives 32 × 48 for a
+    3:2 reference image."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    _seeded(seed)
+    return HunyuanVideo15Transformer3DModel(
+        in_channels=9, out_channels=4, num_attention_heads=heads, attention_head_dim=head_dim, num_layers=num_layers,
+        num_refiner_layers=1, mlp_ratio=2.0, patch_size=1, patch_size_t=1, text_embed_dim=HUNYUAN15_TEXT_DIM,
+        text_embed_2_dim=HUNYUAN15_GLYPH_DIM, image_embed_dim=HUNYUAN15_IMAGE_DIM,
+        rope_axes_dim=(head_dim - 2 * (head_dim // 4), head_dim // 4, head_dim // 4), target_size=target_size,
+    ).eval()
+
+
+def tiny_hunyuan15_i2v_pipeline(*, num_layers: int = 2, seed: int = 0, text_to_video: bool = False,
+                                max_sequence_length: int = 24, glyph_length: int = 16):
+    """A complete `HunyuanVideo15ImageToVideoPipeline` (or `HunyuanVideo15Pipeline` with `text_to_video`) with seeded
+    random weights, built offline:
+
+    - `text_encoder`: `Qwen2_5_VLTextModel` (3 layers, hidden 16) with `tiny_qwen2_tokenizer()`; prompts padded to
+      `max_sequence_length` tokens after the 108-token system prompt (the pipeline's `tokenizer_max_length`, 1000
+      for the real model, an instance attribute).
+    - `text_encoder_2`: a ByT5 `T5EncoderModel` (d_model 8) with transformers' `ByT5Tokenizer` (bytes, no vocabulary
+      file); glyph text padded to `glyph_length` bytes (`tokenizer_2_max_length`, 256 for the real model).
+    - `image_encoder`: `SiglipVisionModel` on 16 × 16 images with 4 × 4 patches: 16 image tokens (729 for the real
+      model); `feature_extractor`: `SiglipImageProcessor` at 16 px (a resize, no crop).
+    - `vae`: `AutoencoderKLHunyuanVideo15` (×16 spatial, ×4 temporal, 4 latent channels); `transformer`:
+      `tiny_hunyuan15_transformer(...)`; `guider`: `ClassifierFreeGuidance` (scale 6, so two forwards per step).
+
+    The I2V pipeline takes no height or width: it picks the size from the image's aspect among buckets of the
+    transformer's `target_size` (48): a 48 × 32 reference image gives a 32 × 48 video, a 2 × 3 latent grid per frame;
+    `num_frames` 5 gives 2 latent frames. Deterministic for a given `seed`.
+
+    Example:
+        >>> pipe = tiny_hunyuan15_i2v_pipeline()
+        >>> out = pipe(image=reference_image(), prompt="a dog jumps over a fence", num_frames=5,
+        ...            num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape
+        (5, 32, 48, 3)
+    """
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15ImageToVideoPipeline,
+        HunyuanVideo15Pipeline,
+    )
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import (
+        ByT5Tokenizer,
+        Qwen2_5_VLTextConfig,
+        Qwen2_5_VLTextModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    tokenizer = tiny_qwen2_tokenizer()
+    tokenizer_2 = ByT5Tokenizer()
+    _seeded(seed)
+    text_encoder = Qwen2_5_VLTextModel(
+        Qwen2_5_VLTextConfig(
+            vocab_size=len(tokenizer), hidden_size=HUNYUAN15_TEXT_DIM, intermediate_size=32, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+            rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
+    _seeded(seed + 1)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2), d_model=HUNYUAN15_GLYPH_DIM, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+            relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0, eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
+    _seeded(seed + 2)
+    vae = AutoencoderKLHunyuanVideo15(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8, 8), layers_per_block=1, spatial_compression_ratio=16,
+        temporal_compression_ratio=4,
+    ).eval()
+    transformer = tiny_hunyuan15_transformer(num_layers=num_layers, seed=seed + 3)
+    parts = dict(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+                 scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                 guider=ClassifierFreeGuidance(guidance_scale=6.0))
+    if text_to_video:
+        pipe = HunyuanVideo15Pipeline(**parts)
+        pipe.vision_num_semantic_tokens = 16  # the zero image tokens the T2V pipeline passes (729 for the real model)
+    else:
+        _seeded(seed + 4)
+        image_encoder = SiglipVisionModel(
+            SiglipVisionConfig(hidden_size=HUNYUAN15_IMAGE_DIM, intermediate_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, image_size=16, patch_size=4)
+        ).eval()
+        pipe = HunyuanVideo15ImageToVideoPipeline(
+            **parts, image_encoder=image_encoder, feature_extractor=SiglipImageProcessor(size={"height": 16,
+                                                                                                "width": 16}))
+    pipe.tokenizer_max_length = max_sequence_length
+    pipe.tokenizer_2_max_length = glyph_length
+    pipe.set_progress_bar_config(disable=True)
+    return _with_small_defaults(pipe, "hunyuan15")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ def test_site_tables_list_every_site_kind_of_the_adapters():
         assert pattern in wan
     hunyuan = docgen.site_table("hunyuan")
     assert "`double.{i}.joint`" in hunyuan and "`single_transformer_blocks.{i}.attn`" in hunyuan
+    assert "`transformer_blocks.{i}.attn`" in docgen.site_table("hunyuan15")
     ltx = docgen.site_table("ltx")
     assert "`blocks.{i}.cross.text`" in ltx and "`transformer_blocks.{i}.attn2`" in ltx
     with pytest.raises(ValueError, match="family must be one of"):

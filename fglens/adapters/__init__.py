@@ -10,12 +10,13 @@ import torch
 from .base import Adapter, Site
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
+from .hunyuan15 import HunyuanVideo15Adapter
 from .ltx import LTXVideoAdapter
 from .skyreels import SkyReelsV2Adapter
 from .wan import WanAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter, SkyReelsV2Adapter,
-                                      LTXVideoAdapter)
+                                      LTXVideoAdapter, HunyuanVideo15Adapter)
 
 
 def supported_classes() -> list[str]:
@@ -35,7 +36,7 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideoAdapter", "LTXVideoAdapter", "Site", "SkyReelsV2Adapter",
-    "WanAdapter",
+    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
+    "Site", "SkyReelsV2Adapter", "WanAdapter",
     "adapter_for", "supported_classes",
 ]

@@ -16,6 +16,9 @@ import torch
 GENERIC_MODES = ("plain", "traced")
 #: models whose rows are hand-built (`fglens.bench.workload`), not generic
 _HAND_BUILT = ("wan", "hunyuan")
+#: models without a generic row, and why: their pipeline's inputs cannot be asked for at N video tokens by size
+_NO_ROW = {"hunyuan15": "its I2V pipeline takes no height or width (it sizes the video from the reference image's "
+                        "aspect among the buckets of the transformer's target_size)"}
 #: tiny pipelines of an adapter whose transformer input differs from the adapter's first one (Wan2.2-TI2V-5B: the
 #: reference frame in the latent, 48 channels, a per-token timestep): a row of their own
 _EXTRA_PIPELINES = {"wan22-ti2v": "tiny_wan22_ti2v_pipeline"}
@@ -30,7 +33,7 @@ def generic_pipelines() -> dict[str, str]:
 
     out: dict[str, str] = {}
     for adapter in ADAPTERS:
-        if adapter.short in _HAND_BUILT or not adapter.tiny_transformer[0]:
+        if adapter.short in _HAND_BUILT or adapter.short in _NO_ROW or not adapter.tiny_transformer[0]:
             continue
         builder = (adapter.tiny_pipelines[0].builder if adapter.tiny_pipelines
                    else adapter.tiny_transformer[0].replace("_transformer", "_pipeline"))
