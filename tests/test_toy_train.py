@@ -86,6 +86,44 @@ def test_an_object_weighted_run_trains(tmp_path):
     assert json.loads((tmp_path / "pipeline" / "toy.json").read_text())["config"]["dit_object_weight"] == 10.0
 
 
+def test_the_trainable_prompt_encoding_is_what_sampling_gives_the_dit():
+    from fglens.toy.model import build_pipeline
+    from fglens.toy.text import TextEncoding
+
+    pipe = build_pipeline(seed=0)
+    prompts = ["the green circle moves to the white triangle", "", "the camera pans up"]
+    ref, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=512,
+                                device=torch.device("cpu"))
+    got = TextEncoding(pipe, train=True)(prompts)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    assert got.requires_grad and not TextEncoding(pipe)(prompts).requires_grad
+    torch.testing.assert_close(TextEncoding(pipe)(prompts), ref, rtol=0, atol=0)
+
+
+def test_a_run_with_text_lr_trains_the_text_encoder_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from fglens.toy.model import build_pipeline
+
+    def encoder(path):
+        return load_file(path / "pipeline" / "text_encoder" / "model.safetensors")
+
+    cfg = TrainConfig(**{**SMOKE, "text_lr": 1e-3})
+    straight = tmp_path / "straight"
+    train(cfg, straight, progress=False)
+    start = build_pipeline(seed=0).text_encoder.state_dict()
+    after = encoder(straight)
+    assert any(not torch.equal(after[k], start[k]) for k in after if k in start)  # the encoder moved
+    resumed = tmp_path / "resumed"
+    train(TrainConfig(**{**SMOKE, "text_lr": 1e-3, "dit_steps": 2}), resumed, progress=False)
+    train(cfg, resumed, progress=False)
+    for a, b in ((_state(straight), _state(resumed)), (after, encoder(resumed))):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    frozen = tmp_path / "frozen"  # text_lr 0 (the default): the seeded encoder, untouched
+    train(TrainConfig(**SMOKE), frozen, progress=False)
+    assert all(torch.equal(v, start[k]) for k, v in encoder(frozen).items() if k in start)
+
+
 def test_the_weak_variant_plants_its_layers(tmp_path):
     import fglens as fg
 
@@ -134,6 +172,8 @@ def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     (dict(planted_p=1.5), r"planted_p is a fraction in \[0, 1\]"),
     (dict(dit_object_weight=0.5), r"dit_object_weight is a weight >= 1"),
     (dict(dit_object_weight=float("inf")), "dit_object_weight must be a finite number"),
+    (dict(text_lr=float("nan")), "text_lr must be a finite number"),
+    (dict(variant="weak", text_lr=1e-4), "text_lr must be 0 for the weak variant"),
 ])
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):

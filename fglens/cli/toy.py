@@ -40,7 +40,7 @@ def register(sub) -> None:
     t.add_argument("--dit-from", help="start the DiT from a trained pipeline folder (<base run>/pipeline)")
     for name, kind in (("vae-steps", int), ("vae-batch", int), ("pool", int), ("dit-steps", int),
                        ("dit-batch", int), ("dit-lr", float), ("cooldown", int), ("planted-p", float),
-                       ("dit-object-weight", float)):
+                       ("dit-object-weight", float), ("text-lr", float)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--no-reinit", action="store_true",
@@ -145,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..toy.train import TrainConfig, train
 
     names = ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr", "cooldown", "planted_p",
-             "dit_object_weight")
+             "dit_object_weight", "text_lr")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))

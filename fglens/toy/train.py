@@ -48,6 +48,7 @@ import torch
 
 from .model import SHIFT, Z_DIM, build_pipeline
 from .suite import sample
+from .text import TextEncoding
 from .world import CATEGORIES, FRAMES, SIZE
 
 VARIANTS = ("base", "weak")
@@ -74,6 +75,7 @@ class TrainConfig:
     ema: float = 0.995
     prompt_dropout: float = 0.1
     dit_object_weight: float = 1.0
+    text_lr: float = 0.0
     planted: tuple[int, ...] = field(default=(3, 4))
     planted_p: float = 1.0
     planted_reinit: bool = True
@@ -93,7 +95,8 @@ class TrainConfig:
             raise ValueError(f"planted must name blocks in 0..{NUM_LAYERS - 1}; got {self.planted!r}")
         if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
             raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
-        for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight"):
+        for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight",
+                     "text_lr"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -101,6 +104,9 @@ class TrainConfig:
                 raise ValueError(f"{name} is a fraction in [0, 1], got {value!r}")
         if self.dit_object_weight < 1:
             raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")
+        if self.variant == "weak" and self.text_lr > 0:
+            raise ValueError("text_lr must be 0 for the weak variant: a planting keeps its base model's text encoder, "
+                             "so the variants share every part but the DiT")
 
     @property
     def planted_layers(self) -> list[str]:
@@ -290,18 +296,7 @@ class _Planter:
             h.remove()
 
 
-class _TextCache:
-    def __init__(self, pipe):
-        self.pipe, self.cache = pipe, {}
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        missing = sorted({p for p in prompts if p not in self.cache})
-        if missing:
-            emb, _ = self.pipe.encode_prompt(missing, do_classifier_free_guidance=False, max_sequence_length=512,
-                                             device=torch.device("cpu"))
-            self.cache.update(zip(missing, emb, strict=False))
-        return torch.stack([self.cache[p] for p in prompts])
+_TextCache = TextEncoding  # the frozen encoder's cache, by its former name (docs/toy-world.md's LoRA script)
 
 
 def dit_lr(cfg: TrainConfig, step: int) -> float:
@@ -324,16 +319,27 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
         for i in cfg.planted:
             dit.blocks[i].requires_grad_(True)
     trainable = [p for p in dit.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg.dit_lr, weight_decay=0.01)
+    groups = [{"params": trainable, "scale": 1.0}]
+    encoder = pipe.text_encoder
+    if cfg.text_lr > 0:  # the text encoder trains with the DiT (`fglens.toy.text`), at its own rate
+        encoder.requires_grad_(True)
+        groups.append({"params": list(encoder.parameters()), "scale": cfg.text_lr / cfg.dit_lr})
+        trainable = trainable + groups[1]["params"]
+    ema_text = copy.deepcopy(encoder).requires_grad_(False) if cfg.text_lr > 0 else None
+    opt = torch.optim.AdamW(groups, lr=cfg.dit_lr, weight_decay=0.01)
     ckpt, losses = out / "dit.pt", []
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         dit.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
+        if ema_text is not None:
+            encoder.load_state_dict(state["text"])
+            ema_text.load_state_dict(state["text_ema"])
         losses = list(state["losses"])
-    text = _TextCache(pipe)
-    null_raw = text([""])
+    text = TextEncoding(pipe, train=cfg.text_lr > 0)
+    with torch.no_grad():
+        null_raw = text([""])
     planter = _Planter(dit, cfg.planted, null_raw) if cfg.variant == "weak" else None
     weights = None
     if cfg.dit_object_weight != 1.0:  # the pool's items again, for their object pixels (the pool holds latents only)
@@ -356,7 +362,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
             if planter is not None:
                 planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p)
             for g in opt.param_groups:
-                g["lr"] = dit_lr(cfg, step)
+                g["lr"] = dit_lr(cfg, step) * g["scale"]
             pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
                        encoder_hidden_states_image=pool["img"][idx].float(), return_dict=False)[0]
             err = (pred - (noise - z0)).square()
@@ -373,19 +379,36 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
                 decay = min(cfg.ema, (1 + step) / (10 + step))
                 for pe, p in zip(ema.parameters(), dit.parameters(), strict=False):
                     pe.lerp_(p, 1 - decay)
+                for pe, p in zip(ema_text.parameters() if ema_text else (), encoder.parameters(), strict=False):
+                    pe.lerp_(p, 1 - decay)
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.dit_steps:
+                extra = {"text": encoder.state_dict(), "text_ema": ema_text.state_dict()} if ema_text else {}
                 save_atomic({"model": dit.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                              "losses": losses}, ckpt)
+                              "losses": losses, **extra}, ckpt)
     finally:
         if planter is not None:
             planter.remove()
         bar.close()
     dit.load_state_dict(ema.state_dict())
     dit.eval()
+    if ema_text is not None:
+        encoder.load_state_dict(ema_text.state_dict())
+        encoder.requires_grad_(False)
     return losses
+
+
+def _text_encoder_from(pipe, folder: Path) -> None:
+    """The text encoder the DiT of `folder` was trained with: its own (a run that trained it, `text_lr`), or the
+    shipped one for the shipped weights' folders; a folder with neither keeps the seeded encoder of the run."""
+    from transformers import UMT5EncoderModel
+
+    for candidate in (folder / "text_encoder", folder.parent / "shared" / "text_encoder"):
+        if (candidate / "config.json").is_file():
+            pipe.text_encoder = UMT5EncoderModel.from_pretrained(candidate, local_files_only=True).eval()
+            return
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -431,6 +454,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
 
         start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
         pipe.transformer.load_state_dict(start.state_dict())
+    if dit_from is not None:  # (a resumed run with a trained encoder gets it back from its checkpoint)
+        _text_encoder_from(pipe, Path(dit_from))
     if cfg.variant == "weak" and cfg.planted_reinit and not (out / "dit.pt").exists():
         reinit_planted_keys(pipe.transformer, cfg)
     dit_losses = train_dit(cfg, pipe, pool, out, progress)
