@@ -307,3 +307,31 @@ def test_notebook_display_in_a_kernel(store, tmp_path):
     assert not [o for o in outputs if o.output_type == "error"], outputs
     html = [o for o in outputs if o.output_type == "execute_result"][0]["data"]["text/html"]
     assert html.startswith("<iframe") and "fglens-data" in html
+
+
+def test_run_dataset_summary_in_a_kernel(store, tmp_path):
+    """``%load_ext fglens.view.notebook``: a run's Dataset shows its summary (a line, the viewer, xarray's repr);
+    any other Dataset keeps xarray's repr; ``%unload_ext`` restores it."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    name = fg.store.list_runs(store)[1]
+    cells = ["%load_ext fglens.view.notebook",
+             f"import fglens as fg, xarray as xr\nds = fg.open_run({str(store)!r}, {name!r})\nds",
+             "xr.Dataset({'a': ('x', [1.0, 2.0])})",
+             "%unload_ext fglens.view.notebook",
+             "ds"]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    assert not [o for c in nb.cells for o in c.outputs if o.output_type == "error"]
+    html = [[o["data"].get("text/html", "") for o in c.outputs if o.output_type == "execute_result"] for c in nb.cells]
+    summary = html[1][0]
+    line = f'<div class="fglens-summary"><p>fglens run {name}: “a dog jumps over the red fence”'
+    assert summary.startswith(line)
+    assert "intervention Scale" in summary and "<iframe srcdoc=" in summary and "fglens-data" in summary
+    assert "<details><summary>xarray.Dataset</summary>" in summary and "xr-wrap" in summary
+    assert "fglens-summary" not in html[2][0] and "xr-wrap" in html[2][0]  # a plain Dataset: xarray's repr
+    assert "fglens-summary" not in html[4][0] and "xr-wrap" in html[4][0]  # unloaded: xarray's repr again

@@ -2,13 +2,15 @@
 
 - ``fglens view runs.zarr``: a local page (`ViewServer`, 127.0.0.1, a free port) over the store's runs;
 - ``fglens view runs.zarr --html run.html``: one self-contained HTML file (`export_html`);
-- ``fg.view(ds, word="dog")``: the same viewer inline in a notebook (`Viewer`).
+- ``fg.view(ds, word="dog")``: the same viewer inline in a notebook (`Viewer`);
+- ``%load_ext fglens.view.notebook``: a run's Dataset shown in the notebook as that viewer (`fglens.view.notebook`).
 
 The page shows the run list with a filter; for one run the layer x step heat map of any statistic and branch,
 the weak and responsive layers marked (`fg.find_weak_layers`); a cell's word maps over the reference image, one
-panel per latent frame, with a word picker and a step slider; and two runs of the same seed side by side with
-their difference. Data are read lazily through `fg.open_run(load=False)` (`fglens.view.data`); the page draws
-with plotly.js from the ``plotly`` package (``pip install 'fglens[view]'``), never from a CDN.
+panel per latent frame, with a word picker, a step slider and a latent-frame player; two runs of the same seed
+side by side with their difference; the condition balance per layer; the anchor mask of an anchored run; the
+video kept with a run. Data are read lazily through `fg.open_run(load=False)` (`fglens.view.data`); the page
+draws with plotly.js from the ``plotly`` package (``pip install 'fglens[view]'``), never from a CDN.
 
 Example:
     >>> import fglens as fg
