@@ -31,6 +31,7 @@ KEYS = {
     "text": "text tokens",
     "image": "image-encoder tokens",
     "joint": "video and context tokens in one softmax (order: see below)",
+    "audio": "audio tokens (video queries; see below)",
 }
 
 
@@ -168,7 +169,7 @@ def statistics_table() -> str:
     """The markdown table of every variable a run can hold, from `fglens.stats.table` (what the runs store)."""
     from .stats.table import STATISTICS
 
-    sites = {"text": "Wan text", "image": "Wan image", "self": "Wan self", "joint": "joint"}
+    sites = {"text": "Wan text", "image": "Wan image", "self": "Wan self", "joint": "joint", "audio": "LTX-2 audio"}
     rows = ["| variable | dims after `branch, step, layer` | sites | definition | recorded |", "|---|---|---|---|---|"]
     for s in STATISTICS.values():
         how = ("by default" if s.default else "opt-in: `Record(stats=[...])`") if s.recordable else (

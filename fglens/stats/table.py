@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: per-token quantities the recorder can compute at a site (what a statistic reduces)
-SOURCES = ("word_map", "similarity", "response", "entropy", "text_mass", "image_mass", "ref_mass", "text_share")
+SOURCES = ("word_map", "similarity", "response", "entropy", "text_mass", "image_mass", "ref_mass", "text_share",
+           "audio_entropy", "audio_position")
 #: reductions of a per-token quantity over the tokens of each latent frame
 REDUCTIONS = ("frame_mean", "morans_i", "map")
 
@@ -31,7 +32,8 @@ class Statistic:
         name: the variable's name in the run (``ds[name]``) and in ``Record(stats=...)``.
         dims: its dims after the leading ``branch, step, layer``.
         kinds: the kinds of site that provide it (``text``: Wan's text cross-attention, ``joint``: one softmax over
-            video, image and text keys, ``image``: Wan's image cross-attention, ``self``: Wan's self-attention).
+            video, image and text keys, ``image``: Wan's image cross-attention, ``self``: Wan's self-attention,
+            ``audio``: a cross-attention of the video queries to another modality's keys, LTX-2's audio tokens).
         source: the per-token quantity it is computed from (`SOURCES`).
         reduce: how that quantity is reduced per latent frame (`REDUCTIONS`).
         definition: its formula, as docs/concepts.md gives it.
@@ -97,6 +99,15 @@ STATISTICS: dict[str, Statistic] = {s.name: s for s in (
               "(1/H) sum_h sum_{j in video frame 0} P[n,h,j], normalised over all keys of the site "
               "(Wan self-attention, or the joint softmax); mean over each frame",
               "attention mass on the reference frame", "reference-frame mass", default=False),
+    Statistic("audio_entropy", ("frame",), frozenset({"audio"}), "audio_entropy", "frame_mean",
+              "cross-attention of the video queries to audio keys (LTX-2): entropy of the head-mean attention over "
+              "the audio keys divided by log|A| (A: the open audio keys); mean over each frame",
+              "audio-attention entropy / log|A|", "audio entropy", default=False),
+    Statistic("audio_position", ("frame",), frozenset({"audio"}), "audio_position", "frame_mean",
+              "cross-attention of the video queries to audio keys (LTX-2): (1/H) sum_h sum_j P[n,h,j] j / (A-1), "
+              "where in the audio (0: its first token, 1: its last) the attention of video token n sits on average; "
+              "mean over each frame",
+              "mean attended audio position (0 first, 1 last audio token)", "audio position", default=False),
     Statistic("similarity_morans_i", ("word", "frame"), _WORD_SITES, "similarity", "morans_i",
               "per frame and word on the y-x grid of S_w (the similarity map), binary rook weights, as morans_i; "
               "NaN for a constant map",

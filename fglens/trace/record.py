@@ -8,6 +8,7 @@ layer. Nothing is read on the host: results stay device tensors until the forwar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,6 +300,8 @@ class Recorder:
             self._joint(call, fwd, layer)
         elif kind == "self" and "ref_mass" in self.record.stats:
             self._ref_mass(call, fwd, layer)
+        elif kind == "audio":
+            self._audio(call, fwd, layer)
 
     def _select(self, x: torch.Tensor, fwd: _ForwardState) -> torch.Tensor:
         return x if len(fwd.index) == x.shape[0] else x[fwd.index]
@@ -524,6 +527,40 @@ class Recorder:
             lse_ref = logsumexp_over_keys(q[:, a:z], k[:, :first], first, call.scale)
             mass[:, a:z] = torch.exp(lse_ref - lse_all[..., a:z]).mean(1)
         self._put(fwd, "ref_mass", layer, stats.reduce_frames(STATISTICS["ref_mass"].reduce, mass, grid))
+
+    def _audio(self, call: AttentionCall, fwd: _ForwardState, layer: int) -> None:
+        """A cross-attention of the video queries to another modality's keys (LTX-2: the audio tokens), one softmax
+        over those keys: per video token, the entropy of the head-mean attention over them (normalised by the log of
+        the open keys) and where it sits on average (key j at j / (A - 1)), in chunks of whole frames. The keys'
+        mask, if any, is applied as the kernel applies it. No intervention edits such a site."""
+        if call.biases or call.mixes:
+            raise ValueError(f"{call.site.name}: an edit reached an audio cross-attention site, which fglens' "
+                             "recorder reads unedited")
+        grid = fwd.ctx.grid
+        q = self._select(call.query, fwd)
+        k = self._select(call.key, fwd)
+        b, n, heads, _ = q.shape
+        if n != grid[0] * grid[1] * grid[2]:
+            raise ValueError(f"{call.site.name}: {n} queries, but the video grid {grid} has "
+                             f"{grid[0] * grid[1] * grid[2]} tokens (an audio site's queries are the video tokens)")
+        mask = mask_bias(call.attn_mask, k.shape[1])
+        if mask is not None and mask.shape[0] != k.shape[0]:
+            mask = self._select(mask, fwd)
+        n_keys = k.shape[1]
+        where = (torch.linspace(0.0, 1.0, n_keys, device=q.device) if n_keys > 1
+                 else q.new_zeros(1, dtype=torch.float32))
+        per_chunk = frames_per_chunk(grid, b * heads * n_keys * 4 * 3, self.record.chunk_bytes)
+        ent = q.new_zeros((b, n), dtype=torch.float32)
+        pos = q.new_zeros((b, n), dtype=torch.float32)
+        scale = default_scale(q, call.scale)
+        for a, z in frame_chunks(grid, per_chunk):
+            pbar = probs_from_dots(qk_dots(q[:, a:z], k), scale, None, mask).mean(1)  # [b, n, A]
+            ent[:, a:z] = -torch.special.xlogy(pbar, pbar).sum(-1)
+            pos[:, a:z] = pbar @ where
+        if n_keys > 1:
+            ent = ent / (torch.log(open_keys(mask).to(torch.float32))[:, None] if mask is not None
+                         else math.log(n_keys))
+        self._emit(fwd, layer, {"audio_entropy": ent, "audio_position": pos})
 
     # -- helpers --------------------------------------------------------------------------------------
     def _n_real(self, fwd: _ForwardState, total: int) -> int:
