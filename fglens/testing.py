@@ -760,6 +760,151 @@ def tiny_ltx_pipeline(*, num_layers: int = 2, seed: int = 0, text_to_video: bool
     return _with_small_defaults(pipe, "ltx")
 
 
+# -- LTX-2 ----------------------------------------------------------------------------------------------------------
+
+LTX2_TEXT_DIM = 16  # hidden size of the tiny Gemma 3 text model (= the connectors' and transformer's caption_channels)
+#: what the tiny LTX-2 pipelines' calls leave off unless asked: spatio-temporal (STG) and modality-isolation guidance
+#: add transformer forwards that fglens refuses (`fglens.adapters.ltx2`; the real defaults are 1.0 and 3.0), and the
+#: I2V reference image's H.264 re-compression (`image_crf`, which needs PyAV)
+LTX2_TINY_CALL = {"stg_scale": 0.0, "audio_stg_scale": 0.0, "modality_scale": 1.0, "audio_modality_scale": 1.0,
+                  "image_crf": 0}
+
+
+def tiny_gemma_tokenizer():
+    """A Gemma-style `GemmaTokenizerFast` (sentencepiece-style unigram pieces, ``<bos>`` first) built in memory; whole
+    words of the small vocabulary are single pieces, other text falls back to characters. Ids: ``<pad>`` 0,
+    ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3.
+
+    Example:
+        >>> tok = tiny_gemma_tokenizer()
+        >>> tok.convert_ids_to_tokens(tok("a dog jumps").input_ids)
+        ['<bos>', '▁a', '▁dog', '▁jumps']
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import GemmaTokenizerFast
+
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("<eos>", 0.0), ("<bos>", 0.0), ("<unk>", 0.0)]
+    vocab += [("▁" + w, -2.0) for w in _WORDS]
+    vocab += [("▁", -8.0)] + [(c, -10.0) for c in _CHARS] + [("▁" + c, -9.0) for c in _CHARS]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=3))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.add_special_tokens(["<pad>", "<eos>", "<bos>", "<unk>"])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                       special_tokens=[("<bos>", 2)])
+    return GemmaTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                              unk_token="<unk>", padding_side="left")
+
+
+def tiny_ltx2_transformer(*, num_layers: int = 2, heads: int = 2, head_dim: int = 8, audio_heads: int = 2,
+                          audio_head_dim: int = 4, seed: int = 0):
+    """A random-weight `LTX2VideoTransformer3DModel` (LTX-2.0 layout: patch 1; per block a video and an audio
+    stream, each with self-attention and a text cross-attention, and the two audio-video cross-attentions) taking 4
+    video latent channels, 4 audio channels per audio token (2 latent channels × 2 latent mel bins) and
+    `LTX2_TEXT_DIM`-wide connector embeddings."""
+    from diffusers import LTX2VideoTransformer3DModel
+
+    _seeded(seed)
+    return LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=heads,
+        attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, audio_in_channels=4, audio_out_channels=4,
+        audio_num_attention_heads=audio_heads, audio_attention_head_dim=audio_head_dim,
+        audio_cross_attention_dim=audio_heads * audio_head_dim, num_layers=num_layers,
+        caption_channels=LTX2_TEXT_DIM, rope_type="split", rope_double_precision=False,
+    ).eval()
+
+
+def tiny_ltx2_pipeline(*, num_layers: int = 2, seed: int = 0, text_to_video: bool = False, registers: int = 128):
+    """A complete `LTX2ImageToVideoPipeline` (or `LTX2Pipeline` with `text_to_video`) with seeded random weights,
+    built offline:
+
+    - `text_encoder`: `Gemma3ForConditionalGeneration` (2 text layers, hidden 16; a 1-layer SigLIP tower the
+      pipeline never calls) with `tiny_gemma_tokenizer()`; prompts left-padded to the call's
+      `max_sequence_length` (1024, as the real pipeline).
+    - `connectors`: `LTX2TextConnectors` (1 layer per stream, `registers` learnable registers as the real 128: the
+      real tokens are moved to the front and the padding replaced by registers, so every text key is open).
+    - `vae`: `AutoencoderKLLTX2Video` (×8 spatial, ×8 temporal, 4 latent channels); `audio_vae`:
+      `AutoencoderKLLTX2Audio` (8 mel bins, ×4 in time and mel, 2 latent channels); `vocoder`: `LTX2Vocoder`;
+      `transformer`: `tiny_ltx2_transformer(...)`; `FlowMatchEulerDiscreteScheduler`.
+
+    CFG is on by default (`guidance_scale=3`): one transformer call per step on [uncond | cond]. The call leaves
+    STG and modality-isolation guidance off unless asked (fglens refuses those extra forwards), and the H.264
+    re-compression of the reference image (`LTX2_TINY_CALL`).
+    Ask for `num_frames` ≡ 1 (mod 8) and sizes divisible by 32: 32 × 64 × 9 is a 2 × 4 × 8 latent grid, and at 24 fps
+    9 frames carry 9 audio tokens (25 per second).
+
+    Example:
+        >>> pipe = tiny_ltx2_pipeline()
+        >>> out = pipe(image=reference_image(width=64), prompt="a dog jumps over a fence", height=32, width=64,
+        ...            num_frames=9, num_inference_steps=2, output_type="np")
+        >>> out.frames[0].shape, out.audio.shape[:2]
+        ((9, 32, 64, 3), torch.Size([1, 2]))
+    """
+    from diffusers import (
+        AutoencoderKLLTX2Audio,
+        AutoencoderKLLTX2Video,
+        FlowMatchEulerDiscreteScheduler,
+        LTX2ImageToVideoPipeline,
+        LTX2Pipeline,
+    )
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors
+    from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    tokenizer = tiny_gemma_tokenizer()
+    _seeded(seed)
+    text_encoder = Gemma3ForConditionalGeneration(Gemma3Config(
+        text_config=Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=LTX2_TEXT_DIM, intermediate_size=32,
+                                     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                     max_position_embeddings=2048, sliding_window=64, pad_token_id=0, eos_token_id=1,
+                                     bos_token_id=2),
+        vision_config=SiglipVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=16, patch_size=4),
+        mm_tokens_per_image=4,
+    )).eval()
+    _seeded(seed + 1)
+    connectors = LTX2TextConnectors(
+        caption_channels=LTX2_TEXT_DIM, text_proj_in_factor=3, video_connector_num_attention_heads=2,
+        video_connector_attention_head_dim=8, video_connector_num_layers=1,
+        video_connector_num_learnable_registers=registers, audio_connector_num_attention_heads=2,
+        audio_connector_attention_head_dim=8, audio_connector_num_layers=1,
+        audio_connector_num_learnable_registers=registers, connector_rope_base_seq_len=32,
+        rope_double_precision=False, rope_type="split",
+    ).eval()
+    _seeded(seed + 2)
+    vae = AutoencoderKLLTX2Video(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8),
+        down_block_types=("LTX2VideoDownBlock3D",) * 3, decoder_block_out_channels=(8, 8, 8),
+        layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True), decoder_spatio_temporal_scaling=(True, True, True),
+        decoder_inject_noise=(False,) * 4, downsample_type=("spatiotemporal",) * 3,
+        upsample_type=("spatiotemporal",) * 3, upsample_residual=(False,) * 3, upsample_factor=(1,) * 3,
+        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+    ).eval()
+    vae.use_framewise_encoding = False
+    vae.use_framewise_decoding = False
+    _seeded(seed + 3)
+    audio_vae = AutoencoderKLLTX2Audio(
+        base_channels=4, output_channels=2, ch_mult=(1,), num_res_blocks=1, attn_resolutions=None, in_channels=2,
+        resolution=32, latent_channels=2, norm_type="pixel", causality_axis="height", dropout=0.0,
+        mid_block_add_attention=False, sample_rate=16000, mel_hop_length=160, is_causal=True, mel_bins=8,
+    ).eval()
+    _seeded(seed + 4)
+    vocoder = LTX2Vocoder(
+        in_channels=2 * 8, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4], upsample_factors=[2, 2],
+        resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]], leaky_relu_negative_slope=0.1,
+        output_sampling_rate=16000,
+    ).eval()
+    transformer = tiny_ltx2_transformer(num_layers=num_layers, seed=seed + 5)
+    cls = LTX2Pipeline if text_to_video else LTX2ImageToVideoPipeline
+    pipe = cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, audio_vae=audio_vae, text_encoder=text_encoder,
+               tokenizer=tokenizer, connectors=connectors, transformer=transformer, vocoder=vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe = _with_small_defaults(pipe, "ltx2")
+    pipe._fglens_call_defaults.update(LTX2_TINY_CALL)
+    return pipe
+
+
 # --------------------------------------------------------------------------------------------------------------
 # HunyuanVideo-1.5
 # --------------------------------------------------------------------------------------------------------------

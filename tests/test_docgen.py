@@ -28,6 +28,8 @@ def test_site_tables_list_every_site_kind_of_the_adapters():
     assert "`transformer_blocks.{i}.attn`" in docgen.site_table("hunyuan15")
     ltx = docgen.site_table("ltx")
     assert "`blocks.{i}.cross.text`" in ltx and "`transformer_blocks.{i}.attn2`" in ltx
+    ltx2 = docgen.site_table("ltx2")
+    assert "`blocks.{i}.cross.audio`" in ltx2 and "`transformer_blocks.{i}.audio_to_video_attn`" in ltx2
     with pytest.raises(ValueError, match="family must be one of"):
         docgen.site_table("no-such-family")
 

@@ -12,11 +12,12 @@ from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .hunyuan15 import HunyuanVideo15Adapter
 from .ltx import LTXVideoAdapter
+from .ltx2 import LTX2Adapter
 from .skyreels import SkyReelsV2Adapter
 from .wan import WanAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (WanAdapter, HunyuanVideoAdapter, CogVideoXAdapter, SkyReelsV2Adapter,
-                                      LTXVideoAdapter, HunyuanVideo15Adapter)
+                                      LTXVideoAdapter, HunyuanVideo15Adapter, LTX2Adapter)
 
 
 def supported_classes() -> list[str]:
@@ -36,7 +37,7 @@ def adapter_for(transformer: torch.nn.Module, prefix: str = "") -> Adapter:
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
-    "Site", "SkyReelsV2Adapter", "WanAdapter",
+    "ADAPTERS", "Adapter", "CogVideoXAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter",
+    "LTXVideoAdapter", "Site", "SkyReelsV2Adapter", "WanAdapter",
     "adapter_for", "supported_classes",
 ]

@@ -18,7 +18,10 @@ GENERIC_MODES = ("plain", "traced")
 _HAND_BUILT = ("wan", "hunyuan")
 #: models without a generic row, and why: their pipeline's inputs cannot be asked for at N video tokens by size
 _NO_ROW = {"hunyuan15": "its I2V pipeline takes no height or width (it sizes the video from the reference image's "
-                        "aspect among the buckets of the transformer's target_size)"}
+                        "aspect among the buckets of the transformer's target_size)",
+           "ltx2": "not built: the row sizes only the video stream's heads while LTX-2's audio stream keeps its own, "
+                   "and its CFG also follows audio_guidance_scale (7 by default), so guidance_scale=1 would not give "
+                   "the batch-1 forward the other rows measure"}
 #: tiny pipelines of an adapter whose transformer input differs from the adapter's first one (Wan2.2-TI2V-5B: the
 #: reference frame in the latent, 48 channels, a per-token timestep): a row of their own
 _EXTRA_PIPELINES = {"wan22-ti2v": "tiny_wan22_ti2v_pipeline"}
