@@ -332,3 +332,34 @@ def test_generate_with_tiny_ltx2(tmp_path):
     attrs = fg.store.decode_attrs(ds.attrs)
     assert attrs["pipeline_class"] == "LTX2ImageToVideoPipeline" and tuple(attrs["grid"]) == GRID
     assert attrs["intervention"]["type"] == "FocalGuidance"
+
+
+def test_bare_transformer_against_the_dense_reference(ltx2):
+    """A bare transformer called with the pipeline's own step-0 inputs (the cond half): the words given by position,
+    the text length read from its encoder_attention_mask, every key open."""
+    captured = {}
+
+    def grab(module, args, kwargs):
+        captured.setdefault("kw", dict(kwargs))
+
+    handle = ltx2.transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        _call(ltx2, steps=1, output_type="latent")
+    finally:
+        handle.remove()
+    kw = {k: (v[1:] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == 2 else v)
+          for k, v in captured["kw"].items()}  # the cond half: batch 1
+    record = fg.Record(words={"dog": [2]}, stats=["word_mass", "entropy", "audio_entropy", "audio_position"])
+    with torch.no_grad(), fg.trace(ltx2.transformer, record=record) as run, KernelCalls(tl) as k:
+        ltx2.transformer(**kw)
+    ds = run.dataset
+    assert ds.sizes["layer"] == LAYERS and tuple(fg.store.decode_attrs(ds.attrs)["grid"]) == GRID
+    selfs, texts, audios = _sites(k)
+    for layer in range(LAYERS):
+        ref = dense_reference(texts[0][layer], selfs[0][layer], audios[0][layer], 0, {"dog": [2]})
+        sel = dict(branch="cond", step=0, layer=f"blocks.{layer}")
+        for name in ("word_mass", "entropy", "audio_entropy", "audio_position"):
+            got = ds[name].sel(**sel)
+            got = got.sel(word="dog") if "word" in got.dims else got
+            want = ref[name][0] if name == "word_mass" else ref[name]
+            np.testing.assert_allclose(got.values, want, rtol=1e-5, atol=1e-6, err_msg=f"{name} {sel}")
