@@ -336,7 +336,7 @@ def test_generate_with_tiny_ltx2(tmp_path):
 
 def test_bare_transformer_against_the_dense_reference(ltx2):
     """A bare transformer called with the pipeline's own step-0 inputs (the cond half): the words given by position,
-    the text length read from its encoder_attention_mask, every key open."""
+    the text length read from its encoder_attention_mask, every key open; probabilities recomputed frame by frame."""
     captured = {}
 
     def grab(module, args, kwargs):
@@ -349,7 +349,8 @@ def test_bare_transformer_against_the_dense_reference(ltx2):
         handle.remove()
     kw = {k: (v[1:] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == 2 else v)
           for k, v in captured["kw"].items()}  # the cond half: batch 1
-    record = fg.Record(words={"dog": [2]}, stats=["word_mass", "entropy", "audio_entropy", "audio_position"])
+    record = fg.Record(words={"dog": [2]}, stats=["word_mass", "entropy", "audio_entropy", "audio_position"],
+                       chunk_bytes=1)  # one latent frame per chunk: the chunked paths
     with torch.no_grad(), fg.trace(ltx2.transformer, record=record) as run, KernelCalls(tl) as k:
         ltx2.transformer(**kw)
     ds = run.dataset

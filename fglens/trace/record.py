@@ -59,7 +59,8 @@ class Record:
             is an error before sampling).
         stats: statistics to record, from ``fglens.trace.record.STATS``; `ref_mass` is opt-in. Statistics that
             an architecture has no site for are left out of its runs (`text_share` needs Wan's separate image
-            attention, `text_mass` / `image_mass` a joint softmax).
+            attention, `text_mass` / `image_mass` a joint softmax, the opt-in `audio_entropy` / `audio_position`
+            an `audio` site: LTX-2's video-to-audio cross-attention).
         maps: also store per-token maps ``(branch, step, layer, word, frame, y, x)``: True for the word attention
             maps ``word_map``, or the names of the maps to keep, from ``("word_map", "similarity_map")`` (the
             similarity map S_w of each video token).
