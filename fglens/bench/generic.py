@@ -3,11 +3,19 @@ model's tiny pipeline (`fglens.testing`, the builder its adapter declares) at th
 head dim), fed the inputs that pipeline itself builds at N video tokens (captured at the transformer's first call,
 before any denoising step runs). Nothing here is written per model; a new adapter with a tiny pipeline gets a row.
 
+A pipeline is asked for its size by height and width, or, when its call takes none (HunyuanVideo-1.5 I2V: it
+sizes the video from the reference image's aspect among the resolution buckets of its ``target_size``), by a
+reference image of the frame's aspect and the ``target_size`` whose bucket of that aspect is exactly the frame
+(`bucket_target_size`); either way the pipeline builds every input itself.
+
 These rows run ``plain`` and ``traced`` (no naive control: it is written per attention layout, for the Wan stack
 and the joint proxy; the memory meter's positive control is theirs)."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import math
 from typing import Any
 
 import torch
@@ -16,10 +24,8 @@ import torch
 GENERIC_MODES = ("plain", "traced")
 #: models whose rows are hand-built (`fglens.bench.workload`), not generic
 _HAND_BUILT = ("wan", "hunyuan")
-#: models without a generic row, and why: their pipeline's inputs cannot be asked for at N video tokens by size
-_NO_ROW = {"hunyuan15": "its I2V pipeline takes no height or width (it sizes the video from the reference image's "
-                        "aspect among the buckets of the transformer's target_size)",
-           "ltx2": "not built: the row sizes only the video stream's heads while LTX-2's audio stream keeps its own, "
+#: models without a generic row, and why
+_NO_ROW = {"ltx2": "not built: the row sizes only the video stream's heads while LTX-2's audio stream keeps its own, "
                    "and its CFG also follows audio_guidance_scale (7 by default), so guidance_scale=1 would not give "
                    "the batch-1 forward the other rows measure"}
 #: tiny pipelines of an adapter whose transformer input differs from the adapter's first one (Wan2.2-TI2V-5B: the
@@ -57,13 +63,21 @@ def sized_transformer(template: torch.nn.Module, *, num_layers: int, heads: int,
                       ) -> torch.nn.Module:
     """A random-weight transformer of `template`'s class and config with `num_layers` blocks of `heads` x
     `head_dim` (config dims tied to the attention width, such as a cross-attention or added-KV width equal to it,
-    follow)."""
+    follow; so do RoPE axes that split the head dim, such as HunyuanVideo-1.5's ``rope_axes_dim``, scaled to the
+    new head dim in the same proportions)."""
     config = dict(template.config)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     sized = {**config, "num_attention_heads": heads, "attention_head_dim": head_dim, "num_layers": num_layers}
     for key in ("cross_attention_dim", "added_kv_proj_dim"):
         if config.get(key) == width:
             sized[key] = heads * head_dim
+    axes = config.get("rope_axes_dim")
+    if isinstance(axes, (tuple, list)) and sum(axes) == config["attention_head_dim"]:
+        scaled = [a * head_dim // config["attention_head_dim"] for a in axes]
+        if sum(scaled) != head_dim or any(a % 2 for a in scaled):
+            raise ValueError(f"rope_axes_dim {tuple(axes)} of head dim {config['attention_head_dim']} does not scale "
+                             f"to head dim {head_dim} (got {tuple(scaled)})")
+        sized["rope_axes_dim"] = tuple(scaled)
     torch.manual_seed(seed)
     return type(template).from_config(sized).eval()
 
@@ -93,9 +107,51 @@ def build(model: str, *, num_layers: int, heads: int, head_dim: int, seed: int =
     return pipe, transformer
 
 
+def sized_by_image(pipe: Any) -> bool:
+    """Whether `pipe`'s call takes no height or width and sizes the video from its reference image among the
+    resolution buckets of its ``target_size`` (HunyuanVideo-1.5 I2V)."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    return ("height" not in params and "width" not in params and hasattr(pipe, "target_size")
+            and hasattr(getattr(pipe, "video_processor", None), "calculate_default_height_width"))
+
+
+def bucket_target_size(pipe: Any, height: int, width: int) -> int:
+    """The smallest ``target_size`` whose resolution bucket for a `height` x `width` reference image is exactly
+    `height` x `width` (the buckets: every (h, w) in multiples of the VAE factor with h·w within target_size², the
+    image's aspect picking one), so the pipeline generates at that size."""
+    from ..pipelines import spatial_multiple
+
+    pick = pipe.video_processor.calculate_default_height_width
+    side = math.isqrt(height * width)
+    for target in range(max(1, side // 2), 2 * side + 2 * spatial_multiple(pipe) + 1):
+        if tuple(pick(height=height, width=width, target_size=target)) == (height, width):
+            return target
+    raise ValueError(f"no target_size gives {type(pipe).__name__} a {height}x{width} bucket")
+
+
+@contextlib.contextmanager
+def _sized_call(pipe: Any, height: int, width: int):
+    """For a pipeline sized by its image (`sized_by_image`): its ``target_size`` set so that the bucket is the
+    requested size, and a guider without a guidance branch (batch 1, as ``guidance_scale=1`` elsewhere); both put
+    back after."""
+    saved = {"target_size": pipe.target_size}
+    pipe.target_size = bucket_target_size(pipe, height, width)
+    guider = getattr(pipe, "guider", None)
+    if guider is not None and hasattr(guider, "guidance_scale"):
+        saved["guider"] = guider
+        pipe.guider = guider.new(guidance_scale=1.0)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(pipe, key, value)
+
+
 def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed: int = 0) -> dict[str, Any]:
     """Keyword arguments of the transformer's first forward when `pipe` generates a video of `n_tokens` video
-    tokens in latent frames of `frame_hw` tokens (no classifier-free guidance: batch 1, as the other rows)."""
+    tokens in latent frames of `frame_hw` tokens (no classifier-free guidance: batch 1, as the other rows). A
+    pipeline sized by its reference image (`sized_by_image`) gets an image of the frame's aspect and the
+    ``target_size`` of that bucket (`bucket_target_size`) instead of a height and width."""
     from ..pipelines import call_kwargs, default_image, spatial_multiple
 
     ny, nx = frame_hw
@@ -106,9 +162,12 @@ def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed
     temporal = int(getattr(pipe, "vae_scale_factor_temporal", 0) or pipe.vae_temporal_compression_ratio)
     height, width = ny * px, nx * px
     image = default_image(pipe, height=height, width=width)
+    by_image = sized_by_image(pipe)
+    # sized by its image: the video is the image's bucket, whatever call_kwargs takes as the pipeline's default size
+    size = ({"aspect_tolerance": math.inf} if by_image else
+            {"height": height, "width": width, "guidance_scale": 1.0})
     kwargs = call_kwargs(pipe, prompt="a dog jumps over the red fence near the old river bank at dusk", image=image,
-                         seed=seed, steps=1, height=height, width=width, num_frames=(frames - 1) * temporal + 1,
-                         guidance_scale=1.0)
+                         seed=seed, steps=1, num_frames=(frames - 1) * temporal + 1, **size)
     captured: dict[str, Any] = {}
 
     def hook(_module, args, call):
@@ -119,7 +178,7 @@ def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed
 
     handle = pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (_sized_call(pipe, height, width) if by_image else contextlib.nullcontext()):
             pipe(**kwargs)
     except _Captured:
         pass

@@ -195,7 +195,7 @@ def test_every_other_adapter_has_a_generic_row() -> None:
     from fglens.adapters import ADAPTERS
     from fglens.bench.generic import _NO_ROW, GENERIC
 
-    assert set(_NO_ROW) == {"hunyuan15", "ltx2"}  # why each has none is said in the module
+    assert set(_NO_ROW) == {"ltx2"}  # why it has none is said in the module
     assert set(GENERIC) == {a.short for a in ADAPTERS if a.short not in ("wan", "hunyuan", *_NO_ROW)} | {"wan22-ti2v"}
     assert bench.MODELS == ("wan", "hunyuan", *GENERIC)
 
@@ -234,6 +234,43 @@ def test_generic_inputs_have_the_requested_tokens() -> None:
     assert generic.video_tokens(transformer, inputs) == 160 and transformer.config.attention_head_dim == 16
     with pytest.raises(ValueError, match="whole number"):
         generic.pipeline_inputs(pipe, 170, (8, 10))
+
+
+def test_generic_row_of_a_pipeline_sized_by_its_image() -> None:
+    """HunyuanVideo-1.5 I2V takes no height or width: the row gives it an image of the frame's aspect and the
+    target_size whose bucket is that frame; the inputs are the pipeline's own (reference frame in the latent)."""
+    from fglens.bench import generic
+
+    pipe, transformer = generic.build("hunyuan15", num_layers=2, heads=4, head_dim=32)
+    assert generic.sized_by_image(pipe) and transformer.config.rope_axes_dim == (16, 8, 8)  # scaled from (4, 2, 2)
+    guider, target = pipe.guider, pipe.target_size
+    assert pipe.video_processor.calculate_default_height_width(
+        height=128, width=160, target_size=generic.bucket_target_size(pipe, 128, 160)) == (128, 160)
+    inputs = generic.pipeline_inputs(pipe, 160, (8, 10))
+    assert pipe.guider is guider and pipe.target_size == target  # put back
+    x = inputs["hidden_states"]
+    assert x.shape == (1, 9, 2, 8, 10) and generic.video_tokens(transformer, inputs) == 160
+    assert bool((x[:, 8, 0] == 1).all() and (x[:, 8, 1:] == 0).all())  # the pipeline's mask: the reference frame
+    assert bool(x[:, 4:8, 0].abs().sum() > 0 and (x[:, 4:8, 1:] == 0).all())  # its latent, at frame 0 only
+    assert inputs["image_embeds"].shape == (1, 16, 8) and inputs["encoder_hidden_states"].shape[0] == 1  # no CFG
+
+
+@pytest.fixture(scope="module")
+def hunyuan15_records() -> list[dict]:
+    return bench.run_benchmark([160, 320], repeats=1, model="hunyuan15", frame_hw=(8, 10), num_layers=2)
+
+
+def test_generic_row_hunyuan15(hunyuan15_records: list[dict]) -> None:
+    by = _by(hunyuan15_records)
+    assert sorted(by) == sorted((n, m) for n in (160, 320) for m in ("plain", "traced"))
+    for r in hunyuan15_records:
+        assert r["model_class"] == "HunyuanVideo15Transformer3DModel"
+        assert r["pipeline_class"] == "HunyuanVideo15ImageToVideoPipeline"
+        assert r["grid"] == [r["n_tokens"] // 80, 8, 10] and r["flops_by_op"].get(SDPA, 0) > 0
+    for n in (160, 320):
+        assert by[n, "traced"]["flops"] > by[n, "plain"]["flops"] and by[n, "traced"]["recorder_bytes"] > 0
+    lines = _verdict_lines(bench.format_report(hunyuan15_records))
+    assert len(lines) == 2 and all(line[5:].startswith("hunyuan15 proxy:") for line in lines)
 
 
 # -- the edit benchmark (FocalGuidance on the Wan stack) --------------------------------------------------------
