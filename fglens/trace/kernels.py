@@ -40,8 +40,9 @@ def sdpa_with_lse(
     if q.device.type != "cpu" or q.requires_grad:
         return None
     mask = attn_mask
-    if mask is not None and mask.dtype == torch.bool:  # as F.scaled_dot_product_attention converts it
-        mask = torch.zeros_like(mask, dtype=q.dtype).masked_fill(mask.logical_not(), float("-inf"))
+    if mask is not None and mask.dtype == torch.bool:  # as F.scaled_dot_product_attention converts it, in one
+        # tensor (zeros_like + logical_not + masked_fill kept three mask-sized ones alive: S x S for a query mask)
+        mask = torch.where(mask, torch.zeros((), dtype=q.dtype), torch.full((), float("-inf"), dtype=q.dtype))
     if torch._fused_sdp_choice(q, k, v, mask, 0.0, False, scale=scale, enable_gqa=False) != _FLASH:
         return None
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=mask, scale=scale)[:2]
