@@ -6,7 +6,11 @@ before any denoising step runs). Nothing here is written per model; a new adapte
 A pipeline is asked for its size by height and width, or, when its call takes none (HunyuanVideo-1.5 I2V: it
 sizes the video from the reference image's aspect among the resolution buckets of its ``target_size``), by a
 reference image of the frame's aspect and the ``target_size`` whose bucket of that aspect is exactly the frame
-(`bucket_target_size`); either way the pipeline builds every input itself.
+(`bucket_target_size`); either way the pipeline builds every input itself. Every guidance scale the call takes is
+1 (``guidance_scale`` and, where the call has them, the scales of further modalities such as LTX-2's
+``audio_guidance_scale``, whose CFG would otherwise batch [uncond | cond]), and the captured forward must be batch
+1. A pipeline that also generates another modality (LTX-2's audio, sized by the video's duration) builds those
+tokens too; `extra_tokens` counts them per N for the table.
 
 These rows run ``plain`` and ``traced`` (no naive control: it is written per attention layout, for the Wan stack
 and the joint proxy; the memory meter's positive control is theirs)."""
@@ -24,10 +28,8 @@ import torch
 GENERIC_MODES = ("plain", "traced")
 #: models whose rows are hand-built (`fglens.bench.workload`), not generic
 _HAND_BUILT = ("wan", "hunyuan")
-#: models without a generic row, and why
-_NO_ROW = {"ltx2": "not built: the row sizes only the video stream's heads while LTX-2's audio stream keeps its own, "
-                   "and its CFG also follows audio_guidance_scale (7 by default), so guidance_scale=1 would not give "
-                   "the batch-1 forward the other rows measure"}
+#: models without a generic row, and why (none at present: every adapter with a tiny pipeline has one)
+_NO_ROW: dict[str, str] = {}
 #: tiny pipelines of an adapter whose transformer input differs from the adapter's first one (Wan2.2-TI2V-5B: the
 #: reference frame in the latent, 48 channels, a per-token timestep): a row of their own
 _EXTRA_PIPELINES = {"wan22-ti2v": "tiny_wan22_ti2v_pipeline"}
@@ -64,13 +66,27 @@ def sized_transformer(template: torch.nn.Module, *, num_layers: int, heads: int,
     """A random-weight transformer of `template`'s class and config with `num_layers` blocks of `heads` x
     `head_dim` (config dims tied to the attention width, such as a cross-attention or added-KV width equal to it,
     follow; so do RoPE axes that split the head dim, such as HunyuanVideo-1.5's ``rope_axes_dim``, scaled to the
-    new head dim in the same proportions)."""
+    new head dim in the same proportions, and another stream's heads and head dim, such as LTX-2's audio stream's,
+    scaled by the same factors as the video's)."""
     config = dict(template.config)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     sized = {**config, "num_attention_heads": heads, "attention_head_dim": head_dim, "num_layers": num_layers}
     for key in ("cross_attention_dim", "added_kv_proj_dim"):
         if config.get(key) == width:
             sized[key] = heads * head_dim
+    # another stream's attention (LTX-2's audio_num_attention_heads x audio_attention_head_dim) scales with the
+    # video's, keeping the model's proportions, and so does a cross-attention width tied to it
+    for key in config:
+        prefix = key.removesuffix("num_attention_heads")
+        if key == prefix or not prefix or f"{prefix}attention_head_dim" not in config:
+            continue
+        h, d = config[key], config[f"{prefix}attention_head_dim"]
+        h2, d2 = h * heads // config["num_attention_heads"], d * head_dim // config["attention_head_dim"]
+        if h2 * config["num_attention_heads"] != h * heads or d2 * config["attention_head_dim"] != d * head_dim:
+            raise ValueError(f"{key} x {prefix}attention_head_dim ({h} x {d}) does not scale with {heads} x {head_dim}")
+        sized |= {key: h2, f"{prefix}attention_head_dim": d2}
+        if config.get(f"{prefix}cross_attention_dim") == h * d:
+            sized[f"{prefix}cross_attention_dim"] = h2 * d2
     axes = config.get("rope_axes_dim")
     if isinstance(axes, (tuple, list)) and sum(axes) == config["attention_head_dim"]:
         scaled = [a * head_dim // config["attention_head_dim"] for a in axes]
@@ -168,6 +184,9 @@ def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed
             {"height": height, "width": width, "guidance_scale": 1.0})
     kwargs = call_kwargs(pipe, prompt="a dog jumps over the red fence near the old river bank at dusk", image=image,
                          seed=seed, steps=1, num_frames=(frames - 1) * temporal + 1, **size)
+    # the guidance of further modalities off too (LTX-2: audio_guidance_scale, 7 by default, batches the CFG)
+    params = inspect.signature(type(pipe).__call__).parameters
+    kwargs |= {k: 1.0 for k in params if k.endswith("_guidance_scale") and k not in kwargs}
     captured: dict[str, Any] = {}
 
     def hook(_module, args, call):
@@ -187,8 +206,19 @@ def pipeline_inputs(pipe: Any, n_tokens: int, frame_hw: tuple[int, int], *, seed
     if not captured:
         raise RuntimeError(f"{type(pipe).__name__} never called its transformer")
     captured["return_dict"] = False
+    batch = captured["hidden_states"].shape[0]
+    if batch != 1:
+        raise ValueError(f"{type(pipe).__name__} called its transformer on a batch of {batch}, not 1: some guidance "
+                         "is still on")
     got = video_tokens(pipe.transformer, captured)
     if got != n_tokens:
         raise ValueError(f"{type(pipe).__name__} at {height}x{width} px, {kwargs['num_frames']} frames gave {got} "
                          f"video tokens, not {n_tokens}")
     return captured
+
+
+def extra_tokens(inputs: dict[str, Any]) -> dict[str, int]:
+    """Tokens of other modalities in one forward's `inputs` (LTX-2: ``{"audio_tokens": L}``, the packed
+    ``audio_hidden_states [B, L, C]`` the pipeline sized from the video's duration); empty for video-only models."""
+    audio = inputs.get("audio_hidden_states")
+    return {} if audio is None else {"audio_tokens": int(audio.shape[1])}

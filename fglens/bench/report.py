@@ -281,6 +281,10 @@ def _format_model(records: Sequence[Record]) -> str:
             rb = None if r is None or r.get("recorder_bytes") is None else r["recorder_bytes"] / 2**20
             row += f" | {fmt(rb, '.3f'):>24}"
         lines.append(row)
+    audio = {n: r["audio_tokens"] for (n, _), r in idx.items() if r.get("audio_tokens") is not None}
+    if audio:  # LTX-2: the audio stream the pipeline sized from the video's duration; the audio site's keys
+        lines.append("audio tokens (the pipeline's, one per 40 ms of the video's duration; the keys of the video "
+                     "queries' audio cross-attention): " + ", ".join(f"N={n}: {a}" for n, a in sorted(audio.items())))
     if rec_modes:
         lines += ["", *_format_memory_fit(records, rec_modes)]
     if "fg" in modes:

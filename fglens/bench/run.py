@@ -205,6 +205,7 @@ def run_benchmark(
         for n in tokens:
             inputs = make_inputs(n)
             grid = [n // (frame_hw[0] * frame_hw[1]), *frame_hw]
+            extra = generic.extra_tokens(inputs) if model in GENERIC else {}  # LTX-2: its audio tokens at this N
             t0 = time.perf_counter()
             say(f"{model} N={n}: {len(modes)} modes ({', '.join(modes)}): warm-up, FLOPs and memory, then "
                 f"{repeats} timed round(s) ...")
@@ -228,7 +229,7 @@ def run_benchmark(
                     "recorder_bytes": None if base is None else m["peak_bytes"] - base,
                     "wall_s": statistics.median(times[mode]), "wall_s_min": min(times[mode]),
                     "wall_s_all": times[mode], "flops_by_op": m["flops_by_op"],
-                    **size, "load_avg_1min": load,
+                    **size, **extra, "load_avg_1min": load,
                 }
                 if edits(mode):
                     parsed = parse_edit_mode(mode) or ("fg", 0, False)

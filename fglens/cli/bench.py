@@ -34,9 +34,9 @@ def register(sub) -> None:
     parser.add_argument(
         "--model", default=None,
         help="wan: the tiny Wan stack (separate text/image cross-attention); hunyuan: the joint-attention proxy "
-        "(tiny HunyuanVideo, one softmax over [video | context]); cogvideox, skyreels, ltx, hunyuan15, wan22-ti2v "
-        "(every other adapter's tiny pipeline: its transformer at the benchmark's size, fed the inputs that pipeline "
-        "builds; plain and traced); all: every one (default)",
+        "(tiny HunyuanVideo, one softmax over [video | context]); cogvideox, skyreels, ltx, hunyuan15, ltx2, "
+        "wan22-ti2v (every other adapter's tiny pipeline: its transformer at the benchmark's size, fed the inputs that "
+        "pipeline builds; plain and traced); all: every one (default)",
     )
     parser.add_argument(
         "--edit", action="store_true",

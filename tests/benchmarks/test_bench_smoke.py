@@ -195,7 +195,7 @@ def test_every_other_adapter_has_a_generic_row() -> None:
     from fglens.adapters import ADAPTERS
     from fglens.bench.generic import _NO_ROW, GENERIC
 
-    assert set(_NO_ROW) == {"ltx2"}  # why it has none is said in the module
+    assert not _NO_ROW and "ltx2" in GENERIC  # every adapter has a row (the last without one, LTX-2, now has)
     assert set(GENERIC) == {a.short for a in ADAPTERS if a.short not in ("wan", "hunyuan", *_NO_ROW)} | {"wan22-ti2v"}
     assert bench.MODELS == ("wan", "hunyuan", *GENERIC)
 
@@ -271,6 +271,51 @@ def test_generic_row_hunyuan15(hunyuan15_records: list[dict]) -> None:
         assert by[n, "traced"]["flops"] > by[n, "plain"]["flops"] and by[n, "traced"]["recorder_bytes"] > 0
     lines = _verdict_lines(bench.format_report(hunyuan15_records))
     assert len(lines) == 2 and all(line[5:].startswith("hunyuan15 proxy:") for line in lines)
+
+
+def test_generic_row_of_ltx2_inputs(monkeypatch) -> None:
+    """LTX-2: video and audio CFG both off (guidance_scale and audio_guidance_scale 1, STG and modality isolation
+    off as the tiny call's defaults), so the first forward is batch 1; the pipeline sizes the audio tokens from the
+    video's duration (round(frames / 24 fps * 25)); the audio stream's heads scale with the video's."""
+    from fglens import pipelines
+    from fglens.bench import generic
+
+    pipe, transformer = generic.build("ltx2", num_layers=1, heads=4, head_dim=32)
+    config = transformer.config
+    assert (config.audio_num_attention_heads, config.audio_attention_head_dim, config.audio_cross_attention_dim) == (
+        4, 16, 64)  # 2 x 4 in the tiny pipeline: x2 heads, x4 head dim as the video stream's 2 x 8 -> 4 x 32
+    for n, audio in ((128, 9), (256, 26)):  # 2 and 4 latent frames of 8 x 8: 9 and 25 frames at 24 fps
+        inputs = generic.pipeline_inputs(pipe, n, (8, 8))
+        assert inputs["hidden_states"].shape == (1, n, 4) and generic.video_tokens(transformer, inputs) == n
+        assert inputs["audio_hidden_states"].shape == (1, audio, 4) and inputs["audio_num_frames"] == audio
+        assert generic.extra_tokens(inputs) == {"audio_tokens": audio}
+        assert inputs["encoder_hidden_states"].shape[0] == inputs["audio_encoder_hidden_states"].shape[0] == 1
+        assert inputs["spatio_temporal_guidance_blocks"] is None and inputs["isolate_modalities"] is False
+    assert generic.extra_tokens({"hidden_states": inputs["hidden_states"]}) == {}
+    own = pipelines.call_kwargs  # a call left with the audio CFG on is caught: its forward is batch 2
+    monkeypatch.setattr(pipelines, "call_kwargs", lambda *a, **k: {**own(*a, **k), "audio_guidance_scale": 7.0})
+    with pytest.raises(ValueError, match="batch of 2"):
+        generic.pipeline_inputs(pipe, 128, (8, 8))
+
+
+@pytest.fixture(scope="module")
+def ltx2_records() -> list[dict]:
+    return bench.run_benchmark([128, 256], repeats=1, model="ltx2", frame_hw=(8, 8), num_layers=1)
+
+
+def test_generic_row_ltx2(ltx2_records: list[dict]) -> None:
+    by = _by(ltx2_records)
+    assert sorted(by) == sorted((n, m) for n in (128, 256) for m in ("plain", "traced"))
+    for r in ltx2_records:
+        assert r["model_class"] == "LTX2VideoTransformer3DModel" and r["pipeline_class"] == "LTX2ImageToVideoPipeline"
+        assert r["grid"] == [r["n_tokens"] // 64, 8, 8] and r["flops_by_op"].get(SDPA, 0) > 0
+        assert r["audio_tokens"] == {128: 9, 256: 26}[r["n_tokens"]]
+    for n in (128, 256):
+        assert by[n, "traced"]["flops"] > by[n, "plain"]["flops"] and by[n, "traced"]["recorder_bytes"] > 0
+    text = bench.format_report(ltx2_records)
+    assert "(no CFG)" in text and "N=128: 9, N=256: 26" in text
+    lines = _verdict_lines(text)
+    assert len(lines) == 2 and all(line[5:].startswith("ltx2 proxy:") for line in lines)
 
 
 # -- the edit benchmark (FocalGuidance on the Wan stack) --------------------------------------------------------
