@@ -221,3 +221,18 @@ def test_toy_report_refuses_a_bad_sweep_grid_before_any_work(tmp_path, capsys, a
     assert main(["toy", "report", "--out", str(out), *argv]) != 0
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()  # refused before anything was written or sampled
+
+
+def test_shipping_runs_keeps_the_derived_variants_records(straight, tmp_path):
+    """`ship` rewrites the weights folder from the runs; the sink variant has no weights of its own, only its
+    record (sink.json), which must survive and stay in the manifest (it did not, before the fifth version)."""
+    from fglens.toy.load import WEIGHTS, manifest, ship
+
+    out, _ = straight
+    root = tmp_path / "weights"
+    root.mkdir()
+    (root / "sink.json").write_text((WEIGHTS / "sink.json").read_text())
+    digests = ship({"base": out, "weak": out}, root=root)
+    assert (root / "sink.json").read_text() == (WEIGHTS / "sink.json").read_text()
+    assert "sink.json" in digests and manifest(root) == digests
+    assert {"base.json", "weak.json", "shared/text_encoder/model.safetensors"} <= set(digests)

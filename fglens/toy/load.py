@@ -157,7 +157,8 @@ def ship(runs: dict[str, str | os.PathLike], root: Path = WEIGHTS) -> dict[str, 
     """Copy trained runs' pipelines into the package (shared parts from the first) and write the manifest.
 
     `runs` maps each variant to its `fglens toy train` output folder. Parts other than the transformer must
-    be identical across the runs (the weak variant reuses the base VAE); that is checked, not assumed.
+    be identical across the runs (the weak variant reuses the base VAE); that is checked, not assumed. The
+    tiny CLIP and the records of derived variants (``sink.json``) already shipped are kept.
     """
     import shutil
 
@@ -171,6 +172,7 @@ def ship(runs: dict[str, str | os.PathLike], root: Path = WEIGHTS) -> dict[str, 
                 other = src / part / f.name
                 if not other.is_file() or sha256(other) != sha256(f):
                     raise ValueError(f"{other} differs from {f}: the variants must share every part but the DiT")
+    derived = {f"{v}.json": (root / f"{v}.json").read_text() for v in DERIVED if (root / f"{v}.json").is_file()}
     keep = None
     if (root / CLIP_DIR).is_dir():  # the tiny CLIP is shipped on its own (`ship_clip`): keep it, checked
         import tempfile
@@ -190,6 +192,8 @@ def ship(runs: dict[str, str | os.PathLike], root: Path = WEIGHTS) -> dict[str, 
         src = Path(run) / "pipeline"
         shutil.copytree(src / "transformer", root / variant / "transformer")
         shutil.copy(src / "toy.json", root / f"{variant}.json")
+    for name, text in derived.items():  # a derived variant (`DERIVED`) has only its record: it follows its source
+        (root / name).write_text(text)
     return _write_manifest(root)
 
 
