@@ -6,10 +6,11 @@ after them up to 512 — so a model trained on them sees at sampling what it saw
 runs UMT5 on the batch's longest prompt with the attention mask instead of on 512 tokens: with the pads masked
 the real tokens' states do not depend on them (`tests/test_toy_train.py` checks it against ``encode_prompt``).
 
-Why a trainable encoder exists: the shipped models' UMT5 keeps its seeded random weights, a fixed feature map
-that hardly tells a word's role — the state of "green" as the subject of "the green circle moves to the white
-triangle" and as its object has cosine 0.987 — so the DiT, whose text keys carry no position, sees nearly a bag of
-words, and "A moves to B" reads as "B moves to A" (docs/toy-world.md).
+Why a trainable encoder exists: up to the third version the shipped UMT5 kept its seeded random weights, a fixed
+feature map that hardly tells a word's role — the state of "green" as the subject of "the green circle moves to the
+white triangle" and as its object has cosine 0.987 — so the DiT, whose text keys carry no position, sees nearly a
+bag of words, and "A moves to B" reads as "B moves to A". The fifth version trains it with the DiT; measured, the
+roles stayed as close (cosines 0.984-0.998) and the version's gain came from the extra steps (docs/toy-world.md).
 
 Example:
     >>> import fglens as fg
