@@ -293,3 +293,69 @@ def test_no_anchor_and_no_video_said_so(driver, server, store):
         "No anchor mask: this run had no intervention, so no anchor mask."
     assert "no video was recorded with this run" in driver.find_element(By.ID, "video-note").text
     assert not driver.find_element(By.ID, "video-box").is_displayed()
+
+
+_HARNESS = """<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>widget harness</title></head><body>
+<div id="out"></div>
+<script type="module">
+import widget from "/widget.js";
+const page = await (await fetch("/page")).text();
+const listeners = [];
+const model = {  // what Jupyter's widget manager gives a widget's render(): its traits, send and custom messages
+  get: (name) => ({ page, height: 2000 })[name],
+  send: (content) => fetch("/msg", { method: "POST", body: JSON.stringify(content) })
+    .then((r) => r.json()).then((reply) => listeners.forEach((f) => f(reply))),
+  on: (event, f) => { if (event === "msg:custom") listeners.push(f); },
+  off: (event, f) => { const i = listeners.indexOf(f); if (i >= 0) listeners.splice(i, 1); },
+};
+widget.render({ model, el: document.getElementById("out") });
+</script></body></html>"""
+
+
+def test_lazy_widget(driver, store):
+    """fg.view(..., lazy=True) in a real browser: the widget's own front end (widget.js, an ES module) renders
+    into a page standing in for Jupyter's widget manager, whose model sends each message to a local endpoint that
+    calls the widget's Python side and delivers its reply as the custom message Jupyter would. The viewer in the
+    widget's iframe must then behave as the served page does, every answer having come from the kernel side."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    widget = fg.view(str(store), lazy=True)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, body: bytes, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            files = {"/": (_HARNESS, "text/html"), "/widget.js": (widget._esm, "text/javascript"),
+                     "/page": (widget.page, "text/plain; charset=utf-8")}
+            text, kind = files[self.path]
+            self._send(text.encode(), kind)
+
+        def do_POST(self):  # noqa: N802
+            message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self._send(json.dumps(widget.answer(message)).encode(), "application/json")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        driver.get(f"http://127.0.0.1:{httpd.server_address[1]}/")
+        _wait(driver, "return document.querySelector('#out iframe') !== null")
+        driver.switch_to.frame(driver.find_element(By.CSS_SELECTOR, "#out iframe"))
+        _exercise(driver, store, "widget")
+        footer = driver.find_element(By.ID, "footer").text
+        assert "kernel" in footer, footer
+        driver.switch_to.default_content()
+        assert widget.requests >= 8  # the run list, the run, heat maps, weak layers, word maps: all asked
+        _nothing_from_elsewhere(driver, f"http://127.0.0.1:{httpd.server_address[1]}/")
+    finally:
+        driver.switch_to.default_content()
+        httpd.shutdown()

@@ -2,7 +2,8 @@
 
 - ``fglens view runs.zarr``: a local page (`ViewServer`, 127.0.0.1, a free port) over the store's runs;
 - ``fglens view runs.zarr --html run.html``: one self-contained HTML file (`export_html`);
-- ``fg.view(ds, word="dog")``: the same viewer inline in a notebook (`Viewer`);
+- ``fg.view(ds, word="dog")``: the same viewer inline in a notebook (`Viewer`, its data embedded), or with
+  ``lazy=True`` a widget that reads each view's data from the kernel when it is shown (`fglens.view.widget`);
 - ``%load_ext fglens.view.notebook``: a run's Dataset shown in the notebook as that viewer (`fglens.view.notebook`).
 
 The page shows the run list with a filter; for one run the layer x step heat map of any statistic and branch,
@@ -68,7 +69,7 @@ class Viewer:
 
 
 def view(data: Any, word: str | None = None, *, run: str | None = None, runs: Sequence[str] | None = None,
-         steps: Sequence[int] | None = None, height: int = 900) -> Viewer:
+         steps: Sequence[int] | None = None, height: int = 900, lazy: bool = False) -> Any:
     """The interactive viewer of runs, for a notebook: ``fg.view(run.dataset, word="dog")``.
 
     Args:
@@ -77,6 +78,8 @@ def view(data: Any, word: str | None = None, *, run: str | None = None, runs: Se
         run: the run shown first; runs: the runs of a store to include (default: all).
         steps: the steps whose word maps are embedded (default: all).
         height: the inline display's height in pixels.
+        lazy: return a `fglens.view.widget.ViewWidget` instead: nothing embedded, each view's data read from
+            the kernel when the page asks (a live kernel is needed; `runs` and `steps` do not apply).
 
     Example:
         >>> import fglens as fg
@@ -87,5 +90,12 @@ def view(data: Any, word: str | None = None, *, run: str | None = None, runs: Se
 
     source = data if isinstance(data, Source) else (
         StoreSource(data) if isinstance(data, (str, os.PathLike)) else DatasetSource(data))
+    if lazy:
+        if runs is not None or steps is not None:
+            raise ValueError("fg.view(..., lazy=True) reads any run and step on request: runs= and steps= choose "
+                             "what an embedded page holds and do not apply; drop them or leave lazy off")
+        from .widget import ViewWidget
+
+        return ViewWidget(source, word=word, run=run, height=height)
     html, counts = _build(source, runs, steps, word, run)
     return Viewer(html, counts, height)

@@ -1,8 +1,10 @@
 /* fglens view, shared helpers (loaded first): window.fglensView holds the data access (api, unpack), the
  * drawing helpers shared by the panels (overlay panels over the reference image) and Player, the play/pause
  * control of a sequence (steps, latent frames, video frames). Data come from the local server
- * (api/<endpoint>?...) or, in an exported page, from the answers embedded in <script id="fglens-data">, looked
- * up by the same request key as fglens.view.data.request_key. Store text is only ever set with textContent. */
+ * (api/<endpoint>?...), in an exported page from the answers embedded in <script id="fglens-data">, looked
+ * up by the same request key as fglens.view.data.request_key, or, in the notebook widget (EMBED.bridge), from
+ * the kernel: each request is posted to the parent frame, which the widget forwards to Python and answers by
+ * the request's id (fglens/view/widget.py). Store text is only ever set with textContent. */
 (function () {
   "use strict";
   const embedded = document.getElementById("fglens-data");
@@ -18,8 +20,30 @@
     return JSON.stringify([endpoint, items]);
   }
 
+  const pending = new Map();
+  let nextId = 0;
+  if (EMBED && EMBED.bridge) {
+    window.addEventListener("message", (event) => {
+      const m = event.data;
+      if (event.source !== window.parent || !m || m.fglens !== 1 || !pending.has(m.id)) return;
+      const { resolve, reject } = pending.get(m.id);
+      pending.delete(m.id);
+      if ("error" in m) reject(new Error(m.error));
+      else resolve(m.answer);
+    });
+  }
+
+  function ask(endpoint, params) {  // the widget's transport: one message to the parent frame per request
+    return new Promise((resolve, reject) => {
+      const id = ++nextId;
+      pending.set(id, { resolve, reject });
+      window.parent.postMessage({ fglens: 1, id, endpoint, params }, "*");
+    });
+  }
+
   async function api(endpoint, params) {
     params = params || {};
+    if (EMBED && EMBED.bridge) return ask(endpoint, params);
     if (EMBED) {
       const key = requestKey(endpoint, params);
       if (!(key in EMBED.answers)) throw new Error("not in this export: " + endpoint + " " + JSON.stringify(params));

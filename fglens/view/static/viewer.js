@@ -357,7 +357,9 @@
   }
 
   async function start() {
-    if (EMBED) $("footer").textContent = "Exported by fglens " + (OPTIONS.version || "") + " on " + (OPTIONS.created || "") +
+    if (EMBED && EMBED.bridge) $("footer").textContent = "Read from this notebook's kernel by fglens " +
+      (OPTIONS.version || "") + ", one view at a time; nothing is fetched from elsewhere.";
+    else if (EMBED) $("footer").textContent = "Exported by fglens " + (OPTIONS.version || "") + " on " + (OPTIONS.created || "") +
       ": " + OPTIONS.summary;
     else $("footer").textContent = "Served from this machine by fglens view; nothing is fetched from elsewhere.";
     state.runs = await api("runs");
