@@ -10,7 +10,8 @@ Why a trainable encoder exists: up to the third version the shipped UMT5 kept it
 feature map that hardly tells a word's role — the state of "green" as the subject of "the green circle moves to the
 white triangle" and as its object has cosine 0.987 — so the DiT, whose text keys carry no position, sees nearly a
 bag of words, and "A moves to B" reads as "B moves to A". The fifth version trains it with the DiT; measured, the
-roles stayed as close (cosines 0.984-0.998) and the version's gain came from the extra steps (docs/toy-world.md).
+roles stayed as close (cosines 0.98-0.99) and the version's gain came from the extra steps; at ten times the rate
+they separate (0.64-0.82) and following still does not move (docs/toy-world.md, the sixth training).
 
 Example:
     >>> import fglens as fg
