@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import queue
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,24 +17,10 @@ from fglens.view.data import unpack
 pytest.importorskip("plotly", reason="the viewer's extra: pip install 'fglens[view]'")
 pytest.importorskip("anywidget", reason="the viewer's extra: pip install 'fglens[view]'")
 
-from test_view import _api, _ChunkCounter  # noqa: E402  (the server's helpers, shared)
+import test_view  # noqa: E402  (the server tests' store, server and helpers, shared)
+from test_view import _api, _ChunkCounter  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, wan_i2v) -> Path:
-    path = tmp_path_factory.mktemp("view-widget") / "runs.zarr"
-    fg.testing.tiny_run("wan", words=("dog", "fence"), store=path, pipe=wan_i2v)
-    fg.testing.tiny_run("wan", words=("dog",), store=path, pipe=wan_i2v, seed=1, maps=False)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(store):
-    from fglens.view import ViewServer
-
-    srv = ViewServer(store).start()
-    yield srv
-    srv.stop()
+store, server = test_view.store, test_view.server  # the same fixtures: two runs of seed 0, one of seed 1
 
 
 def _ask(widget, endpoint: str, **params) -> dict:
