@@ -97,7 +97,8 @@ def test_the_trainable_prompt_encoding_is_what_sampling_gives_the_dit():
     got = TextEncoding(pipe, train=True)(prompts)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     assert got.requires_grad and not TextEncoding(pipe)(prompts).requires_grad
-    torch.testing.assert_close(TextEncoding(pipe)(prompts), ref, rtol=0, atol=0)
+    # the cache encodes the prompts as another batch (sorted, deduplicated): the same states to float32 rounding
+    torch.testing.assert_close(TextEncoding(pipe)(prompts), ref, rtol=0, atol=1e-5)
 
 
 def test_a_run_with_text_lr_trains_the_text_encoder_and_resumes_exactly(tmp_path):

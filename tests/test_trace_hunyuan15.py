@@ -88,7 +88,9 @@ def test_recorded_statistics_equal_float64_dense_reference(hv):
     assert attrs["word_positions"] == {"dog": [14], "red": [6, 7, 8, 20]}
     assert attrs["word_positions_uncond"] == {"dog": [2], "red": []}  # the negative prompt has no "red"
     recorded = [v for v in STATS if v in ds]
-    assert set(recorded) == set(STATS) - {"text_share", "response", "response_morans_i"}  # no separate calls
+    # no separate text calls, no audio keys
+    assert set(recorded) == set(STATS) - {"text_share", "response", "response_morans_i", "audio_entropy",
+                                          "audio_position"}
     assert len(k.calls) == 2 * 2 * LAYERS  # 2 steps x (cond, uncond), the guider's order
     checked = 0
     for index, c in enumerate(k.calls):

@@ -1,8 +1,9 @@
 """The toy pipeline's prompt encoding during training: cached when the text encoder is frozen, differentiable when
 it trains with the DiT.
 
-Both give exactly what sampling gives the DiT — Wan's ``encode_prompt``: the UMT5 states of the real tokens, zeros
-after them up to 512 — so a model trained on them sees at sampling what it saw in training. The differentiable one
+Both give what sampling gives the DiT — Wan's ``encode_prompt``: the UMT5 states of the real tokens, zeros after
+them up to 512 — so a model trained on them sees at sampling what it saw in training (to float32 rounding: a row's
+last bits may depend on the batch it is computed in, < 1e-5). The differentiable one
 runs UMT5 on the batch's longest prompt with the attention mask instead of on 512 tokens: with the pads masked
 the real tokens' states do not depend on them (`tests/test_toy_train.py` checks it against ``encode_prompt``).
 
