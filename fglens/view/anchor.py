@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..store.reader import intervention_summary
-from .data import pack
+from .wire import pack
 
 
 def anchor_specs(spec: Any) -> Iterator[Mapping[str, Any]]:

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .data import BadRequest, _labels, _pick, pack
+from .wire import BadRequest, pack
+from .wire import labels as _labels
+from .wire import pick as _pick
 
 #: the variables the balance is made of
 BALANCE_VARS = ("text_share", "text_mass", "image_mass", "ref_mass")

@@ -31,6 +31,9 @@ import numpy as np
 import xarray as xr
 
 from ..store.reader import intervention_summary
+from .wire import BadRequest, pack, request_key, unpack  # noqa: F401  (re-exported: the data's names)
+from .wire import labels as _labels
+from .wire import pick as _pick
 
 #: variables that are never offered as a heat map: the maps themselves (a view of their own), flags, the image
 NOT_HEATMAPS = ("word_map", "skipped", "reference_image")
@@ -53,48 +56,6 @@ ALL_WORDS = ""
 
 class NotAStore(ValueError):
     """The path given to the viewer is not an fglens store (missing, or a directory fglens did not write)."""
-
-
-class BadRequest(ValueError):
-    """A request the viewer refuses: unknown endpoint, run, variable, branch, word, layer or step."""
-
-
-def pack(values: Any) -> dict[str, Any]:
-    """An array as ``{"shape", "b64"}``: its float32 values, little-endian, base64 (NaN kept).
-
-    Example:
-        >>> pack(np.array([1.0, np.nan], dtype=np.float32))["shape"]
-        [2]
-    """
-    arr = np.ascontiguousarray(np.asarray(values, dtype="<f4"))
-    return {"shape": list(arr.shape), "b64": base64.b64encode(arr.tobytes()).decode("ascii")}
-
-
-def unpack(packed: Mapping[str, Any]) -> np.ndarray:
-    """The float32 array of a `pack` result (what the page's ``unpack`` decodes).
-
-    Example:
-        >>> unpack(pack(np.arange(6, dtype=np.float32).reshape(2, 3))).tolist()
-        [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
-    """
-    raw = np.frombuffer(base64.b64decode(packed["b64"]), dtype="<f4")
-    return raw.reshape(packed["shape"])
-
-
-def request_key(endpoint: str, params: Mapping[str, Any]) -> str:
-    """The one text naming a request, the same in Python and in the page (``JSON.stringify``): the key of an
-    answer embedded in an exported page.
-
-    Example:
-        >>> request_key("run", {"run": "line-0007"})
-        '["run",[["run","line-0007"]]]'
-    """
-    items = sorted((str(k), str(v)) for k, v in params.items())
-    return json.dumps([endpoint, [list(i) for i in items]], separators=(",", ":"), ensure_ascii=False)
-
-
-def _labels(ds: xr.Dataset, dim: str) -> list[str]:
-    return [str(v) for v in ds[dim].values.tolist()] if dim in ds.coords else []
 
 
 def _finite(value: Any) -> float | None:
@@ -169,13 +130,6 @@ def run_summary(run: str, ds: xr.Dataset, image: bool = False) -> dict[str, Any]
         out["image"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         out["image_size"] = [int(ds.sizes["image_y"]), int(ds.sizes["image_x"])]
     return out
-
-
-def _pick(ds: xr.Dataset, dim: str, value: str, what: str) -> Any:
-    labels = _labels(ds, dim)
-    if value not in labels:
-        raise BadRequest(f"unknown {what} {value!r}; this run has {labels}")
-    return value
 
 
 def heatmap(ds: xr.Dataset, var: str, branch: str, word: str = ALL_WORDS) -> dict[str, Any]:

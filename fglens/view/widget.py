@@ -28,7 +28,8 @@ except ImportError as exc:  # the `view` extra
     raise ImportError("the lazy notebook viewer is an anywidget: pip install 'fglens[view]'") from exc
 
 from .assets import page_html
-from .data import BadRequest, Source
+from .data import Source
+from .wire import BadRequest
 
 _ESM = (Path(__file__).parent / "static" / "widget.js").read_text(encoding="utf-8")
 
