@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -1144,3 +1145,20 @@ def tiny_t2i_pipeline(*, seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def dense_anchor_bias(grid: tuple[int, int, int], n_keys: int, mask2d: torch.Tensor, column: int, strength: float,
+                      frames: Sequence[int]) -> torch.Tensor:
+    """The float64 [N, n_keys] logit bias an anchor adds, built densely for a test's reference: `strength` times
+    `mask2d` (y, x) on the chosen latent `frames` of `grid`, in the text key `column` only.
+
+    Example:
+        >>> dense_anchor_bias((2, 1, 2), 3, torch.tensor([[1.0, 0.0]]), 1, 2.0, [0]).tolist()
+        [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    m = torch.zeros(*grid, dtype=torch.float64)
+    for f in frames:
+        m[f] = mask2d
+    col = torch.zeros(n_keys, dtype=torch.float64)
+    col[column] = 1.0
+    return strength * m.reshape(-1)[:, None] * col[None, :]

@@ -228,12 +228,7 @@ def test_guidance_forwards_and_appending_pipelines_are_refused(ltx2):
 
 
 def _bias(mask2d, column, strength, frames):
-    m = torch.zeros(*GRID, dtype=torch.float64)
-    for f in frames:
-        m[f] = mask2d
-    col = torch.zeros(T, dtype=torch.float64)
-    col[column] = 1.0
-    return strength * m.reshape(-1)[:, None] * col[None, :]
+    return fg.testing.dense_anchor_bias(GRID, T, mask2d, column, strength, frames)
 
 
 def test_anchor_mask_matches_dense_reference_and_respects_scope(ltx2):

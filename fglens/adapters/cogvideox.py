@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, Intercept, Segments, Site
+from .forward import forward_arg
 from .prompt import PromptTokens, _bind, text_encoder_hook
 
 
@@ -55,7 +56,7 @@ class CogVideoXAdapter(Adapter):
         return [Intercept(attention_processor, "F")]
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = forward_arg(args, kwargs, "hidden_states", 0)
         p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t
         _, f, _, h, w = hidden.shape  # [B, F', C, H, W]: frames before channels
         # 1.5: `CogVideoXPatchEmbed` groups `patch_size_t` frames per token (and drops a remainder, which the
@@ -64,7 +65,7 @@ class CogVideoXAdapter(Adapter):
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
         # forward(hidden_states, encoder_hidden_states, timestep, ...): the timestep is the third argument
-        return kwargs["timestep"] if "timestep" in kwargs else args[2]
+        return forward_arg(args, kwargs, "timestep", 2)
 
     def segments(self, n_queries: int, n_keys: int, n_video: int, tokens: PromptTokens | None) -> Segments:
         # [text | video]: every key before the video tokens is text (the pipeline's padded T5 prompt)

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, ImageGrid, Intercept, Segments, Site, TinyPipeline
+from .forward import forward_arg, latent_grid
 from .prompt import PromptTokens, _bind
 
 #: the guiders whose batches are exactly (pred_cond, pred_uncond), the uncond one on the negative prompt's tokens
@@ -82,13 +83,11 @@ class HunyuanVideo15Adapter(Adapter):
         return [Intercept(transformer_hunyuan_video15, "dispatch_attention_fn")]
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t
-        _, _, f, h, w = hidden.shape
-        return f // p_t, h // p, w // p
+        return latent_grid(forward_arg(args, kwargs, "hidden_states", 0), p_t, p, p)
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
-        return kwargs["timestep"] if "timestep" in kwargs else args[1]
+        return forward_arg(args, kwargs, "timestep", 1)
 
     def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
         """Valid context tokens per item (image, glyph and prompt tokens together: a bare transformer's context is

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, Intercept, Site, TinyPipeline
+from .forward import forward_arg, sized_grid, step_timestep
 
 _CONDITION = (
     "its conditioning images and videos enter as extra latent tokens appended after the video grid, placed by their "
@@ -67,27 +68,20 @@ class LTXVideoAdapter(Adapter):
         return [Intercept(transformer_ltx, "dispatch_attention_fn")]
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        names = ("num_frames", "height", "width")
-        sizes = [kwargs[n] if n in kwargs else (args[4 + j] if len(args) > 4 + j else None)
-                 for j, n in enumerate(names)]
-        coords = kwargs.get("video_coords", args[8] if len(args) > 8 else None)
+        hidden = forward_arg(args, kwargs, "hidden_states", 0)
+        sizes = [forward_arg(args, kwargs, n, 4 + j) for j, n in enumerate(("num_frames", "height", "width"))]
+        coords = forward_arg(args, kwargs, "video_coords", 8)
         if coords is not None or any(s is None for s in sizes):
             raise ValueError(
                 "fg.trace traces an LTXVideoTransformer3DModel called with num_frames, height and width (the latent "
                 "grid of its packed tokens), not with video_coords: tokens placed by coordinates need not form one "
                 "frame-major grid")
         p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t
-        grid = (int(sizes[0]) // p_t, int(sizes[1]) // p, int(sizes[2]) // p)
-        if grid[0] * grid[1] * grid[2] != hidden.shape[1]:
-            raise ValueError(f"LTX-Video: num_frames, height, width give a {grid} grid of "
-                             f"{grid[0] * grid[1] * grid[2]} tokens, but hidden_states holds {hidden.shape[1]}")
-        return grid
+        return sized_grid(sizes, p_t, p, hidden.shape[1], "LTX-Video")
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
-        t = kwargs["timestep"] if "timestep" in kwargs else args[2]
         # the I2V pipeline passes a per-token timestep [B, N] (0 on the reference frame); the step's is the maximum
-        return t.reshape(t.shape[0], -1).amax(dim=1) if t.ndim > 1 else t
+        return step_timestep(forward_arg(args, kwargs, "timestep", 2))
 
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """The pipelines call ``text_encoder(input_ids)`` without its mask, and mask the padding in the transformer:

@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, Intercept, Site, TinyPipeline
+from .forward import forward_arg, sized_grid, step_timestep
 from .prompt import PromptTokens
 
 _APPENDED = (
@@ -67,15 +68,13 @@ _GUIDANCE = (
 #: text keys past the prompt's real tokens: the connectors' learnable registers (special, so never a word)
 REGISTER = "<register>"
 # forward(hidden_states, audio_hidden_states, encoder_hidden_states, audio_encoder_hidden_states, timestep, ...)
-_POS = {"timestep": 4, "encoder_attention_mask": 8, "num_frames": 10, "height": 11, "width": 12, "video_coords": 15,
-        "isolate_modalities": 17, "spatio_temporal_guidance_blocks": 18, "perturbation_mask": 19,
+_POS = {"hidden_states": 0, "timestep": 4, "encoder_attention_mask": 8, "num_frames": 10, "height": 11, "width": 12,
+        "video_coords": 15, "isolate_modalities": 17, "spatio_temporal_guidance_blocks": 18, "perturbation_mask": 19,
         "video_self_attention_mask": 22}
 
 
 def _arg(args: Sequence[Any], kwargs: dict[str, Any], name: str) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[_POS[name]] if len(args) > _POS[name] else None
+    return forward_arg(args, kwargs, name, _POS[name])
 
 
 class LTX2Adapter(Adapter):
@@ -105,7 +104,7 @@ class LTX2Adapter(Adapter):
         return [Intercept(transformer_ltx2, "dispatch_attention_fn")]
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = _arg(args, kwargs, "hidden_states")
         extra = [name for name in ("spatio_temporal_guidance_blocks", "perturbation_mask", "video_self_attention_mask")
                  if _arg(args, kwargs, name) not in (None, [], ())]
         if _arg(args, kwargs, "isolate_modalities"):
@@ -118,16 +117,11 @@ class LTX2Adapter(Adapter):
                 "fg.trace traces an LTX2VideoTransformer3DModel called with num_frames, height and width (the latent "
                 "grid of its packed video tokens); coordinates alone need not form one frame-major grid")
         p, p_t = self.transformer.config.patch_size, self.transformer.config.patch_size_t
-        grid = (int(sizes[0]) // p_t, int(sizes[1]) // p, int(sizes[2]) // p)
-        if grid[0] * grid[1] * grid[2] != hidden.shape[1]:
-            raise ValueError(f"LTX-2: num_frames, height, width give a {grid} grid of {grid[0] * grid[1] * grid[2]} "
-                             f"tokens, but hidden_states holds {hidden.shape[1]} (tokens appended after the grid?)")
-        return grid
+        return sized_grid(sizes, p_t, p, hidden.shape[1], "LTX-2")
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
-        t = _arg(args, kwargs, "timestep")
         # the I2V pipeline passes a per-token timestep [B, N] (0 on the reference frame); the step's is the maximum
-        return t.reshape(t.shape[0], -1).amax(dim=1) if t.ndim > 1 else t
+        return step_timestep(_arg(args, kwargs, "timestep"))
 
     def install_prompt_hooks(self, pipe: Any, capture: Any) -> list[Callable[[], None]]:
         """Each Gemma encoding, with its tokens placed as the transformer's text keys see them (`_as_keys`); and the

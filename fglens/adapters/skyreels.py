@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .base import Intercept, TinyPipeline
+from .forward import forward_arg
 from .wan import WanAdapter
 
 _DIFFUSION_FORCING = (
@@ -66,8 +67,7 @@ class SkyReelsV2Adapter(WanAdapter):
         return [Intercept(transformer_skyreels_v2, "dispatch_attention_fn")]
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
-        forcing = kwargs["enable_diffusion_forcing"] if "enable_diffusion_forcing" in kwargs else (
-            args[4] if len(args) > 4 else False)
+        forcing = forward_arg(args, kwargs, "enable_diffusion_forcing", 4, False)
         if forcing:  # a bare transformer called as the diffusion-forcing pipelines call it
             raise ValueError(f"fg.trace does not trace a SkyReelsV2Transformer3DModel called with "
                              f"enable_diffusion_forcing=True yet: {_DIFFUSION_FORCING}")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, ImageGrid, Intercept, Site, TinyPipeline
+from .forward import forward_arg, latent_grid, step_timestep
 from .prompt import PromptTokens
 
 
@@ -63,15 +64,11 @@ class WanAdapter(Adapter):
         return ImageGrid(g, g, first=1, crop=crop) if g > 0 and g * g == n_image - 1 else None
 
     def grid(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[int, int, int]:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        p_t, p_h, p_w = self.transformer.config.patch_size
-        _, _, f, h, w = hidden.shape
-        return f // p_t, h // p_h, w // p_w
+        return latent_grid(forward_arg(args, kwargs, "hidden_states", 0), *self.transformer.config.patch_size)
 
     def timestep(self, args: Sequence[Any], kwargs: dict[str, Any]) -> torch.Tensor:
-        t = kwargs["timestep"] if "timestep" in kwargs else args[1]
         # Wan2.2 TI2V passes a per-token timestep [B, N]; the step's timestep is its maximum.
-        return t.reshape(t.shape[0], -1).amax(dim=1) if t.ndim > 1 else t
+        return step_timestep(forward_arg(args, kwargs, "timestep", 1))
 
     def text_lengths(self, args: Sequence[Any], kwargs: dict[str, Any]) -> list[int] | None:
         # Wan pipelines zero-pad the prompt embeddings to 512; the real length ends at the last non-zero row.
