@@ -199,13 +199,7 @@ def test_guiders_with_other_predictions_are_refused_at_entry(hv):
 
 # -- interventions against dense references ----------------------------------------------------------------------
 def _anchor_bias(c, mask2d, column, strength, frames):
-    s = c["k"].shape[1]
-    m = torch.zeros(*GRID, dtype=torch.float64)
-    for f in frames:
-        m[f] = mask2d
-    bias = torch.zeros(N_VIDEO, s, dtype=torch.float64)
-    bias[:, column] = strength * m.reshape(-1)
-    return bias
+    return fg.testing.dense_anchor_bias(GRID, c["k"].shape[1], mask2d, column, strength, frames)
 
 
 def _video_out(c, p):
