@@ -175,6 +175,11 @@ def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     (dict(dit_object_weight=float("inf")), "dit_object_weight must be a finite number"),
     (dict(text_lr=float("nan")), "text_lr must be a finite number"),
     (dict(variant="weak", text_lr=1e-4), "text_lr must be 0 for the weak variant"),
+    (dict(dit_layers=0), "dit_layers must be a positive integer"),
+    (dict(dit_head_dim=15), "attention_head_dim must be even"),
+    (dict(variant="weak", dit_layers=4, planted=(3, 4)), r"planted must name blocks in 0..3"),
+    (dict(device="gpu"), "device must be a torch device"),
+    *([(dict(device="cuda"), "this torch sees no CUDA device")] if not torch.cuda.is_available() else []),
 ])
 def test_bad_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -237,3 +242,37 @@ def test_shipping_runs_keeps_the_derived_variants_records(straight, tmp_path):
     assert (root / "sink.json").read_text() == (WEIGHTS / "sink.json").read_text()
     assert "sink.json" in digests and manifest(root) == digests
     assert {"base.json", "weak.json", "shared/text_encoder/model.safetensors"} <= set(digests)
+
+
+SMALL = dict(dit_layers=3, dit_heads=2, dit_head_dim=8, dit_ffn=32)
+
+
+def test_a_run_of_another_dit_size_writes_a_pipeline_every_command_can_trace(tmp_path):
+    import fglens as fg
+
+    train(TrainConfig(**SMOKE, **SMALL), tmp_path, progress=False)
+    pipe = fg.toy.pipeline(path=tmp_path / "pipeline")
+    cfg = pipe.transformer.config
+    assert (cfg.num_layers, cfg.num_attention_heads, cfg.attention_head_dim, cfg.ffn_dim) == (3, 2, 8, 32)
+    item = fg.toy.suite("test", n=1)[0]
+    with fg.trace(pipe, record=fg.Record(words=item.words)) as run:
+        pipe(image=item.image, prompt=item.prompt, **{**fg.toy.CALL, "num_inference_steps": 2})
+    assert list(run.dataset.layer.values) == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_dit_from_a_pipeline_of_another_size_is_refused_before_any_pool_is_encoded(straight, tmp_path):
+    out, _ = straight
+    with pytest.raises(ValueError, match=r"holds a DiT of .*num_layers': 8.*configured for .*num_layers': 3"):
+        train(TrainConfig(**SMOKE, **SMALL), tmp_path, vae_from=out / "vae", dit_from=out / "pipeline",
+              progress=False)
+    assert not (tmp_path / "pool.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cuda_run_resumes_exactly_and_saves_a_pipeline_for_the_cpu(tmp_path):
+    cfg = TrainConfig(**{**SMOKE, "device": "cuda"})
+    train(cfg, tmp_path / "straight", progress=False)
+    train(TrainConfig(**{**SMOKE, "device": "cuda", "dit_steps": 2}), tmp_path / "resumed", progress=False)
+    train(cfg, tmp_path / "resumed", progress=False)
+    a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a) and all(v.device.type == "cpu" for v in a.values())

@@ -21,6 +21,7 @@ examples:
   fglens toy train-clip --out toyrun/clip                        # the tiny CLIP of the toy world (CLIP anchors)
   fglens toy ship --clip toyrun/clip                             # ship it (the pipelines' files stay as they are)
   fglens toy posttrain --out toy/posttrain --loss distill        # none / FG / LoRA / both (docs/post-training.md)
+  fglens toy compare base new=toyrun/new --n 60 --seeds 1,2,3    # paired: does a new run follow more? (≥ 180 items)
 
 `fglens toy train` resumes from the checkpoints in --out; its pipeline/ folder works as --pipeline in every
 command. `fglens toy report` uses the shipped weights unless --base/--weak name train outputs.
@@ -40,8 +41,10 @@ def register(sub) -> None:
     t.add_argument("--dit-from", help="start the DiT from a trained pipeline folder (<base run>/pipeline)")
     for name, kind in (("vae-steps", int), ("vae-batch", int), ("pool", int), ("dit-steps", int),
                        ("dit-batch", int), ("dit-lr", float), ("cooldown", int), ("planted-p", float),
-                       ("dit-object-weight", float), ("text-lr", float)):
+                       ("dit-object-weight", float), ("text-lr", float), ("dit-layers", int), ("dit-heads", int),
+                       ("dit-head-dim", int), ("dit-ffn", int)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
+    t.add_argument("--device", help="where to train: cpu (default) or cuda[:N]; the pipeline is saved for the CPU")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--no-reinit", action="store_true",
                    help="weak variant: keep the planted blocks' text keys instead of re-initialising them")
@@ -62,6 +65,17 @@ def register(sub) -> None:
                    help="anchor strengths of the sweep, comma-separated (default 1,2,4)")
     r.add_argument("--alphas", type=_floats, default=(0.25, 0.5, 0.75),
                    help="cache weights of the sweep, comma-separated, in [0, 1] (default 0.25,0.5,0.75)")
+    cm = toy.add_parser("compare", help="toy pipelines on the same items and noise: follows, paired differences")
+    cm.add_argument("pipelines", nargs="+", metavar="NAME=SOURCE",
+                    help="SOURCE: a shipped variant (base, weak, sink) or a `fglens toy train` folder (or its "
+                         "pipeline/); a bare variant names itself; the first is the reference of the differences")
+    cm.add_argument("--split", default="test", choices=("test", "train"))
+    cm.add_argument("--n", type=int, default=60, help="items per suite seed (default 60)")
+    cm.add_argument("--seeds", type=_ints, default=(0,), help="suite seeds, comma-separated (default 0)")
+    cm.add_argument("--sample-seed", type=int, default=0, help="the noise seed of every item (default 0)")
+    cm.add_argument("--device", default="cpu", help="where to sample: cpu (default) or cuda[:N]")
+    cm.add_argument("--out", help="folder for compare.json (rows included) and compare.md")
+    cm.add_argument("--quiet", action="store_true", help="no progress bars")
     c = toy.add_parser("train-clip", help="train the toy world's tiny CLIP (resumable) and measure it")
     c.add_argument("--out", required=True, help="run folder: pool.pt, clip.pt, open_clip_config.json, weights")
     c.add_argument("--steps", type=int, default=450)
@@ -115,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             return _ship(args)
         if args.toy_command == "losses":
             return _losses(args)
+        if args.toy_command == "compare":
+            return _compare(args)
         if args.toy_command == "posttrain":
             from ..toy.posttrain import four_way, table
 
@@ -141,11 +157,57 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 8,16,32; got {text!r}") from None
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2; got {text!r}") from None
+
+
+def _toy_pipeline(source: str):
+    """A shipped variant by name, or a train output folder (the run folder or its pipeline/)."""
+    from ..toy import pipeline
+    from ..toy.load import VARIANTS
+
+    if source in VARIANTS:
+        return pipeline(source)
+    folder = Path(source)
+    if not (folder / "model_index.json").is_file() and (folder / "pipeline" / "model_index.json").is_file():
+        folder = folder / "pipeline"
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{source!r} is neither a shipped variant ({', '.join(VARIANTS)}) nor a pipeline "
+                                "folder (a `fglens toy train` output or its pipeline/)")
+    return pipeline(path=folder)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ..toy.compare import compare, table
+    from ..toy.train import torch_device
+
+    specs = [spec.split("=", 1) if "=" in spec else [spec, spec] for spec in args.pipelines]
+    names = [name for name, _ in specs]
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"pipeline names must be distinct and non-empty; got {names}")
+    device = torch_device(args.device)
+    pipes = {name: _toy_pipeline(source).to(device) for name, source in specs}
+    res = compare(pipes, split=args.split, n=args.n, seeds=args.seeds, sample_seed=args.sample_seed,
+                  progress=not args.quiet)
+    text = table(res)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps({**res, "sources": dict(specs)}, indent=1, default=float) + "\n")
+        (out / "compare.md").write_text(text)
+        print(f"wrote {out / 'compare.json'} and {out / 'compare.md'}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..toy.train import TrainConfig, train
 
     names = ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr", "cooldown", "planted_p",
-             "dit_object_weight", "text_lr")
+             "dit_object_weight", "text_lr", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn", "device")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))

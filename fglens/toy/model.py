@@ -29,6 +29,29 @@ DIT_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_di
                   cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64, image_dim=16,
                   added_kv_proj_dim=64)
 SHIFT = 3.0  #: the flow-matching schedule's shift, in training and in the shipped scheduler
+#: the DiT's size settings a training run may change (`fglens toy train --dit-layers ...`); the rest is the world's
+DIT_SIZE_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "ffn_dim")
+
+
+def dit_config(**size: int) -> dict:
+    """`DIT_CONFIG` with some of `DIT_SIZE_KEYS` changed (the image tokens' key/value width follows the width).
+
+    Example:
+        >>> cfg = dit_config(num_layers=12, num_attention_heads=8)
+        >>> cfg["num_layers"], cfg["num_attention_heads"] * cfg["attention_head_dim"], cfg["added_kv_proj_dim"]
+        (12, 128, 128)
+    """
+    unknown = sorted(set(size) - set(DIT_SIZE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown DiT size setting(s) {unknown}; accepted: {', '.join(DIT_SIZE_KEYS)}")
+    for key, value in size.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    cfg = {**DIT_CONFIG, **size}
+    if cfg["attention_head_dim"] % 2:
+        raise ValueError(f"attention_head_dim must be even (rotary embeddings), got {cfg['attention_head_dim']}")
+    cfg["added_kv_proj_dim"] = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    return cfg
 
 #: every word the world's prompts use, one sentencepiece each
 VOCAB = tuple(
@@ -47,8 +70,9 @@ def tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0)
 
 
-def build_pipeline(seed: int = 0):
-    """An untrained toy pipeline (seeded): every part at its initial weights."""
+def build_pipeline(seed: int = 0, dit: dict | None = None):
+    """An untrained toy pipeline (seeded): every part at its initial weights; `dit` changes the DiT's size
+    (`dit_config`'s settings), the shipped size otherwise."""
     from diffusers import (
         AutoencoderKLWan,
         FlowMatchEulerDiscreteScheduler,
@@ -73,7 +97,7 @@ def build_pipeline(seed: int = 0):
     torch.manual_seed(seed + 2)
     vae = AutoencoderKLWan(**VAE_CONFIG)
     torch.manual_seed(seed + 3)
-    transformer = WanTransformer3DModel(**DIT_CONFIG)
+    transformer = WanTransformer3DModel(**dit_config(**(dit or {})))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=SHIFT)
     pipe = WanImageToVideoPipeline(
         tokenizer=tok, text_encoder=text_encoder, image_encoder=image_encoder, image_processor=image_processor,

@@ -47,11 +47,15 @@ def _fmt_diff(t: tuple) -> str:
 
 
 def untrained_control(pipe, seed: int = 0):
-    """The control of a trained toy pipeline: the same parts (a shallow copy) with its DiT at initial weights."""
+    """The control of a trained toy pipeline: the same parts (a shallow copy) with its DiT, of the same size, at
+    initial weights."""
     import copy
 
+    from .model import DIT_SIZE_KEYS
+
     control = copy.copy(pipe)
-    control.transformer = build_pipeline(seed=seed).transformer.eval()
+    size = {k: pipe.transformer.config[k] for k in DIT_SIZE_KEYS}
+    control.transformer = build_pipeline(seed=seed, dit=size).transformer.eval()
     return control
 
 

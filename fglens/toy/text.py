@@ -42,7 +42,7 @@ class TextEncoding:
         if missing:
             with torch.no_grad():
                 emb, _ = self.pipe.encode_prompt(missing, do_classifier_free_guidance=False,
-                                                 max_sequence_length=MAX_TOKENS, device=torch.device("cpu"))
+                                                 max_sequence_length=MAX_TOKENS, device=self.pipe.text_encoder.device)
             self.cache.update(zip(missing, emb, strict=False))
         return torch.stack([self.cache[p] for p in prompts])
 
@@ -51,7 +51,7 @@ class TextEncoding:
 
         tokens = self.pipe.tokenizer([prompt_clean(p) for p in prompts], padding="longest", max_length=MAX_TOKENS,
                                      truncation=True, add_special_tokens=True, return_attention_mask=True,
-                                     return_tensors="pt")
+                                     return_tensors="pt").to(self.pipe.text_encoder.device)
         states = self.pipe.text_encoder(tokens.input_ids, tokens.attention_mask).last_hidden_state
         states = states * tokens.attention_mask[..., None].to(states.dtype)  # Wan's zeros after the real tokens
         return torch.nn.functional.pad(states, (0, 0, 0, MAX_TOKENS - states.shape[1]))

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import SHIFT, Z_DIM, build_pipeline
+from .model import SHIFT, Z_DIM, build_pipeline, dit_config
 from .suite import sample
 from .text import TextEncoding
 from .world import CATEGORIES, FRAMES, SIZE
@@ -54,6 +54,17 @@ from .world import CATEGORIES, FRAMES, SIZE
 VARIANTS = ("base", "weak")
 OBJECT_WEIGHT = 10.0  #: VAE loss weight of object pixels relative to background pixels
 SPACE, TIME = 4, 2  #: the toy VAE's compression (pixels per latent cell, frames per latent frame after the first)
+
+
+def torch_device(name: str) -> torch.device:
+    """`name` as a torch device, refused with a reason when it is not one or is a CUDA device this torch lacks."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0'; got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch sees no CUDA device; use 'cpu'")
+    return device
 
 
 @dataclass(frozen=True)
@@ -81,18 +92,24 @@ class TrainConfig:
     planted_reinit: bool = True
     planted_only: bool = False
     checkpoint_every: int = 100
+    dit_layers: int = 8
+    dit_heads: int = 4
+    dit_head_dim: int = 16
+    dit_ffn: int = 192
+    device: str = "cpu"
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        for name in ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "checkpoint_every"):
+        for name in ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "checkpoint_every", "dit_layers",
+                     "dit_heads", "dit_head_dim", "dit_ffn"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        from .model import NUM_LAYERS
-
-        if self.variant == "weak" and (not self.planted or not all(0 <= i < NUM_LAYERS for i in self.planted)):
-            raise ValueError(f"planted must name blocks in 0..{NUM_LAYERS - 1}; got {self.planted!r}")
+        dit_config(**self.dit_size)  # refuses an odd head width
+        if self.variant == "weak" and (not self.planted or not all(0 <= i < self.dit_layers for i in self.planted)):
+            raise ValueError(f"planted must name blocks in 0..{self.dit_layers - 1}; got {self.planted!r}")
+        torch_device(self.device)
         if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
             raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
         for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight",
@@ -107,6 +124,12 @@ class TrainConfig:
         if self.variant == "weak" and self.text_lr > 0:
             raise ValueError("text_lr must be 0 for the weak variant: a planting keeps its base model's text encoder, "
                              "so the variants share every part but the DiT")
+
+    @property
+    def dit_size(self) -> dict[str, int]:
+        """The DiT's size as `fglens.toy.model.dit_config` settings."""
+        return {"num_layers": self.dit_layers, "num_attention_heads": self.dit_heads,
+                "attention_head_dim": self.dit_head_dim, "ffn_dim": self.dit_ffn}
 
     @property
     def planted_layers(self) -> list[str]:
@@ -191,11 +214,12 @@ def _bar(total: int, initial: int, desc: str, progress: bool):
 
 def train_vae(cfg: TrainConfig, vae, out: Path, progress: bool = True) -> list[float]:
     """Train `vae` in place; checkpoints in ``out/vae.pt``; returns the loss per step."""
-    ckpt = out / "vae.pt"
+    ckpt, dev = out / "vae.pt", torch.device(cfg.device)
+    vae.to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     losses: list[float] = []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         losses = list(state["losses"])
@@ -203,11 +227,11 @@ def train_vae(cfg: TrainConfig, vae, out: Path, progress: bool = True) -> list[f
     bar = _bar(cfg.vae_steps, len(losses), "vae", progress)
     for step in range(len(losses), cfg.vae_steps):
         rng = _rng(cfg.seed, "vae", step)
-        x, weight = _videos(_items(rng, cfg.vae_batch), weights=True)  # whole clips: both chunk transitions
+        x, weight = (t.to(dev) for t in _videos(_items(rng, cfg.vae_batch), weights=True))  # whole clips
         for g in opt.param_groups:
             g["lr"] = cfg.vae_lr * min(1.0, (step + 1) / cfg.warmup)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(rng))
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=_torch_gen(rng)).to(dev)
         rec = vae.decode(z).sample
         err = rec - x
         loss = (weight * (err.abs() + err.square())).mean() / weight.mean() + cfg.vae_kl * post.kl().mean()
@@ -229,7 +253,8 @@ def train_vae(cfg: TrainConfig, vae, out: Path, progress: bool = True) -> list[f
 def set_latent_stats(vae, seed: int, n: int = 64) -> None:
     """Record the per-channel mean and std of the VAE's latents of `n` train clips in its config."""
     clips = _videos(_items(_rng(seed, "latent-stats", 0), n))
-    z = torch.cat([vae.encode(c).latent_dist.mode() for c in clips.split(8)])
+    dev = next(vae.parameters()).device
+    z = torch.cat([vae.encode(c.to(dev)).latent_dist.mode() for c in clips.split(8)])
     mean = z.mean((0, 2, 3, 4))
     std = z.std((0, 2, 3, 4)).clamp_min(1e-3)
     vae.register_to_config(latents_mean=[float(v) for v in mean], latents_std=[float(v) for v in std])
@@ -247,22 +272,23 @@ def encode_pool(cfg: TrainConfig, pipe, progress: bool = True, chunk: int = 32) 
     from .world import prompt as prompt_of
 
     vae = pipe.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, Z_DIM, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, Z_DIM, 1, 1, 1)
+    dev = next(pipe.transformer.parameters()).device  # the pool's tensors are kept on the CPU, in float16
+    mean = torch.tensor(vae.config.latents_mean, device=dev).view(1, Z_DIM, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=dev).view(1, Z_DIM, 1, 1, 1)
     pairs = _items(_rng(cfg.seed, "pool", 0), cfg.pool)
     z0, cond, img, prompts = [], [], [], []
     bar = _bar(cfg.pool, 0, "encode", progress)
     for i in range(0, cfg.pool, chunk):
         part = pairs[i:i + chunk]
-        clips = _videos(part)
-        z0.append(((vae.encode(clips).latent_dist.mode() - mean) / std).half())
+        clips = _videos(part).to(dev)
+        z0.append(((vae.encode(clips).latent_dist.mode() - mean) / std).half().cpu())
         images = [Item("pool", "train", s, ins).image for s, ins in part]
-        image = pipe.video_processor.preprocess(images, height=SIZE, width=SIZE)
+        image = pipe.video_processor.preprocess(images, height=SIZE, width=SIZE).to(dev)
         for one in image.split(1):  # the pipeline's own condition: mask channels + the latent of [image, 0, ...]
-            _, c = pipe.prepare_latents(one, 1, Z_DIM, SIZE, SIZE, FRAMES, torch.float32, torch.device("cpu"),
+            _, c = pipe.prepare_latents(one, 1, Z_DIM, SIZE, SIZE, FRAMES, torch.float32, dev,
                                         torch.Generator().manual_seed(0))
-            cond.append(c.half())
-        img.append(pipe.encode_image(images, torch.device("cpu")).half())
+            cond.append(c.half().cpu())
+        img.append(pipe.encode_image(images, dev).half().cpu())
         prompts += [prompt_of(s, ins) for s, ins in part]
         bar.update(len(part))
     bar.close()
@@ -312,7 +338,8 @@ def dit_lr(cfg: TrainConfig, step: int) -> float:
 
 def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = True) -> list[float]:
     """Train `pipe.transformer` in place (ends holding the EMA weights); checkpoints in ``out/dit.pt``."""
-    dit = pipe.transformer
+    dit, dev = pipe.transformer, torch.device(cfg.device)
+    pipe.to(dev)  # the pool stays on the CPU; each batch moves
     ema = copy.deepcopy(dit).requires_grad_(False)
     if cfg.variant == "weak" and cfg.planted_only:  # the rest of the network stays the base model's
         dit.requires_grad_(False)
@@ -329,7 +356,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     opt = torch.optim.AdamW(groups, lr=cfg.dit_lr, weight_decay=0.01)
     ckpt, losses = out / "dit.pt", []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=dev)
         dit.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -354,22 +381,23 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
             prompts = ["" if d else pool["prompts"][i] for i, d in zip(idx, drop, strict=False)]
             gen = _torch_gen(rng)
             z0 = pool["z0"][idx].float()
-            noise = torch.randn(z0.shape, generator=gen)
+            noise = torch.randn(z0.shape, generator=gen)  # drawn on the CPU: the same draws on every device
             u = torch.rand(cfg.dit_batch, generator=gen)
+            z0, noise, u = z0.to(dev), noise.to(dev), u.to(dev)
             sigma = SHIFT * u / (1 + (SHIFT - 1) * u)
             s = sigma.view(-1, 1, 1, 1, 1)
-            x = torch.cat([(1 - s) * z0 + s * noise, pool["cond"][idx].float()], dim=1)
+            x = torch.cat([(1 - s) * z0 + s * noise, pool["cond"][idx].float().to(dev)], dim=1)
             if planter is not None:
-                planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p)
+                planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p).to(dev)
             for g in opt.param_groups:
                 g["lr"] = dit_lr(cfg, step) * g["scale"]
             pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
-                       encoder_hidden_states_image=pool["img"][idx].float(), return_dict=False)[0]
+                       encoder_hidden_states_image=pool["img"][idx].float().to(dev), return_dict=False)[0]
             err = (pred - (noise - z0)).square()
             if weights is None:
                 loss = err.mean()
             else:
-                w = weights[idx].float()
+                w = weights[idx].float().to(dev)
                 loss = (w * err).mean() / w.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -431,39 +459,47 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     t0 = time.time()
-    pipe = build_pipeline(seed=cfg.seed)
+    pipe = build_pipeline(seed=cfg.seed, dit=cfg.dit_size)
     vae_losses: list[float] = []
     if vae_from is not None:
         pipe.vae = AutoencoderKLWan.from_pretrained(vae_from).eval()
     elif (out / "vae" / "config.json").exists():
         pipe.vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
-        vae_losses = list(torch.load(out / "vae.pt", weights_only=True)["losses"]) if (out / "vae.pt").exists() else []
+        if (out / "vae.pt").exists():
+            vae_losses = list(torch.load(out / "vae.pt", weights_only=True, map_location="cpu")["losses"])
     else:
-        vae_losses = train_vae(cfg, pipe.vae, out, progress)
+        vae_losses = train_vae(cfg, pipe.vae, out, progress)  # on cfg.device
         set_latent_stats(pipe.vae, cfg.seed)
         pipe.vae.save_pretrained(out / "vae")
     t_vae = time.time() - t0
+    if dit_from is not None and not (out / "dit.pt").exists():
+        from diffusers import WanTransformer3DModel
+
+        start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
+        theirs = {k: start.config[k] for k in cfg.dit_size}
+        if theirs != cfg.dit_size:
+            raise ValueError(f"--dit-from {dit_from} holds a DiT of {theirs}; this run is configured for "
+                             f"{cfg.dit_size}: give the same --dit-layers/--dit-heads/--dit-head-dim/--dit-ffn")
+        pipe.transformer.load_state_dict(start.state_dict())
+    if dit_from is not None:  # (a resumed run with a trained encoder gets it back from its checkpoint)
+        _text_encoder_from(pipe, Path(dit_from))
+    if cfg.variant == "weak" and cfg.planted_reinit and not (out / "dit.pt").exists():
+        reinit_planted_keys(pipe.transformer, cfg)
+    pipe.to(torch.device(cfg.device))  # (after the re-initialisation: seeded on the CPU)
     pool_file = out / "pool.pt"
     if pool_file.exists():
         pool = torch.load(pool_file, weights_only=True)
     else:
         pool = encode_pool(cfg, pipe, progress)
         save_atomic(pool, pool_file)
-    if dit_from is not None and not (out / "dit.pt").exists():
-        from diffusers import WanTransformer3DModel
-
-        start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
-        pipe.transformer.load_state_dict(start.state_dict())
-    if dit_from is not None:  # (a resumed run with a trained encoder gets it back from its checkpoint)
-        _text_encoder_from(pipe, Path(dit_from))
-    if cfg.variant == "weak" and cfg.planted_reinit and not (out / "dit.pt").exists():
-        reinit_planted_keys(pipe.transformer, cfg)
     dit_losses = train_dit(cfg, pipe, pool, out, progress)
+    pipe.to(torch.device("cpu"))  # the saved pipeline loads on the CPU, whatever trained it
     pipe.save_pretrained(out / "pipeline", safe_serialization=True)
     info = {"variant": cfg.variant, "planted_layers": cfg.planted_layers, "config": dataclasses.asdict(cfg),
             "vae_from": str(vae_from) if vae_from else None, "dit_from": str(dit_from) if dit_from else None,
             "seconds": round(time.time() - t0, 1),
             "vae_seconds": round(t_vae, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda") else None,
             "vae_loss": vae_losses, "dit_loss": dit_losses}
     with open(out / "loss.csv", "w", newline="") as f:
         w = csv.writer(f)

@@ -1,0 +1,69 @@
+"""Comparing toy pipelines: the same items and noise for every pipeline, paired differences, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fglens as fg
+from fglens.cli import main
+from fglens.toy.compare import compare, table
+
+FAST = {"num_inference_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def base():
+    return fg.toy.pipeline("base")
+
+
+def test_compare_pairs_every_pipeline_with_the_first_on_the_same_items(base):
+    sink = fg.toy.pipeline("sink")
+    res = compare({"base": base, "again": base, "sink": sink}, n=3, seeds=(0, 1), **FAST)
+    assert res["n_items"] == 6 and res["reference"] == "base"
+    ids = [[r["id"] for r in rows] for rows in res["rows"].values()]
+    assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 6  # two suite seeds, distinct items
+    # the same pipeline on the same items and noise: identical videos, so a difference of exactly 0
+    assert [r["follows"] for r in res["rows"]["again"]] == [r["follows"] for r in res["rows"]["base"]]
+    assert res["paired"]["again"]["all"][:3] == (0.0, 0.0, 0.0)
+    fb = [r["follows"] for r in res["rows"]["base"]]
+    fs = [r["follows"] for r in res["rows"]["sink"]]
+    assert res["paired"]["sink"]["all"][0] == pytest.approx(sum(fs) / 6 - sum(fb) / 6)
+    assert res["follows"]["sink"]["all"][0] == pytest.approx(sum(fs) / 6)
+    text = table(res)
+    assert "| sink − base |" in text and "6 items of the test split" in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(split="val"), "split must be 'train' or 'test'"),
+    (dict(n=0), "needs n >= 1"),
+    (dict(seeds=()), "at least one seed"),
+])
+def test_compare_refuses_bad_arguments(base, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        compare({"base": base}, **kwargs)
+
+
+def test_the_cli_compares_shipped_variants_and_writes_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("fglens.toy.experiment.CALL", {**fg.toy.CALL, **FAST})
+    assert main(["toy", "compare", "base", "s=sink", "--n", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "| s − base |" in capsys.readouterr().out
+    res = json.loads((tmp_path / "compare.json").read_text())
+    assert res["sources"] == {"base": "base", "s": "sink"} and res["n_items"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["toy", "compare", "nowhere"], "neither a shipped variant"),
+    (["toy", "compare", "base", "base"], "must be distinct"),
+    (["toy", "compare", "base", "--device", "gpu"], "device must be a torch device"),
+])
+def test_the_cli_refuses_bad_pipelines_and_options(argv, message, capsys):
+    assert main(argv) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_the_cli_refuses_seeds_that_are_not_integers(capsys):
+    with pytest.raises(SystemExit):
+        main(["toy", "compare", "base", "--seeds", "a"])
+    assert "comma-separated integers" in capsys.readouterr().err
