@@ -276,3 +276,33 @@ def test_a_cuda_run_resumes_exactly_and_saves_a_pipeline_for_the_cpu(tmp_path):
     train(cfg, tmp_path / "resumed", progress=False)
     a, b = _state(tmp_path / "straight"), _state(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a) and all(v.device.type == "cpu" for v in a.values())
+
+
+def test_growing_a_dit_deeper_keeps_exactly_what_it_computes():
+    from fglens.toy.model import Z_DIM, build_pipeline
+    from fglens.toy.train import grow_depth
+
+    shallow = build_pipeline(seed=0).transformer
+    with torch.no_grad():  # as if trained: no output projection at its initial value
+        for p in shallow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    deep = build_pipeline(seed=1, dit={"num_layers": 16}).transformer
+    assert grow_depth(deep, shallow) == list(range(1, 16, 2))
+    torch.manual_seed(0)
+    args = (torch.randn(2, 2 * Z_DIM + 2, 5, 16, 16),)
+    kwargs = dict(timestep=torch.tensor([300.0, 900.0]), encoder_hidden_states=torch.randn(2, 512, 32),
+                  encoder_hidden_states_image=torch.randn(2, 17, 16), return_dict=False)
+    with torch.no_grad():
+        assert torch.equal(deep(*args, **kwargs)[0], shallow(*args, **kwargs)[0])
+    with pytest.raises(ValueError, match="shallower DiT of the same width"):
+        grow_depth(build_pipeline(seed=0, dit={"num_layers": 12, "ffn_dim": 96}).transformer, shallow)
+
+
+def test_a_grown_run_trains_from_a_shallower_pipeline(straight, tmp_path):
+    out, _ = straight
+    info = train(TrainConfig(**SMOKE, dit_layers=10, dit_grow=True), tmp_path, vae_from=out / "vae",
+                 dit_from=out / "pipeline", progress=False)
+    assert len(info["dit_loss"]) == 4 and info["config"]["dit_grow"]
+    assert sum(1 for k in _state(tmp_path) if k.endswith("attn1.to_out.0.weight")) == 10
+    with pytest.raises(ValueError, match="give --dit-from a shallower trained pipeline"):
+        train(TrainConfig(**SMOKE, dit_layers=10, dit_grow=True), tmp_path / "none", progress=False)

@@ -44,6 +44,9 @@ def register(sub) -> None:
                        ("dit-object-weight", float), ("text-lr", float), ("dit-layers", int), ("dit-heads", int),
                        ("dit-head-dim", int), ("dit-ffn", int)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
+    t.add_argument("--dit-grow", action="store_true",
+                   help="--dit-from a shallower DiT of the same width: its blocks spread over --dit-layers, the new "
+                        "blocks starting as identities (fglens.toy.train.grow_depth)")
     t.add_argument("--device", help="where to train: cpu (default) or cuda[:N]; the pipeline is saved for the CPU")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--no-reinit", action="store_true",
@@ -215,6 +218,8 @@ def _train(args: argparse.Namespace) -> int:
         fields["planted_reinit"] = False
     if args.planted_only:
         fields["planted_only"] = True
+    if args.dit_grow:
+        fields["dit_grow"] = True
     cfg = TrainConfig(variant=args.variant, seed=args.seed, **fields)
     info = train(cfg, args.out, vae_from=args.vae_from, dit_from=args.dit_from, progress=not args.quiet)
     summary = {k: info[k] for k in ("variant", "planted_layers", "seconds")}

@@ -96,6 +96,7 @@ class TrainConfig:
     dit_heads: int = 4
     dit_head_dim: int = 16
     dit_ffn: int = 192
+    dit_grow: bool = False
     device: str = "cpu"
 
     def __post_init__(self):
@@ -145,6 +146,41 @@ def reinit_planted_keys(transformer, cfg: TrainConfig) -> None:
             attn = transformer.blocks[i].attn2
             attn.to_k.reset_parameters()
             attn.norm_k.reset_parameters()
+
+
+def grow_depth(transformer, shallow) -> list[int]:
+    """Load the shallower DiT `shallow` (same width) into the deeper `transformer`, computing exactly what it does.
+
+    Block j of the L shallow blocks becomes block ``j * L' // L`` of the L' deep ones; every other block starts as
+    an identity: its self-attention, cross-attention and feed-forward output projections are zero, so it adds
+    nothing to the residual stream until training moves them (their inputs are not zero, so they get gradients).
+    Returns the indices of the new blocks.
+
+    Example:
+        >>> from fglens.toy.model import build_pipeline
+        >>> grow_depth(build_pipeline(0, dit={"num_layers": 12}).transformer, build_pipeline(0).transformer)
+        [2, 5, 8, 11]
+    """
+    old, new = shallow.config.num_layers, transformer.config.num_layers
+    width = ("num_attention_heads", "attention_head_dim", "ffn_dim")
+    if old >= new or any(shallow.config[k] != transformer.config[k] for k in width):
+        raise ValueError(f"growing needs a shallower DiT of the same width: got {old} blocks of "
+                         f"{[shallow.config[k] for k in width]} into {new} of {[transformer.config[k] for k in width]}"
+                         f" ({', '.join(width)})")
+    placed = {j * new // old: j for j in range(old)}
+    state = {k: v for k, v in shallow.state_dict().items() if not k.startswith("blocks.")}
+    for i, j in placed.items():
+        state.update({f"blocks.{i}.{k}": v for k, v in shallow.blocks[j].state_dict().items()})
+    fresh = [i for i in range(new) if i not in placed]
+    with torch.no_grad():
+        for i in fresh:
+            block = transformer.blocks[i]
+            for linear in (block.attn1.to_out[0], block.attn2.to_out[0], block.ffn.net[-1]):
+                linear.weight.zero_()
+                linear.bias.zero_()
+            state.update({f"blocks.{i}.{k}": v for k, v in block.state_dict().items()})
+    transformer.load_state_dict(state)
+    return fresh
 
 
 def _rng(seed: int, phase: str, step: int) -> np.random.Generator:
@@ -472,15 +508,21 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
         set_latent_stats(pipe.vae, cfg.seed)
         pipe.vae.save_pretrained(out / "vae")
     t_vae = time.time() - t0
+    if cfg.dit_grow and dit_from is None:
+        raise ValueError("dit_grow deepens the DiT of --dit-from: give --dit-from a shallower trained pipeline")
     if dit_from is not None and not (out / "dit.pt").exists():
         from diffusers import WanTransformer3DModel
 
         start = WanTransformer3DModel.from_pretrained(Path(dit_from) / "transformer", local_files_only=True)
         theirs = {k: start.config[k] for k in cfg.dit_size}
-        if theirs != cfg.dit_size:
+        if cfg.dit_grow:
+            grow_depth(pipe.transformer, start)
+        elif theirs != cfg.dit_size:
             raise ValueError(f"--dit-from {dit_from} holds a DiT of {theirs}; this run is configured for "
-                             f"{cfg.dit_size}: give the same --dit-layers/--dit-heads/--dit-head-dim/--dit-ffn")
-        pipe.transformer.load_state_dict(start.state_dict())
+                             f"{cfg.dit_size}: give the same --dit-layers/--dit-heads/--dit-head-dim/--dit-ffn, "
+                             "or --dit-grow to deepen it")
+        else:
+            pipe.transformer.load_state_dict(start.state_dict())
     if dit_from is not None:  # (a resumed run with a trained encoder gets it back from its checkpoint)
         _text_encoder_from(pipe, Path(dit_from))
     if cfg.variant == "weak" and cfg.planted_reinit and not (out / "dit.pt").exists():
