@@ -80,6 +80,15 @@ def test_the_dits_object_weight_covers_each_latent_cell_an_object_touches():
     assert 0.05 < float((w > 1).float().mean()) < 0.5  # objects are a small part of a frame
 
 
+@pytest.mark.parametrize("weights", [dict(dit_frame_weight=3.0), dict(dit_frame_weight=2.0, dit_object_weight=10.0)])
+def test_a_frame_weighted_run_trains(tmp_path, weights):
+    from fglens.toy.train import latent_frame_weight
+
+    assert latent_frame_weight(3, 2.0).flatten().tolist() == [1.0, 1.5, 2.0]
+    info = train(TrainConfig(**{**SMOKE, **weights}), tmp_path, progress=False)
+    assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
+
+
 def test_an_object_weighted_run_trains(tmp_path):
     info = train(TrainConfig(**{**SMOKE, "dit_object_weight": 10.0}), tmp_path, progress=False)
     assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
@@ -174,6 +183,7 @@ def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     (dict(dit_object_weight=0.5), r"dit_object_weight is a weight >= 1"),
     (dict(dit_object_weight=float("inf")), "dit_object_weight must be a finite number"),
     (dict(text_lr=float("nan")), "text_lr must be a finite number"),
+    (dict(dit_frame_weight=0.5), r"dit_frame_weight is the last latent frame's weight >= 1"),
     (dict(variant="weak", text_lr=1e-4), "text_lr must be 0 for the weak variant"),
     (dict(dit_layers=0), "dit_layers must be a positive integer"),
     (dict(dit_head_dim=15), "attention_head_dim must be even"),

@@ -86,6 +86,7 @@ class TrainConfig:
     ema: float = 0.995
     prompt_dropout: float = 0.1
     dit_object_weight: float = 1.0
+    dit_frame_weight: float = 1.0
     text_lr: float = 0.0
     planted: tuple[int, ...] = field(default=(3, 4))
     planted_p: float = 1.0
@@ -114,12 +115,15 @@ class TrainConfig:
         if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
             raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
         for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight",
-                     "text_lr"):
+                     "text_lr", "dit_frame_weight"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
             if name in ("ema", "prompt_dropout", "planted_p") and value > 1:
                 raise ValueError(f"{name} is a fraction in [0, 1], got {value!r}")
+        if self.dit_frame_weight < 1:
+            raise ValueError(f"dit_frame_weight is the last latent frame's weight >= 1 (1: every frame alike), got "
+                             f"{self.dit_frame_weight!r}")
         if self.dit_object_weight < 1:
             raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")
         if self.variant == "weak" and self.text_lr > 0:
@@ -227,6 +231,17 @@ def latent_object_weight(pairs, weight: float) -> torch.Tensor:
     cells = F.max_pool2d(torch.cat([first, rest], 1), SPACE)  # B F' h w
     near = F.max_pool2d(cells, 3, stride=1, padding=1)
     return (1.0 + (weight - 1.0) * (near > 0).float())[:, None].half()
+
+
+def latent_frame_weight(n_frames: int, last: float) -> torch.Tensor:
+    """The DiT's loss weight per latent frame, [1, 1, n_frames, 1, 1]: from 1 at the first frame (the reference
+    image's) linearly up to `last` at the last one; it multiplies the object weight.
+
+    Example:
+        >>> latent_frame_weight(5, 3.0).flatten().tolist()
+        [1.0, 1.5, 2.0, 2.5, 3.0]
+    """
+    return torch.linspace(1.0, last, n_frames).view(1, 1, n_frames, 1, 1)
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -407,6 +422,9 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     weights = None
     if cfg.dit_object_weight != 1.0:  # the pool's items again, for their object pixels (the pool holds latents only)
         weights = latent_object_weight(_items(_rng(cfg.seed, "pool", 0), len(pool["prompts"])), cfg.dit_object_weight)
+    if cfg.dit_frame_weight != 1.0:  # later frames count more: where objects fade and motions fall short
+        frames = latent_frame_weight(pool["z0"].shape[2], cfg.dit_frame_weight).half()
+        weights = frames.expand(len(pool["prompts"]), -1, -1, -1, -1) if weights is None else weights * frames
     dit.train()
     bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
     try:
