@@ -67,3 +67,14 @@ def test_the_cli_refuses_seeds_that_are_not_integers(capsys):
     with pytest.raises(SystemExit):
         main(["toy", "compare", "base", "--seeds", "a"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_the_cli_takes_a_train_output_folder_as_a_source(tmp_path, capsys, monkeypatch):
+    from fglens.toy.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(vae_steps=1, vae_batch=1, pool=2, dit_steps=1, dit_batch=1, warmup=1), run, progress=False)
+    monkeypatch.setattr("fglens.toy.experiment.CALL", {**fg.toy.CALL, **FAST})
+    for source in (run, run / "pipeline"):  # the run folder or its pipeline/
+        assert main(["toy", "compare", "base", f"mine={source}", "--n", "1", "--quiet"]) == 0
+        assert "| mine − base |" in capsys.readouterr().out

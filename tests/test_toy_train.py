@@ -89,6 +89,13 @@ def test_a_frame_weighted_run_trains(tmp_path, weights):
     assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
 
 
+def test_the_frame_weight_changes_the_loss_of_the_same_batch(tmp_path):
+    plain = train(TrainConfig(**{**SMOKE, "dit_steps": 1}), tmp_path / "plain", progress=False)["dit_loss"]
+    weighted = train(TrainConfig(**{**SMOKE, "dit_steps": 1, "dit_frame_weight": 3.0}), tmp_path / "weighted",
+                     progress=False)["dit_loss"]
+    assert plain[0] != weighted[0]
+
+
 def test_an_object_weighted_run_trains(tmp_path):
     info = train(TrainConfig(**{**SMOKE, "dit_object_weight": 10.0}), tmp_path, progress=False)
     assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
