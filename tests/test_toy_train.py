@@ -96,6 +96,31 @@ def test_the_frame_weight_changes_the_loss_of_the_same_batch(tmp_path):
     assert plain[0] != weighted[0]
 
 
+def test_oversampled_kinds_are_drawn_in_proportion_to_their_weight():
+    import numpy as np
+
+    from fglens.toy.train import _items, _rng, pool_probabilities
+
+    pairs = _items(_rng(0, "pool", 0), 200)
+    kinds = np.array([ins.kind for _, ins in pairs])
+    p = pool_probabilities(pairs, (("approach", 4.0), ("swap", 0.5)))
+    assert p.sum() == pytest.approx(1.0)
+    still = p[kinds == "still"]
+    assert len(set(still)) == 1 and (kinds == "approach").any() and (kinds == "swap").any()
+    assert p[kinds == "approach"] / still[0] == pytest.approx(4.0)
+    assert p[kinds == "swap"] / still[0] == pytest.approx(0.5)
+    assert np.all(pool_probabilities(pairs, ()) == 1 / 200)
+
+
+def test_an_oversampled_run_draws_other_batches_and_records_its_weights(tmp_path):
+    plain = train(TrainConfig(**{**SMOKE, "dit_steps": 1}), tmp_path / "plain", progress=False)["dit_loss"]
+    info = train(TrainConfig(**{**SMOKE, "dit_steps": 1, "dit_oversample": (("move", 50.0),)}), tmp_path / "over",
+                 progress=False)
+    assert info["dit_loss"][0] != plain[0]
+    meta = json.loads((tmp_path / "over" / "pipeline" / "toy.json").read_text())
+    assert meta["config"]["dit_oversample"] == [["move", 50.0]]
+
+
 def test_an_object_weighted_run_trains(tmp_path):
     info = train(TrainConfig(**{**SMOKE, "dit_object_weight": 10.0}), tmp_path, progress=False)
     assert len(info["dit_loss"]) == 4 and all(v == v for v in info["dit_loss"])
@@ -192,6 +217,9 @@ def test_the_planting_re_initialises_only_the_planted_blocks_text_keys():
     (dict(text_lr=float("nan")), "text_lr must be a finite number"),
     (dict(dit_frame_weight=0.5), r"dit_frame_weight is the last latent frame's weight >= 1"),
     (dict(variant="weak", text_lr=1e-4), "text_lr must be 0 for the weak variant"),
+    (dict(dit_oversample=(("approch", 4.0),)), "dit_oversample names instruction kinds"),
+    (dict(dit_oversample=(("approach", float("nan")),)), "must be a finite number > 0"),
+    (dict(dit_oversample=(("approach", 0.0),)), "must be a finite number > 0"),
     (dict(dit_layers=0), "dit_layers must be a positive integer"),
     (dict(dit_head_dim=15), "attention_head_dim must be even"),
     (dict(variant="weak", dit_layers=4, planted=(3, 4)), r"planted must name blocks in 0..3"),

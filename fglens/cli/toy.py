@@ -48,6 +48,9 @@ def register(sub) -> None:
     t.add_argument("--dit-grow", action="store_true",
                    help="--dit-from a shallower DiT of the same width: its blocks spread over --dit-layers, the new "
                         "blocks starting as identities (fglens.toy.train.grow_depth)")
+    t.add_argument("--dit-oversample", type=_kind_weights, metavar="KIND=W[,KIND=W]",
+                   help="draw pool items of these instruction kinds W times as often into the DiT's batches (kinds: "
+                        "move, recolour, grow, shrink, pan, zoom, approach, swap, still; e.g. approach=4)")
     t.add_argument("--device", help="where to train: cpu (default) or cuda[:N]; the pipeline is saved for the CPU")
     t.add_argument("--planted", help="comma-separated block indices of the weak variant (default 3,4)")
     t.add_argument("--no-reinit", action="store_true",
@@ -161,6 +164,15 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 8,16,32; got {text!r}") from None
 
 
+def _kind_weights(text: str) -> tuple[tuple[str, float], ...]:
+    try:
+        pairs = [part.split("=") for part in text.split(",")]
+        return tuple((kind.strip(), float(weight)) for kind, weight in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND=WEIGHT pairs, comma-separated, such as approach=4,swap=2; "
+                                         f"got {text!r}") from None
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -212,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
 
     names = ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr", "cooldown", "planted_p",
              "dit_object_weight", "dit_frame_weight", "text_lr", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
-             "device")
+             "device", "dit_oversample")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.planted:
         fields["planted"] = tuple(int(v) for v in args.planted.split(","))

@@ -49,7 +49,7 @@ import torch
 from .model import SHIFT, Z_DIM, build_pipeline, dit_config
 from .suite import sample
 from .text import TextEncoding
-from .world import CATEGORIES, FRAMES, SIZE
+from .world import CATEGORIES, FRAMES, KIND_CATEGORY, SIZE
 
 VARIANTS = ("base", "weak")
 OBJECT_WEIGHT = 10.0  #: VAE loss weight of object pixels relative to background pixels
@@ -87,6 +87,7 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     dit_object_weight: float = 1.0
     dit_frame_weight: float = 1.0
+    dit_oversample: tuple[tuple[str, float], ...] = ()
     text_lr: float = 0.0
     planted: tuple[int, ...] = field(default=(3, 4))
     planted_p: float = 1.0
@@ -124,6 +125,11 @@ class TrainConfig:
         if self.dit_frame_weight < 1:
             raise ValueError(f"dit_frame_weight is the last latent frame's weight >= 1 (1: every frame alike), got "
                              f"{self.dit_frame_weight!r}")
+        for kind, weight in self.dit_oversample:
+            if kind not in KIND_CATEGORY:
+                raise ValueError(f"dit_oversample names instruction kinds ({', '.join(KIND_CATEGORY)}); got {kind!r}")
+            if not np.isfinite(weight) or weight <= 0:
+                raise ValueError(f"dit_oversample's weight of {kind!r} must be a finite number > 0, got {weight!r}")
         if self.dit_object_weight < 1:
             raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")
         if self.variant == "weak" and self.text_lr > 0:
@@ -242,6 +248,21 @@ def latent_frame_weight(n_frames: int, last: float) -> torch.Tensor:
         [1.0, 1.5, 2.0, 2.5, 3.0]
     """
     return torch.linspace(1.0, last, n_frames).view(1, 1, n_frames, 1, 1)
+
+
+def pool_probabilities(pairs, oversample: tuple[tuple[str, float], ...]) -> np.ndarray:
+    """The chance of each pool item to be drawn into a DiT batch: proportional to its instruction kind's weight in
+    `oversample` (1 for a kind it does not name); uniform when `oversample` is empty.
+
+    Example:
+        >>> from fglens.toy.world import Instruction
+        >>> pairs = [(None, Instruction("approach", target=0, other=1)), (None, Instruction("still", target=0))]
+        >>> pool_probabilities(pairs, (("approach", 3.0),)).tolist()
+        [0.75, 0.25]
+    """
+    weight = dict(oversample)
+    w = np.array([weight.get(ins.kind, 1.0) for _, ins in pairs], dtype=np.float64)
+    return w / w.sum()
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -419,18 +440,25 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     with torch.no_grad():
         null_raw = text([""])
     planter = _Planter(dit, cfg.planted, null_raw) if cfg.variant == "weak" else None
-    weights = None
-    if cfg.dit_object_weight != 1.0:  # the pool's items again, for their object pixels (the pool holds latents only)
-        weights = latent_object_weight(_items(_rng(cfg.seed, "pool", 0), len(pool["prompts"])), cfg.dit_object_weight)
+    weights, probs, n_pool = None, None, len(pool["prompts"])
+    if cfg.dit_object_weight != 1.0 or cfg.dit_oversample:  # the pool's items again (the pool holds latents only)
+        pairs = _items(_rng(cfg.seed, "pool", 0), n_pool)
+    if cfg.dit_object_weight != 1.0:  # objects' cells count more
+        weights = latent_object_weight(pairs, cfg.dit_object_weight)
+    if cfg.dit_oversample:  # some instruction kinds drawn more often
+        probs = pool_probabilities(pairs, cfg.dit_oversample)
     if cfg.dit_frame_weight != 1.0:  # later frames count more: where objects fade and motions fall short
         frames = latent_frame_weight(pool["z0"].shape[2], cfg.dit_frame_weight).half()
-        weights = frames.expand(len(pool["prompts"]), -1, -1, -1, -1) if weights is None else weights * frames
+        weights = frames.expand(n_pool, -1, -1, -1, -1) if weights is None else weights * frames
     dit.train()
     bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
     try:
         for step in range(len(losses), cfg.dit_steps):
             rng = _rng(cfg.seed, f"dit-{cfg.variant}", step)
-            idx = rng.integers(len(pool["prompts"]), size=cfg.dit_batch)
+            if probs is None:
+                idx = rng.integers(n_pool, size=cfg.dit_batch)
+            else:
+                idx = rng.choice(n_pool, cfg.dit_batch, p=probs)
             drop = rng.random(cfg.dit_batch) < cfg.prompt_dropout
             prompts = ["" if d else pool["prompts"][i] for i, d in zip(idx, drop, strict=False)]
             gen = _torch_gen(rng)
