@@ -33,6 +33,15 @@ def test_compare_pairs_every_pipeline_with_the_first_on_the_same_items(base):
     assert res["follows"]["sink"]["all"][0] == pytest.approx(sum(fs) / 6)
     text = table(res)
     assert "| sink − base |" in text and "6 items of the test split" in text
+    # per instruction kind: each row's own kind, the same means taken over that kind's items only
+    kinds = [r["kind"] for r in res["rows"]["base"]]
+    assert kinds == [item.instruction.kind for s in (0, 1) for item in fg.toy.suite("test", n=3, seed=s)]
+    for kind in set(kinds):
+        mine = [i for i, k in enumerate(kinds) if k == kind]
+        assert res["follows_by_kind"]["sink"][kind][3] == len(mine)
+        assert res["paired_by_kind"]["sink"][kind][0] == pytest.approx(
+            sum(fs[i] - fb[i] for i in mine) / len(mine))
+        assert f"{kind} ({len(mine)})" in text.split("Per instruction kind")[1]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -44,22 +44,37 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
             "follows": {name: summarize(r) for name, r in rows.items()},
             "fidelity": {name: summarize(r, "fidelity") for name, r in rows.items()},
             "paired": {name: paired(rows[first], r) for name, r in rows.items() if name != first},
+            "follows_by_kind": {name: summarize(r, by="kind") for name, r in rows.items()},
+            "paired_by_kind": {name: paired(rows[first], r, by="kind") for name, r in rows.items() if name != first},
             "rows": rows}
 
 
 def table(res: dict) -> str:
-    """`compare`'s result as a markdown table: follows per category and pipeline, then the paired differences."""
-    cats = list(next(iter(res["follows"].values())))
+    """`compare`'s result as markdown: follows per category and pipeline with the paired differences to the first,
+    then the same per instruction kind (its number of items in the header)."""
     head = f"{res['n_items']} items of the {res['split']} split (suite seeds {res['seeds']}), sample seed " \
            f"{res['sample_seed']}; 95 % bootstrap intervals over items\n\n"
-    lines = ["| pipeline | " + " | ".join(cats) + " | fidelity |", "|---" * (len(cats) + 2) + "|"]
-    for name, summary in res["follows"].items():
-        cells = [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi, _ in (summary[c] for c in cats)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {res['fidelity'][name]['all'][0]:.3f} |")
-    for name, diff in res["paired"].items():
-        cells = [f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, lo, hi, _ in (diff[c] for c in cats)]
-        lines.append(f"| {name} − {res['reference']} | " + " | ".join(cells) + " | |")
+    lines = _rows(res["follows"], res["paired"], res["reference"], fidelity=res["fidelity"])
+    if "follows_by_kind" in res:  # (results written before the per-kind breakdown have none)
+        lines += ["", "Per instruction kind (items):", ""]
+        lines += _rows(res["follows_by_kind"], res["paired_by_kind"], res["reference"])
     return head + "\n".join(lines) + "\n"
+
+
+def _rows(follows: dict, diffs: dict, reference: str, fidelity: dict | None = None) -> list[str]:
+    groups = list(next(iter(follows.values())))
+    sizes = next(iter(follows.values()))
+    names = [f"{g} ({sizes[g][3]})" if fidelity is None else g for g in groups]
+    lines = ["| pipeline | " + " | ".join(names) + (" | fidelity |" if fidelity else " |"),
+             "|---" * (len(groups) + 1 + bool(fidelity)) + "|"]
+    for name, summary in follows.items():
+        cells = [f"{m:.2f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi, _ in (summary[g] for g in groups)]
+        tail = f" | {fidelity[name]['all'][0]:.3f} |" if fidelity else " |"
+        lines.append(f"| {name} | " + " | ".join(cells) + tail)
+    for name, diff in diffs.items():
+        cells = [f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, lo, hi, _ in (diff[g] for g in groups)]
+        lines.append(f"| {name} − {reference} | " + " | ".join(cells) + (" | |" if fidelity else " |"))
+    return lines
 
 
 __all__ = ["compare", "table"]

@@ -26,7 +26,7 @@ import torch
 from .load import CALL
 from .score import score
 from .suite import Item, _instruction, _valid
-from .world import CATEGORIES, render
+from .world import CATEGORIES, KIND_CATEGORY, render
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..anchors import Clip
@@ -51,7 +51,8 @@ def sample(pipe, item: Item, *, seed: int = 0, edit=None, record=None, store=Non
 
 def evaluate(pipe, items: Sequence[Item], *, seed: int = 0, edit: Callable[[Item], Any] | None = None,
              progress: bool = False, **call: Any) -> list[dict]:
-    """Score every item's video: one row per item (id, category, follows, fidelity, first_frame, reason).
+    """Score every item's video: one row per item (id, category, kind, prompt, follows, fidelity, first_frame,
+    reason; `kind` is the instruction's, e.g. ``approach`` for "A moves to B").
 
     `edit` maps an item to its intervention (anchors depend on the item's words), or None for plain sampling.
     """
@@ -60,7 +61,8 @@ def evaluate(pipe, items: Sequence[Item], *, seed: int = 0, edit: Callable[[Item
     rows = []
     for item in tqdm(items, disable=not progress, desc="items"):
         video = sample(pipe, item, seed=seed, edit=edit(item) if edit else None, **call)
-        rows.append({"id": item.id, "category": item.category, "prompt": item.prompt, **score(video, item)})
+        rows.append({"id": item.id, "category": item.category, "kind": item.instruction.kind, "prompt": item.prompt,
+                     **score(video, item)})
     return rows
 
 
@@ -97,28 +99,38 @@ def frozen_levels(items: Sequence[Item]) -> dict[str, float]:
     return levels
 
 
-def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: float = 0.95) -> dict[str, tuple]:
-    """Per category and ``all``: (mean, low, high, n) of `metric` with a bootstrap interval over items."""
+def _groups(rows: Sequence[dict], by: str) -> list[str]:
+    """The groups of `rows` by `by` ("category" or "kind", in the world's order), then ``all``."""
+    if by not in ("category", "kind"):
+        raise ValueError(f"rows are grouped by 'category' or 'kind', got {by!r}")
+    order = CATEGORIES if by == "category" else KIND_CATEGORY
+    return [g for g in order if any(r[by] == g for r in rows)] + ["all"]
+
+
+def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: float = 0.95,
+              by: str = "category") -> dict[str, tuple]:
+    """Per category (or instruction kind, `by="kind"`) and ``all``: (mean, low, high, n) of `metric` with a
+    bootstrap interval over items."""
     from ..eval.stats import bootstrap_ci
 
     out = {}
-    cats = [c for c in CATEGORIES if any(r["category"] == c for r in rows)] + ["all"]
-    for cat in cats:
-        vals = np.array([r[metric] for r in rows if cat == "all" or r["category"] == cat], np.float64)
+    for cat in _groups(rows, by):
+        vals = np.array([r[metric] for r in rows if cat == "all" or r[by] == cat], np.float64)
         mean, low, high = bootstrap_ci(vals, confidence=confidence, n_resamples=4999, method="percentile")
         out[cat] = (mean, low, high, len(vals))
     return out
 
 
-def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follows") -> dict[str, tuple]:
-    """Per category and ``all``: the paired difference b − a (same items, same seeds) with its interval."""
+def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follows", *,
+           by: str = "category") -> dict[str, tuple]:
+    """Per category (or instruction kind, `by="kind"`) and ``all``: the paired difference b − a (same items, same
+    seeds) with its interval."""
     from ..eval.stats import paired_difference
 
     by_id = {r["id"]: r for r in rows_a}
     out = {}
-    cats = [c for c in CATEGORIES if any(r["category"] == c for r in rows_b)] + ["all"]
-    for cat in cats:
-        pairs = [(by_id[r["id"]][metric], r[metric]) for r in rows_b if cat == "all" or r["category"] == cat]
+    for cat in _groups(rows_b, by):
+        pairs = [(by_id[r["id"]][metric], r[metric]) for r in rows_b if cat == "all" or r[by] == cat]
         a, b = (np.array(v, np.float64) for v in zip(*pairs, strict=False))
         mean, low, high = paired_difference(a, b, n_resamples=4999, method="percentile")
         out[cat] = (mean, low, high, len(pairs))
