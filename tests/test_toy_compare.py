@@ -42,6 +42,37 @@ def test_compare_pairs_every_pipeline_with_the_first_on_the_same_items(base):
         assert res["paired_by_kind"]["sink"][kind][0] == pytest.approx(
             sum(fs[i] - fb[i] for i in mine) / len(mine))
         assert f"{kind} ({len(mine)})" in text.split("Per instruction kind")[1]
+    # per held-out property: each row records its item's, and an item held out in two ways counts in both
+    held = [r["held_out"] for r in res["rows"]["base"]]
+    assert held == [list(item.held_out) for s in (0, 1) for item in fg.toy.suite("test", n=3, seed=s)]
+    for prop in ("position", "size", "combination"):
+        mine = [i for i, h in enumerate(held) if prop in h]
+        if mine:
+            assert res["follows_by_held_out"]["sink"][prop][3] == len(mine)
+            assert res["paired_by_held_out"]["sink"][prop][0] == pytest.approx(
+                sum(fs[i] - fb[i] for i in mine) / len(mine))
+        else:
+            assert prop not in res["follows_by_held_out"]["sink"]
+    assert "Per held-out property" in text
+
+
+def test_rows_group_by_held_out_property_with_items_in_every_group_they_have():
+    from fglens.toy.experiment import paired, summarize
+
+    rows = [{"id": "a", "held_out": ["position", "combination"], "follows": 1.0},
+            {"id": "b", "held_out": ["combination"], "follows": 0.0},
+            {"id": "c", "held_out": [], "follows": 1.0}]
+    out = summarize(rows, by="held_out")
+    assert list(out) == ["position", "combination", "none", "all"]
+    assert [out[g][0] for g in out] == [1.0, 0.5, 1.0, pytest.approx(2 / 3)]
+    assert [out[g][3] for g in out] == [1, 2, 1, 3]
+    flipped = [{**r, "follows": 1.0 - r["follows"]} for r in rows]
+    assert paired(rows, flipped, by="held_out")["combination"][0] == 0.0  # (-1 + 1) / 2
+    assert paired(rows, flipped, by="held_out")["position"][0] == -1.0
+    with pytest.raises(ValueError, match="do not record held_out"):
+        summarize([{"id": "a", "follows": 1.0}], by="held_out")
+    with pytest.raises(ValueError, match="'category', 'kind' or 'held_out'"):
+        summarize(rows, by="colour")
 
 
 @pytest.mark.parametrize("kwargs, match", [

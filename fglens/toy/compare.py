@@ -46,18 +46,24 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
             "paired": {name: paired(rows[first], r) for name, r in rows.items() if name != first},
             "follows_by_kind": {name: summarize(r, by="kind") for name, r in rows.items()},
             "paired_by_kind": {name: paired(rows[first], r, by="kind") for name, r in rows.items() if name != first},
+            "follows_by_held_out": {name: summarize(r, by="held_out") for name, r in rows.items()},
+            "paired_by_held_out": {name: paired(rows[first], r, by="held_out")
+                                   for name, r in rows.items() if name != first},
             "rows": rows}
 
 
 def table(res: dict) -> str:
     """`compare`'s result as markdown: follows per category and pipeline with the paired differences to the first,
-    then the same per instruction kind (its number of items in the header)."""
+    then the same per instruction kind and per held-out property (their numbers of items in the headers)."""
     head = f"{res['n_items']} items of the {res['split']} split (suite seeds {res['seeds']}), sample seed " \
            f"{res['sample_seed']}; 95 % bootstrap intervals over items\n\n"
     lines = _rows(res["follows"], res["paired"], res["reference"], fidelity=res["fidelity"])
     if "follows_by_kind" in res:  # (results written before the per-kind breakdown have none)
         lines += ["", "Per instruction kind (items):", ""]
         lines += _rows(res["follows_by_kind"], res["paired_by_kind"], res["reference"])
+    if "follows_by_held_out" in res:  # (an item held out in two ways counts in both; "none": a train item)
+        lines += ["", "Per held-out property of the named object (items; an item can have two):", ""]
+        lines += _rows(res["follows_by_held_out"], res["paired_by_held_out"], res["reference"])
     return head + "\n".join(lines) + "\n"
 
 

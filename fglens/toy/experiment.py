@@ -51,8 +51,9 @@ def sample(pipe, item: Item, *, seed: int = 0, edit=None, record=None, store=Non
 
 def evaluate(pipe, items: Sequence[Item], *, seed: int = 0, edit: Callable[[Item], Any] | None = None,
              progress: bool = False, **call: Any) -> list[dict]:
-    """Score every item's video: one row per item (id, category, kind, prompt, follows, fidelity, first_frame,
-    reason; `kind` is the instruction's, e.g. ``approach`` for "A moves to B").
+    """Score every item's video: one row per item (id, category, kind, held_out, prompt, follows, fidelity,
+    first_frame, reason; `kind` is the instruction's, e.g. ``approach`` for "A moves to B"; `held_out` the item's
+    held-out properties, e.g. ``["combination"]``, empty for a train item).
 
     `edit` maps an item to its intervention (anchors depend on the item's words), or None for plain sampling.
     """
@@ -61,7 +62,8 @@ def evaluate(pipe, items: Sequence[Item], *, seed: int = 0, edit: Callable[[Item
     rows = []
     for item in tqdm(items, disable=not progress, desc="items"):
         video = sample(pipe, item, seed=seed, edit=edit(item) if edit else None, **call)
-        rows.append({"id": item.id, "category": item.category, "kind": item.instruction.kind, "prompt": item.prompt,
+        rows.append({"id": item.id, "category": item.category, "kind": item.instruction.kind,
+                     "held_out": list(item.held_out), "prompt": item.prompt,
                      **score(video, item)})
     return rows
 
@@ -99,23 +101,37 @@ def frozen_levels(items: Sequence[Item]) -> dict[str, float]:
     return levels
 
 
+HELD_OUT_GROUPS = ("position", "size", "combination", "none")  #: `by="held_out"`: an item with two is in both
+
+
 def _groups(rows: Sequence[dict], by: str) -> list[str]:
-    """The groups of `rows` by `by` ("category" or "kind", in the world's order), then ``all``."""
-    if by not in ("category", "kind"):
-        raise ValueError(f"rows are grouped by 'category' or 'kind', got {by!r}")
-    order = CATEGORIES if by == "category" else KIND_CATEGORY
-    return [g for g in order if any(r[by] == g for r in rows)] + ["all"]
+    """The groups of `rows` by `by` ("category", "kind" or "held_out", in the world's order), then ``all``."""
+    if by not in ("category", "kind", "held_out"):
+        raise ValueError(f"rows are grouped by 'category', 'kind' or 'held_out', got {by!r}")
+    if by == "held_out" and any("held_out" not in r for r in rows):
+        raise ValueError("these rows do not record held_out (rows written before it was recorded); group them by "
+                         "'category' or 'kind'")
+    order = {"category": CATEGORIES, "kind": KIND_CATEGORY, "held_out": HELD_OUT_GROUPS}[by]
+    return [g for g in order if any(_member(r, by, g) for r in rows)] + ["all"]
+
+
+def _member(row: dict, by: str, group: str) -> bool:
+    if group == "all":
+        return True
+    if by == "held_out":
+        return group in row["held_out"] or (group == "none" and not row["held_out"])
+    return row[by] == group
 
 
 def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: float = 0.95,
               by: str = "category") -> dict[str, tuple]:
-    """Per category (or instruction kind, `by="kind"`) and ``all``: (mean, low, high, n) of `metric` with a
-    bootstrap interval over items."""
+    """Per category (or instruction kind, `by="kind"`, or held-out property, `by="held_out"`) and ``all``: (mean,
+    low, high, n) of `metric` with a bootstrap interval over items."""
     from ..eval.stats import bootstrap_ci
 
     out = {}
     for cat in _groups(rows, by):
-        vals = np.array([r[metric] for r in rows if cat == "all" or r[by] == cat], np.float64)
+        vals = np.array([r[metric] for r in rows if _member(r, by, cat)], np.float64)
         mean, low, high = bootstrap_ci(vals, confidence=confidence, n_resamples=4999, method="percentile")
         out[cat] = (mean, low, high, len(vals))
     return out
@@ -123,14 +139,14 @@ def summarize(rows: Sequence[dict], metric: str = "follows", *, confidence: floa
 
 def paired(rows_a: Sequence[dict], rows_b: Sequence[dict], metric: str = "follows", *,
            by: str = "category") -> dict[str, tuple]:
-    """Per category (or instruction kind, `by="kind"`) and ``all``: the paired difference b − a (same items, same
-    seeds) with its interval."""
+    """Per category (or instruction kind, `by="kind"`, or held-out property, `by="held_out"`) and ``all``: the
+    paired difference b − a (same items, same seeds) with its interval."""
     from ..eval.stats import paired_difference
 
     by_id = {r["id"]: r for r in rows_a}
     out = {}
     for cat in _groups(rows_b, by):
-        pairs = [(by_id[r["id"]][metric], r[metric]) for r in rows_b if cat == "all" or r[by] == cat]
+        pairs = [(by_id[r["id"]][metric], r[metric]) for r in rows_b if _member(r, by, cat)]
         a, b = (np.array(v, np.float64) for v in zip(*pairs, strict=False))
         mean, low, high = paired_difference(a, b, n_resamples=4999, method="percentile")
         out[cat] = (mean, low, high, len(pairs))
