@@ -17,10 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import experiment
 from .experiment import evaluate, paired, summarize
+from .load import CALL
 from .suite import suite
 
 
@@ -35,12 +38,15 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 1 or not seeds:
         raise ValueError(f"compare needs n >= 1 and at least one seed; got n={n}, seeds={list(seeds)}")
+    g = call.get("guidance_scale", 1.0)
+    if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1 or less: no guidance); got {g!r}")
     items = [item for s in seeds for item in suite(split, n=n, seed=int(s))]
     rows = {name: evaluate(pipe, items, seed=sample_seed, progress=progress, **call)
             for name, pipe in pipelines.items()}
     first = next(iter(rows))
     return {"split": split, "seeds": [int(s) for s in seeds], "n_items": len(items), "sample_seed": sample_seed,
-            "reference": first,
+            "call": {**experiment.CALL, **call}, "reference": first,
             "follows": {name: summarize(r) for name, r in rows.items()},
             "fidelity": {name: summarize(r, "fidelity") for name, r in rows.items()},
             "paired": {name: paired(rows[first], r) for name, r in rows.items() if name != first},
@@ -55,8 +61,10 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
 def table(res: dict) -> str:
     """`compare`'s result as markdown: follows per category and pipeline with the paired differences to the first,
     then the same per instruction kind and per held-out property (their numbers of items in the headers)."""
+    changed = {k: v for k, v in res.get("call", {}).items() if CALL.get(k) != v}  # (older results: no "call")
     head = f"{res['n_items']} items of the {res['split']} split (suite seeds {res['seeds']}), sample seed " \
-           f"{res['sample_seed']}; 95 % bootstrap intervals over items\n\n"
+           f"{res['sample_seed']}" + "".join(f", {k} {v}" for k, v in changed.items()) + \
+           "; 95 % bootstrap intervals over items\n\n"
     lines = _rows(res["follows"], res["paired"], res["reference"], fidelity=res["fidelity"])
     if "follows_by_kind" in res:  # (results written before the per-kind breakdown have none)
         lines += ["", "Per instruction kind (items):", ""]
