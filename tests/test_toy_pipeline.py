@@ -171,3 +171,27 @@ def test_a_derived_variant_of_a_trained_folder_applies_its_edit_there(base, tmp_
     assert fg.toy.planted_layers(fg.toy.pipeline(path=tmp_path / "pipeline")) == []
     with pytest.raises(ValueError, match="unknown toy variant"):
         fg.toy.pipeline("strong", path=tmp_path / "pipeline")
+
+
+def test_a_run_folder_loads_like_its_pipeline_and_the_reports_sink_is_cut_from_the_given_base(base, tmp_path):
+    """`path=` takes a `fglens toy train` output folder or its pipeline/; `toy report --base RUN --weak-variant sink`
+    measures the sink of RUN's model, not of the shipped base (they differed silently before)."""
+    from fglens.toy.report import report_pipelines
+
+    with torch.no_grad():
+        base.transformer.blocks[2].attn2.to_k.weight.add_(1.0)  # a base that is not the shipped one
+    try:
+        base.save_pretrained(tmp_path / "pipeline")
+    finally:
+        with torch.no_grad():
+            base.transformer.blocks[2].attn2.to_k.weight.sub_(1.0)
+    mine = fg.toy.pipeline(path=tmp_path).transformer.blocks[2].attn2.to_k.weight  # the run folder itself
+    shipped = fg.toy.pipeline("base").transformer.blocks[2].attn2.to_k.weight
+    assert torch.allclose(mine, shipped + 1.0)
+    pipes = report_pipelines(str(tmp_path), None, "sink")
+    assert torch.equal(pipes["weak"].transformer.blocks[2].attn2.to_k.weight, mine)
+    assert float(pipes["weak"].transformer.blocks[3].attn2.to_k.weight.abs().sum()) == 0.0
+    assert fg.toy.planted_layers(pipes["weak"]) == ["blocks.3", "blocks.4"] and fg.toy.planted_layers(
+        pipes["base"]) == []
+    with pytest.raises(FileNotFoundError, match="not a toy pipeline folder"):
+        fg.toy.pipeline(path=tmp_path / "nowhere")

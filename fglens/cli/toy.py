@@ -185,16 +185,15 @@ def _ints(text: str) -> tuple[int, ...]:
 def _toy_pipeline(source: str):
     """A shipped variant by name, or a train output folder (the run folder or its pipeline/)."""
     from ..toy import pipeline
-    from ..toy.load import VARIANTS
+    from ..toy.load import VARIANTS, _pipeline_folder
 
     if source in VARIANTS:
         return pipeline(source)
-    folder = Path(source)
-    if not (folder / "model_index.json").is_file() and (folder / "pipeline" / "model_index.json").is_file():
-        folder = folder / "pipeline"
-    if not (folder / "model_index.json").is_file():
+    try:
+        folder = _pipeline_folder(source)
+    except FileNotFoundError:
         raise FileNotFoundError(f"{source!r} is neither a shipped variant ({', '.join(VARIANTS)}) nor a pipeline "
-                                "folder (a `fglens toy train` output or its pipeline/)")
+                                "folder (a `fglens toy train` output or its pipeline/)") from None
     return pipeline(path=folder)
 
 

@@ -88,8 +88,8 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
         variant: ``"base"`` (follows its instructions), ``"weak"`` (Condition Isolation planted in
             `planted_layers` by training) or ``"sink"`` (the base with those layers' text keys zeroed: their text
             attention falls on the padding, `DERIVED`).
-        path: load a `fglens toy train` output folder (``<out>/pipeline``) instead of the shipped weights; with
-            a derived `variant` (``"sink"``) its edit is applied to that folder's model.
+        path: load a `fglens toy train` output folder (``<out>`` or ``<out>/pipeline``) instead of the shipped
+            weights; with a derived `variant` (``"sink"``) its edit is applied to that folder's model.
         check: verify the shipped files against their recorded SHA-256 first.
     """
     from diffusers import (
@@ -104,6 +104,7 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
 
     if path is not None:
         _check(variant)
+        path = _pipeline_folder(path)
         pipe = WanImageToVideoPipeline.from_pretrained(path, local_files_only=True)
         meta_file = Path(path) / "toy.json"
         pipe._fglens_toy = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
@@ -133,6 +134,17 @@ def pipeline(variant: str = "base", *, path: str | os.PathLike | None = None, ch
     pipe._fglens_call_defaults = {k: CALL[k] for k in ("height", "width", "num_frames")}
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _pipeline_folder(path: str | os.PathLike) -> Path:
+    """A `fglens toy train` output's pipeline: the folder itself, or its ``pipeline/``; a clear error otherwise."""
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file() and (folder / "pipeline" / "model_index.json").is_file():
+        folder = folder / "pipeline"
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a toy pipeline folder (no model_index.json in it or in its "
+                                "pipeline/): give a `fglens toy train` output folder or its pipeline/")
+    return folder
 
 
 def _zero(transformer: Any, names: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ from .experiment import (
     record_runs,
     summarize,
 )
-from .load import pipeline, planted_layers
+from .load import DERIVED, pipeline, planted_layers
 from .model import build_pipeline
 from .suite import suite
 from .world import CATEGORIES
@@ -96,6 +96,14 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
             "items_above_1": float((r.mean(1) > 1).mean()) if len(r) else float("nan")}
 
 
+def report_pipelines(base: str | None, weak: str | None, weak_variant: str = "weak") -> dict:
+    """The report's two pipelines: ``base`` (a train output folder, or the shipped base) and ``weak``; a derived
+    `weak_variant` (``"sink"``) with no `weak` folder is cut from *that* base, never from the shipped one."""
+    if weak is None and base is not None and weak_variant in DERIVED:
+        weak = base
+    return {"base": pipeline("base", path=base), "weak": pipeline(weak_variant, path=weak)}
+
+
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
            sweep: bool = True, n_diag: int = 10, n_sweep: int | None = None, ablations_on_base: bool = False,
            progress: bool = True, strengths: Sequence[float] = (1.0, 2.0, 4.0),
@@ -111,7 +119,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pipes = {"base": pipeline("base", path=base), "weak": pipeline(weak_variant, path=weak)}
+    pipes = report_pipelines(base, weak, weak_variant)
     planted = {k: planted_layers(p) for k, p in pipes.items()}
     items = suite("test", n=n, seed=seed)
     res: dict = {"n": n, "seed": seed, "planted": planted, "categories": list(CATEGORIES),
