@@ -23,7 +23,6 @@ from typing import Any
 
 from . import experiment
 from .experiment import evaluate, paired, summarize
-from .load import CALL
 from .suite import suite
 
 
@@ -61,7 +60,7 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
 def table(res: dict) -> str:
     """`compare`'s result as markdown: follows per category and pipeline with the paired differences to the first,
     then the same per instruction kind and per held-out property (their numbers of items in the headers)."""
-    changed = {k: v for k, v in res.get("call", {}).items() if CALL.get(k) != v}  # (older results: no "call")
+    changed = {k: v for k, v in res.get("call", {}).items() if experiment.CALL.get(k) != v}  # (older: no "call")
     head = f"{res['n_items']} items of the {res['split']} split (suite seeds {res['seeds']}), sample seed " \
            f"{res['sample_seed']}" + "".join(f", {k} {v}" for k, v in changed.items()) + \
            "; 95 % bootstrap intervals over items\n\n"
