@@ -42,6 +42,7 @@ def register(sub) -> None:
     for name, kind in (("vae-steps", int), ("vae-batch", int), ("pool", int), ("dit-steps", int),
                        ("dit-batch", int), ("dit-lr", float), ("cooldown", int), ("planted-p", float),
                        ("dit-object-weight", float), ("dit-frame-weight", float), ("text-lr", float),
+                       ("dit-word-map-weight", float),
                        ("dit-layers", int), ("dit-heads", int),
                        ("dit-head-dim", int), ("dit-ffn", int)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
@@ -225,7 +226,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..toy.train import TrainConfig, train
 
     names = ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr", "cooldown", "planted_p",
-             "dit_object_weight", "dit_frame_weight", "text_lr", "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
+             "dit_object_weight", "dit_frame_weight", "text_lr", "dit_word_map_weight", "dit_layers", "dit_heads",
+             "dit_head_dim", "dit_ffn",
              "device", "dit_oversample")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.planted:

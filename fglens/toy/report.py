@@ -288,18 +288,24 @@ def _markdown(res: dict) -> str:
 
 def loss_figure(runs: dict[str, str | Path], path: str | Path) -> Path:
     """Draw the training losses of `fglens toy train` runs (name -> run folder, read from its ``loss.csv``):
-    the VAE's and each DiT's loss per step, a 100-step running mean over the raw values. Returns `path`."""
+    the VAE's and each DiT's loss per step, and the word-map loss (``--dit-word-map-weight``) when a run has one,
+    a 100-step running mean over the raw values. Returns `path`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(9, 3.2))
-    axes = fig.subplots(1, 2)
+    tables = {}
     for name, run in runs.items():
         with open(Path(run) / "loss.csv", newline="") as f:
-            table = list(csv.DictReader(f))
-        for ax, phase in zip(axes, ("vae", "dit"), strict=True):
+            tables[name] = list(csv.DictReader(f))
+    panels = [("vae", "VAE (reconstruction)"), ("dit", "DiT (flow matching)")]
+    if any(r["phase"] == "word_map" for table in tables.values() for r in table):
+        panels.append(("word_map", "DiT word maps (-log expected coverage)"))
+    fig = Figure(figsize=(4.5 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels))
+    for name, table in tables.items():
+        for ax, (phase, _) in zip(axes, panels, strict=True):
             loss = np.array([float(r["loss"]) for r in table if r["phase"] == phase])
             if len(loss) == 0:
                 continue
@@ -308,7 +314,7 @@ def loss_figure(runs: dict[str, str | Path], path: str | Path) -> Path:
             ax.plot(np.arange(len(loss)), loss, lw=0.4, alpha=0.25)
             ax.plot(np.arange(k - 1, len(loss)), smooth, lw=1.2, label=f"{name} ({len(loss)} steps)",
                     color=ax.lines[-1].get_color())
-    for ax, title in zip(axes, ("VAE (reconstruction)", "DiT (flow matching)"), strict=True):
+    for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)

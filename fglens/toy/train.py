@@ -86,6 +86,7 @@ class TrainConfig:
     ema: float = 0.995
     prompt_dropout: float = 0.1
     dit_object_weight: float = 1.0
+    dit_word_map_weight: float = 0.0
     dit_frame_weight: float = 1.0
     dit_oversample: tuple[tuple[str, float], ...] = ()
     text_lr: float = 0.0
@@ -116,7 +117,7 @@ class TrainConfig:
         if not isinstance(self.cooldown, int) or not 0 <= self.cooldown <= self.dit_steps:
             raise ValueError(f"cooldown must be an integer in 0..dit_steps ({self.dit_steps}), got {self.cooldown!r}")
         for name in ("vae_lr", "vae_kl", "dit_lr", "ema", "prompt_dropout", "planted_p", "dit_object_weight",
-                     "text_lr", "dit_frame_weight"):
+                     "text_lr", "dit_frame_weight", "dit_word_map_weight"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -426,7 +427,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
         trainable = trainable + groups[1]["params"]
     ema_text = copy.deepcopy(encoder).requires_grad_(False) if cfg.text_lr > 0 else None
     opt = torch.optim.AdamW(groups, lr=cfg.dit_lr, weight_decay=0.01)
-    ckpt, losses = out / "dit.pt", []
+    ckpt, losses, map_losses = out / "dit.pt", [], []
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True, map_location=dev)
         dit.load_state_dict(state["model"])
@@ -435,14 +436,19 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
         if ema_text is not None:
             encoder.load_state_dict(state["text"])
             ema_text.load_state_dict(state["text_ema"])
-        losses = list(state["losses"])
+        losses, map_losses = list(state["losses"]), list(state.get("map_losses", []))
     text = TextEncoding(pipe, train=cfg.text_lr > 0)
     with torch.no_grad():
         null_raw = text([""])
     planter = _Planter(dit, cfg.planted, null_raw) if cfg.variant == "weak" else None
     weights, probs, n_pool = None, None, len(pool["prompts"])
-    if cfg.dit_object_weight != 1.0 or cfg.dit_oversample:  # the pool's items again (the pool holds latents only)
-        pairs = _items(_rng(cfg.seed, "pool", 0), n_pool)
+    if cfg.dit_object_weight != 1.0 or cfg.dit_oversample or cfg.dit_word_map_weight:  # the pool's items again
+        pairs = _items(_rng(cfg.seed, "pool", 0), n_pool)  # (the pool holds latents only)
+    word_maps, targets = None, None
+    if cfg.dit_word_map_weight:  # word maps taught to land on the named objects (`fglens.toy.wordmaps`)
+        from .wordmaps import WordMapLoss, pool_targets
+
+        targets = pool_targets(pipe, pairs)
     if cfg.dit_object_weight != 1.0:  # objects' cells count more
         weights = latent_object_weight(pairs, cfg.dit_object_weight)
     if cfg.dit_oversample:  # some instruction kinds drawn more often
@@ -451,6 +457,9 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
         frames = latent_frame_weight(pool["z0"].shape[2], cfg.dit_frame_weight).half()
         weights = frames.expand(n_pool, -1, -1, -1, -1) if weights is None else weights * frames
     dit.train()
+    if targets is not None:  # a planting does not teach its planted blocks: they are shown the empty prompt
+        word_maps = WordMapLoss(dit, tuple(i for i in range(len(dit.blocks))
+                                           if cfg.variant != "weak" or i not in cfg.planted))
     bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
     try:
         for step in range(len(losses), cfg.dit_steps):
@@ -473,6 +482,8 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
                 planter.rows = torch.from_numpy(rng.random(cfg.dit_batch) < cfg.planted_p).to(dev)
             for g in opt.param_groups:
                 g["lr"] = dit_lr(cfg, step) * g["scale"]
+            if word_maps is not None:
+                word_maps.batch = [[] if d else targets[i] for i, d in zip(idx, drop, strict=False)]
             pred = dit(x, timestep=sigma * 1000, encoder_hidden_states=text(prompts),
                        encoder_hidden_states_image=pool["img"][idx].float().to(dev), return_dict=False)[0]
             err = (pred - (noise - z0)).square()
@@ -481,6 +492,11 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
             else:
                 w = weights[idx].float().to(dev)
                 loss = (w * err).mean() / w.mean()
+            losses.append(float(loss.detach()))  # the flow-matching loss alone, comparable across runs
+            if word_maps is not None:
+                map_loss = word_maps.value()
+                map_losses.append(float(map_loss.detach()))
+                loss = loss + cfg.dit_word_map_weight * map_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -491,16 +507,17 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
                     pe.lerp_(p, 1 - decay)
                 for pe, p in zip(ema_text.parameters() if ema_text else (), encoder.parameters(), strict=False):
                     pe.lerp_(p, 1 - decay)
-            losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.dit_steps:
                 extra = {"text": encoder.state_dict(), "text_ema": ema_text.state_dict()} if ema_text else {}
                 save_atomic({"model": dit.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                              "losses": losses, **extra}, ckpt)
+                              "losses": losses, "map_losses": map_losses, **extra}, ckpt)
     finally:
         if planter is not None:
             planter.remove()
+        if word_maps is not None:
+            word_maps.remove()
         bar.close()
     dit.load_state_dict(ema.state_dict())
     dit.eval()
@@ -508,6 +525,12 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
         encoder.load_state_dict(ema_text.state_dict())
         encoder.requires_grad_(False)
     return losses
+
+
+def _map_losses(out: Path) -> list[float]:
+    """The word-map loss per DiT step of the run in `out` (`TrainConfig.dit_word_map_weight`), empty without it."""
+    ckpt = out / "dit.pt"
+    return list(torch.load(ckpt, weights_only=True, map_location="cpu").get("map_losses", [])) if ckpt.exists() else []
 
 
 def _text_encoder_from(pipe, folder: Path) -> None:
@@ -594,6 +617,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, vae_from: str | os.PathLi
         w.writerow(["phase", "step", "loss"])
         w.writerows([("vae", i, v) for i, v in enumerate(vae_losses)])
         w.writerows([("dit", i, v) for i, v in enumerate(dit_losses)])
+        w.writerows([("word_map", i, v) for i, v in enumerate(_map_losses(out))])
     meta = {k: v for k, v in info.items() if not k.endswith("_loss")}
     (out / "pipeline" / "toy.json").write_text(json.dumps(meta, indent=1) + "\n")
     return info
