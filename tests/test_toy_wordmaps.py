@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fglens.toy.train import TrainConfig, _items, _rng, encode_pool, train
-from fglens.toy.wordmaps import WordMapLoss, pool_targets, text_probs, token_cover
+from fglens.toy.wordmaps import KINDS, WordMapLoss, pool_targets, text_probs, token_cover
 from fglens.toy.world import prompt
 
 SMOKE = dict(vae_steps=3, vae_batch=1, pool=4, dit_steps=4, dit_batch=2, checkpoint_every=2, warmup=1)
@@ -80,7 +80,8 @@ def test_pool_targets_name_each_objects_tokens_and_nothing_for_instructions_that
             assert t.cover.shape == (5, 8, 8) and float(t.cover.sum()) >= 0.5 and float(t.cover.max()) <= 1.0
 
 
-def test_the_loss_is_lower_for_the_trained_base_than_for_an_untrained_dit(base):
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_loss_is_lower_for_the_trained_base_than_for_an_untrained_dit(base, kind):
     """The trained base's words attend to their objects (docs/toy-world.md, the word-map test); an untrained DiT
     of the same size, reading the same text states, does not: the loss tells them apart on one batch."""
     from fglens.toy.model import SHIFT
@@ -96,7 +97,7 @@ def test_the_loss_is_lower_for_the_trained_base_than_for_an_untrained_dit(base):
     x = torch.cat([(1 - s) * z0 + s * noise, pool["cond"].float()], 1)
     values = {}
     for name, pipe in (("base", base), ("control", untrained_control(base))):
-        loss = WordMapLoss(pipe.transformer)
+        loss = WordMapLoss(pipe.transformer, kind=kind)
         loss.batch = targets
         try:
             with torch.no_grad():
@@ -115,8 +116,10 @@ def _word_map_rows(path):
         return [float(r["loss"]) for r in csv.DictReader(f) if r["phase"] == "word_map"]
 
 
-def test_a_word_map_weighted_run_lowers_the_term_records_it_and_resumes_exactly(tmp_path):
-    cfg = dict(SMOKE, dit_word_map_weight=1.0, dit_steps=12, checkpoint_every=6, dit_lr=2e-3, prompt_dropout=0.0)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_word_map_weighted_run_lowers_the_term_records_it_and_resumes_exactly(tmp_path, kind):
+    cfg = dict(SMOKE, dit_word_map_weight=1.0, dit_word_map_kind=kind, dit_steps=12, checkpoint_every=6,
+               dit_lr=2e-3, prompt_dropout=0.0)
     info = train(TrainConfig(**cfg), tmp_path / "a", progress=False)
     maps = _word_map_rows(tmp_path / "a")
     assert len(maps) == len(info["dit_loss"]) == 12 and all(np.isfinite(maps))
@@ -135,6 +138,28 @@ def test_a_word_map_weighted_run_lowers_the_term_records_it_and_resumes_exactly(
 def test_a_bad_word_map_weight_is_refused(bad):
     with pytest.raises(ValueError, match="dit_word_map_weight must be a finite number >= 0"):
         TrainConfig(dit_word_map_weight=bad)
+
+
+def test_a_bad_word_map_kind_or_block_list_is_refused(base):
+    with pytest.raises(ValueError, match="dit_word_map_kind must be 'map' or 'token'"):
+        TrainConfig(dit_word_map_kind="tokens")
+    with pytest.raises(ValueError, match="kind must be one of map, token; got 'maps'"):
+        WordMapLoss(base.transformer, kind="maps")
+    with pytest.raises(ValueError, match=r"blocks must name some of the DiT's blocks 0..7; got \(8,\)"):
+        WordMapLoss(base.transformer, blocks=(8,))
+    assert not any(b.attn2._forward_pre_hooks for b in base.transformer.blocks)
+
+
+def test_a_planting_leaves_its_planted_blocks_out_of_the_term(monkeypatch, tmp_path):
+    import fglens.toy.wordmaps as wordmaps
+
+    made = []
+    real = wordmaps.WordMapLoss
+    monkeypatch.setattr(wordmaps, "WordMapLoss", lambda dit, blocks, kind: made.append((blocks, kind)) or
+                        real(dit, blocks, kind))
+    train(TrainConfig(**{**SMOKE, "variant": "weak", "dit_word_map_weight": 1.0, "dit_word_map_kind": "token"}),
+          tmp_path, progress=False)
+    assert made == [((0, 1, 2, 5, 6, 7), "token")]
 
 
 def test_the_loss_figure_adds_a_word_map_panel_only_for_runs_that_have_the_term(tmp_path):

@@ -46,6 +46,9 @@ def register(sub) -> None:
                        ("dit-layers", int), ("dit-heads", int),
                        ("dit-head-dim", int), ("dit-ffn", int)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
+    t.add_argument("--dit-word-map-kind", choices=("map", "token"),
+                   help="with --dit-word-map-weight: teach each word's map over the clip (map, default) or each "
+                        "object token's attention to its word (token); fglens.toy.wordmaps")
     t.add_argument("--dit-grow", action="store_true",
                    help="--dit-from a shallower DiT of the same width: its blocks spread over --dit-layers, the new "
                         "blocks starting as identities (fglens.toy.train.grow_depth)")
@@ -226,8 +229,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..toy.train import TrainConfig, train
 
     names = ("vae_steps", "vae_batch", "pool", "dit_steps", "dit_batch", "dit_lr", "cooldown", "planted_p",
-             "dit_object_weight", "dit_frame_weight", "text_lr", "dit_word_map_weight", "dit_layers", "dit_heads",
-             "dit_head_dim", "dit_ffn",
+             "dit_object_weight", "dit_frame_weight", "text_lr", "dit_word_map_weight", "dit_word_map_kind",
+             "dit_layers", "dit_heads", "dit_head_dim", "dit_ffn",
              "device", "dit_oversample")
     fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if args.planted:

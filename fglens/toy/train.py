@@ -87,6 +87,7 @@ class TrainConfig:
     prompt_dropout: float = 0.1
     dit_object_weight: float = 1.0
     dit_word_map_weight: float = 0.0
+    dit_word_map_kind: str = "map"
     dit_frame_weight: float = 1.0
     dit_oversample: tuple[tuple[str, float], ...] = ()
     text_lr: float = 0.0
@@ -131,6 +132,9 @@ class TrainConfig:
                 raise ValueError(f"dit_oversample names instruction kinds ({', '.join(KIND_CATEGORY)}); got {kind!r}")
             if not np.isfinite(weight) or weight <= 0:
                 raise ValueError(f"dit_oversample's weight of {kind!r} must be a finite number > 0, got {weight!r}")
+        if self.dit_word_map_kind not in ("map", "token"):
+            raise ValueError(f"dit_word_map_kind must be 'map' or 'token' (fglens.toy.wordmaps.KINDS); got "
+                             f"{self.dit_word_map_kind!r}")
         if self.dit_object_weight < 1:
             raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")
         if self.variant == "weak" and self.text_lr > 0:
@@ -459,7 +463,7 @@ def train_dit(cfg: TrainConfig, pipe, pool: dict, out: Path, progress: bool = Tr
     dit.train()
     if targets is not None:  # a planting does not teach its planted blocks: they are shown the empty prompt
         word_maps = WordMapLoss(dit, tuple(i for i in range(len(dit.blocks))
-                                           if cfg.variant != "weak" or i not in cfg.planted))
+                                           if cfg.variant != "weak" or i not in cfg.planted), cfg.dit_word_map_kind)
     bar = _bar(cfg.dit_steps, len(losses), f"dit ({cfg.variant})", progress)
     try:
         for step in range(len(losses), cfg.dit_steps):

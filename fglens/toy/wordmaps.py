@@ -6,7 +6,10 @@ records). Normalised over the video tokens, the map is a distribution over the c
 is the mean, under that distribution, of how much of each token's pixel cell the named object covers in the
 frames the token's latent frame encodes. The loss is ``-log`` of it, averaged over blocks and named objects:
 0 when a word attends only to cells the object fills, ``-log`` of the object's share of the clip when it
-attends evenly.
+attends evenly. That is kind ``map``; it constrains the map's shape, not how much attention the word gets, and
+a DiT taught so can move its background tokens' attention off the word altogether. Kind ``token`` reads the
+other axis: the cover-weighted mean, over the object's video tokens, of the share of their text attention that
+goes to the word, ``-log`` of it: an object's tokens taught to read their word.
 
 Why it exists: the recipes that made the toy follow more (docs/toy-world.md, the seventh and eighth trainings)
 blurred its word maps, the thing fglens reads; this term keeps them on the objects while the DiT trains on. A
@@ -95,16 +98,39 @@ def text_probs(attn, hidden: torch.Tensor, context: torch.Tensor) -> torch.Tenso
     return torch.einsum("bnhd,bthd->bhnt", q, k).mul(q.shape[-1] ** -0.5).softmax(-1).mean(1)
 
 
+def expected_coverage(word: torch.Tensor, cover: torch.Tensor, kind: str = "map") -> torch.Tensor:
+    """The quantity whose ``-log`` is the loss, from a word's text-attention probability per video token and the
+    object's coverage of each token's cell (both [N]). ``map``: the word's map normalised over the tokens, its mean
+    coverage; ``token``: the coverage-weighted mean of the word's probability over the object's tokens.
+
+    Example:
+        >>> word, cover = torch.tensor([0.2, 0.0, 0.1, 0.1]), torch.tensor([1.0, 0.0, 0.5, 0.0])
+        >>> [round(float(expected_coverage(word, cover, kind)), 4) for kind in ("map", "token")]
+        [0.625, 0.1667]
+    """
+    if kind == "map":  # where the word looks: its map over the clip, on the object
+        return (word / word.sum().clamp_min(1e-12) * cover).sum()
+    return (word * cover).sum() / cover.sum()  # what the object looks at: its tokens' attention on the word
+
+
+#: the two forms of the loss: ``map`` normalises each word's map over the clip (its shape alone), ``token`` reads
+#: each object token's text attention (how much of it goes to the word)
+KINDS = ("map", "token")
+
+
 class WordMapLoss:
     """Forward pre-hooks on every block's cross-attention that add up the word-map loss of a batch.
 
     Set `batch` to the targets of each row before the DiT's forward (an empty list for a row without a prompt),
     read `value()` after it (the mean over blocks and targets, 0 when the batch names nothing), and `remove()` the
     hooks at the end. `blocks` names the blocks taught (default: all); a planting leaves its planted blocks out,
-    since they are shown the empty prompt.
+    since they are shown the empty prompt. `kind` is one of `KINDS`.
     """
 
-    def __init__(self, transformer, blocks: tuple[int, ...] | None = None):
+    def __init__(self, transformer, blocks: tuple[int, ...] | None = None, kind: str = "map"):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+        self.kind = kind
         n = len(transformer.blocks)
         blocks = tuple(range(n)) if blocks is None else tuple(blocks)
         if not blocks or not all(0 <= i < n for i in blocks):
@@ -123,8 +149,7 @@ class WordMapLoss:
         for row, targets in enumerate(self.batch):
             for t in targets:
                 word = probs[row][:, list(t.positions)].sum(-1)  # N
-                share = word / word.sum().clamp_min(1e-12)
-                expected = (share * t.cover.flatten().to(share)).sum()
+                expected = expected_coverage(word, t.cover.flatten().to(word), self.kind)
                 self.terms.append(-torch.log(expected.clamp_min(1e-6)))
         return None
 
