@@ -141,9 +141,9 @@ def test_a_bad_word_map_weight_is_refused(bad):
 
 
 def test_a_bad_word_map_kind_or_block_list_is_refused(base):
-    with pytest.raises(ValueError, match="dit_word_map_kind must be 'map' or 'token'"):
+    with pytest.raises(ValueError, match="dit_word_map_kind must be 'map', 'token' or 'both'"):
         TrainConfig(dit_word_map_kind="tokens")
-    with pytest.raises(ValueError, match="kind must be one of map, token; got 'maps'"):
+    with pytest.raises(ValueError, match="kind must be one of map, token, both; got 'maps'"):
         WordMapLoss(base.transformer, kind="maps")
     with pytest.raises(ValueError, match=r"blocks must name some of the DiT's blocks 0..7; got \(8,\)"):
         WordMapLoss(base.transformer, blocks=(8,))

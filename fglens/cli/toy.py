@@ -46,9 +46,9 @@ def register(sub) -> None:
                        ("dit-layers", int), ("dit-heads", int),
                        ("dit-head-dim", int), ("dit-ffn", int)):
         t.add_argument(f"--{name}", type=kind, help="default: as fglens.toy.train.TrainConfig")
-    t.add_argument("--dit-word-map-kind", choices=("map", "token"),
-                   help="with --dit-word-map-weight: teach each word's map over the clip (map, default) or each "
-                        "object token's attention to its word (token); fglens.toy.wordmaps")
+    t.add_argument("--dit-word-map-kind", choices=("map", "token", "both"),
+                   help="with --dit-word-map-weight: teach each word's map over the clip (map, default), each "
+                        "object token's attention to its word (token), or both; fglens.toy.wordmaps")
     t.add_argument("--dit-grow", action="store_true",
                    help="--dit-from a shallower DiT of the same width: its blocks spread over --dit-layers, the new "
                         "blocks starting as identities (fglens.toy.train.grow_depth)")

@@ -132,8 +132,8 @@ class TrainConfig:
                 raise ValueError(f"dit_oversample names instruction kinds ({', '.join(KIND_CATEGORY)}); got {kind!r}")
             if not np.isfinite(weight) or weight <= 0:
                 raise ValueError(f"dit_oversample's weight of {kind!r} must be a finite number > 0, got {weight!r}")
-        if self.dit_word_map_kind not in ("map", "token"):
-            raise ValueError(f"dit_word_map_kind must be 'map' or 'token' (fglens.toy.wordmaps.KINDS); got "
+        if self.dit_word_map_kind not in ("map", "token", "both"):
+            raise ValueError(f"dit_word_map_kind must be 'map', 'token' or 'both' (fglens.toy.wordmaps.KINDS); got "
                              f"{self.dit_word_map_kind!r}")
         if self.dit_object_weight < 1:
             raise ValueError(f"dit_object_weight is a weight >= 1 (1: a plain mean), got {self.dit_object_weight!r}")

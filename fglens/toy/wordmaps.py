@@ -9,7 +9,9 @@ frames the token's latent frame encodes. The loss is ``-log`` of it, averaged ov
 attends evenly. That is kind ``map``; it constrains the map's shape, not how much attention the word gets, and
 a DiT taught so can move its background tokens' attention off the word altogether. Kind ``token`` reads the
 other axis: the cover-weighted mean, over the object's video tokens, of the share of their text attention that
-goes to the word, ``-log`` of it: an object's tokens taught to read their word.
+goes to the word, ``-log`` of it: an object's tokens taught to read their word; alone it lets the DiT raise
+every token's attention to the word, the background's as much as the object's (measured: a flat map). Kind
+``both`` takes the mean of the two terms: a word read by its object's tokens and by no other.
 
 Why it exists: the recipes that made the toy follow more (docs/toy-world.md, the seventh and eighth trainings)
 blurred its word maps, the thing fglens reads; this term keeps them on the objects while the DiT trains on. A
@@ -113,9 +115,9 @@ def expected_coverage(word: torch.Tensor, cover: torch.Tensor, kind: str = "map"
     return (word * cover).sum() / cover.sum()  # what the object looks at: its tokens' attention on the word
 
 
-#: the two forms of the loss: ``map`` normalises each word's map over the clip (its shape alone), ``token`` reads
-#: each object token's text attention (how much of it goes to the word)
-KINDS = ("map", "token")
+#: the forms of the loss: ``map`` normalises each word's map over the clip (its shape alone), ``token`` reads
+#: each object token's text attention (how much of it goes to the word), ``both`` is the mean of the two terms
+KINDS = ("map", "token", "both")
 
 
 class WordMapLoss:
@@ -149,8 +151,9 @@ class WordMapLoss:
         for row, targets in enumerate(self.batch):
             for t in targets:
                 word = probs[row][:, list(t.positions)].sum(-1)  # N
-                expected = expected_coverage(word, t.cover.flatten().to(word), self.kind)
-                self.terms.append(-torch.log(expected.clamp_min(1e-6)))
+                cover = t.cover.flatten().to(word)
+                for kind in (("map", "token") if self.kind == "both" else (self.kind,)):
+                    self.terms.append(-torch.log(expected_coverage(word, cover, kind).clamp_min(1e-6)))
         return None
 
     def value(self) -> torch.Tensor:
