@@ -49,6 +49,7 @@ import torch
 from .model import SHIFT, Z_DIM, build_pipeline, dit_config
 from .suite import sample
 from .text import TextEncoding
+from .wordmaps import KINDS
 from .world import CATEGORIES, FRAMES, KIND_CATEGORY, SIZE
 
 VARIANTS = ("base", "weak")
@@ -132,7 +133,7 @@ class TrainConfig:
                 raise ValueError(f"dit_oversample names instruction kinds ({', '.join(KIND_CATEGORY)}); got {kind!r}")
             if not np.isfinite(weight) or weight <= 0:
                 raise ValueError(f"dit_oversample's weight of {kind!r} must be a finite number > 0, got {weight!r}")
-        if self.dit_word_map_kind not in ("map", "token", "both"):
+        if self.dit_word_map_kind not in KINDS:
             raise ValueError(f"dit_word_map_kind must be 'map', 'token' or 'both' (fglens.toy.wordmaps.KINDS); got "
                              f"{self.dit_word_map_kind!r}")
         if self.dit_object_weight < 1:
