@@ -110,6 +110,18 @@ def test_base_word_maps_land_on_the_named_object_more_than_an_untrained_dit(base
     assert np.mean(trained["ratio_per_layer"]) > np.mean(control["ratio_per_layer"]) + 0.3, detail
 
 
+def test_the_word_map_share_is_the_focus_ratio_bounded(base):
+    """The report's bounded measure (the part of a word map's mass on the object) and its ratio (mean inside over
+    mean outside) describe the same map: for one item with object area a, share = r·a / (r·a + 1 − a) per layer."""
+    from fglens.toy.report import word_map_focus
+
+    item = next(it for it in fg.toy.suite("test", n=10, seed=0) if it.words[0] in it.masks())
+    focus = word_map_focus(base, [item], seed=0)
+    r, a, share = np.array(focus["ratio_per_layer"]), focus["area_share"], np.array(focus["share_per_layer"])
+    assert focus["n"] == 1 and 0 < a < 1 and ((share >= 0) & (share <= 1)).all()
+    np.testing.assert_allclose(share, r * a / (r * a + 1 - a), rtol=1e-5)
+
+
 def test_the_weak_models_planted_layers_no_longer_find_the_named_object(base_focus):
     """The planting's ground truth, measured: in the weak model the planted layers' word maps lose the focus on
     the named object that the base model's same layers have (their text keys were re-initialised and never saw

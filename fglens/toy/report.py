@@ -64,6 +64,9 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
 
     For each item's first word: the mean of the cond branch's word map (all steps, first latent frame) inside
     the object's ground-truth mask, divided by its mean outside, at the latent token resolution. 1 = no focus.
+    The ratio is unbounded (a map taught to land on the object reads in the hundreds), so the bounded share is
+    returned too: ``share_per_layer``, the part of the map's mass on the object's tokens (0 to 1), against
+    ``area_share``, what a uniform map puts there (the object's share of the tokens); both means over items.
     """
     import torch
     import torch.nn.functional as F
@@ -73,7 +76,7 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
     from .experiment import item_seed
     from .load import CALL
 
-    ratios = []
+    ratios, shares, areas = [], [], []
     layers = None
     for item in items:
         word = item.words[0]
@@ -91,9 +94,13 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
             continue
         vals = m.values
         ratios.append(vals[:, mask].mean(-1) / np.maximum(vals[:, ~mask].mean(-1), 1e-12))
+        shares.append(vals[:, mask].sum(-1) / np.maximum(vals.sum((-2, -1)), 1e-12))
+        areas.append(float(mask.mean()))
     r = np.array(ratios)
     return {"layers": layers, "ratio_per_layer": r.mean(0).tolist() if len(r) else [], "n": len(r),
-            "items_above_1": float((r.mean(1) > 1).mean()) if len(r) else float("nan")}
+            "items_above_1": float((r.mean(1) > 1).mean()) if len(r) else float("nan"),
+            "share_per_layer": np.mean(shares, 0).tolist() if shares else [],
+            "area_share": float(np.mean(areas)) if areas else float("nan")}
 
 
 def report_pipelines(base: str | None, weak: str | None, weak_variant: str = "weak") -> dict:
@@ -259,6 +266,12 @@ def _markdown(res: dict) -> str:
     if res.get("word_map_focus_weak"):
         lines.append(f"| weak (planted {', '.join(res['planted']['weak'])}) | "
                      + " | ".join(f"{v:.2f}" for v in res["word_map_focus_weak"]["ratio_per_layer"]) + " |")
+    if f.get("share_per_layer"):
+        lines += ["", f"Share of the map's mass on the object (bounded; a uniform map: {f['area_share']:.2f}):", "",
+                  "| layer | " + " | ".join(f["layers"]) + " |", "|---|" + "---|" * len(f["layers"])]
+        for name, g in (("trained", f), ("untrained (control)", c), ("weak", res.get("word_map_focus_weak"))):
+            if g and g.get("share_per_layer"):
+                lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in g["share_per_layer"]) + " |")
     lines += ["", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}"
               + (f" (control {c['items_above_1']:.2f})" if c else ""), "",
               "## Diagnosis (fg.find_weak_layers; default rule: score similarity)", "",
