@@ -174,3 +174,22 @@ def test_the_loss_figure_adds_a_word_map_panel_only_for_runs_that_have_the_term(
     two = Image.open(loss_figure({"plain": plain}, tmp_path / "two.png")).size
     three = Image.open(loss_figure({"plain": plain, "taught": taught}, tmp_path / "three.png")).size
     assert three[1] == two[1] and three[0] == round(two[0] * 3 / 2)
+
+
+def test_the_loss_figure_draws_only_the_losses_its_runs_have(tmp_path):
+    """A continuation trains no VAE: its figure has no empty VAE panel; a loss.csv with no known loss is refused."""
+    from PIL import Image
+
+    from fglens.toy.report import loss_figure
+
+    plain, cont, empty = tmp_path / "plain", tmp_path / "cont", tmp_path / "empty"
+    for run, rows in ((plain, "vae,0,1.0\nvae,1,0.5\ndit,0,2.0\ndit,1,1.0\n"),
+                      (cont, "dit,0,2.0\ndit,1,1.0\nword_map,0,3.0\nword_map,1,2.5\n"), (empty, "")):
+        run.mkdir()
+        (run / "loss.csv").write_text("phase,step,loss\n" + rows)
+    two = Image.open(loss_figure({"plain": plain}, tmp_path / "two.png")).size
+    assert Image.open(loss_figure({"cont": cont}, tmp_path / "cont.png")).size == two
+    three = Image.open(loss_figure({"plain": plain, "cont": cont}, tmp_path / "all.png")).size
+    assert three[0] == round(two[0] * 3 / 2)
+    with pytest.raises(ValueError, match="no loss rows"):
+        loss_figure({"empty": empty}, tmp_path / "x.png")

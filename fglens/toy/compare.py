@@ -1,6 +1,6 @@
 """Which toy pipeline follows more: two or more models on the same items and the same noise, paired.
 
-A 60-item draw is too noisy to choose between models a few points apart (the shipped base follows 0.80, 0.65
+A 60-item draw is too noisy to choose between models a few points apart (the fifth version's base followed 0.80, 0.65
 and 0.60 on three such draws of the test split), so a choice between training runs should rest on several draws
 (`seeds`) and on the paired difference, not on two means. `compare` is that measurement, written once: every
 pipeline samples every item with the same seed, the first pipeline is the reference of the paired differences,

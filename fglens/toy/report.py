@@ -300,9 +300,10 @@ def _markdown(res: dict) -> str:
 
 
 def loss_figure(runs: dict[str, str | Path], path: str | Path) -> Path:
-    """Draw the training losses of `fglens toy train` runs (name -> run folder, read from its ``loss.csv``):
-    the VAE's and each DiT's loss per step, and the word-map loss (``--dit-word-map-weight``) when a run has one,
-    a 100-step running mean over the raw values. Returns `path`."""
+    """Draw the training losses of `fglens toy train` runs (name -> run folder, read from its ``loss.csv``): one
+    panel per loss any run has — the VAE's, the DiT's flow matching, the word-map term
+    (``--dit-word-map-weight``) — as a 100-step running mean over the raw values, each run one colour in every
+    panel. Returns `path`."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -312,27 +313,28 @@ def loss_figure(runs: dict[str, str | Path], path: str | Path) -> Path:
     for name, run in runs.items():
         with open(Path(run) / "loss.csv", newline="") as f:
             tables[name] = list(csv.DictReader(f))
-    panels = [("vae", "VAE (reconstruction)"), ("dit", "DiT (flow matching)")]
-    if any(r["phase"] == "word_map" for table in tables.values() for r in table):
-        panels.append(("word_map", "DiT word maps (-log expected coverage)"))
+    titles = {"vae": "VAE (reconstruction)", "dit": "DiT (flow matching)", "word_map": "DiT word-map term"}
+    present = {r["phase"] for table in tables.values() for r in table}
+    panels = [(phase, title) for phase, title in titles.items() if phase in present]
+    if not panels:
+        raise ValueError(f"no loss rows ({', '.join(titles)}) in the loss.csv of {', '.join(map(str, runs.values()))}")
     fig = Figure(figsize=(4.5 * len(panels), 3.2))
-    axes = fig.subplots(1, len(panels))
-    for name, table in tables.items():
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for i, (name, table) in enumerate(tables.items()):
+        color = f"C{i % 10}"
         for ax, (phase, _) in zip(axes, panels, strict=True):
             loss = np.array([float(r["loss"]) for r in table if r["phase"] == phase])
             if len(loss) == 0:
                 continue
             k = min(100, len(loss))
             smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-            ax.plot(np.arange(len(loss)), loss, lw=0.4, alpha=0.25)
-            ax.plot(np.arange(k - 1, len(loss)), smooth, lw=1.2, label=f"{name} ({len(loss)} steps)",
-                    color=ax.lines[-1].get_color())
+            ax.plot(np.arange(len(loss)), loss, lw=0.4, alpha=0.25, color=color)
+            ax.plot(np.arange(k - 1, len(loss)), smooth, lw=1.2, label=f"{name} ({len(loss)} steps)", color=color)
     for ax, (_, title) in zip(axes, panels, strict=True):
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=9)
-        if ax.lines:
-            ax.legend(fontsize=7)
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("loss (100-step running mean over the raw values)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
