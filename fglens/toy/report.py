@@ -103,6 +103,20 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
             "area_share": float(np.mean(areas)) if areas else float("nan")}
 
 
+def focal_layers(named: Sequence[str], planted: Sequence[str]) -> tuple[list[str], str]:
+    """The layers the report's Focal Guidance acts on, and where they come from: the layers the default diagnosis
+    names, or, where it names none, the planted ones (the ground truth: an upper bound on what a diagnosis could
+    give; ``[]`` for a model with nothing planted, which then gets no Focal Guidance).
+
+    Example:
+        >>> focal_layers([], ["blocks.3", "blocks.4"])
+        (['blocks.3', 'blocks.4'], 'planted (the diagnosis named none)')
+    """
+    if named:
+        return list(named), "diagnosis"
+    return list(planted), "planted (the diagnosis named none)" if planted else "none"
+
+
 def report_pipelines(base: str | None, weak: str | None, weak_variant: str = "weak") -> dict:
     """The report's two pipelines: ``base`` (a train output folder, or the shipped base) and ``weak``; a derived
     `weak_variant` (``"sink"``) with no `weak` folder is cut from *that* base, never from the shipped one."""
@@ -164,7 +178,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     res["diagnosis"] = diag
     fg_rows: dict[str, list[dict]] = {}
     for name, pipe in pipes.items():
-        layers = diag[name]["weak"] or planted[name]
+        layers, layers_from = focal_layers(diag[name]["weak"], planted[name])
         if not layers:
             continue
         src = [x for x in diag[name]["responsive"] if x not in layers]
@@ -175,7 +189,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
         for cond, kw in conds.items():
             key = f"{name}+fg_{cond}"
             fg_rows[key] = evaluate(pipe, items, seed=seed, edit=focal_guidance(layers, src, **kw), progress=progress)
-            res[key] = {"layers": layers, "src": src, "follows": summarize(fg_rows[key]),
+            res[key] = {"layers": layers, "layers_from": layers_from, "src": src, "follows": summarize(fg_rows[key]),
                         "delta_follows": paired(rows[name], fg_rows[key]),
                         "delta_fidelity": paired(rows[name], fg_rows[key], "fidelity")}
     if sweep and "weak+fg_both" in res:
@@ -282,11 +296,12 @@ def _markdown(res: dict) -> str:
         lines.append(f"| {name} | {d['weak']} | {d['responsive']} | {res['planted'][name.split(' ')[0]]} | "
                      f"{d['precision']:.2f} | {d['recall']:.2f} | {raw} |")
     lines += ["", "## Focal Guidance (paired seeds; difference to the same model without it)", "",
-              "| condition | layers | sources | follows | Δ follows (all) | Δ fidelity (all) |",
-              "|---|---|---|---|---|---|"]
+              "| condition | layers | layers from | sources | follows | Δ follows (all) | Δ fidelity (all) |",
+              "|---|---|---|---|---|---|---|"]
     for key, v in res.items():
         if "+fg_" in key:
-            lines.append(f"| {key} | {v['layers']} | {v['src']} | {_fmt(v['follows']['all'])} | "
+            lines.append(f"| {key} | {v['layers']} | {v.get('layers_from', '—')} | {v['src']} | "
+                         f"{_fmt(v['follows']['all'])} | "
                          f"{_fmt_diff(v['delta_follows']['all'])} | {_fmt_diff(v['delta_fidelity']['all'])} |")
     if "sweep" in res:
         lines += ["", f"## Sweep on the weak model (both operators, first {res.get('n_sweep', res['n'])} items)", "",
