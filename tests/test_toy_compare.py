@@ -81,6 +81,8 @@ def test_rows_group_by_held_out_property_with_items_in_every_group_they_have():
     (dict(seeds=()), "at least one seed"),
     (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
     (dict(guidance_scale=-1.0), "guidance_scale must be a finite number"),
+    (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1; got 0"),
+    (dict(num_inference_steps=2.5), "num_inference_steps must be an integer >= 1; got 2.5"),
 ])
 def test_compare_refuses_bad_arguments(base, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -96,21 +98,24 @@ def test_the_cli_compares_shipped_variants_and_writes_json(tmp_path, capsys, mon
     assert res["call"]["guidance_scale"] == fg.toy.CALL["guidance_scale"] and res["call"]["num_inference_steps"] == 2
 
 
-def test_the_cli_samples_at_the_guidance_it_is_given_and_records_it(tmp_path, capsys, monkeypatch):
+def test_the_cli_samples_at_the_guidance_and_steps_it_is_given_and_records_them(tmp_path, capsys, monkeypatch):
     seen = []
     import fglens.toy.experiment as experiment
 
     real = experiment.sample
 
     def spy(pipe, item, **kwargs):
-        seen.append(kwargs.get("guidance_scale"))
+        seen.append((kwargs.get("guidance_scale"), kwargs.get("num_inference_steps")))
         return real(pipe, item, **kwargs)
 
     monkeypatch.setattr("fglens.toy.experiment.sample", spy)
     monkeypatch.setattr("fglens.toy.experiment.CALL", {**fg.toy.CALL, **FAST})
     assert main(["toy", "compare", "base", "--n", "1", "--guidance", "8", "--out", str(tmp_path), "--quiet"]) == 0
-    assert seen == [8.0] and "guidance_scale 8.0" in capsys.readouterr().out
+    assert seen == [(8.0, None)] and "guidance_scale 8.0" in capsys.readouterr().out
     assert json.loads((tmp_path / "compare.json").read_text())["call"]["guidance_scale"] == 8.0
+    assert main(["toy", "compare", "base", "--n", "1", "--steps", "3", "--out", str(tmp_path), "--quiet"]) == 0
+    assert seen[1] == (None, 3)
+    assert json.loads((tmp_path / "compare.json").read_text())["call"]["num_inference_steps"] == 3
 
 
 @pytest.mark.parametrize("argv, message", [

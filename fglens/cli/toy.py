@@ -86,6 +86,8 @@ def register(sub) -> None:
     cm.add_argument("--sample-seed", type=int, default=0, help="the noise seed of every item (default 0)")
     cm.add_argument("--guidance", type=float, metavar="G",
                     help="classifier-free guidance scale of every sample (default: fg.toy.CALL's, 4)")
+    cm.add_argument("--steps", type=int, metavar="N",
+                    help="denoising steps of every sample (default: fg.toy.CALL's, 20)")
     cm.add_argument("--device", default="cpu", help="where to sample: cpu (default) or cuda[:N]")
     cm.add_argument("--out", help="folder for compare.json (rows included) and compare.md")
     cm.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -212,6 +214,8 @@ def _compare(args: argparse.Namespace) -> int:
     device = torch_device(args.device)
     pipes = {name: _toy_pipeline(source).to(device) for name, source in specs}
     call = {} if args.guidance is None else {"guidance_scale": args.guidance}
+    if args.steps is not None:
+        call["num_inference_steps"] = args.steps
     res = compare(pipes, split=args.split, n=args.n, seeds=args.seeds, sample_seed=args.sample_seed,
                   progress=not args.quiet, **call)
     text = table(res)

@@ -40,6 +40,9 @@ def compare(pipelines: Mapping[str, Any], *, split: str = "test", n: int = 60, s
     g = call.get("guidance_scale", 1.0)
     if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (1 or less: no guidance); got {g!r}")
+    steps = call.get("num_inference_steps", 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1; got {steps!r}")
     items = [item for s in seeds for item in suite(split, n=n, seed=int(s))]
     rows = {name: evaluate(pipe, items, seed=sample_seed, progress=progress, **call)
             for name, pipe in pipelines.items()}
