@@ -6,7 +6,7 @@ those 20) and on 60 fresh ones (suite seed 1): the sink alone, the sink with bot
 (alpha 0.5; the planted layers 3 and 4, cache from block 0, ground-truth anchors, the report's settings
 otherwise), and the base. The effect counts if the pooled 120-item paired interval to the sink excludes 0.
 
-    python docs/toy/sink_strong_anchor.py OUT.json     # 721 s on a 2-core CPU
+    python docs/toy/sink_strong_anchor.py OUT.json ROWS.json    # 721 s on a 2-core CPU
 """
 
 import json
@@ -17,7 +17,7 @@ import fglens as fg
 from fglens.toy.experiment import evaluate, focal_guidance, paired
 
 
-def main(path: str) -> dict:
+def main(path: str, rows_path: str | None = None) -> dict:
     t0 = time.time()
     sink, base = fg.toy.pipeline("sink"), fg.toy.pipeline("base")
     layers, src = ["blocks.3", "blocks.4"], ["blocks.0"]
@@ -43,8 +43,11 @@ def main(path: str) -> dict:
         res["fidelity"][k] = paired(pooled["sink"], v, "fidelity")["all"][:3]
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=float)
+    if rows_path:  # every item's row per condition, per suite seed: the reference of sink_strong_anchor_clip.py
+        with open(rows_path, "w") as f:
+            json.dump(out, f, default=float)
     return res
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1] if len(sys.argv) > 1 else "sink-strong-anchor.json"), indent=1, default=float))
+    print(json.dumps(main(*sys.argv[1:3]), indent=1, default=float))
