@@ -128,6 +128,13 @@ def register(sub) -> None:
     pt.add_argument("--seed", type=int, default=0, help="items and sampling noise (default 0)")
     pt.add_argument("--train-seed", type=int, default=None, help="the LoRA job's own draws (default: --seed)")
     pt.add_argument("--sample-steps", type=int, default=None, help="denoising steps (default: the toy CALL's 20)")
+    pt.add_argument("--layers", type=_ints, default=None, metavar="3",
+                    help="blocks the LoRA and Focal Guidance act on, comma-separated indices (default 3: the "
+                         "third version's sink diagnosis)")
+    pt.add_argument("--sources", type=_ints, default=None, metavar="0,2,1",
+                    help="the cache transfer's source blocks (default 0,2,1)")
+    pt.add_argument("--strength", type=float, default=2.0, help="Focal Guidance's anchor strength (default 2)")
+    pt.add_argument("--alpha", type=float, default=0.5, help="Focal Guidance's cache weight (default 0.5)")
     pt.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -147,13 +154,15 @@ def run(args: argparse.Namespace) -> int:
         if args.toy_command == "compare":
             return _compare(args)
         if args.toy_command == "posttrain":
-            from ..toy.posttrain import four_way, table
+            from ..toy.posttrain import SINK_LAYERS, SINK_SOURCES, four_way, table
 
+            sites = {"layers": SINK_LAYERS if args.layers is None else tuple(f"blocks.{i}" for i in args.layers),
+                     "sources": SINK_SOURCES if args.sources is None else tuple(f"blocks.{i}" for i in args.sources)}
             res = four_way(args.out, variant=args.variant, loss=args.loss, n=args.n, n_train=args.n_train,
                            steps=args.steps, lr=args.lr, rank=args.rank, seed=args.seed,
                            sample_steps=args.sample_steps, train_seed=args.train_seed,
-                           anchor_weight=args.anchor_weight, anchor_form=args.anchor_form,
-                           progress=not args.quiet)
+                           anchor_weight=args.anchor_weight, anchor_form=args.anchor_form, **sites,
+                           strength=args.strength, alpha=args.alpha, progress=not args.quiet)
             print(table(res))
             return 0
         from ..toy.report import report

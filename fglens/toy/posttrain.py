@@ -18,8 +18,10 @@ Example (seconds, numbers meaningless at this size):
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +34,26 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
              n_train: int = 64, steps: int = 500, lr: float = 2e-3, rank: int = 8, seed: int = 0,
              layers: tuple[str, ...] = SINK_LAYERS, sources: tuple[str, ...] = SINK_SOURCES,
              sample_steps: int | None = None, train_seed: int | None = None, anchor_weight: float = 1.0,
-             anchor_form: str = "mass", progress: bool = True) -> dict[str, Any]:
+             anchor_form: str = "mass", strength: float = 2.0, alpha: float = 0.5,
+             progress: bool = True) -> dict[str, Any]:
     """Train the LoRA, score the four conditions, write ``four_way.json`` and ``four_way.md`` into `out`.
 
     `seed` picks the items and the sampling noise; `train_seed` (default `seed`) the LoRA job's draws alone, so that
     runs differing only in it measure how much the result depends on training's randomness. `anchor_weight`,
-    `anchor_form`: the anchor term's weight and form for loss ``anchor``."""
+    `anchor_form`: the anchor term's weight and form for loss ``anchor``. `layers` (where the LoRA and Focal
+    Guidance act) and `sources` (the cache's), block names of the variant's DiT; `strength`, `alpha`: the Focal
+    Guidance edit's anchor strength and cache weight."""
     import fglens as fg
 
     from .experiment import evaluate, focal_guidance, paired, summarize
     from .load import CALL
 
+    pipe = fg.toy.pipeline(variant)
+    _check_sites(pipe, layers, sources, strength, alpha)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     call = dict(CALL, **({"num_inference_steps": sample_steps} if sample_steps else {}))
-    edit = focal_guidance(list(layers), list(sources), anchor="truth", strength=2.0, alpha=0.5)
-    pipe = fg.toy.pipeline(variant)
+    edit = focal_guidance(list(layers), list(sources), anchor="truth", strength=strength, alpha=alpha)
     train = fg.toy.suite("train", n=n_train, seed=seed)
     by_id = {it.id: it for it in train}
     options = {"steps": call["num_inference_steps"], "height": call["height"], "width": call["width"],
@@ -76,7 +82,8 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     eval_s = time.time() - start
     dit.delete_adapters("focal")
     cost = sampling_cost(pipe, out / "lora", items[:3], **extra)
-    res = {"variant": variant, "loss": loss, "layers": list(layers), "sources": list(sources), "n": n,
+    res = {"variant": variant, "loss": loss, "layers": list(layers), "sources": list(sources),
+           "strength": strength, "alpha": alpha, "n": n,
            "n_train": n_train, "steps": steps, "lr": lr, "rank": rank, "seed": seed, "train_seed": job_seed,
            **({"anchor_weight": anchor_weight, "anchor_form": anchor_form} if loss == "anchor" else {}),
            "train_s": train_s,
@@ -86,6 +93,20 @@ def four_way(out: str | os.PathLike, *, variant: str = "sink", loss: str = "dist
     (out / "four_way.json").write_text(json.dumps({**res, "rows": rows}, indent=1, default=str) + "\n")
     (out / "four_way.md").write_text(table(res) + "\n")
     return res
+
+
+def _check_sites(pipe: Any, layers: Sequence[str], sources: Sequence[str], strength: float, alpha: float) -> None:
+    """Refuse, before any training, layers the DiT does not have, an empty or overlapping choice, a bad edit."""
+    blocks = [f"blocks.{i}" for i in range(len(pipe.transformer.blocks))]
+    for option, names in (("layers", layers), ("sources", sources)):
+        unknown = [x for x in names if x not in blocks]
+        if not names or unknown:
+            raise ValueError(f"{option} must be one or more of the DiT's blocks {blocks[0]}..{blocks[-1]}; "
+                             f"got {list(names)}")
+    if set(layers) & set(sources):
+        raise ValueError(f"sources must differ from layers; both name {sorted(set(layers) & set(sources))}")
+    if not (math.isfinite(strength) and strength >= 0) or not (math.isfinite(alpha) and 0 <= alpha <= 1):
+        raise ValueError(f"strength must be finite and >= 0 and alpha in [0, 1]; got {strength}, {alpha}")
 
 
 def sampling_cost(pipe: Any, lora: str | os.PathLike, items: list, repeats: int = 3, **call: Any) -> dict[str, Any]:
@@ -126,7 +147,8 @@ def table(res: dict[str, Any]) -> str:
     anchor = (f" (weight {res['anchor_weight']}, form {res.get('anchor_form', 'mass')})"
               if res["loss"] == "anchor" else "")
     lines = [f"{res['variant']}, LoRA loss {res['loss']}{anchor} on {res['layers']} ({res['steps']} steps, "
-             f"{res['n_train']} train items, {res['train_s']:.0f} s), {res['n']} test items:", "",
+             f"{res['n_train']} train items, {res['train_s']:.0f} s), {res['n']} test items; fg: anchor strength "
+             f"{res.get('strength', 2.0)}, cache alpha {res.get('alpha', 0.5)} from {res['sources']}:", "",
              "| category | none | fg | lora | lora+fg | fg − none | lora − none | lora+fg − none |",
              "|---|---|---|---|---|---|---|---|"]
     for c in cats:
