@@ -76,6 +76,10 @@ def register(sub) -> None:
                    help="anchor strengths of the sweep, comma-separated (default 1,2,4)")
     r.add_argument("--alphas", type=_floats, default=(0.25, 0.5, 0.75),
                    help="cache weights of the sweep, comma-separated, in [0, 1] (default 0.25,0.5,0.75)")
+    r.add_argument("--fg-score", default="similarity",
+                   choices=("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both"),
+                   help="the diagnosis score whose weak layers Focal Guidance acts on (default similarity; "
+                        "morans_i names the sink's planted layers)")
     cm = toy.add_parser("compare", help="toy pipelines on the same items and noise: follows, paired differences")
     cm.add_argument("pipelines", nargs="+", metavar="NAME=SOURCE",
                     help="SOURCE: a shipped variant (base, weak, sink) or a `fglens toy train` folder (or its "
@@ -168,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         from ..toy.report import report
 
         report(Path(args.out), base=args.base, weak=args.weak, n=args.n, seed=args.seed, sweep=not args.quick,
-               n_sweep=args.n_sweep, strengths=args.strengths, alphas=args.alphas, weak_variant=args.weak_variant)
+               n_sweep=args.n_sweep, strengths=args.strengths, alphas=args.alphas, weak_variant=args.weak_variant,
+               fg_score=args.fg_score)
         return 0
     except (ValueError, FileNotFoundError) as exc:
         return fail("toy", exc)

@@ -103,18 +103,36 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
             "area_share": float(np.mean(areas)) if areas else float("nan")}
 
 
-def focal_layers(named: Sequence[str], planted: Sequence[str]) -> tuple[list[str], str]:
-    """The layers the report's Focal Guidance acts on, and where they come from: the layers the default diagnosis
-    names, or, where it names none, the planted ones (the ground truth: an upper bound on what a diagnosis could
-    give; ``[]`` for a model with nothing planted, which then gets no Focal Guidance).
+SCORES = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both")  #: reported
+
+
+def focal_layers(named: Sequence[str], planted: Sequence[str], score: str = "similarity") -> tuple[list[str], str]:
+    """The layers the report's Focal Guidance acts on, and where they come from: the layers the diagnosis by
+    `score` names, or, where it names none, the planted ones (the ground truth: an upper bound on what a diagnosis
+    could give; ``[]`` for a model with nothing planted, which then gets no Focal Guidance).
 
     Example:
         >>> focal_layers([], ["blocks.3", "blocks.4"])
         (['blocks.3', 'blocks.4'], 'planted (the diagnosis named none)')
+        >>> focal_layers(["blocks.3"], ["blocks.3", "blocks.4"], "morans_i")
+        (['blocks.3'], 'diagnosis (morans_i)')
     """
     if named:
-        return list(named), "diagnosis"
+        return list(named), "diagnosis" if score == "similarity" else f"diagnosis ({score})"
     return list(planted), "planted (the diagnosis named none)" if planted else "none"
+
+
+def diagnosis_key(model: str, score: str, rule: str, fg_score: str = "similarity") -> str:
+    """The report's name of one diagnosis of `model`: the bare model name for the one that picks Focal Guidance's
+    layers (`fg_score`, robust-z rule), ``"model (score[, bootstrap])"`` for the others.
+
+    Example:
+        >>> diagnosis_key("weak", "morans_i", "robust_z"), diagnosis_key("weak", "morans_i", "robust_z", "morans_i")
+        ('weak (morans_i)', 'weak')
+    """
+    if (score, rule) == (fg_score, "robust_z"):
+        return model
+    return f"{model} ({score}{', bootstrap' if rule == 'bootstrap' else ''})"
 
 
 def report_pipelines(base: str | None, weak: str | None, weak_variant: str = "weak") -> dict:
@@ -128,15 +146,20 @@ def report_pipelines(base: str | None, weak: str | None, weak_variant: str = "we
 def report(out: Path, *, base: str | None = None, weak: str | None = None, n: int = 40, seed: int = 0,
            sweep: bool = True, n_diag: int = 10, n_sweep: int | None = None, ablations_on_base: bool = False,
            progress: bool = True, strengths: Sequence[float] = (1.0, 2.0, 4.0),
-           alphas: Sequence[float] = (0.25, 0.5, 0.75), weak_variant: str = "weak") -> dict:
+           alphas: Sequence[float] = (0.25, 0.5, 0.75), weak_variant: str = "weak",
+           fg_score: str = "similarity") -> dict:
     """Measure everything and write ``out/report.md``, ``out/results.json``, ``out/rows.csv``, figures.
 
     The sweep of `strengths` × `alphas` (both operators on the weak model) runs on the first `n_sweep` items
     (default: all `n`), paired with the same items unedited. `weak_variant` is the planted variant measured as
-    "weak" (``"weak"``, trained, or ``"sink"``, derived)."""
+    "weak" (``"weak"``, trained, or ``"sink"``, derived). Every score of `fg.find_weak_layers` is reported; the
+    layers of `fg_score` (robust-z rule) are the ones Focal Guidance acts on (``"morans_i"``: the score that names
+    the sink's planted layers where the default ``"similarity"`` names none)."""
     import fglens as fg
 
     strengths, alphas = _grid(strengths, "strengths", 0.0, None), _grid(alphas, "alphas", 0.0, 1.0)
+    if fg_score not in SCORES:
+        raise ValueError(f"fg_score must be one of {', '.join(SCORES)} (fg.find_weak_layers' scores); got {fg_score!r}")
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -144,7 +167,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     planted = {k: planted_layers(p) for k, p in pipes.items()}
     items = suite("test", n=n, seed=seed)
     res: dict = {"n": n, "seed": seed, "planted": planted, "categories": list(CATEGORIES),
-                 "weak_variant": weak_variant}
+                 "weak_variant": weak_variant, "fg_score": fg_score}
     res["chance"] = chance_levels(items, seed=seed)
     res["frozen"] = frozen_levels(items)
     rows: dict[str, list[dict]] = {}
@@ -158,8 +181,7 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
     diag: dict = {}
     for name, pipe in pipes.items():
         runs = record_runs(pipe, items[:n_diag], seed=seed)
-        scores = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both")
-        rules = [*[(s, "robust_z") for s in scores], ("similarity", "bootstrap"), ("response", "bootstrap")]
+        rules = [*[(s, "robust_z") for s in SCORES], ("similarity", "bootstrap"), ("response", "bootstrap")]
         for score, rule in rules:
             weak_layers = fg.find_weak_layers(runs, score=score, rule=rule)
             p, r = precision_recall(weak_layers.weak, planted[name])
@@ -168,17 +190,15 @@ def report(out: Path, *, base: str | None = None, weak: str | None = None, n: in
                                                              weak_layers.scores.values, strict=False)},
                      "raw": weak_layers.to_dict()["raw"],
                      "precision": p, "recall": r, "summary": weak_layers.summary()}
-            if (score, rule) == ("similarity", "robust_z"):  # the default rule: its layers drive Focal Guidance below
-                diag[name] = entry
-                if name == "weak":
-                    fig = fg.plot.layer_profile(runs, weak=weak_layers)
-                    fig.savefig(out / "weak_layer_profile.png", dpi=120)
-            else:
-                diag[f"{name} ({score}{', bootstrap' if rule == 'bootstrap' else ''})"] = entry
+            key = diagnosis_key(name, score, rule, fg_score)
+            diag[key] = entry
+            if key == "weak":  # the rule whose layers drive Focal Guidance below
+                fig = fg.plot.layer_profile(runs, weak=weak_layers)
+                fig.savefig(out / "weak_layer_profile.png", dpi=120)
     res["diagnosis"] = diag
     fg_rows: dict[str, list[dict]] = {}
     for name, pipe in pipes.items():
-        layers, layers_from = focal_layers(diag[name]["weak"], planted[name])
+        layers, layers_from = focal_layers(diag[name]["weak"], planted[name], fg_score)
         if not layers:
             continue
         src = [x for x in diag[name]["responsive"] if x not in layers]
@@ -288,7 +308,8 @@ def _markdown(res: dict) -> str:
                 lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in g["share_per_layer"]) + " |")
     lines += ["", f"Items whose layer-mean ratio exceeds 1: {f['items_above_1']:.2f}"
               + (f" (control {c['items_above_1']:.2f})" if c else ""), "",
-              "## Diagnosis (fg.find_weak_layers; default rule: score similarity)", "",
+              f"## Diagnosis (fg.find_weak_layers; the model's own row: score {res.get('fg_score', 'similarity')}, "
+              "whose layers Focal Guidance acts on)", "",
               "| model (score) | weak | responsive | planted | precision | recall | robust z per layer |",
               "|---|---|---|---|---|---|---|"]
     for name, d in res["diagnosis"].items():
