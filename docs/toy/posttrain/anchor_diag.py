@@ -3,9 +3,18 @@ cond branch, mean over steps), base sink vs each LoRA, on 12 test items with nam
 
 Usage: python anchor_diag.py none toy/posttrain-anchor/lora toy/posttrain-flow/lora   (10 steps per video)
 """
-import sys, numpy as np, torch, fglens as fg
+
+import sys
+
+import numpy as np
+import torch
+
+import fglens as fg
 from fglens.train.anchor import region_weights
+
 items = [it for it in fg.toy.suite(split="test", n=60, seed=0) if it.masks()][:12]
+
+
 def measure(lora=None):
     pipe = fg.toy.pipeline("sink")
     if lora:
@@ -21,10 +30,16 @@ def measure(lora=None):
         for w, m in (vm or it.masks()).items():
             grid = wm.sizes["frame"], wm.sizes["y"], wm.sizes["x"]
             m = np.asarray(m)
-            if m.ndim == 2: m = np.broadcast_to(m, (call["num_frames"], *m.shape))
-            r = region_weights(m, (call["num_frames"], call["height"], call["width"]), grid, temporal=int(pipe.vae_scale_factor_temporal)).numpy()
+            if m.ndim == 2:
+                m = np.broadcast_to(m, (call["num_frames"], *m.shape))
+            shape = (call["num_frames"], call["height"], call["width"])
+            r = region_weights(m, shape, grid, temporal=int(pipe.vae_scale_factor_temporal)).numpy()
             x = wm.sel(word=w).values
-            ins.append((x * r).sum() / r.sum()); outs.append((x * (1 - r)).sum() / (1 - r).sum())
+            ins.append((x * r).sum() / r.sum())
+            outs.append((x * (1 - r)).sum() / (1 - r).sum())
     return np.mean(ins), np.mean(outs)
+
+
 for name in sys.argv[1:]:
-    print(name, "in %.3f out %.3f" % measure(None if name == "none" else name), flush=True)
+    inside, outside = measure(None if name == "none" else name)
+    print(name, f"in {inside:.3f} out {outside:.3f}", flush=True)
