@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests fglens --doctest-modules
-	$(VENV)/bin/ruff check fglens tests analyses
+	$(VENV)/bin/ruff check fglens tests analyses docs
 
 # the core in a few minutes: tracing, statistics, store, interventions, CLI, figures; leaves out the benchmark
 # harness, the documentation's code blocks, the analyses, the evaluation and sweep runners and the doctests
@@ -44,10 +44,10 @@ FAST_SKIP := tests/benchmarks tests/test_docs_code.py tests/test_analyses.py tes
 	tests/test_sweep.py
 test-fast: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q $(addprefix --ignore=,$(FAST_SKIP))
-	$(VENV)/bin/ruff check fglens tests analyses
+	$(VENV)/bin/ruff check fglens tests analyses docs
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fglens tests analyses
+	$(VENV)/bin/ruff check fglens tests analyses docs
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/fglens bench
