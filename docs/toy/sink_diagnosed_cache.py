@@ -12,43 +12,23 @@ base. Counts: the pooled 120-item paired interval to the unedited model (sink_st
     python docs/toy/sink_diagnosed_cache.py docs/toy/sink-strong-anchor-v11-rows.json OUT.json
 """
 
+import importlib.util
 import json
 import sys
-import time
+from pathlib import Path
 
-import fglens as fg
-from fglens.toy.experiment import evaluate, focal_guidance, paired
+_spec = importlib.util.spec_from_file_location("strong", Path(__file__).with_name("sink_strong_anchor_clip.py"))
+strong = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(strong)
 
 
 def main(rows_path: str, path: str) -> dict:
-    t0 = time.time()
-    before = json.load(open(rows_path))
-    sink, base = fg.toy.pipeline("sink"), fg.toy.pipeline("base")
     layers, src = ["blocks.3", "blocks.4"], ["blocks.1", "blocks.2", "blocks.6"]
-    runs = {"sink+cache": (sink, dict(anchor=None), "sink"),
-            "sink+cache+clip2": (sink, dict(anchor="clip", strength=2.0), "sink"),
-            "sink+cache+clip32": (sink, dict(anchor="clip", strength=32.0), "sink"),
-            "base+cache": (base, dict(anchor=None), "base")}
-    res: dict = {"layers": layers, "sources": src, "alpha": 0.5, "paired": {}, "by_seed": {}, "means": {},
-                 "fidelity": {}}
-    for name, (pipe, kw, ref) in runs.items():
-        rows, refs, by_seed = [], [], {}
-        for s in ("0", "1"):
-            items = fg.toy.suite("test", n=60, seed=int(s))
-            r = evaluate(pipe, items, seed=0, edit=focal_guidance(layers, src, alpha=0.5, **kw))
-            assert [x["id"] for x in r] == [x["id"] for x in before[s][ref]]
-            by_seed[s] = [round(x, 3) for x in paired(before[s][ref], r)["all"][:3]]
-            rows += r
-            refs += before[s][ref]
-        res["means"][name] = sum(x["follows"] for x in rows) / len(rows)
-        res["paired"][name] = {c: [round(x, 3) for x in t[:3]] + [t[3]] for c, t in paired(refs, rows).items()}
-        res["by_seed"][name] = by_seed
-        res["fidelity"][name] = paired(refs, rows, "fidelity")["all"][:3]
-        print(name, res["means"][name], res["paired"][name]["all"], by_seed, flush=True)
-    res["seconds"] = round(time.time() - t0, 1)
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1, default=float)
-    return res
+    return strong.run(rows_path, path, lambda sink, base: {
+        "sink+cache": (sink, dict(anchor=None), "sink"),
+        "sink+cache+clip2": (sink, dict(anchor="clip", strength=2.0), "sink"),
+        "sink+cache+clip32": (sink, dict(anchor="clip", strength=32.0), "sink"),
+        "base+cache": (base, dict(anchor=None), "base")}, layers, src, layers=layers, sources=src, alpha=0.5)
 
 
 if __name__ == "__main__":

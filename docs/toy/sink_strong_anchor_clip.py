@@ -17,19 +17,15 @@ import fglens as fg
 from fglens.toy.experiment import evaluate, focal_guidance, paired
 
 
-def main(rows_path: str, path: str) -> dict:
-    t0 = time.time()
-    before = json.load(open(rows_path))
-    sink, base = fg.toy.pipeline("sink"), fg.toy.pipeline("base")
-    layers, src = ["blocks.3", "blocks.4"], ["blocks.0"]
-    runs = {"sink+clip32": (sink, "clip", "sink"), "base+truth32": (base, "truth", "base")}
+def measure(runs: dict, before: dict, layers: list[str], src: list[str]) -> dict:
+    """Each run ``name: (pipe, focal_guidance keywords, reference)`` on the 120 items (suite seeds 0 and 1) with
+    alpha 0.5, paired to the reference's rows in `before` (the same items and noise)."""
     res: dict = {"paired": {}, "by_seed": {}, "means": {}, "fidelity": {}}
-    for name, (pipe, anchor, ref) in runs.items():
+    for name, (pipe, kw, ref) in runs.items():
         rows, refs, by_seed = [], [], {}
         for s in ("0", "1"):
             items = fg.toy.suite("test", n=60, seed=int(s))
-            edit = focal_guidance(layers, src, anchor=anchor, strength=32.0, alpha=0.5)
-            r = evaluate(pipe, items, seed=0, edit=edit)
+            r = evaluate(pipe, items, seed=0, edit=focal_guidance(layers, src, alpha=0.5, **kw))
             assert [x["id"] for x in r] == [x["id"] for x in before[s][ref]]
             by_seed[s] = [round(x, 3) for x in paired(before[s][ref], r)["all"][:3]]
             rows += r
@@ -39,10 +35,26 @@ def main(rows_path: str, path: str) -> dict:
         res["by_seed"][name] = by_seed
         res["fidelity"][name] = paired(refs, rows, "fidelity")["all"][:3]
         print(name, res["means"][name], res["paired"][name]["all"], by_seed, flush=True)
+    return res
+
+
+def run(rows_path: str, path: str, make_runs, layers: list[str], src: list[str], **extra) -> dict:
+    """`measure` the runs `make_runs(sink, base)` gives against the rows in `rows_path`; results (with `extra`)
+    to `path`."""
+    t0 = time.time()
+    before = json.load(open(rows_path))
+    sink, base = fg.toy.pipeline("sink"), fg.toy.pipeline("base")
+    res = {**extra, **measure(make_runs(sink, base), before, layers, src)}
     res["seconds"] = round(time.time() - t0, 1)
     with open(path, "w") as f:
         json.dump(res, f, indent=1, default=float)
     return res
+
+
+def main(rows_path: str, path: str) -> dict:
+    return run(rows_path, path, lambda sink, base: {
+        "sink+clip32": (sink, dict(anchor="clip", strength=32.0), "sink"),
+        "base+truth32": (base, dict(anchor="truth", strength=32.0), "base")}, ["blocks.3", "blocks.4"], ["blocks.0"])
 
 
 if __name__ == "__main__":
