@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .item import SCORE_CHOICES
+
 EPILOG = """\
 examples:
   fglens toy train --variant base --out toyrun/base              # about 30-60 min on 2 CPU cores; resumable
@@ -76,8 +78,7 @@ def register(sub) -> None:
                    help="anchor strengths of the sweep, comma-separated (default 1,2,4)")
     r.add_argument("--alphas", type=_floats, default=(0.25, 0.5, 0.75),
                    help="cache weights of the sweep, comma-separated, in [0, 1] (default 0.25,0.5,0.75)")
-    r.add_argument("--fg-score", default="similarity",
-                   choices=("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both"),
+    r.add_argument("--fg-score", default="similarity", choices=SCORE_CHOICES,
                    help="the diagnosis score whose weak layers Focal Guidance acts on (default similarity; "
                         "morans_i names the sink's planted layers)")
     cm = toy.add_parser("compare", help="toy pipelines on the same items and noise: follows, paired differences")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..diagnose import SCORE_CHOICES as SCORES  # every score of fg.find_weak_layers: all are reported
 from .experiment import (
     chance_levels,
     evaluate,
@@ -101,9 +102,6 @@ def word_map_focus(pipe, items, *, seed: int = 0) -> dict:
             "items_above_1": float((r.mean(1) > 1).mean()) if len(r) else float("nan"),
             "share_per_layer": np.mean(shares, 0).tolist() if shares else [],
             "area_share": float(np.mean(areas)) if areas else float("nan")}
-
-
-SCORES = ("similarity", "morans_i", "similarity_morans_i", "response", "response_morans_i", "both")  #: reported
 
 
 def focal_layers(named: Sequence[str], planted: Sequence[str], score: str = "similarity") -> tuple[list[str], str]:
