@@ -127,9 +127,10 @@ def test_the_weak_models_planted_layers_no_longer_find_the_named_object(base_foc
     the named object that the base model's same layers have (their text keys were re-initialised and never saw
     a word again), while the other layers keep theirs: each planted layer's ratio drops by at least 0.3, and the
     planted layers drop by at least 0.3 more than the other layers on average (the other layers are the control
-    for what training on alone changes). Shipped models (eleventh version, word maps taught): drops 201 and 436
-    against -1,251 for the others (their ratios rose); the fifth version's pair: 0.40 and 1.70 against 0.18 (block
-    1 also lost 1.27); the third's: 0.36 and 0.58 against 0.07, the second's 0.92 and 0.41 against -0.10."""
+    for what training on alone changes). Shipped models (twelfth version, word maps taught): drops 433 and 4,220
+    against -4,765 for the others (their ratios rose); the eleventh version's pair: 201 and 436 against -1,251;
+    the fifth's: 0.40 and 1.70 against 0.18 (block 1 also lost 1.27); the third's: 0.36 and 0.58 against 0.07,
+    the second's 0.92 and 0.41 against -0.10."""
     from fglens.toy.report import word_map_focus
 
     weak = fg.toy.pipeline("weak")
@@ -149,10 +150,10 @@ def test_the_weak_models_planted_layers_no_longer_find_the_named_object(base_foc
 def test_the_sink_variant_is_the_base_with_its_planted_text_keys_zeroed(base):
     """`sink` reads the base's files and zeroes the text-key projections of blocks 3 and 4 at load (nothing else
     differs), so those layers attend uniformly over the 512 text keys: each real token gets 1/512 of a row, the
-    padding the rest, while the base's same layers put more on the item's words (5.8 and 12.3 times as much in the
-    eleventh version, 3.7 in the fifth; the base too puts most of its text attention on the padding, as real Wan
-    models do). The cost in following is
-    measured by `fglens toy report --weak-variant sink` (docs/toy-world.md)."""
+    padding the rest, while the base's same layers put more on the item's words (7.9 and 16.1 times as much in the
+    twelfth version, 5.8 and 12.3 in the eleventh, 3.7 in the fifth; the base too puts most of its text
+    attention on the padding, as real Wan models do). The cost in following is measured by `fglens toy report
+    --weak-variant sink` (docs/toy-world.md)."""
     sink = fg.toy.pipeline("sink")
     assert fg.toy.planted_layers(sink) == fg.toy.info("sink")["planted_layers"] == ["blocks.3", "blocks.4"]
     ours, theirs = dict(sink.transformer.named_parameters()), dict(base.transformer.named_parameters())
@@ -170,7 +171,7 @@ def test_the_sink_variant_is_the_base_with_its_planted_text_keys_zeroed(base):
         for word, positions in tokens.items():
             np.testing.assert_allclose(float(mass["sink"].sel(layer=layer, word=word)), len(positions) / 512,
                                        rtol=1e-4)
-            assert float(mass["base"].sel(layer=layer, word=word)) > 2 * len(positions) / 512  # 5.8x, 12.3x measured
+            assert float(mass["base"].sel(layer=layer, word=word)) > 2 * len(positions) / 512  # 7.9x, 16.1x measured
 
 
 def test_a_derived_variant_of_a_trained_folder_applies_its_edit_there(base, tmp_path):
