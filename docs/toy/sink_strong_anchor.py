@@ -7,6 +7,10 @@ those 20) and on 60 fresh ones (suite seed 1): the sink alone, the sink with bot
 otherwise), and the base. The effect counts if the pooled 120-item paired interval to the sink excludes 0.
 
     python docs/toy/sink_strong_anchor.py OUT.json ROWS.json    # 721 s on a 2-core CPU
+
+It measures the shipped weights: run on the eleventh version (sink-strong-anchor-v11*.json: +0.08 [+0.01, +0.16]
+at strength 32) and, after the twelfth shipped, on it with the same rule (sink-strong-anchor-v12*.json: 0.00
+[-0.04, +0.04]; docs/toy-world.md, Results).
 """
 
 import json
